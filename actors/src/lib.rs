@@ -1,0 +1,20 @@
+//! Pipeline-agnostic building blocks of actord: the supervisor, actor observation and error kinds.
+//!
+//! Nothing in this crate talks to a network. Pipelines in the `actord` binary compose these
+//! pieces with their own connectors.
+
+pub mod backoff;
+pub mod error;
+pub mod names;
+pub mod observe;
+pub mod path;
+pub mod spec;
+pub mod supervisor;
+pub mod testkit;
+
+pub use backoff::Backoff;
+pub use error::ErrorKind;
+pub use observe::{ActorKind, ActorSnapshot, Probe, Registry, Status};
+pub use path::ActorPath;
+pub use spec::{ChildContext, ChildSpec, Restart, Strategy, SupervisorSpec};
+pub use supervisor::{Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg};

@@ -1,0 +1,197 @@
+//! Fakes for tests: a scriptable worker, an event log and polling helpers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::observe::Probe;
+use crate::path::ActorPath;
+use crate::spec::ChildSpec;
+
+/// What a [`TestWorker`] can be told to do.
+pub enum TestMsg {
+    /// Return an error from the handler.
+    Fail(String),
+    /// Stop normally.
+    Exit,
+    /// Take `n` units of work and never finish them.
+    Hold(u64),
+    /// Advance by `n` records.
+    Progress(u64),
+    /// Block the handler for a long time (a hung connection).
+    Hang,
+    Ping(RpcReplyPort<()>),
+}
+
+/// A worker whose behaviour a test scripts through [`TestMsg`].
+pub struct TestWorker;
+
+pub struct TestWorkerArgs {
+    pub probe: Probe,
+    pub workers: TestWorkers,
+    /// Fail in `pre_start` with this message (a child that cannot start).
+    pub fail_start: Option<String>,
+    /// Time `post_stop` takes (a slow graceful shutdown).
+    pub stop_delay: Duration,
+}
+
+pub struct TestWorkerState {
+    probe: Probe,
+    workers: TestWorkers,
+    stop_delay: Duration,
+}
+
+impl Actor for TestWorker {
+    type Msg = TestMsg;
+    type State = TestWorkerState;
+    type Arguments = TestWorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if let Some(reason) = args.fail_start {
+            return Err(reason.into());
+        }
+        let path = args.probe.path().clone();
+        args.workers.record(format!("start {path}"));
+        args.workers.inner.lock().expect("testkit lock").refs.insert(path, myself);
+        Ok(TestWorkerState {
+            probe: args.probe,
+            workers: args.workers,
+            stop_delay: args.stop_delay,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        tokio::time::sleep(state.stop_delay).await;
+        state.workers.record(format!("stop {}", state.probe.path()));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TestMsg::Fail(reason) => return Err(reason.into()),
+            TestMsg::Exit => myself.stop(None),
+            TestMsg::Hold(n) => state.probe.hold(n),
+            TestMsg::Progress(n) => state.probe.progress(n, 0),
+            TestMsg::Hang => tokio::time::sleep(Duration::from_secs(86_400)).await,
+            TestMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Shared view of every [`TestWorker`] a test started: their current refs and an event log.
+#[derive(Clone, Default)]
+pub struct TestWorkers {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    events: Vec<String>,
+    refs: HashMap<ActorPath, ActorRef<TestMsg>>,
+    fail_starts: HashMap<String, u32>,
+}
+
+impl TestWorkers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn record(&self, event: String) {
+        self.inner.lock().expect("testkit lock").events.push(event);
+    }
+
+    /// Events in order: `start <path>` and `stop <path>` (graceful stops only).
+    pub fn events(&self) -> Vec<String> {
+        self.inner.lock().expect("testkit lock").events.clone()
+    }
+
+    pub fn clear_events(&self) {
+        self.inner.lock().expect("testkit lock").events.clear();
+    }
+
+    /// The newest incarnation of the worker at `path`.
+    pub fn get(&self, path: &str) -> ActorRef<TestMsg> {
+        let path = ActorPath::parse(path).expect("valid path");
+        self.inner
+            .lock()
+            .expect("testkit lock")
+            .refs
+            .get(&path)
+            .cloned()
+            .unwrap_or_else(|| panic!("no worker started at {path}"))
+    }
+
+    /// Makes the next `times` starts of child `id` fail in `pre_start`.
+    pub fn fail_next_starts(&self, id: &str, times: u32) {
+        self.inner
+            .lock()
+            .expect("testkit lock")
+            .fail_starts
+            .insert(id.to_owned(), times);
+    }
+
+    /// A child spec for a test worker named `id`.
+    pub fn spec(&self, id: &str) -> ChildSpec {
+        self.spec_with_stop_delay(id, Duration::ZERO)
+    }
+
+    pub fn spec_with_stop_delay(&self, id: &str, stop_delay: Duration) -> ChildSpec {
+        let workers = self.clone();
+        let id_owned = id.to_owned();
+        ChildSpec::worker(id, move |ctx| {
+            let workers = workers.clone();
+            let fail_start = {
+                let mut inner = workers.inner.lock().expect("testkit lock");
+                match inner.fail_starts.get_mut(&id_owned) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        Some(format!("{id_owned} refused to start"))
+                    }
+                    _ => None,
+                }
+            };
+            async move {
+                let args = TestWorkerArgs {
+                    probe: ctx.probe,
+                    workers,
+                    fail_start,
+                    stop_delay,
+                };
+                let (actor, _) = Actor::spawn_linked(None, TestWorker, args, ctx.supervisor).await?;
+                Ok(actor.get_cell())
+            }
+        })
+    }
+}
+
+/// Polls `cond` every 10 ms (of possibly paused time) until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
