@@ -1,1 +1,108 @@
-fn main(){}
+//! The actord binary: parses flags, sets up logging and runs the tree until a signal.
+
+use std::process::ExitCode;
+
+use actord::cli::{self, Cli, Command};
+use actord::runtime::{self, Outcome};
+use actord::telemetry;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, warn};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Run => run(&cli).await,
+        Command::Check => match cli.load_config() {
+            Ok(config) => match cli::render_plan(&config) {
+                Ok(tree) => {
+                    print!("configuration OK\n{tree}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Tree => {
+            let config = if cli.admin.is_none() {
+                cli.load_config().ok()
+            } else {
+                None
+            };
+            let url = cli::admin_url(&cli, config.as_ref());
+            match cli::render_live_tree(&url).await {
+                Ok(tree) => {
+                    print!("{tree}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot read the tree from {url}: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = if cli.log_json {
+        actord::config::LogFormat::Json
+    } else {
+        config.log.format
+    };
+    telemetry::init_logging(format, &config.log.level, cli.verbose);
+    let listener = match TcpListener::bind(config.admin.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(admin = %config.admin.listen, error = %e, "cannot bind the admin port");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime::run(config, listener, shutdown_signal()).await {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "actord failed to start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    warn!("shutdown requested; a second signal exits immediately");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}

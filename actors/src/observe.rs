@@ -339,6 +339,14 @@ impl Probe {
         Some(now.saturating_duration_since(self.inner.registry.instant(last)))
     }
 
+    /// Time since the last recorded progress, `None` if there was none yet.
+    pub fn since_progress(&self, now: Instant) -> Option<Duration> {
+        match self.inner.last_progress_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(now.saturating_duration_since(self.inner.registry.instant(ms))),
+        }
+    }
+
     /// Sets a named counter shown in the admin tree (e.g. `files`, `batches`).
     pub fn set_counter(&self, name: &str, value: u64) {
         self.inner

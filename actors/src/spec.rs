@@ -73,7 +73,8 @@ pub struct ChildContext {
     pub probe: Probe,
 }
 
-type StartFn = Arc<dyn Fn(ChildContext) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+type StartFn =
+    Arc<dyn Fn(ChildContext) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 /// One child of a supervisor: its id (the last segment of its path), restart type, shutdown
 /// timeout, stuck threshold and how to start an incarnation.
@@ -86,6 +87,8 @@ pub struct ChildSpec {
     pub shutdown: Duration,
     /// Restart the child when it holds work and records no progress for this long.
     pub stuck_after: Option<Duration>,
+    /// For a nested supervisor: its spec and children, for printing the planned tree.
+    nested: Option<Arc<(SupervisorSpec, Vec<ChildSpec>)>>,
     start: StartFn,
 }
 
@@ -114,12 +117,21 @@ impl ChildSpec {
             restart: Restart::Permanent,
             shutdown: Duration::from_secs(10),
             stuck_after: None,
+            nested: None,
             start: Arc::new(move |ctx| Box::pin(start(ctx))),
         }
     }
 
     /// A nested supervisor over `children`, started afresh on every restart.
-    pub fn supervisor(id: impl Into<String>, spec: SupervisorSpec, children: Vec<ChildSpec>) -> Self {
+    pub fn supervisor(
+        id: impl Into<String>,
+        spec: SupervisorSpec,
+        children: Vec<ChildSpec>,
+    ) -> Self {
+        // Children stop one after another, each within its own timeout.
+        let shutdown =
+            children.iter().map(|c| c.shutdown).sum::<Duration>() + Duration::from_secs(1);
+        let nested = Some(Arc::new((spec.clone(), children.clone())));
         let start = move |ctx: ChildContext| {
             let args = SupervisorArgs {
                 spec: spec.clone(),
@@ -127,13 +139,15 @@ impl ChildSpec {
                 probe: ctx.probe,
             };
             async move {
-                let (actor, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor).await?;
+                let (actor, _) =
+                    Actor::spawn_linked(None, Supervisor, args, ctx.supervisor).await?;
                 Ok(actor.get_cell())
             }
         };
         ChildSpec {
             kind: ActorKind::Supervisor,
-            shutdown: Duration::from_secs(30),
+            shutdown,
+            nested,
             ..ChildSpec::worker(id, start)
         }
     }
@@ -153,7 +167,17 @@ impl ChildSpec {
         self
     }
 
-    pub(crate) fn start(&self, ctx: ChildContext) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    /// The spec and children of a nested supervisor, `None` for a worker.
+    pub fn nested(&self) -> Option<(&SupervisorSpec, &[ChildSpec])> {
+        self.nested
+            .as_deref()
+            .map(|(spec, children)| (spec, children.as_slice()))
+    }
+
+    pub(crate) fn start(
+        &self,
+        ctx: ChildContext,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         (self.start)(ctx)
     }
 }

@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use thiserror::Error;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -137,7 +139,11 @@ impl SupervisorState {
     }
 
     /// Starts child `idx`; `Err` carries the reason it could not start.
-    async fn start_child(&mut self, myself: &ActorRef<SupervisorMsg>, idx: usize) -> Result<(), String> {
+    async fn start_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+    ) -> Result<(), String> {
         let child = &mut self.children[idx];
         child.probe.set_status(Status::Starting);
         child.probe.clear_pending();
@@ -266,7 +272,12 @@ impl SupervisorState {
         Ok(())
     }
 
-    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, idx: usize, group: Vec<usize>) {
+    fn schedule_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+        group: Vec<usize>,
+    ) {
         let within = self.spec.within;
         let child = &mut self.children[idx];
         if child.started_at.elapsed() >= within {
@@ -291,7 +302,8 @@ impl SupervisorState {
     async fn exhausted(&mut self, last: String) -> ActorProcessingErr {
         let path = self.path().to_string();
         error!(path = %path, max_restarts = self.spec.max_restarts, within = ?self.spec.within, error = %last, "restart budget exhausted, stopping children and failing upward");
-        metrics::counter!(names::SUPERVISOR_BUDGET_EXHAUSTED_TOTAL, "path" => path.clone()).increment(1);
+        metrics::counter!(names::SUPERVISOR_BUDGET_EXHAUSTED_TOTAL, "path" => path.clone())
+            .increment(1);
         self.stop_all().await;
         self.probe.set_control(None);
         Box::new(SupervisorError::BudgetExhausted {
@@ -309,7 +321,9 @@ impl SupervisorState {
         token: u64,
     ) -> Result<(), ActorProcessingErr> {
         for id in ids {
-            let Some(idx) = self.index_of(&id) else { continue };
+            let Some(idx) = self.index_of(&id) else {
+                continue;
+            };
             let child = &self.children[idx];
             if child.token != token || child.cell.is_some() || child.held {
                 continue;
@@ -354,7 +368,11 @@ impl SupervisorState {
         }
     }
 
-    async fn start_held(&mut self, myself: &ActorRef<SupervisorMsg>, idx: usize) -> Result<(), SupervisorError> {
+    async fn start_held(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+    ) -> Result<(), SupervisorError> {
         self.children[idx].held = false;
         self.children[idx].attempt = 0;
         if self.children[idx].cell.is_some() {
@@ -431,7 +449,9 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::RestartDue { ids, token } => state.restart_due(&myself, ids, token).await?,
+            SupervisorMsg::RestartDue { ids, token } => {
+                state.restart_due(&myself, ids, token).await?
+            }
             SupervisorMsg::CheckStuck => {
                 state.check_stuck();
                 state.schedule_stuck_check(&myself);
@@ -440,7 +460,8 @@ impl Actor for Supervisor {
                 let result = if state.index_of(&spec.id).is_some() {
                     Err(SupervisorError::AlreadyExists(spec.id.clone()))
                 } else {
-                    let had_stuck_check = state.children.iter().any(|c| c.spec.stuck_after.is_some());
+                    let had_stuck_check =
+                        state.children.iter().any(|c| c.spec.stuck_after.is_some());
                     let child = state.new_child(spec);
                     state.children.push(child);
                     let idx = state.children.len() - 1;
@@ -512,7 +533,8 @@ impl Actor for Supervisor {
                     Ok(idx) => match state.children[idx].cell.clone() {
                         Some(cell) => {
                             warn!(path = %state.children[idx].probe.path(), "failing actor on request");
-                            state.children[idx].kill_reason = Some("fault injected through the admin port".to_owned());
+                            state.children[idx].kill_reason =
+                                Some("fault injected through the admin port".to_owned());
                             cell.kill();
                             Ok(())
                         }

@@ -58,7 +58,12 @@ impl Actor for TestWorker {
         }
         let path = args.probe.path().clone();
         args.workers.record(format!("start {path}"));
-        args.workers.inner.lock().expect("testkit lock").refs.insert(path, myself);
+        args.workers
+            .inner
+            .lock()
+            .expect("testkit lock")
+            .refs
+            .insert(path, myself);
         Ok(TestWorkerState {
             probe: args.probe,
             workers: args.workers,
@@ -175,7 +180,8 @@ impl TestWorkers {
                     fail_start,
                     stop_delay,
                 };
-                let (actor, _) = Actor::spawn_linked(None, TestWorker, args, ctx.supervisor).await?;
+                let (actor, _) =
+                    Actor::spawn_linked(None, TestWorker, args, ctx.supervisor).await?;
                 Ok(actor.get_cell())
             }
         })

@@ -37,7 +37,10 @@ struct Tree {
 }
 
 impl Tree {
-    async fn start(spec: SupervisorSpec, build: impl FnOnce(&TestWorkers) -> Vec<ChildSpec>) -> Tree {
+    async fn start(
+        spec: SupervisorSpec,
+        build: impl FnOnce(&TestWorkers) -> Vec<ChildSpec>,
+    ) -> Tree {
         let registry = Registry::new();
         let workers = TestWorkers::new();
         let children = build(&workers);
@@ -82,7 +85,9 @@ impl Tree {
 
     async fn wait_status(&self, path: &str, status: Status) {
         assert!(
-            eventually(Duration::from_secs(60), || self.status(path) == Some(status)).await,
+            eventually(Duration::from_secs(60), || self.status(path)
+                == Some(status))
+            .await,
             "{path} never became {status:?}, is {:?}",
             self.status(path)
         );
@@ -97,7 +102,10 @@ impl Tree {
     }
 
     fn send(&self, path: &str, msg: TestMsg) {
-        self.workers.get(path).send_message(msg).expect("worker alive");
+        self.workers
+            .get(path)
+            .send_message(msg)
+            .expect("worker alive");
     }
 
     async fn settle(&self) {
@@ -118,7 +126,12 @@ async fn one_for_one_restarts_only_the_failed_child() {
     t.settle().await;
     assert_eq!(t.workers.events(), vec!["start /t/b"]);
     assert_eq!((t.restarts("/t/a"), t.restarts("/t/c")), (0, 0));
-    let err = t.registry.get(&ActorPath::parse("/t/b").unwrap()).unwrap().last_error().unwrap();
+    let err = t
+        .registry
+        .get(&ActorPath::parse("/t/b").unwrap())
+        .unwrap()
+        .last_error()
+        .unwrap();
     assert_eq!(err.message, "boom");
 }
 
@@ -133,7 +146,13 @@ async fn one_for_all_restarts_every_child_in_order() {
     t.settle().await;
     assert_eq!(
         t.workers.events(),
-        vec!["stop /t/c", "stop /t/a", "start /t/a", "start /t/b", "start /t/c"]
+        vec![
+            "stop /t/c",
+            "stop /t/a",
+            "start /t/a",
+            "start /t/b",
+            "start /t/c"
+        ]
     );
 }
 
@@ -144,7 +163,10 @@ async fn rest_for_one_restarts_the_failed_child_and_those_after_it() {
     t.wait_restarts("/t/c", 1).await;
     t.wait_status("/t/c", Status::Running).await;
     t.settle().await;
-    assert_eq!(t.workers.events(), vec!["stop /t/c", "start /t/b", "start /t/c"]);
+    assert_eq!(
+        t.workers.events(),
+        vec!["stop /t/c", "start /t/b", "start /t/c"]
+    );
     assert_eq!(t.restarts("/t/a"), 0);
     assert_eq!(t.restarts("/t/b"), 1);
 }
@@ -210,17 +232,54 @@ async fn a_failing_subtree_is_restarted_by_its_parent_alone() {
     )
     .await
     .unwrap();
-    let running = |p: &str| registry.get(&ActorPath::parse(p).unwrap()).map(|p| p.status()) == Some(Status::Running);
-    assert!(eventually(Duration::from_secs(5), || running("/t/sub/x") && running("/t/sub/y")).await);
-    let restarts = |p: &str| registry.get(&ActorPath::parse(p).unwrap()).unwrap().restarts();
-    workers.get("/t/sub/x").send_message(TestMsg::Fail("one".into())).unwrap();
-    assert!(eventually(Duration::from_secs(5), || restarts("/t/sub/x") == 1 && running("/t/sub/x")).await);
-    workers.get("/t/sub/x").send_message(TestMsg::Fail("two".into())).unwrap();
+    let running = |p: &str| {
+        registry
+            .get(&ActorPath::parse(p).unwrap())
+            .map(|p| p.status())
+            == Some(Status::Running)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || running("/t/sub/x")
+            && running("/t/sub/y"))
+        .await
+    );
+    let restarts = |p: &str| {
+        registry
+            .get(&ActorPath::parse(p).unwrap())
+            .unwrap()
+            .restarts()
+    };
+    workers
+        .get("/t/sub/x")
+        .send_message(TestMsg::Fail("one".into()))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || restarts("/t/sub/x") == 1
+            && running("/t/sub/x"))
+        .await
+    );
+    workers
+        .get("/t/sub/x")
+        .send_message(TestMsg::Fail("two".into()))
+        .unwrap();
     assert!(eventually(Duration::from_secs(5), || restarts("/t/sub") == 1).await);
-    assert!(eventually(Duration::from_secs(5), || running("/t/sub") && running("/t/sub/x") && running("/t/sub/y")).await);
+    assert!(
+        eventually(Duration::from_secs(5), || running("/t/sub")
+            && running("/t/sub/x")
+            && running("/t/sub/y"))
+        .await
+    );
     assert_eq!(restarts("/t/other"), 0);
-    let err = registry.get(&ActorPath::parse("/t/sub").unwrap()).unwrap().last_error().unwrap();
-    assert!(err.message.contains("restart budget exhausted"), "{}", err.message);
+    let err = registry
+        .get(&ActorPath::parse("/t/sub").unwrap())
+        .unwrap()
+        .last_error()
+        .unwrap();
+    assert!(
+        err.message.contains("restart budget exhausted"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -237,7 +296,10 @@ async fn backoff_grows_and_caps() {
     // Observed through a 10 ms poll: each gap is the backoff plus at most one poll.
     let expected = [100, 200, 400, 400, 400];
     for (gap, want) in gaps.iter().zip(expected) {
-        assert!(*gap >= want && *gap <= want + 20, "gaps {gaps:?}, expected about {expected:?}");
+        assert!(
+            *gap >= want && *gap <= want + 20,
+            "gaps {gaps:?}, expected about {expected:?}"
+        );
     }
 }
 
@@ -292,7 +354,10 @@ async fn restart_types_decide_what_comes_back() {
 async fn stopping_the_supervisor_stops_children_in_reverse_order() {
     let t = Tree::start(spec(Strategy::OneForOne), abc).await;
     t.sup.stop_and_wait(None, None).await.unwrap();
-    assert_eq!(t.workers.events(), vec!["stop /t/c", "stop /t/b", "stop /t/a"]);
+    assert_eq!(
+        t.workers.events(),
+        vec!["stop /t/c", "stop /t/b", "stop /t/a"]
+    );
     assert_eq!(t.status("/t/a"), Some(Status::Stopped));
 }
 
@@ -301,14 +366,18 @@ async fn a_child_past_its_shutdown_timeout_is_killed() {
     let t = Tree::start(spec(Strategy::OneForOne), |w| {
         vec![
             w.spec("a"),
-            w.spec_with_stop_delay("slow", Duration::from_secs(3600)).shutdown(Duration::from_secs(2)),
+            w.spec_with_stop_delay("slow", Duration::from_secs(3600))
+                .shutdown(Duration::from_secs(2)),
         ]
     })
     .await;
     let began = tokio::time::Instant::now();
     t.sup.stop_and_wait(None, None).await.unwrap();
     let took = began.elapsed();
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
     // The slow child never finished its graceful stop; the next one still stopped in order.
     assert_eq!(t.workers.events(), vec!["stop /t/a"]);
 }
@@ -333,25 +402,43 @@ async fn a_worker_holding_work_without_progress_is_restarted() {
     assert_eq!(t.restarts("/t/stuck"), 1);
     assert_eq!(t.restarts("/t/busy"), 0);
     assert_eq!(t.restarts("/t/idle"), 0);
-    let err = t.registry.get(&ActorPath::parse("/t/stuck").unwrap()).unwrap().last_error().unwrap();
+    let err = t
+        .registry
+        .get(&ActorPath::parse("/t/stuck").unwrap())
+        .unwrap()
+        .last_error()
+        .unwrap();
     assert!(err.message.starts_with("stuck"), "{}", err.message);
     // The new incarnation starts with nothing held.
     t.wait_status("/t/stuck", Status::Running).await;
-    assert_eq!(t.registry.get(&ActorPath::parse("/t/stuck").unwrap()).unwrap().pending(), 0);
+    assert_eq!(
+        t.registry
+            .get(&ActorPath::parse("/t/stuck").unwrap())
+            .unwrap()
+            .pending(),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn children_are_added_and_removed_at_run_time() {
     let t = Tree::start(spec(Strategy::OneForOne), |w| vec![w.spec("a")]).await;
     for id in ["w1", "w2"] {
-        call!(t.sup, SupervisorMsg::AddChild, t.workers.spec(id)).unwrap().unwrap();
+        call!(t.sup, SupervisorMsg::AddChild, t.workers.spec(id))
+            .unwrap()
+            .unwrap();
     }
     t.wait_status("/t/w2", Status::Running).await;
     let dup = call!(t.sup, SupervisorMsg::AddChild, t.workers.spec("w1")).unwrap();
     assert!(dup.is_err());
-    call!(t.sup, SupervisorMsg::RemoveChild, "w1".to_owned()).unwrap().unwrap();
+    call!(t.sup, SupervisorMsg::RemoveChild, "w1".to_owned())
+        .unwrap()
+        .unwrap();
     assert_eq!(t.status("/t/w1"), None);
-    assert_eq!(call!(t.sup, SupervisorMsg::Children).unwrap(), vec!["a", "w2"]);
+    assert_eq!(
+        call!(t.sup, SupervisorMsg::Children).unwrap(),
+        vec!["a", "w2"]
+    );
     // A removed child is not restarted; a dynamic one is supervised like any other.
     t.send("/t/w2", TestMsg::Fail("boom".into()));
     t.wait_restarts("/t/w2", 1).await;
@@ -360,17 +447,30 @@ async fn children_are_added_and_removed_at_run_time() {
 #[tokio::test(start_paused = true)]
 async fn operator_stop_start_restart_and_fault_injection() {
     let t = Tree::start(spec(Strategy::OneForOne), abc).await;
-    call!(t.sup, SupervisorMsg::StopChild, "b".to_owned()).unwrap().unwrap();
+    call!(t.sup, SupervisorMsg::StopChild, "b".to_owned())
+        .unwrap()
+        .unwrap();
     assert_eq!(t.status("/t/b"), Some(Status::Stopped));
     t.settle().await;
     assert_eq!(t.status("/t/b"), Some(Status::Stopped));
-    call!(t.sup, SupervisorMsg::StartChild, "b".to_owned()).unwrap().unwrap();
+    call!(t.sup, SupervisorMsg::StartChild, "b".to_owned())
+        .unwrap()
+        .unwrap();
     assert_eq!(t.status("/t/b"), Some(Status::Running));
-    call!(t.sup, SupervisorMsg::RestartChild, "c".to_owned()).unwrap().unwrap();
+    call!(t.sup, SupervisorMsg::RestartChild, "c".to_owned())
+        .unwrap()
+        .unwrap();
     assert_eq!(t.restarts("/t/c"), 1);
-    call!(t.sup, SupervisorMsg::FailChild, "a".to_owned()).unwrap().unwrap();
+    call!(t.sup, SupervisorMsg::FailChild, "a".to_owned())
+        .unwrap()
+        .unwrap();
     t.wait_restarts("/t/a", 1).await;
-    let err = t.registry.get(&ActorPath::parse("/t/a").unwrap()).unwrap().last_error().unwrap();
+    let err = t
+        .registry
+        .get(&ActorPath::parse("/t/a").unwrap())
+        .unwrap()
+        .last_error()
+        .unwrap();
     assert!(err.message.contains("fault injected"), "{}", err.message);
     let missing = call!(t.sup, SupervisorMsg::FailChild, "nope".to_owned()).unwrap();
     assert!(missing.is_err());
@@ -394,7 +494,20 @@ async fn a_child_that_cannot_start_is_retried_with_backoff() {
     .await
     .unwrap();
     let a = ActorPath::parse("/t/a").unwrap();
-    assert!(eventually(Duration::from_secs(5), || registry.get(&a).unwrap().status() == Status::Running).await);
+    assert!(
+        eventually(Duration::from_secs(5), || registry
+            .get(&a)
+            .unwrap()
+            .status()
+            == Status::Running)
+        .await
+    );
     assert_eq!(registry.get(&a).unwrap().restarts(), 2);
-    assert!(registry.get(&a).unwrap().last_error().unwrap().message.contains("refused to start"));
+    assert!(registry
+        .get(&a)
+        .unwrap()
+        .last_error()
+        .unwrap()
+        .message
+        .contains("refused to start"));
 }

@@ -1,0 +1,6 @@
+//! Integration tests: the runtime in-process and the actord binary, driven from outside
+//! through the admin port as an operator would.
+
+mod admin;
+mod binary;
+mod support;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs (once per machine) and starts (when not running) what actord's tests and demo use:
+# PostgreSQL, Redis and promtool. Idempotent: does nothing when everything is in place.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PostgreSQL on 127.0.0.1:5432.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$version" ]; then
+    log "no PostgreSQL cluster found; creating one"
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    as_root pg_createcluster "$version" main >/dev/null
+  fi
+  log "starting PostgreSQL $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+  pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not come up"; exit 1; }
+fi
+
+# Redis on 127.0.0.1:6379, nothing persisted.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.2; done
+  redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
+fi
+
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(promtool --version 2>&1 | head -n 1)"

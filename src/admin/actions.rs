@@ -1,0 +1,199 @@
+//! Mutating admin endpoints. Each takes the actor path as a query parameter and, when a token is
+//! configured, needs `Authorization: Bearer <token>`.
+
+use actord_actors::{ActorPath, SupervisorError, SupervisorMsg};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use ractor::{ActorRef, RpcReplyPort};
+use serde::Deserialize;
+use tracing::info;
+
+use super::text;
+use crate::runtime::Handle;
+
+#[derive(Deserialize)]
+pub struct PathQuery {
+    path: Option<String>,
+}
+
+type Reply = RpcReplyPort<Result<(), SupervisorError>>;
+
+/// A refused request: its status and a one-line reason.
+struct Reject(StatusCode, String);
+
+impl From<Reject> for Response {
+    fn from(r: Reject) -> Response {
+        text(r.0, format!("{}\n", r.1))
+    }
+}
+
+fn authorized(h: &Handle, headers: &HeaderMap) -> Result<(), Reject> {
+    let Some(token) = &h.config.admin.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Reject(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The supervisor that owns `path` and the child id of `path` in it.
+fn owner(
+    h: &Handle,
+    query: &PathQuery,
+) -> Result<(ActorRef<SupervisorMsg>, String, ActorPath), Reject> {
+    let raw = query.path.as_deref().unwrap_or("");
+    let path = ActorPath::parse(raw).ok_or_else(|| {
+        Reject(
+            StatusCode::BAD_REQUEST,
+            format!("expected ?path=/pipeline/..., found {raw:?}"),
+        )
+    })?;
+    let parent = path.parent().ok_or_else(|| {
+        Reject(
+            StatusCode::BAD_REQUEST,
+            "the root cannot be targeted; stop the process instead".into(),
+        )
+    })?;
+    if h.registry.get(&path).is_none() {
+        return Err(Reject(StatusCode::NOT_FOUND, format!("no actor at {path}")));
+    }
+    let sup = h
+        .registry
+        .get(&parent)
+        .and_then(|p| p.control())
+        .ok_or_else(|| {
+            Reject(
+                StatusCode::CONFLICT,
+                format!("the supervisor of {path} is not running"),
+            )
+        })?;
+    Ok((sup, path.name().to_owned(), path))
+}
+
+async fn ask(
+    sup: &ActorRef<SupervisorMsg>,
+    make: impl FnOnce(Reply) -> SupervisorMsg,
+    done: String,
+) -> Response {
+    match sup
+        .call(make, Some(std::time::Duration::from_secs(120)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Ok(()))) => text(StatusCode::OK, format!("{done}\n")),
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            let status = match e {
+                SupervisorError::UnknownChild(_) => StatusCode::NOT_FOUND,
+                SupervisorError::NotRunning(_) | SupervisorError::AlreadyExists(_) => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            text(status, format!("{e}\n"))
+        }
+        Ok(_) | Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor did not answer\n".into(),
+        ),
+    }
+}
+
+pub async fn restart_actor(
+    State(h): State<Handle>,
+    headers: HeaderMap,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    if let Err(r) = authorized(&h, &headers) {
+        return r.into();
+    }
+    let (sup, id, path) = match owner(&h, &q) {
+        Ok(o) => o,
+        Err(r) => return r.into(),
+    };
+    info!(path = %path, "restart requested through the admin port");
+    ask(
+        &sup,
+        |reply| SupervisorMsg::RestartChild(id, reply),
+        format!("restarted {path}"),
+    )
+    .await
+}
+
+pub async fn fail_actor(
+    State(h): State<Handle>,
+    headers: HeaderMap,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    if !h.config.admin.fault_injection {
+        return text(
+            StatusCode::NOT_FOUND,
+            "fault injection is disabled (admin.fault_injection = false)\n".into(),
+        );
+    }
+    if let Err(r) = authorized(&h, &headers) {
+        return r.into();
+    }
+    let (sup, id, path) = match owner(&h, &q) {
+        Ok(o) => o,
+        Err(r) => return r.into(),
+    };
+    ask(
+        &sup,
+        |reply| SupervisorMsg::FailChild(id, reply),
+        format!("failed {path}"),
+    )
+    .await
+}
+
+pub async fn pipeline_action(
+    State(h): State<Handle>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorized(&h, &headers) {
+        return r.into();
+    }
+    if !h.config.runtime.enabled.contains(&name) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {name:?} is not enabled\n"),
+        );
+    }
+    info!(pipeline = %name, action = %action, "pipeline action requested through the admin port");
+    match action.as_str() {
+        "stop" => {
+            ask(
+                &h.root,
+                |reply| SupervisorMsg::StopChild(name.clone(), reply),
+                format!("stopped {name}"),
+            )
+            .await
+        }
+        "start" => {
+            ask(
+                &h.root,
+                |reply| SupervisorMsg::StartChild(name.clone(), reply),
+                format!("started {name}"),
+            )
+            .await
+        }
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {other:?}; expected stop or start\n"),
+        ),
+    }
+}

@@ -1,0 +1,213 @@
+//! The admin HTTP port: liveness, readiness, health, metrics, the live actor tree, and
+//! operator actions on actors and pipelines.
+
+mod actions;
+
+use std::future::Future;
+
+use actord_actors::{observe::chrono_like_rfc3339, ActorPath, Status};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::Brokers;
+use crate::runtime::Handle;
+use crate::telemetry::{self, names};
+
+const PAGE: &str = include_str!("page.html");
+
+pub fn router(handle: Handle) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/health", get(health))
+        .route("/health/{pipeline}", get(pipeline_health))
+        .route("/metrics", get(metrics))
+        .route("/api/tree", get(tree))
+        .route("/api/info", get(info))
+        .route("/api/actors/restart", post(actions::restart_actor))
+        .route("/api/actors/fail", post(actions::fail_actor))
+        .route(
+            "/api/pipelines/{name}/{action}",
+            post(actions::pipeline_action),
+        )
+        .with_state(handle)
+}
+
+/// Serves the admin port until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    handle: Handle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(handle))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn live() -> Response {
+    text(StatusCode::OK, "OK\n".into())
+}
+
+async fn ready(State(h): State<Handle>) -> Response {
+    let failing: Vec<String> = h
+        .config
+        .runtime
+        .enabled
+        .iter()
+        .filter(|p| h.pipeline_status(p) != Status::Running)
+        .map(|p| format!("{p}: {}", h.pipeline_status(p).as_str()))
+        .collect();
+    if failing.is_empty() {
+        text(StatusCode::OK, "READY\n".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("NOT READY\n{}\n", failing.join("\n")),
+        )
+    }
+}
+
+/// `(component, healthy)` for one pipeline; everything is unhealthy while it is not running.
+fn components(h: &Handle, pipeline: &str) -> Vec<(String, bool)> {
+    let running = h.pipeline_status(pipeline) == Status::Running;
+    match h.health.get(pipeline) {
+        Some(checks) if !checks.is_empty() => checks
+            .iter()
+            .map(|c| (c.component.to_owned(), running && (c.check)(&h.registry)))
+            .collect(),
+        _ => vec![("supervisor".to_owned(), running)],
+    }
+}
+
+fn health_body(lines: Vec<(String, bool)>, notes: Vec<String>) -> Response {
+    let ok = lines.iter().all(|(_, healthy)| *healthy);
+    let mut body = String::from(if ok { "OK\n" } else { "DEGRADED\n" });
+    for (name, healthy) in lines {
+        body.push_str(&format!(
+            "{name}: {}\n",
+            if healthy { "healthy" } else { "unhealthy" }
+        ));
+    }
+    for note in notes {
+        body.push_str(&format!("# {note}\n"));
+    }
+    text(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+fn notes(h: &Handle) -> Vec<String> {
+    let mut notes = Vec::new();
+    if h.config.kafka.brokers == Brokers::Embedded {
+        notes.push(
+            "kafka: embedded in-process broker (demo/test only: 5 MiB per partition, lost on exit)"
+                .to_owned(),
+        );
+    }
+    notes
+}
+
+async fn health(State(h): State<Handle>) -> Response {
+    let mut lines = Vec::new();
+    for pipeline in &h.config.runtime.enabled {
+        for (component, healthy) in components(&h, pipeline) {
+            lines.push((format!("{pipeline}.{component}"), healthy));
+        }
+    }
+    health_body(lines, notes(&h))
+}
+
+async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) -> Response {
+    if !h.config.runtime.enabled.contains(&pipeline) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {pipeline:?} is not enabled\n"),
+        );
+    }
+    health_body(components(&h, &pipeline), Vec::new())
+}
+
+async fn metrics(State(h): State<Handle>) -> Response {
+    for snap in h.registry.snapshots() {
+        let up = if snap.status == Status::Running {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(names::ACTOR_UP, "path" => snap.path.to_string()).set(up);
+    }
+    for pipeline in &h.config.runtime.enabled {
+        let up = if h.pipeline_status(pipeline) == Status::Running {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(names::PIPELINE_UP, "pipeline" => pipeline.clone()).set(up);
+    }
+    let body = telemetry::prometheus().render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn tree(State(h): State<Handle>) -> Response {
+    match h.registry.tree().into_iter().next() {
+        Some(root) => Json(root).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "tree not started\n").into_response(),
+    }
+}
+
+async fn info(State(h): State<Handle>) -> Response {
+    let c = &h.config;
+    let kafka = match &c.kafka.brokers {
+        Brokers::Embedded => json!({"mode": "embedded"}),
+        Brokers::List(list) => json!({"mode": "external", "brokers": list}),
+    };
+    let pipelines: Vec<_> = c
+        .runtime
+        .enabled
+        .iter()
+        .map(|p| json!({"name": p, "status": h.pipeline_status(p), "path": ActorPath::root().child(p)}))
+        .collect();
+    Json(json!({
+        "name": "actord",
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": c.source,
+        "started_at": chrono_like_rfc3339(h.started),
+        "uptime_seconds": h.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        "admin": {"listen": c.admin.listen.to_string(), "token_required": c.admin.token.is_some(), "fault_injection": c.admin.fault_injection},
+        "fail_fast": c.runtime.fail_fast,
+        "pipelines": pipelines,
+        "kafka": kafka,
+    }))
+    .into_response()
+}

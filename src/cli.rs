@@ -1,0 +1,179 @@
+//! Command-line interface: flags, subcommands and the small commands that need no runtime.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use actord_actors::{ActorKind, ChildSpec, SupervisorSpec};
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, Sources};
+use crate::runtime;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "actord",
+    version,
+    about = "Data pipelines as a supervision tree of actors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file (default: ./supervision.toml if present, else the embedded default).
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Pipelines to run, comma-separated (overrides runtime.enable).
+    #[arg(long, global = true, value_delimiter = ',', value_name = "NAMES")]
+    pub enable: Option<Vec<String>>,
+    /// Admin address: where to listen when running, where to connect for `tree`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Load environment variables from this file first (existing variables win).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the enabled pipelines (the default).
+    Run,
+    /// Validate the configuration and print the tree it would start.
+    Check,
+    /// Print the live tree of a running instance.
+    Tree,
+}
+
+impl Cli {
+    /// Loads `--env-file`, then reads the configuration with the process environment.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        if let Some(path) = &self.env_file {
+            if let Err(e) = dotenvy::from_path(path) {
+                return Err(ConfigError {
+                    problems: vec![config::Problem::new(
+                        path.display().to_string(),
+                        "",
+                        format!("cannot load the env file: {e}"),
+                    )],
+                });
+            }
+        }
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        config::load(&Sources {
+            config_path: self.config.clone(),
+            env,
+            enable: self.enable.clone(),
+            admin: self.admin.clone(),
+        })
+    }
+}
+
+/// Renders the planned tree with each actor's supervision settings.
+pub fn render_plan(config: &Config) -> anyhow::Result<String> {
+    let plan = runtime::plan(config)?;
+    let mut out = format!(
+        "config: {}\nadmin: http://{}\n/ (root) {}\n",
+        config.source,
+        config.admin.listen,
+        describe_sup(&plan.root)
+    );
+    for spec in &plan.pipelines {
+        render_child(spec, 1, &mut out);
+    }
+    Ok(out)
+}
+
+fn describe_sup(s: &SupervisorSpec) -> String {
+    let budget = if s.max_restarts == u32::MAX {
+        "unlimited restarts".to_owned()
+    } else {
+        format!("max {} restarts in {:?}", s.max_restarts, s.within)
+    };
+    format!(
+        "{:?}, {budget}, backoff {:?}..{:?} x{}",
+        s.strategy, s.backoff.initial, s.backoff.max, s.backoff.factor
+    )
+}
+
+fn render_child(spec: &ChildSpec, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    match (spec.kind, spec.nested()) {
+        (ActorKind::Supervisor, Some((sup, children))) => {
+            out.push_str(&format!(
+                "{indent}{} supervisor [{:?}, shutdown {:?}] {}\n",
+                spec.id,
+                spec.restart,
+                spec.shutdown,
+                describe_sup(sup)
+            ));
+            for child in children {
+                render_child(child, depth + 1, out);
+            }
+        }
+        _ => {
+            let stuck = spec
+                .stuck_after
+                .map(|d| format!("{d:?}"))
+                .unwrap_or_else(|| "off".into());
+            out.push_str(&format!(
+                "{indent}{} worker [{:?}, shutdown {:?}, stuck after {stuck}]\n",
+                spec.id, spec.restart, spec.shutdown
+            ));
+        }
+    }
+}
+
+/// Fetches `/api/tree` from a running instance and renders it as an indented list.
+pub async fn render_live_tree(base: &str) -> anyhow::Result<String> {
+    let url = format!("{}/api/tree", base.trim_end_matches('/'));
+    let tree: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
+    let mut out = String::new();
+    render_node(&tree, 0, &mut out);
+    Ok(out)
+}
+
+fn render_node(node: &serde_json::Value, depth: usize, out: &mut String) {
+    let get = |k: &str| node.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let name = if get("path") == "/" { "/" } else { get("name") };
+    let mut line = format!(
+        "{}{name}  {}  {}  restarts={}  records={}",
+        "  ".repeat(depth),
+        get("kind"),
+        get("status"),
+        node.get("restarts").and_then(|v| v.as_u64()).unwrap_or(0),
+        node.pointer("/counters/records")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    );
+    if let Some(err) = node
+        .get("last_error")
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+    {
+        line.push_str(&format!("  last_error={err:?}"));
+    }
+    out.push_str(&line);
+    out.push('\n');
+    for child in node
+        .get("children")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
+        render_node(child, depth + 1, out);
+    }
+}
+
+/// The admin base URL for `tree`: `--admin` (with or without scheme), else the config's address.
+pub fn admin_url(cli: &Cli, config: Option<&Config>) -> String {
+    match (&cli.admin, config) {
+        (Some(a), _) if a.starts_with("http://") || a.starts_with("https://") => a.clone(),
+        (Some(a), _) => format!("http://{a}"),
+        (None, Some(c)) => format!("http://{}", c.admin.listen),
+        (None, None) => "http://127.0.0.1:8080".to_owned(),
+    }
+}

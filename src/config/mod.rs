@@ -1,0 +1,492 @@
+//! Configuration: `supervision.toml`, then the environment, then CLI flags, validated into typed
+//! settings. Every problem is reported with where it came from and its TOML key.
+
+mod env;
+pub(crate) mod raw;
+mod supervision;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+pub use env::{prefixed, EnvKey, Unit};
+pub use supervision::{Level, Supervision};
+
+use crate::pipelines::{self, PipelineDef};
+use raw::RawConfig;
+
+/// The configuration shipped with the binary: it runs with no external infrastructure.
+pub const EMBEDDED: &str = include_str!("../../supervision.toml");
+
+/// A value that must never be printed (tokens, passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// The file, environment variable or flag the value came from.
+    pub origin: String,
+    /// The TOML key, dotted (empty when the problem is not about one key).
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(
+        origin: impl Into<String>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem {
+            origin: origin.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found; the process exits 2 with this message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Inputs to [`load`], gathered by the CLI.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config`; without it `./supervision.toml` if present, else the embedded default.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The process environment (after `--env-file`).
+    pub env: BTreeMap<String, String>,
+    /// `--enable a,b`.
+    pub enable: Option<Vec<String>>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from, for messages.
+    pub source: String,
+    pub admin: AdminConfig,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub supervision: Supervision,
+    pub pipelines: PipelinesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub fault_injection: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Enabled pipeline names, in start order.
+    pub enabled: Vec<String>,
+    pub fail_fast: bool,
+    pub cool_down: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Brokers {
+    /// librdkafka's in-process mock cluster: for demos and tests only.
+    Embedded,
+    /// Comma-separated bootstrap servers.
+    List(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: Brokers,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelinesConfig {
+    pub heartbeat: pipelines::heartbeat::HeartbeatConfig,
+}
+
+/// Reads, overrides and validates the configuration.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let (origin, text) = read_source(sources.config_path.as_deref())?;
+    let mut table: Table = toml::from_str(&text).map_err(|e| ConfigError {
+        problems: vec![Problem::new(
+            &origin,
+            "",
+            format!("not valid TOML: {}", e.to_string().trim()),
+        )],
+    })?;
+    let mut problems = Vec::new();
+    let mut root = Value::Table(std::mem::take(&mut table));
+    env::interpolate(&mut root, "", &origin, &sources.env, &mut problems);
+    let Value::Table(mut table) = root else {
+        unreachable!("interpolation keeps the root a table")
+    };
+
+    let mut origins = env::Origins::new();
+    let enabled = resolve_enabled(&table, sources, &origin, &mut origins, &mut problems);
+    let defs: Vec<&PipelineDef> = enabled.iter().filter_map(|n| pipelines::find(n)).collect();
+    env::apply(&mut table, &sources.env, &defs, &mut origins, &mut problems);
+    if let Some(admin) = &sources.admin {
+        env::insert(&mut table, "admin.listen", Value::String(admin.clone()));
+        origins.insert("admin.listen".into(), "--admin".into());
+    }
+    env::insert(
+        &mut table,
+        "runtime.enable",
+        Value::Array(enabled.iter().cloned().map(Value::String).collect()),
+    );
+    // Problems so far are kept and reported together with the ones validation finds.
+    let raw: RawConfig = match serde_path_to_error::deserialize(Value::Table(table)) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let key = e.path().to_string();
+            let from = origins.get(&key).cloned().unwrap_or_else(|| origin.clone());
+            let key = if key == "." { String::new() } else { key };
+            problems.push(Problem::new(from, key, e.inner().to_string()));
+            return Err(ConfigError { problems });
+        }
+    };
+    let check = Check {
+        file: &origin,
+        origins: &origins,
+        problems: &mut problems,
+    };
+    let config = validate(raw, &origin, enabled, check);
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+fn read_source(path: Option<&Path>) -> Result<(String, String), ConfigError> {
+    let fail = |p: &Path, e: std::io::Error| ConfigError {
+        problems: vec![Problem::new(
+            p.display().to_string(),
+            "",
+            format!("cannot read the file: {e}"),
+        )],
+    };
+    match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| (p.display().to_string(), t))
+            .map_err(|e| fail(p, e)),
+        None => {
+            let local = Path::new("supervision.toml");
+            if local.exists() {
+                std::fs::read_to_string(local)
+                    .map(|t| ("supervision.toml".to_owned(), t))
+                    .map_err(|e| fail(local, e))
+            } else {
+                Ok((
+                    "<embedded supervision.toml>".to_owned(),
+                    EMBEDDED.to_owned(),
+                ))
+            }
+        }
+    }
+}
+
+fn resolve_enabled(
+    table: &Table,
+    sources: &Sources,
+    file: &str,
+    origins: &mut env::Origins,
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let (names, from): (Vec<String>, String) = match &sources.enable {
+        Some(list) => {
+            origins.insert("runtime.enable".into(), "--enable".into());
+            (list.clone(), "--enable".into())
+        }
+        None => match table.get("runtime").and_then(|r| r.get("enable")) {
+            Some(Value::Array(items)) => {
+                let mut names = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(s) => names.push(s.to_owned()),
+                        None => problems.push(Problem::new(
+                            file,
+                            format!("runtime.enable[{i}]"),
+                            "expected a pipeline name (a string)",
+                        )),
+                    }
+                }
+                (names, file.to_owned())
+            }
+            Some(_) => {
+                problems.push(Problem::new(
+                    file,
+                    "runtime.enable",
+                    "expected a list of pipeline names",
+                ));
+                (Vec::new(), file.to_owned())
+            }
+            None => (vec!["heartbeat".to_owned()], file.to_owned()),
+        },
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let name = name.trim().to_owned();
+        if name.is_empty() || out.contains(&name) {
+            continue;
+        }
+        if pipelines::find(&name).is_none() {
+            problems.push(Problem::new(
+                &from,
+                "runtime.enable",
+                format!(
+                    "unknown pipeline {name:?}; valid names: {}",
+                    pipelines::names().join(", ")
+                ),
+            ));
+            continue;
+        }
+        out.push(name);
+    }
+    if out.is_empty() && problems.is_empty() {
+        problems.push(Problem::new(
+            &from,
+            "runtime.enable",
+            format!(
+                "no pipeline enabled; valid names: {}",
+                pipelines::names().join(", ")
+            ),
+        ));
+    }
+    out
+}
+
+/// Collects validation problems, naming where each value came from.
+pub struct Check<'a> {
+    file: &'a str,
+    origins: &'a env::Origins,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Check<'_> {
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let origin = self
+            .origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| self.file.to_owned());
+        self.problems.push(Problem::new(origin, key, message));
+    }
+
+    /// Parses a duration such as "500ms", "30s" or "2m".
+    pub fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => {
+                match humantime::parse_duration(s.trim()) {
+                    Ok(d) => d,
+                    Err(_) => {
+                        self.problem(key, format!("expected a duration such as \"500ms\", \"30s\" or \"2m\", found {s:?}"));
+                        default
+                    }
+                }
+            }
+        }
+    }
+
+    /// A duration that must be above zero.
+    pub fn positive_duration(
+        &mut self,
+        key: &str,
+        raw: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, raw, default);
+        if d.is_zero() {
+            self.problem(key, "expected a duration above zero");
+            return default;
+        }
+        d
+    }
+
+    /// Parses one of a closed set of names.
+    pub fn choice<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        key: &str,
+        raw: &str,
+        allowed: &[&str],
+    ) -> Option<T> {
+        match T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(raw))
+        {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("expected one of {}, found {raw:?}", allowed.join(", ")),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    file: &str,
+    enabled: Vec<String>,
+    mut check: Check<'_>,
+) -> Option<Config> {
+    let listen_raw = raw.admin.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = match listen_raw.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            check.problem(
+                "admin.listen",
+                format!(
+                    "expected a socket address such as \"127.0.0.1:8080\", found {listen_raw:?}"
+                ),
+            );
+            None
+        }
+    };
+    let token = raw.admin.token.filter(|t| !t.is_empty()).map(Secret);
+    let runtime = RuntimeConfig {
+        enabled,
+        fail_fast: raw.runtime.fail_fast.unwrap_or(false),
+        cool_down: check.positive_duration(
+            "runtime.cool_down",
+            raw.runtime.cool_down.as_deref(),
+            Duration::from_secs(30),
+        ),
+        shutdown_timeout: check.positive_duration(
+            "runtime.shutdown_timeout",
+            raw.runtime.shutdown_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+    let format = match raw.log.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            check.problem(
+                "log.format",
+                format!("expected \"text\" or \"json\", found {other:?}"),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        check.problem(
+            "log.level",
+            format!("expected a level such as \"info\" or a filter directive, found {level:?}"),
+        );
+    }
+    let brokers = match raw.kafka.brokers.as_deref().map(str::trim) {
+        None | Some("embedded") => Brokers::Embedded,
+        Some("") => {
+            check.problem(
+                "kafka.brokers",
+                "expected \"embedded\" or a list of host:port",
+            );
+            Brokers::Embedded
+        }
+        Some(list) => {
+            for b in list.split(',').map(str::trim) {
+                if b.rsplit_once(':')
+                    .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    check.problem(
+                        "kafka.brokers",
+                        format!("expected host:port entries separated by commas, found {b:?}"),
+                    );
+                }
+            }
+            Brokers::List(list.to_owned())
+        }
+    };
+    let mut pipeline_levels = BTreeMap::new();
+    let heartbeat_raw = raw.pipelines.heartbeat.unwrap_or_default();
+    pipeline_levels.insert("heartbeat".to_owned(), heartbeat_raw.supervision.clone());
+    let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
+    let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
+    Some(Config {
+        source: file.to_owned(),
+        admin: AdminConfig {
+            listen: listen?,
+            token,
+            fault_injection: raw.admin.fault_injection.unwrap_or(false),
+        },
+        runtime,
+        log: LogConfig { format, level },
+        kafka: KafkaConfig { brokers },
+        supervision,
+        pipelines: PipelinesConfig { heartbeat },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! `supervision.toml` as written: every field optional, checked later by validation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The admin HTTP port.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+    /// The shared Kafka connection.
+    #[serde(default)]
+    pub kafka: RawKafka,
+    /// Supervision defaults for every supervisor and worker.
+    #[serde(default)]
+    pub supervision: RawSupervision,
+    /// Per-pipeline settings, one table per pipeline name.
+    #[serde(default)]
+    pub pipelines: RawPipelines,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address the admin port binds, e.g. "127.0.0.1:8080".
+    pub listen: Option<String>,
+    /// Bearer token required by mutating endpoints; empty or absent means none.
+    pub token: Option<String>,
+    /// Enables `POST /api/actors/fail` (fault injection).
+    pub fault_injection: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Pipelines started when `--enable` is not given.
+    // Resolved from the TOML tree before typing (env mappings depend on it); kept for the schema.
+    #[allow(dead_code)]
+    pub enable: Option<Vec<String>>,
+    /// Exit non-zero when a pipeline exhausts its restart budget, instead of restarting it later.
+    pub fail_fast: Option<bool>,
+    /// How long a failed pipeline waits before the root restarts it, e.g. "30s".
+    pub cool_down: Option<String>,
+    /// How long a graceful shutdown may take in all, e.g. "30s".
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// "text" (human-readable) or "json".
+    pub format: Option<String>,
+    /// Default level filter ("info", "debug", or a tracing directive); RUST_LOG wins.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap servers ("host:port,host:port") or "embedded" for the in-process broker.
+    pub brokers: Option<String>,
+}
+
+/// Supervision settings; every level (defaults, pipeline, path) uses the same keys.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervision {
+    /// "one_for_one", "one_for_all" or "rest_for_one".
+    pub strategy: Option<String>,
+    /// Restarts allowed within `within` before the supervisor gives up and fails upward.
+    pub max_restarts: Option<u32>,
+    /// The window of the restart budget, e.g. "60s".
+    pub within: Option<String>,
+    /// First delay before a restart, e.g. "500ms".
+    pub backoff_initial: Option<String>,
+    /// Largest delay before a restart, e.g. "30s".
+    pub backoff_max: Option<String>,
+    /// Growth of the delay per consecutive restart.
+    pub backoff_factor: Option<f64>,
+    /// "permanent", "transient" or "temporary": when this actor is restarted.
+    pub restart: Option<String>,
+    /// How long a graceful stop may take before the actor is killed, e.g. "10s".
+    pub shutdown_timeout: Option<String>,
+    /// Restart a worker that holds work without progress for this long, e.g. "2m"; "off" disables.
+    pub stuck_after: Option<String>,
+    /// Overrides for actors below this level, keyed by path relative to the pipeline
+    /// ("timescale", "timescale/writer"); only valid under a pipeline.
+    #[serde(default)]
+    pub paths: BTreeMap<String, RawSupervision>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipelines {
+    /// The built-in heartbeat pipeline (a ticker; a smoke test of the runtime).
+    pub heartbeat: Option<RawHeartbeat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    /// Time between beats, e.g. "1s".
+    pub interval: Option<String>,
+    /// Supervision overrides for this pipeline and its paths.
+    #[serde(default)]
+    pub supervision: RawSupervision,
+}

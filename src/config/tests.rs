@@ -1,0 +1,263 @@
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use actord_actors::{ActorPath, Restart, Strategy};
+
+use super::*;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn sources(f: &tempfile::NamedTempFile, env: &[(&str, &str)]) -> Sources {
+    Sources {
+        config_path: Some(f.path().to_path_buf()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Sources::default()
+    }
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
+    result.expect_err("config should be rejected").problems
+}
+
+#[test]
+fn the_shipped_file_is_valid_and_runs_embedded() {
+    let f = file(EMBEDDED);
+    let c = load(&sources(&f, &[])).unwrap();
+    assert_eq!(c.runtime.enabled, vec!["heartbeat"]);
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.kafka.brokers, Brokers::Embedded);
+    assert!(c.admin.token.is_none());
+    assert!(!c.admin.fault_injection);
+    assert_eq!(c.pipelines.heartbeat.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn an_empty_file_takes_built_in_defaults() {
+    let f = file("");
+    let c = load(&sources(&f, &[])).unwrap();
+    assert_eq!(c.runtime.enabled, vec!["heartbeat"]);
+    assert_eq!(c.runtime.cool_down, Duration::from_secs(30));
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn precedence_is_flags_then_environment_then_file() {
+    let f = file("[admin]\nlisten = \"127.0.0.1:1000\"\n[kafka]\nbrokers = \"file:9092\"\n[pipelines.heartbeat]\ninterval = \"5s\"\n");
+    let mut s = sources(
+        &f,
+        &[
+            ("KAFKA_BROKERS", "a:9092,b:9092"),
+            ("ACTORD_ADMIN_LISTEN", "127.0.0.1:2000"),
+            ("ACTORD_HEARTBEAT_INTERVAL_MS", "250"),
+        ],
+    );
+    let c = load(&s).unwrap();
+    assert_eq!(c.kafka.brokers, Brokers::List("a:9092,b:9092".into()));
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:2000");
+    assert_eq!(c.pipelines.heartbeat.interval, Duration::from_millis(250));
+    s.admin = Some("127.0.0.1:3000".into());
+    assert_eq!(load(&s).unwrap().admin.listen.to_string(), "127.0.0.1:3000");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_and_origin() {
+    let f = file(
+        "[admin]\nlisten = \"nowhere\"\n[runtime]\ncool_down = \"soon\"\n[supervision]\nstrategy = \"one_for_some\"\nbackoff_factor = 50.0\n",
+    );
+    let p = problems(load(&sources(
+        &f,
+        &[("ACTORD_HEARTBEAT_INTERVAL_MS", "fast")],
+    )));
+    let file_name = f.path().display().to_string();
+    let keys: Vec<(&str, &str)> = p
+        .iter()
+        .map(|p| (p.origin.as_str(), p.key.as_str()))
+        .collect();
+    assert!(
+        keys.contains(&(
+            "environment variable ACTORD_HEARTBEAT_INTERVAL_MS",
+            "pipelines.heartbeat.interval"
+        )),
+        "{p:?}"
+    );
+    assert!(
+        keys.contains(&(file_name.as_str(), "admin.listen")),
+        "{p:?}"
+    );
+    assert!(
+        keys.contains(&(file_name.as_str(), "runtime.cool_down")),
+        "{p:?}"
+    );
+    assert!(
+        keys.contains(&(file_name.as_str(), "supervision.strategy")),
+        "{p:?}"
+    );
+    assert!(
+        keys.contains(&(file_name.as_str(), "supervision.backoff_factor")),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 5, "{p:?}");
+    let strategy = p.iter().find(|p| p.key == "supervision.strategy").unwrap();
+    assert!(
+        strategy
+            .message
+            .contains("one_for_one, one_for_all, rest_for_one"),
+        "{}",
+        strategy.message
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let f = file("[pipelines.heartbeat]\nintervall = \"1s\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "pipelines.heartbeat.intervall");
+    assert!(p[0].message.contains("unknown field"), "{}", p[0].message);
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let f = file("[admin]\nfault_injection = \"yes\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "admin.fault_injection");
+}
+
+#[test]
+fn bad_toml_names_the_file() {
+    let f = file("[admin\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].origin, f.path().display().to_string());
+    assert!(p[0].message.contains("not valid TOML"));
+}
+
+#[test]
+fn unknown_pipeline_lists_the_valid_names() {
+    let f = file("");
+    let mut s = sources(&f, &[]);
+    s.enable = Some(vec!["heartbeat".into(), "nosuch".into()]);
+    let p = problems(load(&s));
+    assert_eq!(p[0].origin, "--enable");
+    assert!(
+        p[0].message
+            .contains("unknown pipeline \"nosuch\"; valid names: heartbeat"),
+        "{}",
+        p[0].message
+    );
+}
+
+#[test]
+fn secrets_are_interpolated_and_never_printed() {
+    let f = file("[admin]\ntoken = \"${ADMIN_SECRET}\"\n");
+    let c = load(&sources(&f, &[("ADMIN_SECRET", "hunter2")])).unwrap();
+    assert_eq!(c.admin.token.as_ref().unwrap().expose(), "hunter2");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "admin.token");
+    assert!(p[0].message.contains("${ADMIN_SECRET}"), "{}", p[0].message);
+    let from_env = load(&sources(&file(""), &[("ACTORD_ADMIN_TOKEN", "t0k")])).unwrap();
+    assert_eq!(from_env.admin.token.unwrap().expose(), "t0k");
+}
+
+#[test]
+fn supervision_cascades_from_defaults_to_paths() {
+    let f = file(
+        r#"
+[supervision]
+max_restarts = 7
+shutdown_timeout = "3s"
+[pipelines.heartbeat.supervision]
+strategy = "rest_for_one"
+[pipelines.heartbeat.supervision.paths.ticker]
+restart = "transient"
+stuck_after = "off"
+"#,
+    );
+    let c = load(&sources(&f, &[])).unwrap();
+    let root = ActorPath::parse("/heartbeat").unwrap();
+    let spec = c.supervision.supervisor_spec(&root, Strategy::OneForOne);
+    assert_eq!(spec.strategy, Strategy::RestForOne);
+    assert_eq!(spec.max_restarts, 7);
+    let ticker = c.supervision.resolve(&root.child("ticker"));
+    assert_eq!(ticker.restart, Some(Restart::Transient));
+    assert_eq!(ticker.stuck_after, Some(None));
+    assert_eq!(ticker.shutdown_timeout, Some(Duration::from_secs(3)));
+    assert_eq!(ticker.strategy, Some(Strategy::RestForOne));
+}
+
+#[test]
+fn bad_paths_and_nested_paths_are_rejected() {
+    let f = file("[pipelines.heartbeat.supervision.paths.\"a b\"]\nrestart = \"sometimes\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert!(p[0].key.contains("paths"), "{p:?}");
+    let f = file("[supervision.paths.x]\nrestart = \"temporary\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "supervision.paths");
+}
+
+#[test]
+fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
+    fn no_build(_: &Config) -> anyhow::Result<crate::pipelines::Pipeline> {
+        anyhow::bail!("not built in this test")
+    }
+    const KEYS: &[EnvKey] = &[EnvKey::seed("KAFKA_GROUP_ID", "group", Unit::Str)];
+    let a = PipelineDef {
+        name: "recorder",
+        summary: "",
+        env: KEYS,
+        build: no_build,
+    };
+    let b = PipelineDef {
+        name: "backfill",
+        summary: "",
+        env: KEYS,
+        build: no_build,
+    };
+    let run = |pairs: &[(&str, &str)], defs: &[&PipelineDef]| {
+        let env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut table = Table::new();
+        let mut problems = Vec::new();
+        env::apply(
+            &mut table,
+            &env,
+            defs,
+            &mut env::Origins::new(),
+            &mut problems,
+        );
+        (table, problems)
+    };
+    // One owner: the seed name applies to it.
+    let (t, p) = run(&[("KAFKA_GROUP_ID", "g1")], &[&a]);
+    assert!(p.is_empty());
+    assert_eq!(t["pipelines"]["recorder"]["group"].as_str(), Some("g1"));
+    // Two owners: an error naming both prefixed forms.
+    let (_, p) = run(&[("KAFKA_GROUP_ID", "g1")], &[&a, &b]);
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].message
+            .contains("ACTORD_RECORDER_KAFKA_GROUP_ID or ACTORD_BACKFILL_KAFKA_GROUP_ID"),
+        "{}",
+        p[0].message
+    );
+    // The prefixed forms always work and win.
+    let (t, p) = run(
+        &[
+            ("ACTORD_BACKFILL_KAFKA_GROUP_ID", "g2"),
+            ("ACTORD_RECORDER_KAFKA_GROUP_ID", "g3"),
+        ],
+        &[&a, &b],
+    );
+    assert!(p.is_empty());
+    assert_eq!(t["pipelines"]["backfill"]["group"].as_str(), Some("g2"));
+    assert_eq!(t["pipelines"]["recorder"]["group"].as_str(), Some("g3"));
+}

@@ -1,0 +1,8 @@
+//! actord: data pipelines as a supervision tree of actors, with an admin port.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod pipelines;
+pub mod runtime;
+pub mod telemetry;

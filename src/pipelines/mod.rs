@@ -1,0 +1,42 @@
+//! The pipelines actord can run, each a supervised subtree under the root.
+
+pub mod heartbeat;
+
+use std::sync::Arc;
+
+use actord_actors::{ChildSpec, Registry};
+
+use crate::config::{Config, EnvKey};
+
+/// A health component of a pipeline: `/health` prints `<pipeline>.<component>: healthy`.
+#[derive(Clone)]
+pub struct HealthCheck {
+    pub component: &'static str,
+    pub check: Arc<dyn Fn(&Registry) -> bool + Send + Sync>,
+}
+
+/// What a pipeline gives the runtime: its subtree and its health components.
+pub struct Pipeline {
+    pub spec: ChildSpec,
+    pub health: Vec<HealthCheck>,
+}
+
+/// A pipeline kind known to the binary.
+pub struct PipelineDef {
+    /// The `--enable` name and the first segment of its actors' paths.
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Its environment variables (seed names and `ACTORD_<PIPELINE>_` forms).
+    pub env: &'static [EnvKey],
+    pub build: fn(&Config) -> anyhow::Result<Pipeline>,
+}
+
+pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF];
+
+pub fn find(name: &str) -> Option<&'static PipelineDef> {
+    PIPELINES.iter().find(|p| p.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    PIPELINES.iter().map(|p| p.name).collect()
+}

@@ -1,0 +1,154 @@
+//! The root of the tree: one supervisor over the enabled pipelines, the admin port beside it,
+//! and graceful shutdown.
+//!
+//! The root isolates pipelines: it restarts only the pipeline that failed, after the configured
+//! cool-down, and never counts one pipeline's failures against another. A pipeline that exhausts
+//! its own budget shows `failed` until then. With `fail_fast` the root has no budget, so the
+//! first pipeline failure ends the process with a non-zero status instead.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actord_actors::{
+    ActorKind, ActorPath, Backoff, ChildSpec, Registry, Status, Strategy, Supervisor,
+    SupervisorArgs, SupervisorMsg, SupervisorSpec,
+};
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::admin;
+use crate::config::Config;
+use crate::pipelines::{self, HealthCheck};
+
+/// The planned tree: one child spec per enabled pipeline and their health components.
+pub struct Plan {
+    pub root: SupervisorSpec,
+    pub pipelines: Vec<ChildSpec>,
+    pub health: BTreeMap<String, Vec<HealthCheck>>,
+}
+
+/// Builds the tree the configuration describes, without starting anything.
+pub fn plan(config: &Config) -> anyhow::Result<Plan> {
+    let mut specs = Vec::new();
+    let mut health = BTreeMap::new();
+    for name in &config.runtime.enabled {
+        let def = pipelines::find(name).with_context(|| format!("unknown pipeline {name}"))?;
+        let pipeline = (def.build)(config).with_context(|| format!("building pipeline {name}"))?;
+        specs.push(pipeline.spec);
+        health.insert(name.clone(), pipeline.health);
+    }
+    let root = SupervisorSpec {
+        strategy: Strategy::OneForOne,
+        max_restarts: if config.runtime.fail_fast {
+            0
+        } else {
+            u32::MAX
+        },
+        within: Duration::from_secs(3600),
+        backoff: Backoff::fixed(config.runtime.cool_down),
+        stuck_check: Duration::from_secs(1),
+    };
+    Ok(Plan {
+        root,
+        pipelines: specs,
+        health,
+    })
+}
+
+/// What the admin port and the CLI need from a running instance.
+#[derive(Clone)]
+pub struct Handle {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub root: ActorRef<SupervisorMsg>,
+    pub health: Arc<BTreeMap<String, Vec<HealthCheck>>>,
+    pub started: SystemTime,
+}
+
+impl Handle {
+    /// Status of an enabled pipeline's supervisor.
+    pub fn pipeline_status(&self, name: &str) -> Status {
+        self.registry
+            .get(&ActorPath::root().child(name))
+            .map(|p| p.status())
+            .unwrap_or(Status::Stopped)
+    }
+}
+
+/// How the process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shut down on request.
+    Clean,
+    /// The root failed (a pipeline failed under `fail_fast`).
+    Failed,
+}
+
+/// Starts the tree and the admin port, and runs until `shutdown` resolves or the root fails.
+pub async fn run(
+    config: Config,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let config = Arc::new(config);
+    crate::telemetry::prometheus();
+    let plan = plan(&config)?;
+    let registry = Registry::new();
+    let root_probe = registry.probe(&ActorPath::root(), ActorKind::Supervisor);
+    let (root, root_task) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: plan.root,
+            children: plan.pipelines,
+            probe: root_probe.clone(),
+        },
+    )
+    .await
+    .context("starting the root supervisor")?;
+    root_probe.set_status(Status::Running);
+    let handle = Handle {
+        config: config.clone(),
+        registry: registry.clone(),
+        root: root.clone(),
+        health: Arc::new(plan.health),
+        started: SystemTime::now(),
+    };
+    let addr = admin_listener.local_addr()?;
+    info!(admin = %addr, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");
+    if config.admin.token.is_none() && !addr.ip().is_loopback() {
+        warn!(admin = %addr, "admin port is bound to a non-loopback address without a token; set admin.token or ACTORD_ADMIN_TOKEN");
+    }
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin::serve(admin_listener, handle, async move {
+        let _ = admin_stopped.await;
+    }));
+
+    let mut root_task = root_task;
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            info!(timeout = ?config.runtime.shutdown_timeout, "shutting down: stopping pipelines in reverse order");
+            root_probe.set_status(Status::Stopping);
+            if root.stop_and_wait(Some("shutdown".into()), Some(config.runtime.shutdown_timeout)).await.is_err() {
+                warn!("graceful shutdown timed out, killing the remaining actors");
+                root.kill();
+            }
+            let _ = (&mut root_task).await;
+            root_probe.set_status(Status::Stopped);
+            Outcome::Clean
+        }
+        _ = &mut root_task => {
+            root_probe.set_status(Status::Failed);
+            error!("the root supervisor failed (fail_fast): exiting");
+            Outcome::Failed
+        }
+    };
+    let _ = stop_admin.send(());
+    let _ = server.await;
+    info!(?outcome, "actord stopped");
+    Ok(outcome)
+}

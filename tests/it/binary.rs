@@ -1,0 +1,247 @@
+//! The actord binary, run as an operator runs it.
+
+use std::time::Duration;
+
+use crate::support::{actor, config, get, post, run_to_end, tree, until, wait_ready, Process};
+
+#[tokio::test]
+async fn an_injected_fault_restarts_only_that_subtree() {
+    let toml = config("[admin]\nfault_injection = true\n");
+    let p = Process::start(&toml, &[], &[]);
+    wait_ready(&p.base).await;
+    let (status, body) = post(&p.base, "/api/actors/fail?path=/heartbeat/ticker", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        Duration::from_secs(20),
+        "the ticker to come back",
+        || async {
+            let t = tree(&p.base).await;
+            let ticker = actor(&t, "/heartbeat/ticker");
+            ticker["restarts"] == 1 && ticker["status"] == "running"
+        },
+    )
+    .await;
+    let t = tree(&p.base).await;
+    let ticker = actor(&t, "/heartbeat/ticker");
+    assert!(ticker["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("fault injected"));
+    // The sibling before it, its supervisor and the root were untouched.
+    assert_eq!(actor(&t, "/heartbeat/counter")["restarts"], 0);
+    assert_eq!(actor(&t, "/heartbeat")["restarts"], 0);
+    assert_eq!(actor(&t, "/")["restarts"], 0);
+    assert!(actor(&t, "/heartbeat/counter")["last_error"].is_null());
+
+    // Under rest_for_one, failing the counter takes the ticker (started after it) along.
+    let (status, _) = post(&p.base, "/api/actors/fail?path=/heartbeat/counter", None).await;
+    assert_eq!(status, 200);
+    until(
+        Duration::from_secs(20),
+        "the counter and ticker to come back",
+        || async {
+            let t = tree(&p.base).await;
+            actor(&t, "/heartbeat/counter")["restarts"] == 1
+                && actor(&t, "/heartbeat/ticker")["restarts"] == 2
+                && actor(&t, "/heartbeat/ticker")["status"] == "running"
+        },
+    )
+    .await;
+    assert_eq!(actor(&tree(&p.base).await, "/heartbeat")["restarts"], 0);
+
+    // Failing the pipeline supervisor restarts the whole pipeline subtree through the root.
+    let (status, _) = post(&p.base, "/api/actors/fail?path=/heartbeat", None).await;
+    assert_eq!(status, 200);
+    until(
+        Duration::from_secs(20),
+        "the pipeline to come back",
+        || async {
+            let t = tree(&p.base).await;
+            actor(&t, "/heartbeat")["restarts"] == 1
+                && actor(&t, "/heartbeat/ticker")["status"] == "running"
+        },
+    )
+    .await;
+    assert_eq!(actor(&tree(&p.base).await, "/")["restarts"], 0);
+}
+
+#[tokio::test]
+async fn a_pipeline_past_its_budget_is_marked_failed_then_restarted_after_cool_down() {
+    let toml = config(
+        "[admin]\nfault_injection = true\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n",
+    );
+    let p = Process::start(&toml, &[], &[]);
+    wait_ready(&p.base).await;
+    assert_eq!(
+        post(&p.base, "/api/actors/fail?path=/heartbeat/counter", None)
+            .await
+            .0,
+        200
+    );
+    until(
+        Duration::from_secs(10),
+        "the pipeline to be marked failed",
+        || async { actor(&tree(&p.base).await, "/heartbeat")["status"] == "failed" },
+    )
+    .await;
+    let (status, body) = get(&p.base, "/ready").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "NOT READY\nheartbeat: failed\n")
+    );
+    assert!(get(&p.base, "/health").await.1.starts_with("DEGRADED\n"));
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_pipeline_up{pipeline=\"heartbeat\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("actord_supervisor_budget_exhausted_total{path=\"/heartbeat\"} 1"),
+        "{metrics}"
+    );
+    // The cool-down is 1 s; then the root starts the pipeline again.
+    wait_ready(&p.base).await;
+    let t = tree(&p.base).await;
+    assert_eq!(actor(&t, "/heartbeat")["restarts"], 1);
+    assert!(actor(&t, "/heartbeat")["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("restart budget exhausted"));
+    assert!(p.log().contains("restart budget exhausted"));
+}
+
+#[tokio::test]
+async fn fail_fast_exits_non_zero_when_a_pipeline_gives_up() {
+    let toml = "[admin]\nfault_injection = true\n[runtime]\nfail_fast = true\n[pipelines.heartbeat]\ninterval = \"100ms\"\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n";
+    let mut p = Process::start(toml, &[], &[]);
+    wait_ready(&p.base).await;
+    assert_eq!(
+        post(&p.base, "/api/actors/fail?path=/heartbeat/ticker", None)
+            .await
+            .0,
+        200
+    );
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "log:\n{}", p.log());
+}
+
+#[tokio::test]
+async fn sigterm_stops_pipelines_gracefully_and_exits_zero() {
+    let mut p = Process::start(&config(""), &["-v"], &[]);
+    wait_ready(&p.base).await;
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "log:\n{}", p.log());
+    let log = p.log();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("actord stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn environment_names_override_the_file() {
+    let p = Process::start(
+        &config(""),
+        &[],
+        &[
+            ("KAFKA_BROKERS", "broker-a:9092,broker-b:9092"),
+            ("ACTORD_HEARTBEAT_INTERVAL_MS", "50"),
+        ],
+    );
+    wait_ready(&p.base).await;
+    let info: serde_json::Value = serde_json::from_str(&get(&p.base, "/api/info").await.1).unwrap();
+    assert_eq!(info["kafka"]["brokers"], "broker-a:9092,broker-b:9092");
+    // 50 ms beats: at least 10 within a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let beats = actor(&tree(&p.base).await, "/heartbeat/counter")["counters"]["records"]
+        .as_u64()
+        .unwrap();
+    assert!(beats >= 10, "{beats} beats");
+}
+
+#[tokio::test]
+async fn env_file_is_loaded_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join(".env");
+    std::fs::write(&env_file, "# comment\nKAFKA_BROKERS=from-env-file:9092\n").unwrap();
+    let p = Process::start(
+        &config(""),
+        &["--env-file", env_file.to_str().unwrap()],
+        &[],
+    );
+    wait_ready(&p.base).await;
+    let info: serde_json::Value = serde_json::from_str(&get(&p.base, "/api/info").await.1).unwrap();
+    assert_eq!(info["kafka"]["brokers"], "from-env-file:9092");
+}
+
+#[test]
+fn config_errors_exit_2_naming_file_key_and_expectation() {
+    let (code, _, err) = run_to_end(
+        &["check"],
+        Some("[runtime]\ncool_down = \"whenever\"\n[admin]\nlisten = \"x\"\n"),
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("custom.toml: runtime.cool_down: expected a duration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("custom.toml: admin.listen: expected a socket address"),
+        "{err}"
+    );
+    let (code, _, err) = run_to_end(&[], Some(""), &[("ACTORD_FAIL_FAST", "maybe")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "environment variable ACTORD_FAIL_FAST: runtime.fail_fast: expected true or false"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run_to_end(&["--enable", "heartbeat,warp-drive"], None, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown pipeline \"warp-drive\"; valid names: heartbeat"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_planned_tree_from_the_embedded_default() {
+    let (code, out, err) = run_to_end(&["check"], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<embedded supervision.toml>"), "{out}");
+    assert!(out.contains("heartbeat supervisor"), "{out}");
+    assert!(out.contains("    counter worker"), "{out}");
+    assert!(out.contains("    ticker worker"), "{out}");
+}
+
+#[test]
+fn version_flag() {
+    let (code, out, _) = run_to_end(&["--version"], None, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("actord {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn tree_command_prints_the_live_tree() {
+    let p = Process::start(&config(""), &[], &[]);
+    wait_ready(&p.base).await;
+    let admin = p.base.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_to_end(&["tree", "--admin", &admin], None, &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("/  supervisor  running"), "{out}");
+    assert!(
+        lines[1].starts_with("  heartbeat  supervisor  running"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("    ticker  worker  running")),
+        "{out}"
+    );
+}

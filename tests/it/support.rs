@@ -1,0 +1,233 @@
+//! Helpers: running actord (in-process or as a process), HTTP calls and polling.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use actord::config::{self, Config, Sources};
+use actord::runtime::{self, Outcome};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A runtime started in this process on an ephemeral admin port.
+pub struct InProcess {
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<Outcome>>>,
+}
+
+impl InProcess {
+    pub async fn start(toml: &str) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervision.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config: Config = config::load(&Sources {
+            config_path: Some(path),
+            ..Sources::default()
+        })
+        .expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(runtime::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let me = InProcess {
+            base,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_ready(&me.base).await;
+        me
+    }
+
+    pub async fn shutdown(mut self) -> Outcome {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap()
+    }
+}
+
+/// The actord binary running as a child process.
+pub struct Process {
+    pub base: String,
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Starts `actord` with `toml` as its config file plus `args`, on a free admin port.
+    pub fn start(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("supervision.toml");
+        std::fs::write(&config, toml).unwrap();
+        let port = free_port();
+        let log = dir.path().join("actord.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_actord"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn actord");
+        Process {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "actord did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the binary to completion (for `check` and config errors).
+pub fn run_to_end(
+    args: &[&str],
+    toml: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_actord"));
+    cmd.current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
+    if let Some(toml) = toml {
+        let path = dir.path().join("custom.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub async fn get(base: &str, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("admin reachable");
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+pub async fn post(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.post(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("admin reachable");
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+pub async fn tree(base: &str) -> Value {
+    let (status, body) = get(base, "/api/tree").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Every actor of a tree by path.
+pub fn flatten(node: &Value) -> Vec<Value> {
+    let mut out = vec![node.clone()];
+    for child in node["children"].as_array().unwrap() {
+        out.extend(flatten(child));
+    }
+    out
+}
+
+pub fn actor(tree: &Value, path: &str) -> Value {
+    flatten(tree)
+        .into_iter()
+        .find(|a| a["path"] == path)
+        .unwrap_or_else(|| panic!("no actor {path} in {tree:#}"))
+}
+
+/// Polls `check` every 100 ms until it returns true, failing after `within`.
+pub async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the admin port answers `/ready` with 200.
+pub async fn wait_ready(base: &str) {
+    until(
+        Duration::from_secs(30),
+        "actord to become ready",
+        || async {
+            match reqwest::get(format!("{base}/ready")).await {
+                Ok(r) => r.status().as_u16() == 200,
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
+/// A config with a fast heartbeat and the given extra TOML appended.
+pub fn config(extra: &str) -> String {
+    format!(
+        "[pipelines.heartbeat]\ninterval = \"100ms\"\n[runtime]\ncool_down = \"1s\"\nshutdown_timeout = \"10s\"\n{extra}"
+    )
+}
