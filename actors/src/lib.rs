@@ -4,13 +4,19 @@
 //! pieces with their own connectors.
 
 pub mod backoff;
+pub mod buffer;
+pub mod decoder;
 pub mod error;
 pub mod names;
 pub mod observe;
+pub mod offsets;
 pub mod path;
+pub mod record;
+pub mod sink;
 pub mod spec;
 pub mod supervisor;
 pub mod testkit;
+pub mod writer;
 
 pub use backoff::Backoff;
 pub use error::ErrorKind;

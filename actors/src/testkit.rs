@@ -201,3 +201,137 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// What a [`RecordingSink`] does with the next writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkMode {
+    /// Accept everything (except records matching the poison predicate).
+    Accept,
+    /// Fail every write as transient (the dependency is down).
+    Down,
+    /// Fail every write as fatal.
+    Broken,
+    /// Hold every write until the mode changes.
+    Blocked,
+}
+
+/// A sink that records what it was given and can be switched between behaviours.
+pub struct RecordingSink<R> {
+    control: SinkControl<R>,
+}
+
+/// The handle a test keeps on its [`RecordingSink`]s.
+pub struct SinkControl<R> {
+    inner: Arc<Mutex<SinkInner<R>>>,
+    mode: Arc<tokio::sync::watch::Sender<SinkMode>>,
+    poison: Arc<dyn Fn(&R) -> bool + Send + Sync>,
+}
+
+impl<R> Clone for SinkControl<R> {
+    fn clone(&self) -> Self {
+        SinkControl {
+            inner: self.inner.clone(),
+            mode: self.mode.clone(),
+            poison: self.poison.clone(),
+        }
+    }
+}
+
+struct SinkInner<R> {
+    written: Vec<(crate::record::Origin, R)>,
+    attempts: u64,
+}
+
+impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
+    /// `poison` marks records the sink rejects as poison.
+    pub fn new(poison: impl Fn(&R) -> bool + Send + Sync + 'static) -> Self {
+        SinkControl {
+            inner: Arc::new(Mutex::new(SinkInner {
+                written: Vec::new(),
+                attempts: 0,
+            })),
+            mode: Arc::new(tokio::sync::watch::channel(SinkMode::Accept).0),
+            poison: Arc::new(poison),
+        }
+    }
+
+    pub fn set_mode(&self, mode: SinkMode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Every record written, in write order.
+    pub fn written(&self) -> Vec<(crate::record::Origin, R)> {
+        self.inner.lock().expect("sink lock").written.clone()
+    }
+
+    /// Write attempts so far, failed ones included.
+    pub fn attempts(&self) -> u64 {
+        self.inner.lock().expect("sink lock").attempts
+    }
+
+    /// A factory for writers: each incarnation gets a sink sharing this control.
+    pub fn factory(&self) -> crate::sink::SinkFactory<RecordingSink<R>> {
+        let control = self.clone();
+        Arc::new(move || {
+            let control = control.clone();
+            Box::pin(async move { Ok(RecordingSink { control }) })
+        })
+    }
+}
+
+impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R> {
+    async fn write(&mut self, records: &[crate::record::Envelope<R>]) -> Result<(), crate::sink::SinkError> {
+        use crate::sink::SinkError;
+        self.control.inner.lock().expect("sink lock").attempts += 1;
+        let mut rx = self.control.mode.subscribe();
+        loop {
+            let mode = rx.borrow_and_update().clone();
+            match mode {
+                SinkMode::Blocked => {
+                    if rx.changed().await.is_err() {
+                        return Err(SinkError::transient("sink control dropped"));
+                    }
+                }
+                SinkMode::Down => return Err(SinkError::transient("connection refused")),
+                SinkMode::Broken => return Err(SinkError::fatal("schema mismatch")),
+                SinkMode::Accept => break,
+            }
+        }
+        if records.iter().any(|e| (self.control.poison)(&e.record)) {
+            return Err(SinkError::poison("Rejected", "value violates a constraint"));
+        }
+        let mut inner = self.control.inner.lock().expect("sink lock");
+        inner
+            .written
+            .extend(records.iter().map(|e| (e.source.origin.clone(), e.record.clone())));
+        Ok(())
+    }
+}
+
+/// A dead-letter queue that keeps letters in memory, acknowledges them and confirms.
+pub struct RecordingDlq;
+
+pub type DeadLetters = Arc<Mutex<Vec<crate::record::DeadLetter>>>;
+
+impl Actor for RecordingDlq {
+    type Msg = crate::record::DlqMsg;
+    type State = DeadLetters;
+    type Arguments = DeadLetters;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, letters: DeadLetters) -> Result<Self::State, ActorProcessingErr> {
+        Ok(letters)
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match message {
+            crate::record::DlqMsg::Send(letter, done) => {
+                letter.acker.ack(vec![letter.source.origin.clone()]);
+                state.lock().expect("dlq lock").push(letter);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+        Ok(())
+    }
+}

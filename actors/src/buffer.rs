@@ -1,0 +1,169 @@
+//! `Buffer`: collects items and hands batches to its writer by count, bytes or age.
+//!
+//! A flush timer carries the id of the batch it was set for, so a tick for a batch that already
+//! left by size is ignored. Reaching the source's in-flight bound forces a flush, so
+//! backpressure cannot deadlock on a half-full batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::names;
+use crate::observe::Probe;
+use crate::record::{Batch, Item};
+use crate::writer::WriterMsg;
+
+pub struct Buffer<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> Default for Buffer<R> {
+    fn default() -> Self {
+        Buffer(std::marker::PhantomData)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BufferLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+pub struct BufferArgs<R: Send + 'static> {
+    pub probe: Probe,
+    pub limits: BufferLimits,
+    pub writer: ActorRef<WriterMsg<R>>,
+}
+
+pub enum BufferMsg<R> {
+    Push(Vec<Item<R>>),
+    FlushTick {
+        batch_id: u64,
+    },
+    FlushNow,
+    /// Drops buffered items of partitions taken away, for assignments up to `epoch`.
+    Discard(Vec<(Arc<str>, i32, u64)>),
+}
+
+pub struct BufferState<R: Send + 'static> {
+    args: BufferArgs<R>,
+    pending: Vec<Item<R>>,
+    bytes: usize,
+    batch_id: u64,
+    path: String,
+}
+
+impl<R: Send + 'static> BufferState<R> {
+    fn flush(&mut self, reason: &'static str) -> Result<(), ActorProcessingErr> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.pending);
+        let bytes = std::mem::replace(&mut self.bytes, 0);
+        let records = items.len() as u64;
+        metrics::counter!(names::BUFFER_FLUSHED_RECORDS_TOTAL, "path" => self.path.clone())
+            .increment(records);
+        metrics::counter!(names::BUFFER_FLUSHED_BYTES_TOTAL, "path" => self.path.clone())
+            .increment(bytes as u64);
+        metrics::counter!(names::BUFFER_FLUSHES_TOTAL, "path" => self.path.clone(), "reason" => reason).increment(1);
+        metrics::gauge!(names::BUFFER_RECORDS, "path" => self.path.clone()).set(0.0);
+        self.args.probe.progress(records, bytes as u64);
+        self.args
+            .writer
+            .cast(WriterMsg::Write(Batch {
+                id: self.batch_id,
+                items,
+                bytes,
+            }))
+            .map_err(|_| "the writer is gone")?;
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.pending.len() >= self.args.limits.max_records
+            || self.bytes >= self.args.limits.max_bytes
+    }
+}
+
+impl<R: Send + 'static> Actor for Buffer<R> {
+    type Msg = BufferMsg<R>;
+    type State = BufferState<R>;
+    type Arguments = BufferArgs<R>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let path = args.probe.path().to_string();
+        Ok(BufferState {
+            args,
+            pending: Vec::new(),
+            bytes: 0,
+            batch_id: 0,
+            path,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Whatever is left goes to the writer; unacknowledged items are replayed anyway.
+        let _ = state.flush("shutdown");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            BufferMsg::Push(items) => {
+                if items.is_empty() {
+                    return Ok(());
+                }
+                if state.pending.is_empty() {
+                    state.batch_id += 1;
+                    let id = state.batch_id;
+                    myself.send_after(state.args.limits.max_age, move || BufferMsg::FlushTick {
+                        batch_id: id,
+                    });
+                }
+                let bytes: usize = items.iter().map(Item::bytes).sum();
+                metrics::counter!(names::BUFFER_PUSHED_RECORDS_TOTAL, "path" => state.path.clone())
+                    .increment(items.len() as u64);
+                metrics::counter!(names::BUFFER_PUSHED_BYTES_TOTAL, "path" => state.path.clone())
+                    .increment(bytes as u64);
+                state.bytes += bytes;
+                state.pending.extend(items);
+                metrics::gauge!(names::BUFFER_RECORDS, "path" => state.path.clone())
+                    .set(state.pending.len() as f64);
+                if state.full() {
+                    state.flush("size")?;
+                }
+            }
+            BufferMsg::FlushTick { batch_id } if batch_id == state.batch_id => {
+                state.flush("age")?
+            }
+            BufferMsg::FlushTick { .. } => {} // that batch already left by size
+            BufferMsg::FlushNow => state.flush("forced")?,
+            BufferMsg::Discard(revoked) => {
+                let before = state.pending.len();
+                state.pending.retain(|item| {
+                    let o = item.origin();
+                    !revoked
+                        .iter()
+                        .any(|(t, p, e)| *t == o.topic && *p == o.partition && o.epoch <= *e)
+                });
+                if state.pending.len() != before {
+                    state.bytes = state.pending.iter().map(Item::bytes).sum();
+                }
+            }
+        }
+        Ok(())
+    }
+}

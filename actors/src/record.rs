@@ -1,0 +1,161 @@
+//! What flows through a pipeline: source records with their origin, decoded envelopes, batches,
+//! acknowledgements and dead letters.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a record came from: enough to acknowledge it to its source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// The assignment of the partition the record was read under; acks from an older
+    /// assignment are ignored.
+    pub epoch: u64,
+}
+
+/// Acknowledges records to the source that produced them. Cheap to clone.
+#[derive(Clone)]
+pub struct Acker(Arc<dyn Fn(Vec<Origin>) + Send + Sync>);
+
+impl Acker {
+    pub fn new(f: impl Fn(Vec<Origin>) + Send + Sync + 'static) -> Self {
+        Acker(Arc::new(f))
+    }
+
+    pub fn ack(&self, origins: Vec<Origin>) {
+        if !origins.is_empty() {
+            (self.0)(origins)
+        }
+    }
+
+    pub fn same(&self, other: &Acker) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Acker")
+    }
+}
+
+/// A record as read from its source, before decoding.
+#[derive(Clone, Debug)]
+pub struct SourceRecord {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Milliseconds since the Unix epoch, when the source has a timestamp.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl SourceRecord {
+    /// Approximate memory held by the record, for byte bounds.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + 64
+    }
+}
+
+/// A decoded record with its source record (kept for dead-lettering) and how to ack it.
+#[derive(Debug)]
+pub struct Envelope<R> {
+    pub record: R,
+    pub source: SourceRecord,
+    pub acker: Acker,
+    /// Bytes counted against buffer and in-flight bounds.
+    pub bytes: usize,
+}
+
+/// What a buffer holds: a decoded record, or a poison record on its way to the dead-letter
+/// queue. Poison travels with the good records of its partition so that no sink can make a
+/// later offset durable before the dead-letter queue holds the earlier poison record.
+#[derive(Debug)]
+pub enum Item<R> {
+    Good(Envelope<R>),
+    Poison(DeadLetter),
+}
+
+impl<R> Item<R> {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Item::Good(e) => &e.source.origin,
+            Item::Poison(d) => &d.source.origin,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Item::Good(e) => e.bytes,
+            Item::Poison(d) => d.source.size(),
+        }
+    }
+}
+
+/// A batch handed from a buffer to a writer. Items of one partition are in offset order.
+#[derive(Debug)]
+pub struct Batch<R> {
+    pub id: u64,
+    pub items: Vec<Item<R>>,
+    pub bytes: usize,
+}
+
+/// Why a record cannot be processed: it goes to the dead-letter queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Poison {
+    /// A short class of failure, e.g. `DecodeError`, `MissingField`, `UnknownServer`.
+    pub class: String,
+    pub message: String,
+}
+
+impl Poison {
+    pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {
+        Poison {
+            class: class.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Poison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+/// A record on its way to the dead-letter queue; acked to its source once the DLQ holds it.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub source: SourceRecord,
+    pub acker: Acker,
+    pub poison: Poison,
+    /// The pipeline stage that rejected it: `decode` or `sink`.
+    pub stage: &'static str,
+    /// Attempts made before giving up.
+    pub retry_count: u32,
+}
+
+/// Messages to a dead-letter queue actor.
+pub enum DlqMsg {
+    /// Write the record to the DLQ, ack it to its source, then answer `done` (if given).
+    Send(DeadLetter, Option<ractor::RpcReplyPort<()>>),
+}
+
+/// Messages from a source to its decoder.
+pub enum SourceMsg {
+    /// Records in source order, with the acker of the source that read them.
+    Records(Vec<SourceRecord>, Acker),
+    /// These partitions were taken away: drop what is buffered for them (up to `epoch`).
+    Revoked(Vec<(Arc<str>, i32, u64)>),
+    /// The source reached its in-flight bound: flush every buffer now.
+    FlushNow,
+}

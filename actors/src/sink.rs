@@ -1,0 +1,55 @@
+//! The sink contract: a writer hands a sink records and learns whether they are durable, or
+//! what kind of failure stopped them.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::error::ErrorKind;
+use crate::record::Envelope;
+
+/// Why a write failed; the kind decides between retry, dead-lettering and escalation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{} error: {message}", kind.as_str())]
+pub struct SinkError {
+    pub kind: ErrorKind,
+    /// A short class for the DLQ (`exception.class.name`), e.g. `SqlState22P02`.
+    pub class: String,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, "Transient", message)
+    }
+
+    pub fn poison(class: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Poison, class, message)
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fatal, "Fatal", message)
+    }
+
+    pub fn new(kind: ErrorKind, class: impl Into<String>, message: impl Into<String>) -> Self {
+        SinkError {
+            kind,
+            class: class.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A destination for records. `write` succeeds only once the records are durable; a poison
+/// error means something in `records` can never be written (the writer isolates it by
+/// splitting the batch).
+pub trait Sink<R>: Send + 'static {
+    fn write(
+        &mut self,
+        records: &[Envelope<R>],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Makes a sink for each incarnation of a writer (connects, prepares statements, …).
+pub type SinkFactory<S> = Arc<dyn Fn() -> BoxFuture<'static, Result<S, SinkError>> + Send + Sync>;

@@ -1,0 +1,257 @@
+//! Decoder → buffer → writer → sink, with a recording sink and DLQ, on paused time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
+use actord_actors::decoder::{Decoder, DecoderArgs};
+use actord_actors::observe::{ActorKind, Registry};
+use actord_actors::record::{Acker, Origin, Poison, SourceMsg, SourceRecord};
+use actord_actors::testkit::{eventually, DeadLetters, RecordingDlq, RecordingSink, SinkControl, SinkMode};
+use actord_actors::writer::{RetryPolicy, Writer, WriterArgs};
+use actord_actors::{ActorPath, Backoff};
+use ractor::{Actor, ActorRef, ActorStatus};
+
+#[derive(Clone, Debug, PartialEq)]
+struct Rec(i64);
+
+fn decode(r: &SourceRecord) -> Result<Rec, Poison> {
+    let text = std::str::from_utf8(r.payload.as_deref().unwrap_or_default()).map_err(|e| Poison::new("Utf8", e.to_string()))?;
+    text.parse::<i64>().map(Rec).map_err(|e| Poison::new("ParseInt", format!("{text:?}: {e}")))
+}
+
+fn source(partition: i32, offset: i64, payload: &str) -> SourceRecord {
+    SourceRecord {
+        origin: Origin {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            epoch: 1,
+        },
+        key: None,
+        payload: Some(payload.as_bytes().to_vec()),
+        timestamp_ms: None,
+        headers: Vec::new(),
+    }
+}
+
+struct Chain {
+    decoder: ActorRef<SourceMsg>,
+    buffer: ActorRef<BufferMsg<Rec>>,
+    writer: ActorRef<actord_actors::writer::WriterMsg<Rec>>,
+    sink: SinkControl<Rec>,
+    dlq: DeadLetters,
+    acked: Arc<Mutex<Vec<Origin>>>,
+    acker: Acker,
+}
+
+impl Chain {
+    async fn start(limits: BufferLimits, owns_dlq: bool, max_attempts: u32) -> Chain {
+        let registry = Registry::new();
+        let probe = |name: &str| registry.probe(&ActorPath::parse(&format!("/p/{name}")).unwrap(), ActorKind::Worker);
+        let sink = SinkControl::new(|r: &Rec| r.0 < 0);
+        let dlq_letters: DeadLetters = Arc::default();
+        let (dlq, _) = Actor::spawn(None, RecordingDlq, dlq_letters.clone()).await.unwrap();
+        let (writer, _) = Actor::spawn(
+            None,
+            Writer::<Rec, RecordingSink<Rec>>::default(),
+            WriterArgs {
+                probe: probe("writer"),
+                sink: sink.factory(),
+                dlq: owns_dlq.then_some(dlq),
+                retry: RetryPolicy {
+                    backoff: Backoff {
+                        initial: Duration::from_millis(100),
+                        max: Duration::from_secs(1),
+                        factor: 2.0,
+                    },
+                    max_attempts,
+                },
+            },
+        )
+        .await
+        .unwrap();
+        let (buffer, _) = Actor::spawn(
+            None,
+            Buffer::<Rec>::default(),
+            BufferArgs {
+                probe: probe("buffer"),
+                limits,
+                writer: writer.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let (decoder, _) = Actor::spawn(
+            None,
+            Decoder::<Rec>::default(),
+            DecoderArgs {
+                probe: probe("decoder"),
+                decode: Arc::new(decode),
+                lanes: vec![buffer.clone()],
+                owns_dlq,
+            },
+        )
+        .await
+        .unwrap();
+        let acked: Arc<Mutex<Vec<Origin>>> = Arc::default();
+        let sink_acked = acked.clone();
+        let acker = Acker::new(move |o| sink_acked.lock().unwrap().extend(o));
+        Chain {
+            decoder,
+            buffer,
+            writer,
+            sink,
+            dlq: dlq_letters,
+            acked,
+            acker,
+        }
+    }
+
+    fn send(&self, records: Vec<SourceRecord>) {
+        self.decoder.cast(SourceMsg::Records(records, self.acker.clone())).unwrap();
+    }
+
+    fn acked_offsets(&self) -> Vec<i64> {
+        self.acked.lock().unwrap().iter().map(|o| o.offset).collect()
+    }
+
+    fn written(&self) -> Vec<i64> {
+        self.sink.written().iter().map(|(_, r)| r.0).collect()
+    }
+}
+
+fn limits(max_records: usize, max_age_secs: u64) -> BufferLimits {
+    BufferLimits {
+        max_records,
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(max_age_secs),
+    }
+}
+
+fn numbers(partition: i32, range: std::ops::Range<i64>) -> Vec<SourceRecord> {
+    range.map(|i| source(partition, i, &i.to_string())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_by_size_and_ignores_the_stale_age_tick() {
+    let c = Chain::start(limits(5, 10), true, 3).await;
+    c.send(numbers(0, 0..5));
+    assert!(eventually(Duration::from_secs(1), || c.written().len() == 5).await);
+    // The age tick of that batch fires at 10 s and must not flush the next batch early.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    c.send(numbers(0, 5..7));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.written().len(), 5, "the stale tick flushed the new batch");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(c.written(), (0..7).collect::<Vec<_>>());
+    assert_eq!(c.acked_offsets(), (0..7).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_by_age_when_under_size() {
+    let c = Chain::start(limits(100, 5), true, 3).await;
+    c.send(numbers(0, 0..3));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(c.written().is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.written(), vec![0, 1, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_by_bytes_and_when_forced() {
+    let c = Chain::start(
+        BufferLimits {
+            max_records: 1000,
+            max_bytes: 3 * 65,
+            max_age: Duration::from_secs(3600),
+        },
+        true,
+        3,
+    )
+    .await;
+    c.send(numbers(0, 0..3)); // 3 records of 65 bytes each (1 payload byte + 64)
+    assert!(eventually(Duration::from_secs(1), || c.written().len() == 3).await);
+    c.send(numbers(0, 3..4));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.written().len(), 3);
+    c.decoder.cast(SourceMsg::FlushNow).unwrap();
+    assert!(eventually(Duration::from_secs(1), || c.written().len() == 4).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_retried_and_never_dead_lettered() {
+    let c = Chain::start(limits(10, 1), true, 50).await;
+    c.sink.set_mode(SinkMode::Down);
+    c.send(numbers(0, 0..10));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(c.sink.attempts() > 5);
+    assert!(c.acked_offsets().is_empty(), "nothing acked while down");
+    c.sink.set_mode(SinkMode::Accept);
+    assert!(eventually(Duration::from_secs(5), || c.written().len() == 10).await);
+    assert!(c.dlq.lock().unwrap().is_empty(), "an outage sent records to the DLQ");
+    assert_eq!(c.acked_offsets(), (0..10).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_out_of_retries_fails_without_acking() {
+    let c = Chain::start(limits(10, 1), true, 3).await;
+    c.sink.set_mode(SinkMode::Down);
+    c.send(numbers(0, 0..10));
+    assert!(eventually(Duration::from_secs(30), || c.writer.get_status() == ActorStatus::Stopped).await);
+    assert_eq!(c.sink.attempts(), 3);
+    assert!(c.acked_offsets().is_empty());
+    assert!(c.dlq.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_sink_error_fails_the_writer_at_once() {
+    let c = Chain::start(limits(1, 1), true, 10).await;
+    c.sink.set_mode(SinkMode::Broken);
+    c.send(numbers(0, 0..1));
+    assert!(eventually(Duration::from_secs(5), || c.writer.get_status() == ActorStatus::Stopped).await);
+    assert_eq!(c.sink.attempts(), 1);
+    assert!(c.acked_offsets().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_rows_are_isolated_and_the_rest_is_written_in_order() {
+    let c = Chain::start(limits(10, 1), true, 3).await;
+    // -3 and -7 are rejected by the sink; "x" cannot be decoded.
+    let mut recs = numbers(0, 0..10);
+    recs[3] = source(0, 3, "-3");
+    recs[7] = source(0, 7, "-7");
+    recs[5] = source(0, 5, "x");
+    c.send(recs);
+    assert!(eventually(Duration::from_secs(5), || c.acked_offsets().len() == 10).await);
+    assert_eq!(c.written(), vec![0, 1, 2, 4, 6, 8, 9]);
+    let dlq = c.dlq.lock().unwrap();
+    let summary: Vec<(i64, &str, &str, u32)> = dlq
+        .iter()
+        .map(|d| (d.source.origin.offset, d.stage, d.poison.class.as_str(), d.retry_count))
+        .collect();
+    assert_eq!(summary, vec![(5, "decode", "ParseInt", 0), (3, "sink", "Rejected", 0), (7, "sink", "Rejected", 0)]);
+    assert_eq!(dlq[0].source.payload.as_deref(), Some(&b"x"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_path_without_the_dlq_skips_poison_and_acks_it() {
+    let c = Chain::start(limits(4, 1), false, 3).await;
+    c.send(vec![source(0, 0, "1"), source(0, 1, "bad"), source(0, 2, "-2"), source(0, 3, "3")]);
+    assert!(eventually(Duration::from_secs(5), || c.acked_offsets().len() == 4).await);
+    assert_eq!(c.written(), vec![1, 3]);
+    assert!(c.dlq.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn discarded_partitions_leave_the_buffer() {
+    let c = Chain::start(limits(100, 5), true, 3).await;
+    let mut recs = numbers(0, 0..3);
+    recs.extend(numbers(1, 0..3));
+    c.send(recs);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.buffer.cast(BufferMsg::Discard(vec![(Arc::from("t"), 1, 1)])).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let partitions: Vec<i32> = c.sink.written().iter().map(|(o, _)| o.partition).collect();
+    assert_eq!(partitions, vec![0, 0, 0]);
+}
