@@ -74,7 +74,14 @@ impl Cli {
 
 /// Renders the planned tree with each actor's supervision settings.
 pub fn render_plan(config: &Config) -> anyhow::Result<String> {
-    let plan = runtime::plan(config)?;
+    let bootstrap = match &config.kafka.brokers {
+        config::Brokers::Embedded => "embedded".to_owned(),
+        config::Brokers::List(list) => list.clone(),
+    };
+    let resources = crate::pipelines::Resources {
+        kafka: runtime::connection(config, &bootstrap),
+    };
+    let plan = runtime::plan(config, &resources)?;
     let mut out = format!(
         "config: {}\nadmin: http://{}\n/ (root) {}\n",
         config.source,

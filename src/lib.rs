@@ -5,4 +5,5 @@ pub mod cli;
 pub mod config;
 pub mod pipelines;
 pub mod runtime;
+pub mod sources;
 pub mod telemetry;

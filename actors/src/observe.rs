@@ -66,6 +66,7 @@ pub struct Registry {
 }
 
 struct RegistryInner {
+    created: AtomicU64,
     epoch: Instant,
     epoch_wall: SystemTime,
     probes: RwLock<BTreeMap<ActorPath, Probe>>,
@@ -81,6 +82,7 @@ impl Registry {
     pub fn new() -> Self {
         Registry {
             inner: Arc::new(RegistryInner {
+                created: AtomicU64::new(0),
                 epoch: Instant::now(),
                 epoch_wall: SystemTime::now(),
                 probes: RwLock::new(BTreeMap::new()),
@@ -131,11 +133,22 @@ impl Registry {
         probes.iter().map(Probe::snapshot).collect()
     }
 
-    /// The tree rooted at `/` (or at the shallowest registered paths).
+    /// The tree rooted at `/` (or at the shallowest registered paths); siblings appear in the
+    /// order they were first started.
     pub fn tree(&self) -> Vec<TreeNode> {
+        let mut probes: Vec<Probe> = self
+            .inner
+            .probes
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        // Parents before children (path order), then siblings by first start.
+        probes.sort_by_key(|p| (p.path().segments().count(), p.inner.seq));
         let mut nodes: Vec<TreeNode> = Vec::new();
-        for snap in self.snapshots() {
-            insert_node(&mut nodes, snap);
+        for p in probes {
+            insert_node(&mut nodes, p.snapshot());
         }
         nodes
     }
@@ -205,6 +218,8 @@ pub struct Probe {
 }
 
 struct ProbeInner {
+    /// Creation order, for listing siblings in start order.
+    seq: u64,
     path: ActorPath,
     kind: ActorKind,
     registry: Registry,
@@ -222,8 +237,10 @@ struct ProbeInner {
 
 impl Probe {
     fn new(path: ActorPath, kind: ActorKind, registry: Registry) -> Self {
+        let seq = registry.inner.created.fetch_add(1, Ordering::Relaxed);
         Probe {
             inner: Arc::new(ProbeInner {
+                seq,
                 path,
                 kind,
                 registry,

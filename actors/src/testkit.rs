@@ -280,7 +280,10 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
 }
 
 impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R> {
-    async fn write(&mut self, records: &[crate::record::Envelope<R>]) -> Result<(), crate::sink::SinkError> {
+    async fn write(
+        &mut self,
+        records: &[crate::record::Envelope<R>],
+    ) -> Result<(), crate::sink::SinkError> {
         use crate::sink::SinkError;
         self.control.inner.lock().expect("sink lock").attempts += 1;
         let mut rx = self.control.mode.subscribe();
@@ -301,9 +304,11 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
             return Err(SinkError::poison("Rejected", "value violates a constraint"));
         }
         let mut inner = self.control.inner.lock().expect("sink lock");
-        inner
-            .written
-            .extend(records.iter().map(|e| (e.source.origin.clone(), e.record.clone())));
+        inner.written.extend(
+            records
+                .iter()
+                .map(|e| (e.source.origin.clone(), e.record.clone())),
+        );
         Ok(())
     }
 }
@@ -318,11 +323,20 @@ impl Actor for RecordingDlq {
     type State = DeadLetters;
     type Arguments = DeadLetters;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, letters: DeadLetters) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        letters: DeadLetters,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(letters)
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, message: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             crate::record::DlqMsg::Send(letter, done) => {
                 letter.acker.ack(vec![letter.source.origin.clone()]);

@@ -7,7 +7,9 @@ use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
 use actord_actors::decoder::{Decoder, DecoderArgs};
 use actord_actors::observe::{ActorKind, Registry};
 use actord_actors::record::{Acker, Origin, Poison, SourceMsg, SourceRecord};
-use actord_actors::testkit::{eventually, DeadLetters, RecordingDlq, RecordingSink, SinkControl, SinkMode};
+use actord_actors::testkit::{
+    eventually, DeadLetters, RecordingDlq, RecordingSink, SinkControl, SinkMode,
+};
 use actord_actors::writer::{RetryPolicy, Writer, WriterArgs};
 use actord_actors::{ActorPath, Backoff};
 use ractor::{Actor, ActorRef, ActorStatus};
@@ -16,8 +18,11 @@ use ractor::{Actor, ActorRef, ActorStatus};
 struct Rec(i64);
 
 fn decode(r: &SourceRecord) -> Result<Rec, Poison> {
-    let text = std::str::from_utf8(r.payload.as_deref().unwrap_or_default()).map_err(|e| Poison::new("Utf8", e.to_string()))?;
-    text.parse::<i64>().map(Rec).map_err(|e| Poison::new("ParseInt", format!("{text:?}: {e}")))
+    let text = std::str::from_utf8(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("Utf8", e.to_string()))?;
+    text.parse::<i64>()
+        .map(Rec)
+        .map_err(|e| Poison::new("ParseInt", format!("{text:?}: {e}")))
 }
 
 fn source(partition: i32, offset: i64, payload: &str) -> SourceRecord {
@@ -48,10 +53,17 @@ struct Chain {
 impl Chain {
     async fn start(limits: BufferLimits, owns_dlq: bool, max_attempts: u32) -> Chain {
         let registry = Registry::new();
-        let probe = |name: &str| registry.probe(&ActorPath::parse(&format!("/p/{name}")).unwrap(), ActorKind::Worker);
+        let probe = |name: &str| {
+            registry.probe(
+                &ActorPath::parse(&format!("/p/{name}")).unwrap(),
+                ActorKind::Worker,
+            )
+        };
         let sink = SinkControl::new(|r: &Rec| r.0 < 0);
         let dlq_letters: DeadLetters = Arc::default();
-        let (dlq, _) = Actor::spawn(None, RecordingDlq, dlq_letters.clone()).await.unwrap();
+        let (dlq, _) = Actor::spawn(None, RecordingDlq, dlq_letters.clone())
+            .await
+            .unwrap();
         let (writer, _) = Actor::spawn(
             None,
             Writer::<Rec, RecordingSink<Rec>>::default(),
@@ -109,11 +121,18 @@ impl Chain {
     }
 
     fn send(&self, records: Vec<SourceRecord>) {
-        self.decoder.cast(SourceMsg::Records(records, self.acker.clone())).unwrap();
+        self.decoder
+            .cast(SourceMsg::Records(records, self.acker.clone()))
+            .unwrap();
     }
 
     fn acked_offsets(&self) -> Vec<i64> {
-        self.acked.lock().unwrap().iter().map(|o| o.offset).collect()
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| o.offset)
+            .collect()
     }
 
     fn written(&self) -> Vec<i64> {
@@ -130,7 +149,9 @@ fn limits(max_records: usize, max_age_secs: u64) -> BufferLimits {
 }
 
 fn numbers(partition: i32, range: std::ops::Range<i64>) -> Vec<SourceRecord> {
-    range.map(|i| source(partition, i, &i.to_string())).collect()
+    range
+        .map(|i| source(partition, i, &i.to_string()))
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,7 +210,10 @@ async fn an_outage_is_retried_and_never_dead_lettered() {
     assert!(c.acked_offsets().is_empty(), "nothing acked while down");
     c.sink.set_mode(SinkMode::Accept);
     assert!(eventually(Duration::from_secs(5), || c.written().len() == 10).await);
-    assert!(c.dlq.lock().unwrap().is_empty(), "an outage sent records to the DLQ");
+    assert!(
+        c.dlq.lock().unwrap().is_empty(),
+        "an outage sent records to the DLQ"
+    );
     assert_eq!(c.acked_offsets(), (0..10).collect::<Vec<_>>());
 }
 
@@ -198,7 +222,11 @@ async fn a_writer_out_of_retries_fails_without_acking() {
     let c = Chain::start(limits(10, 1), true, 3).await;
     c.sink.set_mode(SinkMode::Down);
     c.send(numbers(0, 0..10));
-    assert!(eventually(Duration::from_secs(30), || c.writer.get_status() == ActorStatus::Stopped).await);
+    assert!(
+        eventually(Duration::from_secs(30), || c.writer.get_status()
+            == ActorStatus::Stopped)
+        .await
+    );
     assert_eq!(c.sink.attempts(), 3);
     assert!(c.acked_offsets().is_empty());
     assert!(c.dlq.lock().unwrap().is_empty());
@@ -209,7 +237,11 @@ async fn a_fatal_sink_error_fails_the_writer_at_once() {
     let c = Chain::start(limits(1, 1), true, 10).await;
     c.sink.set_mode(SinkMode::Broken);
     c.send(numbers(0, 0..1));
-    assert!(eventually(Duration::from_secs(5), || c.writer.get_status() == ActorStatus::Stopped).await);
+    assert!(
+        eventually(Duration::from_secs(5), || c.writer.get_status()
+            == ActorStatus::Stopped)
+        .await
+    );
     assert_eq!(c.sink.attempts(), 1);
     assert!(c.acked_offsets().is_empty());
 }
@@ -228,16 +260,35 @@ async fn poison_rows_are_isolated_and_the_rest_is_written_in_order() {
     let dlq = c.dlq.lock().unwrap();
     let summary: Vec<(i64, &str, &str, u32)> = dlq
         .iter()
-        .map(|d| (d.source.origin.offset, d.stage, d.poison.class.as_str(), d.retry_count))
+        .map(|d| {
+            (
+                d.source.origin.offset,
+                d.stage,
+                d.poison.class.as_str(),
+                d.retry_count,
+            )
+        })
         .collect();
-    assert_eq!(summary, vec![(5, "decode", "ParseInt", 0), (3, "sink", "Rejected", 0), (7, "sink", "Rejected", 0)]);
+    assert_eq!(
+        summary,
+        vec![
+            (5, "decode", "ParseInt", 0),
+            (3, "sink", "Rejected", 0),
+            (7, "sink", "Rejected", 0)
+        ]
+    );
     assert_eq!(dlq[0].source.payload.as_deref(), Some(&b"x"[..]));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_path_without_the_dlq_skips_poison_and_acks_it() {
     let c = Chain::start(limits(4, 1), false, 3).await;
-    c.send(vec![source(0, 0, "1"), source(0, 1, "bad"), source(0, 2, "-2"), source(0, 3, "3")]);
+    c.send(vec![
+        source(0, 0, "1"),
+        source(0, 1, "bad"),
+        source(0, 2, "-2"),
+        source(0, 3, "3"),
+    ]);
     assert!(eventually(Duration::from_secs(5), || c.acked_offsets().len() == 4).await);
     assert_eq!(c.written(), vec![1, 3]);
     assert!(c.dlq.lock().unwrap().is_empty());
@@ -250,7 +301,9 @@ async fn discarded_partitions_leave_the_buffer() {
     recs.extend(numbers(1, 0..3));
     c.send(recs);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.buffer.cast(BufferMsg::Discard(vec![(Arc::from("t"), 1, 1)])).unwrap();
+    c.buffer
+        .cast(BufferMsg::Discard(vec![(Arc::from("t"), 1, 1)]))
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let partitions: Vec<i32> = c.sink.written().iter().map(|(o, _)| o.partition).collect();
     assert_eq!(partitions, vec![0, 0, 0]);

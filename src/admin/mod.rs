@@ -122,7 +122,7 @@ fn health_body(lines: Vec<(String, bool)>, notes: Vec<String>) -> Response {
 
 fn notes(h: &Handle) -> Vec<String> {
     let mut notes = Vec::new();
-    if h.config.kafka.brokers == Brokers::Embedded {
+    if h.kafka.embedded && !h.kafka.bootstrap.is_empty() {
         notes.push(
             "kafka: embedded in-process broker (demo/test only: 5 MiB per partition, lost on exit)"
                 .to_owned(),
@@ -189,7 +189,7 @@ async fn tree(State(h): State<Handle>) -> Response {
 async fn info(State(h): State<Handle>) -> Response {
     let c = &h.config;
     let kafka = match &c.kafka.brokers {
-        Brokers::Embedded => json!({"mode": "embedded"}),
+        Brokers::Embedded => json!({"mode": "embedded", "bootstrap": h.kafka.bootstrap}),
         Brokers::List(list) => json!({"mode": "external", "brokers": list}),
     };
     let pipelines: Vec<_> = c

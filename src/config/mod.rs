@@ -161,9 +161,20 @@ pub enum Brokers {
     List(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub brokers: Brokers,
+    /// Extra librdkafka properties; values may hold credentials, so Debug hides them.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -482,7 +493,10 @@ fn validate(
         },
         runtime,
         log: LogConfig { format, level },
-        kafka: KafkaConfig { brokers },
+        kafka: KafkaConfig {
+            brokers,
+            properties: raw.kafka.properties,
+        },
         supervision,
         pipelines: PipelinesConfig { heartbeat },
     })

@@ -67,6 +67,9 @@ pub struct RawLog {
 pub struct RawKafka {
     /// Bootstrap servers ("host:port,host:port") or "embedded" for the in-process broker.
     pub brokers: Option<String>,
+    /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Supervision settings; every level (defaults, pipeline, path) uses the same keys.
@@ -109,6 +112,10 @@ pub struct RawPipelines {
 pub struct RawHeartbeat {
     /// Time between beats, e.g. "1s".
     pub interval: Option<String>,
+    /// Topic the beats go through.
+    pub topic: Option<String>,
+    /// Consumer group reading the beats back.
+    pub group: Option<String>,
     /// Supervision overrides for this pipeline and its paths.
     #[serde(default)]
     pub supervision: RawSupervision,

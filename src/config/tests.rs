@@ -204,20 +204,28 @@ fn bad_paths_and_nested_paths_are_rejected() {
 
 #[test]
 fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
-    fn no_build(_: &Config) -> anyhow::Result<crate::pipelines::Pipeline> {
+    fn no_build(
+        _: &Config,
+        _: &crate::pipelines::Resources,
+    ) -> anyhow::Result<crate::pipelines::Pipeline> {
         anyhow::bail!("not built in this test")
+    }
+    fn no_topics(_: &Config) -> Vec<crate::pipelines::TopicSpec> {
+        Vec::new()
     }
     const KEYS: &[EnvKey] = &[EnvKey::seed("KAFKA_GROUP_ID", "group", Unit::Str)];
     let a = PipelineDef {
         name: "recorder",
         summary: "",
         env: KEYS,
+        topics: no_topics,
         build: no_build,
     };
     let b = PipelineDef {
         name: "backfill",
         summary: "",
         env: KEYS,
+        topics: no_topics,
         build: no_build,
     };
     let run = |pairs: &[(&str, &str)], defs: &[&PipelineDef]| {

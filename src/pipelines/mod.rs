@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actord_actors::{ChildSpec, Registry};
 
 use crate::config::{Config, EnvKey};
+use crate::sources::kafka::KafkaConnection;
 
 /// A health component of a pipeline: `/health` prints `<pipeline>.<component>: healthy`.
 #[derive(Clone)]
@@ -21,6 +22,19 @@ pub struct Pipeline {
     pub health: Vec<HealthCheck>,
 }
 
+/// A topic a pipeline reads or writes; the embedded broker creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+}
+
+/// Shared connections handed to pipeline builders.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    pub kafka: KafkaConnection,
+}
+
 /// A pipeline kind known to the binary.
 pub struct PipelineDef {
     /// The `--enable` name and the first segment of its actors' paths.
@@ -28,7 +42,9 @@ pub struct PipelineDef {
     pub summary: &'static str,
     /// Its environment variables (seed names and `ACTORD_<PIPELINE>_` forms).
     pub env: &'static [EnvKey],
-    pub build: fn(&Config) -> anyhow::Result<Pipeline>,
+    /// Topics it uses (with their dead-letter topics), created when the broker is embedded.
+    pub topics: fn(&Config) -> Vec<TopicSpec>,
+    pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
 }
 
 pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF];

@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::admin;
-use crate::config::Config;
-use crate::pipelines::{self, HealthCheck};
+use crate::config::{Brokers, Config};
+use crate::pipelines::{self, HealthCheck, Resources, TopicSpec};
+use crate::sources::kafka::embedded::EmbeddedKafka;
+use crate::sources::kafka::KafkaConnection;
 
 /// The planned tree: one child spec per enabled pipeline and their health components.
 pub struct Plan {
@@ -31,13 +33,41 @@ pub struct Plan {
     pub health: BTreeMap<String, Vec<HealthCheck>>,
 }
 
+/// Topics the enabled pipelines use.
+pub fn topics(config: &Config) -> Vec<TopicSpec> {
+    let mut out: Vec<TopicSpec> = Vec::new();
+    for def in config
+        .runtime
+        .enabled
+        .iter()
+        .filter_map(|n| pipelines::find(n))
+    {
+        for t in (def.topics)(config) {
+            if !out.iter().any(|o| o.name == t.name) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// The Kafka connection for `config`, without starting anything.
+pub fn connection(config: &Config, bootstrap: &str) -> KafkaConnection {
+    KafkaConnection {
+        bootstrap: bootstrap.to_owned(),
+        properties: config.kafka.properties.clone(),
+        embedded: config.kafka.brokers == Brokers::Embedded,
+    }
+}
+
 /// Builds the tree the configuration describes, without starting anything.
-pub fn plan(config: &Config) -> anyhow::Result<Plan> {
+pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
     let mut specs = Vec::new();
     let mut health = BTreeMap::new();
     for name in &config.runtime.enabled {
         let def = pipelines::find(name).with_context(|| format!("unknown pipeline {name}"))?;
-        let pipeline = (def.build)(config).with_context(|| format!("building pipeline {name}"))?;
+        let pipeline =
+            (def.build)(config, resources).with_context(|| format!("building pipeline {name}"))?;
         specs.push(pipeline.spec);
         health.insert(name.clone(), pipeline.health);
     }
@@ -67,6 +97,8 @@ pub struct Handle {
     pub root: ActorRef<SupervisorMsg>,
     pub health: Arc<BTreeMap<String, Vec<HealthCheck>>>,
     pub started: SystemTime,
+    /// The bootstrap servers in use, and whether they are the embedded broker.
+    pub kafka: KafkaConnection,
 }
 
 impl Handle {
@@ -96,7 +128,34 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let config = Arc::new(config);
     crate::telemetry::prometheus();
-    let plan = plan(&config)?;
+    // The embedded broker lives as long as this function; it starts only if a pipeline needs it.
+    let wanted = topics(&config);
+    let embedded = match (&config.kafka.brokers, wanted.is_empty()) {
+        (Brokers::Embedded, false) => {
+            let kafka = EmbeddedKafka::start()
+                .map_err(|e| anyhow::anyhow!("starting the embedded kafka: {e}"))?;
+            for t in &wanted {
+                kafka
+                    .create_topic(&t.name, t.partitions)
+                    .map_err(|e| anyhow::anyhow!("creating topic {}: {e}", t.name))?;
+            }
+            warn!(bootstrap = %kafka.bootstrap(), topics = ?wanted.iter().map(|t| &t.name).collect::<Vec<_>>(), "using the embedded kafka broker: for demos and tests only (5 MiB per partition, lost on exit)");
+            Some(kafka)
+        }
+        _ => None,
+    };
+    let bootstrap = match (&config.kafka.brokers, &embedded) {
+        (_, Some(k)) => k.bootstrap().to_owned(),
+        (Brokers::List(list), None) => list.clone(),
+        (Brokers::Embedded, None) => String::new(),
+    };
+    let kafka = connection(&config, &bootstrap);
+    let plan = plan(
+        &config,
+        &Resources {
+            kafka: kafka.clone(),
+        },
+    )?;
     let registry = Registry::new();
     let root_probe = registry.probe(&ActorPath::root(), ActorKind::Supervisor);
     let (root, root_task) = Actor::spawn(
@@ -117,6 +176,7 @@ pub async fn run(
         root: root.clone(),
         health: Arc::new(plan.health),
         started: SystemTime::now(),
+        kafka,
     };
     let addr = admin_listener.local_addr()?;
     info!(admin = %addr, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");
@@ -149,6 +209,7 @@ pub async fn run(
     };
     let _ = stop_admin.send(());
     let _ = server.await;
+    drop(embedded);
     info!(?outcome, "actord stopped");
     Ok(outcome)
 }

@@ -11,8 +11,6 @@ pub const BUILD_INFO: &str = "actord_build_info";
 pub const PIPELINE_UP: &str = "actord_pipeline_up";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
-/// Counter: admin HTTP requests by endpoint and status class.
-pub const ADMIN_REQUESTS_TOTAL: &str = "actord_admin_requests_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
@@ -35,5 +33,95 @@ pub fn describe() {
         "Times the supervisor at the path exhausted its restart budget."
     );
     describe_counter!(HEARTBEAT_BEATS_TOTAL, "Beats of the heartbeat pipeline.");
-    describe_counter!(ADMIN_REQUESTS_TOTAL, "Admin HTTP requests by endpoint.");
+    describe_counter!(RECORDS_CONSUMED_TOTAL, "Records read from Kafka.");
+    describe_counter!(
+        RECORDS_ACKED_TOTAL,
+        "Records acknowledged by their sink path."
+    );
+    describe_counter!(
+        OFFSETS_COMMITTED_TOTAL,
+        "Partition offsets committed to Kafka."
+    );
+    describe_gauge!(
+        KAFKA_IN_FLIGHT_RECORDS,
+        "Records handed downstream and not yet committable."
+    );
+    describe_gauge!(
+        KAFKA_PAUSED_PARTITIONS,
+        "Partitions paused by backpressure."
+    );
+    describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        "Consumer lag summed over the topic's assigned partitions."
+    );
+    describe_counter!(
+        KAFKA_CONSUME_ERRORS_TOTAL,
+        "Errors returned by the Kafka consumer."
+    );
+    describe_counter!(
+        DLQ_RECORDS_TOTAL,
+        "Records written to a dead-letter topic, by source topic."
+    );
+    describe_counter!(
+        DLQ_ERRORS_TOTAL,
+        "Failed dead-letter writes; each is retried."
+    );
+    describe_counter!(RECORDS_PRODUCED_TOTAL, "Records published by a pipeline.");
+    describe_counter!(BUFFER_PUSHED_RECORDS_TOTAL, "Records pushed into a buffer.");
+    describe_counter!(BUFFER_PUSHED_BYTES_TOTAL, "Bytes pushed into a buffer.");
+    describe_counter!(
+        BUFFER_FLUSHED_RECORDS_TOTAL,
+        "Records flushed from a buffer to its writer."
+    );
+    describe_counter!(
+        BUFFER_FLUSHED_BYTES_TOTAL,
+        "Bytes flushed from a buffer to its writer."
+    );
+    describe_counter!(
+        BUFFER_FLUSHES_TOTAL,
+        "Buffer flushes by reason (size, age, forced, shutdown)."
+    );
+    describe_gauge!(BUFFER_RECORDS, "Records waiting in a buffer.");
+    metrics::describe_histogram!(
+        FLUSH_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one sink write took."
+    );
+    describe_counter!(SINK_RETRIES_TOTAL, "Sink write retries by error kind.");
+    describe_counter!(RECORDS_WRITTEN_TOTAL, "Records a sink made durable.");
+    describe_counter!(
+        RECORDS_POISON_TOTAL,
+        "Records found poison (undecodable or rejected by a sink)."
+    );
+    describe_counter!(
+        RECORDS_SKIPPED_TOTAL,
+        "Poison records acknowledged without a DLQ record (another path owns the DLQ)."
+    );
 }
+
+pub use actord_actors::names::{
+    BUFFER_FLUSHED_BYTES_TOTAL, BUFFER_FLUSHED_RECORDS_TOTAL, BUFFER_FLUSHES_TOTAL,
+    BUFFER_PUSHED_BYTES_TOTAL, BUFFER_PUSHED_RECORDS_TOTAL, BUFFER_RECORDS, FLUSH_DURATION_SECONDS,
+    RECORDS_POISON_TOTAL, RECORDS_SKIPPED_TOTAL, RECORDS_WRITTEN_TOTAL, SINK_RETRIES_TOTAL,
+};
+
+/// Counter: records read from Kafka, by path and topic.
+pub const RECORDS_CONSUMED_TOTAL: &str = "actord_records_consumed_total";
+/// Counter: records acknowledged by their sink path.
+pub const RECORDS_ACKED_TOTAL: &str = "actord_records_acked_total";
+/// Counter: partition offsets committed.
+pub const OFFSETS_COMMITTED_TOTAL: &str = "actord_offsets_committed_total";
+/// Gauge: records handed downstream and not yet committable, per consumer.
+pub const KAFKA_IN_FLIGHT_RECORDS: &str = "actord_kafka_in_flight_records";
+/// Gauge: partitions paused by backpressure, per consumer.
+pub const KAFKA_PAUSED_PARTITIONS: &str = "actord_kafka_paused_partitions";
+/// Gauge: consumer lag summed over a topic's assigned partitions (from librdkafka statistics).
+pub const KAFKA_CONSUMER_LAG: &str = "actord_kafka_consumer_lag";
+/// Counter: errors returned by the Kafka consumer.
+pub const KAFKA_CONSUME_ERRORS_TOTAL: &str = "actord_kafka_consume_errors_total";
+/// Counter: records written to a dead-letter topic, by source topic.
+pub const DLQ_RECORDS_TOTAL: &str = "actord_dlq_records_total";
+/// Counter: failed dead-letter writes (each is retried).
+pub const DLQ_ERRORS_TOTAL: &str = "actord_dlq_errors_total";
+/// Counter: records published by a pipeline's producer.
+pub const RECORDS_PRODUCED_TOTAL: &str = "actord_records_produced_total";

@@ -15,7 +15,8 @@ async fn liveness_readiness_health_and_info() {
 
     // Wait for a beat so the components have made progress.
     until(Duration::from_secs(10), "a beat", || async {
-        actor(&tree(&rt.base).await, "/heartbeat/counter")["counters"]["records"].as_u64() > Some(0)
+        actor(&tree(&rt.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            > Some(0)
     })
     .await;
     let (status, body) = get(&rt.base, "/health").await;
@@ -26,13 +27,13 @@ async fn liveness_readiness_health_and_info() {
         [
             "OK",
             "heartbeat.ticker: healthy",
-            "heartbeat.counter: healthy"
+            "heartbeat.consumer: healthy"
         ]
     );
     assert!(body.contains("# kafka: embedded"), "{body}");
     assert_eq!(
         get(&rt.base, "/health/heartbeat").await,
-        (200, "OK\nticker: healthy\ncounter: healthy\n".into())
+        (200, "OK\nticker: healthy\nconsumer: healthy\n".into())
     );
     assert_eq!(get(&rt.base, "/health/nosuch").await.0, 404);
 
@@ -43,6 +44,13 @@ async fn liveness_readiness_health_and_info() {
     assert_eq!(info["pipelines"][0]["name"], "heartbeat");
     assert_eq!(info["pipelines"][0]["status"], "running");
     assert_eq!(info["kafka"]["mode"], "embedded");
+    assert!(
+        info["kafka"]["bootstrap"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{info}"
+    );
 
     let (status, page) = get(&rt.base, "/").await;
     assert_eq!(status, 200);
@@ -53,8 +61,9 @@ async fn liveness_readiness_health_and_info() {
 #[tokio::test]
 async fn the_tree_shows_every_actor_with_its_state() {
     let rt = InProcess::start(&config("")).await;
-    until(Duration::from_secs(10), "beats counted", || async {
-        actor(&tree(&rt.base).await, "/heartbeat/counter")["counters"]["beats"].as_u64() >= Some(2)
+    until(Duration::from_secs(20), "beats read back", || async {
+        actor(&tree(&rt.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            >= Some(2)
     })
     .await;
     let t = tree(&rt.base).await;
@@ -68,6 +77,20 @@ async fn the_tree_shows_every_actor_with_its_state() {
     assert_eq!(ticker["restarts"], 0);
     assert!(ticker["last_error"].is_null());
     assert!(ticker["last_progress"].as_str().unwrap().ends_with('Z'));
+    assert!(ticker["counters"]["beats"].as_u64() >= Some(2));
+    let beats = actor(&t, "/heartbeat/beats");
+    assert_eq!(beats["kind"], "supervisor");
+    let names: Vec<&str> = beats["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["dlq", "writer-0", "buffer-0", "decoder", "consumer-0"],
+        "children in start order"
+    );
     rt.shutdown().await;
 }
 
@@ -88,6 +111,11 @@ async fn metrics_pass_promtool_and_carry_the_runtime_series() {
         "actord_pipeline_up{pipeline=\"heartbeat\"} 1",
         "actord_actor_up{path=\"/heartbeat/ticker\"} 1",
         "actord_heartbeat_beats_total",
+        "actord_records_consumed_total{path=\"/heartbeat/beats/consumer-0\",topic=\"actord.heartbeat\"}",
+        "actord_records_produced_total{path=\"/heartbeat/publisher\",topic=\"actord.heartbeat\"}",
+        "actord_records_written_total{path=\"/heartbeat/beats/writer-0\"}",
+        "actord_buffer_flushed_records_total{path=\"/heartbeat/beats/buffer-0\"}",
+        "actord_flush_duration_seconds_bucket{path=\"/heartbeat/beats/writer-0\",le=",
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");
     }
@@ -122,7 +150,7 @@ async fn operator_restart_and_pipeline_stop_start() {
     assert_eq!(status, 200, "{body}");
     let t = tree(&rt.base).await;
     assert_eq!(actor(&t, "/heartbeat/ticker")["restarts"], 1);
-    assert_eq!(actor(&t, "/heartbeat/counter")["restarts"], 0);
+    assert_eq!(actor(&t, "/heartbeat/publisher")["restarts"], 0);
 
     assert_eq!(
         post(&rt.base, "/api/actors/restart?path=/heartbeat/nope", None)

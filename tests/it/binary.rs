@@ -27,27 +27,31 @@ async fn an_injected_fault_restarts_only_that_subtree() {
         .as_str()
         .unwrap()
         .contains("fault injected"));
-    // The sibling before it, its supervisor and the root were untouched.
-    assert_eq!(actor(&t, "/heartbeat/counter")["restarts"], 0);
+    // Its siblings (started before it), its supervisor and the root were untouched.
+    assert_eq!(actor(&t, "/heartbeat/publisher")["restarts"], 0);
+    assert_eq!(actor(&t, "/heartbeat/beats")["restarts"], 0);
     assert_eq!(actor(&t, "/heartbeat")["restarts"], 0);
     assert_eq!(actor(&t, "/")["restarts"], 0);
-    assert!(actor(&t, "/heartbeat/counter")["last_error"].is_null());
+    assert!(actor(&t, "/heartbeat/publisher")["last_error"].is_null());
 
-    // Under rest_for_one, failing the counter takes the ticker (started after it) along.
-    let (status, _) = post(&p.base, "/api/actors/fail?path=/heartbeat/counter", None).await;
+    // Under rest_for_one, failing the publisher takes the ticker (started after it) along.
+    let (status, _) = post(&p.base, "/api/actors/fail?path=/heartbeat/publisher", None).await;
     assert_eq!(status, 200);
     until(
         Duration::from_secs(20),
-        "the counter and ticker to come back",
+        "the publisher and the ticker to come back",
         || async {
             let t = tree(&p.base).await;
-            actor(&t, "/heartbeat/counter")["restarts"] == 1
+            actor(&t, "/heartbeat/publisher")["restarts"] == 1
                 && actor(&t, "/heartbeat/ticker")["restarts"] == 2
                 && actor(&t, "/heartbeat/ticker")["status"] == "running"
         },
     )
     .await;
-    assert_eq!(actor(&tree(&p.base).await, "/heartbeat")["restarts"], 0);
+    let t = tree(&p.base).await;
+    assert_eq!(actor(&t, "/heartbeat")["restarts"], 0);
+    assert_eq!(actor(&t, "/heartbeat/beats")["restarts"], 0);
+    assert_eq!(actor(&t, "/heartbeat/beats/consumer-0")["restarts"], 0);
 
     // Failing the pipeline supervisor restarts the whole pipeline subtree through the root.
     let (status, _) = post(&p.base, "/api/actors/fail?path=/heartbeat", None).await;
@@ -73,7 +77,7 @@ async fn a_pipeline_past_its_budget_is_marked_failed_then_restarted_after_cool_d
     let p = Process::start(&toml, &[], &[]);
     wait_ready(&p.base).await;
     assert_eq!(
-        post(&p.base, "/api/actors/fail?path=/heartbeat/counter", None)
+        post(&p.base, "/api/actors/fail?path=/heartbeat/ticker", None)
             .await
             .0,
         200
@@ -152,7 +156,7 @@ async fn environment_names_override_the_file() {
     assert_eq!(info["kafka"]["brokers"], "broker-a:9092,broker-b:9092");
     // 50 ms beats: at least 10 within a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let beats = actor(&tree(&p.base).await, "/heartbeat/counter")["counters"]["records"]
+    let beats = actor(&tree(&p.base).await, "/heartbeat/ticker")["counters"]["records"]
         .as_u64()
         .unwrap();
     assert!(beats >= 10, "{beats} beats");
@@ -211,8 +215,9 @@ fn check_prints_the_planned_tree_from_the_embedded_default() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("<embedded supervision.toml>"), "{out}");
     assert!(out.contains("heartbeat supervisor"), "{out}");
-    assert!(out.contains("    counter worker"), "{out}");
+    assert!(out.contains("    publisher worker"), "{out}");
     assert!(out.contains("    ticker worker"), "{out}");
+    assert!(out.contains("      consumer-0 worker"), "{out}");
 }
 
 #[test]

@@ -3,4 +3,5 @@
 
 mod admin;
 mod binary;
+mod kafka;
 mod support;

@@ -1,90 +1,164 @@
-//! The built-in heartbeat pipeline: a ticker beats on an interval and a counter counts the
-//! beats. It gives a fresh install something to supervise, shows the source → sink wiring every
-//! pipeline uses (the sink starts first, the source finds it through a shared slot), and serves
-//! as a smoke test of the runtime.
+//! The built-in heartbeat pipeline: a ticker publishes a beat to Kafka every interval and a
+//! consumer path reads the beats back and counts them. It gives a fresh install data flowing
+//! through the whole delivery core (producer, consumer, decoder, buffer, writer, commits) on
+//! the embedded broker, and serves as a smoke test of the runtime.
 
-mod counter;
+mod sink;
 mod ticker;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actord_actors::buffer::BufferLimits;
+use actord_actors::record::{Poison, SourceRecord};
+use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
 use ractor::{Actor, ActorRef};
+use serde::Deserialize;
 
-use super::{HealthCheck, Pipeline, PipelineDef};
+use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawHeartbeat;
 use crate::config::{Check, Config, EnvKey, Unit};
-use counter::{Counter, CounterArgs, CounterMsg};
+use crate::sources::kafka::path::KafkaPath;
+use crate::sources::kafka::producer::{Publisher, PublisherArgs, PublisherMsg};
+use crate::sources::kafka::SourceSettings;
+use sink::BeatSink;
 use ticker::{Ticker, TickerArgs};
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "heartbeat",
-    summary: "a ticker beating every interval into a counter (smoke test of the runtime)",
-    env: &[EnvKey::new("INTERVAL_MS", "interval", Unit::Millis)],
+    summary:
+        "publishes a beat to Kafka every interval and counts the beats it reads back (smoke test)",
+    env: &[
+        EnvKey::new("INTERVAL_MS", "interval", Unit::Millis),
+        EnvKey::new("TOPIC", "topic", Unit::Str),
+        EnvKey::new("GROUP_ID", "group", Unit::Str),
+    ],
+    topics,
     build,
 };
 
 #[derive(Debug, Clone)]
 pub struct HeartbeatConfig {
     pub interval: Duration,
+    pub topic: String,
+    pub group: String,
 }
 
 impl HeartbeatConfig {
     pub(crate) fn validate(raw: &RawHeartbeat, check: &mut Check<'_>) -> Self {
+        let topic = raw
+            .topic
+            .clone()
+            .unwrap_or_else(|| "actord.heartbeat".to_owned());
+        if topic.is_empty() {
+            check.problem("pipelines.heartbeat.topic", "expected a topic name");
+        }
         HeartbeatConfig {
             interval: check.positive_duration(
                 "pipelines.heartbeat.interval",
                 raw.interval.as_deref(),
                 Duration::from_secs(1),
             ),
+            topic,
+            group: raw
+                .group
+                .clone()
+                .unwrap_or_else(|| "actord-heartbeat".to_owned()),
         }
     }
 }
 
-/// The counter's current address, set by each incarnation of the counter.
-type Slot = Arc<Mutex<Option<ActorRef<CounterMsg>>>>;
+/// One beat as published: `{"seq": 42, "at": "2025-11-19T16:12:34.123Z"}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Beat {
+    pub seq: u64,
+    pub at: String,
+}
 
-fn build(config: &Config) -> anyhow::Result<Pipeline> {
+fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
+    serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("JsonError", e.to_string()))
+}
+
+fn topics(config: &Config) -> Vec<TopicSpec> {
+    let topic = &config.pipelines.heartbeat.topic;
+    vec![
+        TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+        },
+        TopicSpec {
+            name: format!("{topic}-dlq"),
+            partitions: 1,
+        },
+    ]
+}
+
+type Slot = Arc<Mutex<Option<ActorRef<PublisherMsg>>>>;
+
+fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let root = ActorPath::root().child(DEF.name);
-    let interval = config.pipelines.heartbeat.interval;
+    let hb = config.pipelines.heartbeat.clone();
     let slot: Slot = Arc::default();
 
-    let counter_slot = slot.clone();
-    let counter = ChildSpec::worker("counter", move |ctx| {
-        let slot = counter_slot.clone();
+    let (connection, out) = (resources.kafka.clone(), slot.clone());
+    let publisher = ChildSpec::worker("publisher", move |ctx| {
+        let (connection, out) = (connection.clone(), out.clone());
         async move {
-            let (actor, _) = Actor::spawn_linked(
-                None,
-                Counter,
-                CounterArgs { probe: ctx.probe },
-                ctx.supervisor,
-            )
-            .await?;
-            *slot.lock().expect("slot lock") = Some(actor.clone());
+            let args = PublisherArgs {
+                probe: ctx.probe,
+                connection,
+            };
+            let (actor, _) = Actor::spawn_linked(None, Publisher, args, ctx.supervisor).await?;
+            *out.lock().expect("slot lock") = Some(actor.clone());
             Ok(actor.get_cell())
         }
     });
+    let (interval, topic) = (hb.interval, hb.topic.clone());
     let ticker = ChildSpec::worker("ticker", move |ctx| {
-        let counter = slot.lock().expect("slot lock").clone();
+        let publisher = slot.lock().expect("slot lock").clone();
+        let topic = topic.clone();
         async move {
-            let counter = counter.ok_or_else(|| {
-                ractor::SpawnErr::StartupFailed("the counter is not running".into())
+            let publisher = publisher.ok_or_else(|| {
+                ractor::SpawnErr::StartupFailed("the publisher is not running".into())
             })?;
             let args = TickerArgs {
                 probe: ctx.probe,
                 interval,
-                counter,
+                publisher,
+                topic,
             };
             let (actor, _) = Actor::spawn_linked(None, Ticker, args, ctx.supervisor).await?;
             Ok(actor.get_cell())
         }
     });
+    let mut source = SourceSettings::new(vec![hb.topic.clone()], hb.group.clone());
+    source.max_in_flight_records = 10_000;
+    let beats = KafkaPath::<Beat, BeatSink> {
+        id: "beats".into(),
+        connection: resources.kafka.clone(),
+        source,
+        decode: Arc::new(decode),
+        sink: BeatSink::factory(),
+        lanes: 1,
+        buffer: BufferLimits {
+            max_records: 1_000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(200),
+        },
+        retry: RetryPolicy::default(),
+        dlq_suffix: Some("-dlq".into()),
+    };
+    // Reader first, then the writing side; the ticker holds the publisher's address, so under
+    // rest_for_one a publisher restart takes the ticker along and nothing else.
     let children = vec![
-        config.supervision.child(&root.child("counter"), counter),
+        beats.child_spec(&root, &config.supervision),
+        config
+            .supervision
+            .child(&root.child("publisher"), publisher),
         config.supervision.child(&root.child("ticker"), ticker),
     ];
-    // The ticker holds the counter's address: when the counter restarts, so must the ticker.
     let spec = config.supervision.child(
         &root,
         ChildSpec::supervisor(
@@ -95,27 +169,21 @@ fn build(config: &Config) -> anyhow::Result<Pipeline> {
             children,
         ),
     );
-    let beating = |path: ActorPath| -> HealthCheck {
-        HealthCheck {
-            component: if path.name() == "ticker" {
-                "ticker"
-            } else {
-                "counter"
-            },
-            check: Arc::new(move |registry| {
-                registry.get(&path).is_some_and(|p| {
-                    p.status() == Status::Running
-                        && p.since_progress(tokio::time::Instant::now())
-                            .is_none_or(|d| d <= interval * 3 + Duration::from_secs(1))
-                })
-            }),
-        }
+    let fresh = move |path: ActorPath, component: &'static str| HealthCheck {
+        component,
+        check: Arc::new(move |registry| {
+            registry.get(&path).is_some_and(|p| {
+                p.status() == Status::Running
+                    && p.since_progress(tokio::time::Instant::now())
+                        .is_none_or(|d| d <= interval * 5 + Duration::from_secs(2))
+            })
+        }),
     };
     Ok(Pipeline {
         spec,
         health: vec![
-            beating(root.child("ticker")),
-            beating(root.child("counter")),
+            fresh(root.child("ticker"), "ticker"),
+            fresh(root.child("beats").child("consumer-0"), "consumer"),
         ],
     })
 }

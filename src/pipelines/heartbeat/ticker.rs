@@ -1,18 +1,20 @@
-//! `Ticker`: sends a beat to the counter every interval.
+//! `Ticker`: publishes a beat every interval.
 
 use std::time::Duration;
 
+use actord_actors::observe::chrono_like_rfc3339;
 use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::counter::CounterMsg;
+use crate::sources::kafka::producer::{Publication, PublisherMsg};
 
 pub struct Ticker;
 
 pub struct TickerArgs {
     pub probe: Probe,
     pub interval: Duration,
-    pub counter: ActorRef<CounterMsg>,
+    pub publisher: ActorRef<PublisherMsg>,
+    pub topic: String,
 }
 
 pub enum TickerMsg {
@@ -21,6 +23,7 @@ pub enum TickerMsg {
 
 pub struct TickerState {
     args: TickerArgs,
+    seq: u64,
 }
 
 impl Actor for Ticker {
@@ -34,7 +37,7 @@ impl Actor for Ticker {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_after(args.interval, || TickerMsg::Tick);
-        Ok(TickerState { args })
+        Ok(TickerState { args, seq: 0 })
     }
 
     async fn handle(
@@ -45,13 +48,22 @@ impl Actor for Ticker {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TickerMsg::Tick => {
-                // A counter that went away fails this send; the restart picks up the new one.
+                state.seq += 1;
+                let payload = serde_json::json!({"seq": state.seq, "at": chrono_like_rfc3339(std::time::SystemTime::now())});
+                let publication = Publication {
+                    topic: state.args.topic.clone(),
+                    key: None,
+                    payload: serde_json::to_vec(&payload)?,
+                    headers: Vec::new(),
+                };
+                // A publisher that went away fails this send; the restart picks up the new one.
                 state
                     .args
-                    .counter
-                    .cast(CounterMsg::Beat)
-                    .map_err(|_| "the counter is gone")?;
+                    .publisher
+                    .cast(PublisherMsg::Publish(publication, None))
+                    .map_err(|_| "the publisher is gone")?;
                 state.args.probe.progress(1, 0);
+                state.args.probe.set_counter("beats", state.seq);
                 myself.send_after(state.args.interval, || TickerMsg::Tick);
             }
         }

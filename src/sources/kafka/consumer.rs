@@ -1,0 +1,464 @@
+//! `KafkaConsumer`: reads a group's partitions and hands records downstream, committing only
+//! what the sink path acknowledged.
+//!
+//! Guarantees:
+//! - An offset is committed only when every earlier offset of its partition was acknowledged
+//!   (a per-partition watermark; acks may come in any order). Commits are batched by time.
+//! - Start offsets (committed, beginning, by time, or from the sink) are applied in the
+//!   rebalance callback when partitions are assigned, before anything is fetched.
+//! - Revoked partitions commit their acknowledged prefix and drop the rest, which the next
+//!   owner reads again; acks that arrive later for the old assignment are ignored.
+//! - At most `max_in_flight_records` / `max_in_flight_bytes` are handed out and unacknowledged.
+//!   At the bound the consumer pauses its partitions (librdkafka then drops its prefetch) and
+//!   asks every buffer to flush, so a half-full batch cannot hold the bound closed. It keeps
+//!   polling while paused so that it stays in the group.
+//! - A graceful stop stops reading, flushes the buffers, waits for acknowledgements (up to the
+//!   drain timeout) and commits before leaving the group.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actord_actors::record::{Acker, Origin, SourceMsg, SourceRecord};
+use actord_actors::Probe;
+use futures::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::context::{PathContext, Shared};
+use super::{KafkaConnection, SourceSettings, StartFrom};
+use crate::telemetry::names;
+
+pub struct KafkaConsumer;
+
+pub struct ConsumerArgs {
+    pub probe: Probe,
+    pub connection: KafkaConnection,
+    pub settings: SourceSettings,
+    pub downstream: ActorRef<SourceMsg>,
+}
+
+pub enum ConsumerMsg {
+    Poll,
+}
+
+pub struct ConsumerState {
+    consumer: StreamConsumer<PathContext>,
+    shared: Arc<Shared>,
+    acks: mpsc::UnboundedReceiver<Vec<Origin>>,
+    acker: Acker,
+    settings: SourceSettings,
+    downstream: ActorRef<SourceMsg>,
+    probe: Probe,
+    path: String,
+    last_commit: Instant,
+    /// Records delivered after a pause took effect; handed out on resume.
+    stash: VecDeque<SourceRecord>,
+    paused: bool,
+}
+
+/// How long one poll waits for the first record.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+
+impl ConsumerState {
+    fn drain_acks(&mut self) {
+        let mut acked = 0u64;
+        let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+        while let Ok(origins) = self.acks.try_recv() {
+            for o in &origins {
+                if tracker.ack(o) {
+                    acked += 1;
+                }
+            }
+        }
+        drop(tracker);
+        if acked > 0 {
+            metrics::counter!(names::RECORDS_ACKED_TOTAL, "path" => self.path.clone())
+                .increment(acked);
+        }
+    }
+
+    fn forward_revoked(&mut self) -> Result<(), ActorProcessingErr> {
+        let revoked = std::mem::take(&mut *self.shared.revoked.lock().expect("revoked lock"));
+        if !revoked.is_empty() {
+            self.stash.retain(|r| {
+                !revoked
+                    .iter()
+                    .any(|(t, p, _)| *t == r.origin.topic && *p == r.origin.partition)
+            });
+            self.downstream
+                .cast(SourceMsg::Revoked(revoked))
+                .map_err(|_| "the decoder is gone")?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, mode: CommitMode) {
+        let commits = self
+            .shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .take_commits();
+        self.last_commit = Instant::now();
+        if commits.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in &commits {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                metrics::counter!(names::OFFSETS_COMMITTED_TOTAL, "path" => self.path.clone())
+                    .increment(commits.len() as u64);
+                debug!(path = %self.path, partitions = commits.len(), "offsets committed");
+            }
+            Err(e) => {
+                warn!(path = %self.path, error = %e, "offset commit failed; it is retried with the next commit")
+            }
+        }
+    }
+
+    fn over_bound(&self) -> bool {
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        t.in_flight_records() >= self.settings.max_in_flight_records
+            || t.in_flight_bytes() >= self.settings.max_in_flight_bytes
+    }
+
+    fn below_resume_mark(&self) -> bool {
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        t.in_flight_records() <= self.settings.max_in_flight_records / 2
+            && t.in_flight_bytes() <= self.settings.max_in_flight_bytes / 2
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        self.consumer.assignment().unwrap_or_default()
+    }
+
+    fn set_paused(&mut self, paused: bool) -> Result<(), ActorProcessingErr> {
+        let tpl = self.assignment();
+        if paused {
+            self.consumer.pause(&tpl)?;
+            info!(path = %self.path, partitions = tpl.count(), "in-flight bound reached, pausing and flushing");
+            self.downstream
+                .cast(SourceMsg::FlushNow)
+                .map_err(|_| "the decoder is gone")?;
+        } else {
+            self.consumer.resume(&tpl)?;
+            debug!(path = %self.path, "resuming");
+        }
+        self.paused = paused;
+        self.shared.paused.store(paused, Ordering::Release);
+        metrics::gauge!(names::KAFKA_PAUSED_PARTITIONS, "path" => self.path.clone())
+            .set(if paused { tpl.count() as f64 } else { 0.0 });
+        Ok(())
+    }
+
+    /// Copies a fetched message into an owned record, or `None` for a partition no longer ours.
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        SourceRecord {
+            origin: Origin {
+                topic: self.shared.topic(m.topic()),
+                partition: m.partition(),
+                offset: m.offset(),
+                epoch: 0,
+            },
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+            headers,
+        }
+    }
+
+    /// Tracks records and hands them downstream; records older than a start time are acked.
+    fn dispatch(&mut self, records: Vec<SourceRecord>) -> Result<(), ActorProcessingErr> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let min_ts = match self.shared.start {
+            StartFrom::Timestamp(ms) => Some(ms),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(records.len());
+        let mut bytes = 0u64;
+        let mut older = 0u64;
+        let mut per_topic: Vec<(Arc<str>, u64)> = Vec::new();
+        {
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            for mut r in records {
+                let size = r.size();
+                let Some(epoch) =
+                    tracker.dispatched(&r.origin.topic, r.origin.partition, r.origin.offset, size)
+                else {
+                    continue; // fetched before a revoke: the new owner reads it
+                };
+                r.origin.epoch = epoch;
+                if let (Some(min), Some(ts)) = (min_ts, r.timestamp_ms) {
+                    if ts < min {
+                        tracker.ack(&r.origin);
+                        older += 1;
+                        continue;
+                    }
+                }
+                match per_topic.iter_mut().find(|(t, _)| *t == r.origin.topic) {
+                    Some((_, n)) => *n += 1,
+                    None => per_topic.push((r.origin.topic.clone(), 1)),
+                }
+                bytes += size as u64;
+                out.push(r);
+            }
+        }
+        if older > 0 {
+            self.probe.add_counter("skipped_older", older);
+        }
+        for (topic, n) in per_topic {
+            metrics::counter!(names::RECORDS_CONSUMED_TOTAL, "path" => self.path.clone(), "topic" => topic.to_string()).increment(n);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.probe.progress(out.len() as u64, bytes);
+        self.downstream
+            .cast(SourceMsg::Records(out, self.acker.clone()))
+            .map_err(|_| "the decoder is gone")?;
+        Ok(())
+    }
+
+    fn publish_gauges(&self) {
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        metrics::gauge!(names::KAFKA_IN_FLIGHT_RECORDS, "path" => self.path.clone())
+            .set(t.in_flight_records() as f64);
+        self.probe
+            .set_counter("in_flight", t.in_flight_records() as u64);
+        self.probe
+            .set_counter("partitions", t.assigned().len() as u64);
+    }
+
+    /// One round: acks, revocations, commits, backpressure, then up to one chunk of records.
+    async fn poll(&mut self) -> Result<(), ActorProcessingErr> {
+        self.drain_acks();
+        self.forward_revoked()?;
+        if self.last_commit.elapsed() >= self.settings.commit_interval {
+            self.commit(CommitMode::Async);
+        }
+        if !self.paused && self.over_bound() {
+            self.set_paused(true)?;
+        } else if self.paused && self.below_resume_mark() {
+            self.set_paused(false)?;
+        }
+        self.publish_gauges();
+
+        if self.paused {
+            // Serve group events and wait for acks; anything still delivered is kept.
+            while let Some(Ok(m)) = self.consumer.recv().now_or_never() {
+                let r = self.record(&m);
+                self.stash.push_back(r);
+            }
+            tokio::select! {
+                acks = self.acks.recv() => {
+                    if let Some(origins) = acks {
+                        let mut t = self.shared.tracker.lock().expect("tracker lock");
+                        for o in &origins { t.ack(o); }
+                    }
+                }
+                _ = tokio::time::sleep(POLL_WAIT) => {}
+            }
+            return Ok(());
+        }
+
+        let room = {
+            let t = self.shared.tracker.lock().expect("tracker lock");
+            self.settings
+                .max_in_flight_records
+                .saturating_sub(t.in_flight_records())
+                .min(self.settings.chunk)
+        };
+        let mut chunk: Vec<SourceRecord> = Vec::new();
+        while chunk.len() < room {
+            match self.stash.pop_front() {
+                Some(r) => chunk.push(r),
+                None => break,
+            }
+        }
+        if chunk.is_empty() {
+            match tokio::time::timeout(POLL_WAIT, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let r = self.record(&m);
+                    chunk.push(r);
+                }
+                Ok(Err(e)) => {
+                    warn!(path = %self.path, error = %e, "kafka consume error");
+                    metrics::counter!(names::KAFKA_CONSUME_ERRORS_TOTAL, "path" => self.path.clone()).increment(1);
+                }
+                Err(_) => {}
+            }
+        }
+        while chunk.len() < room {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    let r = self.record(&m);
+                    chunk.push(r);
+                }
+                Some(Err(e)) => {
+                    warn!(path = %self.path, error = %e, "kafka consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        // A rebalance may have run inside recv: forward it before records of the new epoch.
+        self.forward_revoked()?;
+        self.dispatch(chunk)
+    }
+
+    /// Graceful stop: flush downstream, wait for acks, commit.
+    async fn drain(&mut self) {
+        let _ = self.consumer.pause(&self.assignment());
+        let _ = self.downstream.cast(SourceMsg::FlushNow);
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        loop {
+            self.drain_acks();
+            let left = self
+                .shared
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .in_flight_records();
+            if left == 0 {
+                break;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                warn!(path = %self.path, in_flight = left, "stopping with unacknowledged records; they will be read again");
+                break;
+            }
+            if let Ok(Some(origins)) = tokio::time::timeout(remaining, self.acks.recv()).await {
+                let mut t = self.shared.tracker.lock().expect("tracker lock");
+                for o in &origins {
+                    t.ack(o);
+                }
+            }
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+    }
+}
+
+impl Actor for KafkaConsumer {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState;
+    type Arguments = ConsumerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let path = args.probe.path().to_string();
+        let shared = Arc::new(Shared::new(args.settings.start.clone(), path.clone()));
+        let mut config = args.connection.client_config();
+        let earliest = !matches!(
+            args.settings.start,
+            StartFrom::Committed { earliest: false }
+        );
+        config
+            .set("group.id", &args.settings.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if earliest { "earliest" } else { "latest" },
+            )
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set(
+                "session.timeout.ms",
+                args.settings.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (args.settings.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
+            )
+            .set("statistics.interval.ms", "5000")
+            // Prefetch stays small: the in-flight bound, not librdkafka's queue, holds memory.
+            .set("queued.max.messages.kbytes", "16384");
+        for (k, v) in &args.connection.properties {
+            config.set(k, v);
+        }
+        let consumer: StreamConsumer<PathContext> = config
+            .create_with_context(PathContext {
+                shared: shared.clone(),
+            })
+            .map_err(|e| format!("cannot create the kafka consumer: {e}"))?;
+        let topics: Vec<&str> = args.settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<Origin>>();
+        let acker = Acker::new(move |origins| {
+            let _ = tx.send(origins);
+        });
+        info!(path = %path, group = %args.settings.group, topics = ?args.settings.topics, start = ?args.settings.start, "consumer started");
+        myself.cast(ConsumerMsg::Poll)?;
+        Ok(ConsumerState {
+            consumer,
+            shared,
+            acks: rx,
+            acker,
+            settings: args.settings,
+            downstream: args.downstream,
+            probe: args.probe,
+            path,
+            last_commit: Instant::now(),
+            stash: VecDeque::new(),
+            paused: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.drain().await;
+        info!(path = %state.path, "consumer stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ConsumerMsg::Poll => {
+                state.poll().await?;
+                // A stopping actor refuses new messages; that ends the loop.
+                let _ = myself.cast(ConsumerMsg::Poll);
+            }
+        }
+        Ok(())
+    }
+}

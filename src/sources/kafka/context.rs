@@ -1,0 +1,198 @@
+//! The consumer's librdkafka context: assignment with start offsets applied before the first
+//! fetch, a final commit of revoked partitions, and lag from the statistics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actord_actors::offsets::Tracker;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::StartFrom;
+use crate::telemetry::names;
+
+/// State the context shares with the consumer actor. Both run on the actor's task: the
+/// rebalance callback is served inside the actor's own poll.
+pub struct Shared {
+    pub tracker: Mutex<Tracker>,
+    /// Revoked partitions with the epoch they had, for the actor to pass downstream.
+    pub revoked: Mutex<Vec<(Arc<str>, i32, u64)>>,
+    pub paused: AtomicBool,
+    pub start: StartFrom,
+    pub path: String,
+    topics: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl Shared {
+    pub fn new(start: StartFrom, path: String) -> Self {
+        Shared {
+            tracker: Mutex::new(Tracker::new()),
+            revoked: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
+            start,
+            path,
+            topics: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One shared `Arc<str>` per topic name.
+    pub fn topic(&self, name: &str) -> Arc<str> {
+        let mut topics = self.topics.lock().expect("topics lock");
+        if let Some(t) = topics.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(name);
+        topics.insert(name.to_owned(), t.clone());
+        t
+    }
+}
+
+pub struct PathContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for PathContext {
+    fn stats(&self, stats: Statistics) {
+        for (name, topic) in &stats.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            metrics::gauge!(names::KAFKA_CONSUMER_LAG, "path" => self.shared.path.clone(), "topic" => name.clone()).set(lag as f64);
+        }
+    }
+}
+
+impl PathContext {
+    fn start_offsets(
+        &self,
+        base: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> TopicPartitionList {
+        let mut out = TopicPartitionList::new();
+        match &self.shared.start {
+            StartFrom::Committed { .. } => {
+                for e in tpl.elements() {
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), Offset::Stored);
+                }
+            }
+            StartFrom::Beginning => {
+                for e in tpl.elements() {
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), Offset::Beginning);
+                }
+            }
+            StartFrom::Sink(source) => {
+                for e in tpl.elements() {
+                    let offset = source
+                        .next_offset(e.topic(), e.partition())
+                        .map(Offset::Offset)
+                        .unwrap_or(Offset::Stored);
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
+                }
+            }
+            StartFrom::Timestamp(ms) => {
+                let mut query = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let _ =
+                        query.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*ms));
+                }
+                let found = base.offsets_for_times(query, Duration::from_secs(10)).ok();
+                for e in tpl.elements() {
+                    // A broker that answers End (or nothing) for a time gets a full scan; the
+                    // consumer skips older records itself.
+                    let offset = found
+                        .as_ref()
+                        .and_then(|f| f.find_partition(e.topic(), e.partition()))
+                        .map(|p| p.offset())
+                        .filter(|o| matches!(o, Offset::Offset(_)))
+                        .unwrap_or(Offset::Beginning);
+                    let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
+                }
+            }
+        }
+        out
+    }
+
+    fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        let assignment = self.start_offsets(base, tpl);
+        {
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            for e in tpl.elements() {
+                tracker.assign(&self.shared.topic(e.topic()), e.partition());
+            }
+        }
+        base.assign(&assignment)?;
+        if self.shared.paused.load(Ordering::Acquire) {
+            base.pause(&assignment)?;
+        }
+        let parts: Vec<String> = assignment
+            .elements()
+            .iter()
+            .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
+            .collect();
+        info!(path = %self.shared.path, partitions = ?parts, "partitions assigned");
+        Ok(())
+    }
+
+    fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            let mut revoked = self.shared.revoked.lock().expect("revoked lock");
+            for e in tpl.elements() {
+                if let Some((epoch, next)) = tracker.revoke(e.topic(), e.partition()) {
+                    revoked.push((self.shared.topic(e.topic()), e.partition(), epoch));
+                    if let Some(next) = next {
+                        let _ = commit.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(next),
+                        );
+                    }
+                }
+            }
+        }
+        // Acknowledged work is committed before the partitions go; unacknowledged work is not,
+        // so the next owner reads it again.
+        if commit.count() > 0 {
+            match base.commit(&commit, CommitMode::Sync) {
+                Ok(()) => metrics::counter!(names::OFFSETS_COMMITTED_TOTAL, "path" => self.shared.path.clone()).increment(commit.count() as u64),
+                Err(e) => warn!(path = %self.shared.path, error = %e, "commit of revoked partitions failed"),
+            }
+        }
+        if let Err(e) = base.unassign() {
+            warn!(path = %self.shared.path, error = %e, "unassign failed");
+        }
+        info!(path = %self.shared.path, partitions = tpl.count(), "partitions revoked");
+    }
+}
+
+impl ConsumerContext for PathContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = self.on_assign(base, tpl) {
+                    error!(path = %self.shared.path, error = %e, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base, tpl),
+            other => {
+                error!(path = %self.shared.path, error = ?other, "rebalance error");
+                let _ = base.unassign();
+            }
+        }
+    }
+}
