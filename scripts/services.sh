@@ -11,10 +11,19 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# tansu: a Kafka-protocol broker for tests that need a broker in its own process.
+# Built from the crate registry once per machine (about 25 minutes on 2 cores).
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing tansu 0.6.0 (once per machine; this takes a while)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql,postgres
 fi
 
 # PostgreSQL on 127.0.0.1:5432.
@@ -39,4 +48,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(promtool --version 2>&1 | head -n 1)"
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), kcat, promtool"

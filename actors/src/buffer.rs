@@ -4,14 +4,13 @@
 //! left by size is ignored. Reaching the source's in-flight bound forces a flush, so
 //! backpressure cannot deadlock on a half-full batch.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::names;
 use crate::observe::Probe;
-use crate::record::{Batch, Item};
+use crate::record::{Batch, Item, Topic};
 use crate::writer::WriterMsg;
 
 pub struct Buffer<R>(std::marker::PhantomData<fn() -> R>);
@@ -42,7 +41,7 @@ pub enum BufferMsg<R> {
     },
     FlushNow,
     /// Drops buffered items of partitions taken away, for assignments up to `epoch`.
-    Discard(Vec<(Arc<str>, i32, u64)>),
+    Discard(Vec<(Topic, i32, u64)>),
 }
 
 pub struct BufferState<R: Send + 'static> {

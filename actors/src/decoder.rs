@@ -76,8 +76,18 @@ impl<R: Send + 'static> Actor for Decoder<R> {
                 let mut routed: Vec<Vec<Item<R>>> = (0..lanes.len()).map(|_| Vec::new()).collect();
                 let mut poison = 0u64;
                 let mut skipped = Vec::new();
+                // Records come in runs of one partition: hash once per run.
+                let mut last: Option<(crate::record::Topic, i32, usize)> = None;
                 for source in records {
-                    let lane = lane_of(&source.origin.topic, source.origin.partition, lanes.len());
+                    let (topic, partition) = (source.origin.topic, source.origin.partition);
+                    let lane = match last {
+                        Some((t, p, lane)) if t == topic && p == partition => lane,
+                        _ => {
+                            let lane = lane_of(topic.as_str(), partition, lanes.len());
+                            last = Some((topic, partition, lane));
+                            lane
+                        }
+                    };
                     match (state.args.decode)(&source) {
                         Ok(record) => routed[lane].push(Item::Good(Envelope {
                             record,

@@ -7,10 +7,8 @@
 //! - In flight counts every record handed out and not yet behind the commit point, so an
 //!   unacknowledged record at the head of a partition keeps the bound closed.
 
+use crate::record::{Origin, Topic};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-
-use crate::record::Origin;
 
 #[derive(Debug)]
 struct Entry {
@@ -32,7 +30,7 @@ struct Partition {
 /// Offsets handed out, acknowledged and committable, per partition.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    partitions: HashMap<(Arc<str>, i32), Partition>,
+    partitions: HashMap<(Topic, i32), Partition>,
     next_epoch: u64,
     records: usize,
     bytes: usize,
@@ -44,11 +42,11 @@ impl Tracker {
     }
 
     /// Starts tracking a newly assigned partition; returns its epoch.
-    pub fn assign(&mut self, topic: &Arc<str>, partition: i32) -> u64 {
+    pub fn assign(&mut self, topic: Topic, partition: i32) -> u64 {
         self.next_epoch += 1;
         let epoch = self.next_epoch;
         if let Some(old) = self.partitions.insert(
-            (topic.clone(), partition),
+            (topic, partition),
             Partition {
                 epoch,
                 inflight: VecDeque::new(),
@@ -63,9 +61,8 @@ impl Tracker {
 
     /// Stops tracking a revoked partition; returns its epoch and an offset to commit, if any
     /// acknowledged work was not committed yet.
-    pub fn revoke(&mut self, topic: &str, partition: i32) -> Option<(u64, Option<i64>)> {
-        let key = (Arc::<str>::from(topic), partition);
-        let p = self.partitions.remove(&key)?;
+    pub fn revoke(&mut self, topic: Topic, partition: i32) -> Option<(u64, Option<i64>)> {
+        let p = self.partitions.remove(&(topic, partition))?;
         self.forget(&p);
         let commit = p.committable.filter(|c| Some(*c) != p.committed);
         Some((p.epoch, commit))
@@ -77,21 +74,19 @@ impl Tracker {
     }
 
     /// The epoch of a partition, if assigned.
-    pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.partitions
-            .get(&(Arc::<str>::from(topic), partition))
-            .map(|p| p.epoch)
+    pub fn epoch(&self, topic: Topic, partition: i32) -> Option<u64> {
+        self.partitions.get(&(topic, partition)).map(|p| p.epoch)
     }
 
     /// Records a record handed downstream. Offsets of one partition must increase.
     pub fn dispatched(
         &mut self,
-        topic: &Arc<str>,
+        topic: Topic,
         partition: i32,
         offset: i64,
         bytes: usize,
     ) -> Option<u64> {
-        let p = self.partitions.get_mut(&(topic.clone(), partition))?;
+        let p = self.partitions.get_mut(&(topic, partition))?;
         debug_assert!(p.inflight.back().is_none_or(|e| e.offset < offset));
         p.inflight.push_back(Entry {
             offset,
@@ -105,10 +100,7 @@ impl Tracker {
 
     /// Records an acknowledgement; false when it is stale or unknown.
     pub fn ack(&mut self, origin: &Origin) -> bool {
-        let Some(p) = self
-            .partitions
-            .get_mut(&(origin.topic.clone(), origin.partition))
-        else {
+        let Some(p) = self.partitions.get_mut(&(origin.topic, origin.partition)) else {
             return false;
         };
         if p.epoch != origin.epoch {
@@ -134,17 +126,17 @@ impl Tracker {
     }
 
     /// Partitions whose commit point moved since the last call, with the offset to commit.
-    pub fn take_commits(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+    pub fn take_commits(&mut self) -> Vec<(Topic, i32, i64)> {
         let mut out = Vec::new();
         for ((topic, partition), p) in &mut self.partitions {
             if let Some(c) = p.committable {
                 if p.committed != Some(c) {
                     p.committed = Some(c);
-                    out.push((topic.clone(), *partition, c));
+                    out.push((*topic, *partition, c));
                 }
             }
         }
-        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out.sort_by_key(|a| (a.0, a.1));
         out
     }
 
@@ -158,8 +150,8 @@ impl Tracker {
     }
 
     /// Assigned partitions, sorted.
-    pub fn assigned(&self) -> Vec<(Arc<str>, i32)> {
-        let mut v: Vec<_> = self.partitions.keys().cloned().collect();
+    pub fn assigned(&self) -> Vec<(Topic, i32)> {
+        let mut v: Vec<_> = self.partitions.keys().copied().collect();
         v.sort();
         v
     }
@@ -169,9 +161,9 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn origin(topic: &Arc<str>, partition: i32, offset: i64, epoch: u64) -> Origin {
+    fn origin(topic: &Topic, partition: i32, offset: i64, epoch: u64) -> Origin {
         Origin {
-            topic: topic.clone(),
+            topic: *topic,
             partition,
             offset,
             epoch,
@@ -180,55 +172,55 @@ mod tests {
 
     #[test]
     fn out_of_order_acks_commit_only_the_contiguous_prefix() {
-        let t: Arc<str> = Arc::from("t");
+        let t = Topic::intern("t");
         let mut tr = Tracker::new();
-        let e = tr.assign(&t, 0);
+        let e = tr.assign(t, 0);
         for off in 10..15 {
-            tr.dispatched(&t, 0, off, 100);
+            tr.dispatched(t, 0, off, 100);
         }
         assert_eq!(tr.in_flight_records(), 5);
         assert!(tr.ack(&origin(&t, 0, 12, e)));
         assert!(tr.ack(&origin(&t, 0, 11, e)));
         assert!(tr.take_commits().is_empty(), "10 is still missing");
         assert!(tr.ack(&origin(&t, 0, 10, e)));
-        assert_eq!(tr.take_commits(), vec![(t.clone(), 0, 13)]);
+        assert_eq!(tr.take_commits(), vec![(t, 0, 13)]);
         assert_eq!(tr.in_flight_records(), 2);
         assert_eq!(tr.in_flight_bytes(), 200);
         assert!(tr.ack(&origin(&t, 0, 14, e)));
         assert!(tr.take_commits().is_empty(), "13 is still missing");
         assert!(tr.ack(&origin(&t, 0, 13, e)));
-        assert_eq!(tr.take_commits(), vec![(t.clone(), 0, 15)]);
+        assert_eq!(tr.take_commits(), vec![(t, 0, 15)]);
         assert!(tr.take_commits().is_empty());
         assert_eq!(tr.in_flight_records(), 0);
     }
 
     #[test]
     fn partitions_are_independent_and_gaps_in_offsets_are_fine() {
-        let t: Arc<str> = Arc::from("t");
+        let t = Topic::intern("t");
         let mut tr = Tracker::new();
-        let e0 = tr.assign(&t, 0);
-        let e1 = tr.assign(&t, 1);
-        tr.dispatched(&t, 0, 5, 1);
-        tr.dispatched(&t, 0, 9, 1); // compacted or transactional gaps
-        tr.dispatched(&t, 1, 0, 1);
+        let e0 = tr.assign(t, 0);
+        let e1 = tr.assign(t, 1);
+        tr.dispatched(t, 0, 5, 1);
+        tr.dispatched(t, 0, 9, 1); // compacted or transactional gaps
+        tr.dispatched(t, 1, 0, 1);
         tr.ack(&origin(&t, 1, 0, e1));
         tr.ack(&origin(&t, 0, 9, e0));
-        assert_eq!(tr.take_commits(), vec![(t.clone(), 1, 1)]);
+        assert_eq!(tr.take_commits(), vec![(t, 1, 1)]);
         tr.ack(&origin(&t, 0, 5, e0));
-        assert_eq!(tr.take_commits(), vec![(t.clone(), 0, 10)]);
+        assert_eq!(tr.take_commits(), vec![(t, 0, 10)]);
     }
 
     #[test]
     fn stale_and_duplicate_acks_change_nothing() {
-        let t: Arc<str> = Arc::from("t");
+        let t = Topic::intern("t");
         let mut tr = Tracker::new();
-        let old = tr.assign(&t, 0);
-        tr.dispatched(&t, 0, 0, 1);
+        let old = tr.assign(t, 0);
+        tr.dispatched(t, 0, 0, 1);
         tr.ack(&origin(&t, 0, 0, old));
-        assert_eq!(tr.revoke("t", 0), Some((old, Some(1))));
-        let new = tr.assign(&t, 0);
+        assert_eq!(tr.revoke(t, 0), Some((old, Some(1))));
+        let new = tr.assign(t, 0);
         assert_ne!(old, new);
-        tr.dispatched(&t, 0, 1, 1);
+        tr.dispatched(t, 0, 1, 1);
         assert!(
             !tr.ack(&origin(&t, 0, 1, old)),
             "ack from the old assignment"
@@ -236,23 +228,23 @@ mod tests {
         assert!(tr.ack(&origin(&t, 0, 1, new)));
         assert!(!tr.ack(&origin(&t, 0, 1, new)), "duplicate");
         assert!(!tr.ack(&origin(&t, 3, 1, new)), "unknown partition");
-        assert_eq!(tr.take_commits(), vec![(t.clone(), 0, 2)]);
+        assert_eq!(tr.take_commits(), vec![(t, 0, 2)]);
     }
 
     #[test]
     fn revoking_releases_in_flight_without_committing_unacked_work() {
-        let t: Arc<str> = Arc::from("t");
+        let t = Topic::intern("t");
         let mut tr = Tracker::new();
-        let e = tr.assign(&t, 0);
+        let e = tr.assign(t, 0);
         for off in 0..4 {
-            tr.dispatched(&t, 0, off, 10);
+            tr.dispatched(t, 0, off, 10);
         }
         tr.ack(&origin(&t, 0, 0, e));
         tr.ack(&origin(&t, 0, 2, e));
-        assert_eq!(tr.revoke("t", 0), Some((e, Some(1))));
+        assert_eq!(tr.revoke(t, 0), Some((e, Some(1))));
         assert_eq!(tr.in_flight_records(), 0);
         assert_eq!(tr.in_flight_bytes(), 0);
-        assert_eq!(tr.revoke("t", 0), None);
-        assert!(tr.dispatched(&t, 0, 5, 1).is_none(), "not assigned");
+        assert_eq!(tr.revoke(t, 0), None);
+        assert!(tr.dispatched(t, 0, 5, 1).is_none(), "not assigned");
     }
 }

@@ -4,10 +4,71 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// An interned topic (or stream) name: `Copy`, compared and hashed by identity, so origins
+/// move between actors without reference counting. Names are few and live for the process.
+#[derive(Clone, Copy)]
+pub struct Topic(&'static str);
+
+impl Topic {
+    /// The one `Topic` for `name`.
+    pub fn intern(name: &str) -> Topic {
+        static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        let mut names = NAMES.lock().expect("topic interner lock");
+        if let Some(t) = names.iter().find(|t| **t == name) {
+            return Topic(t);
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.push(leaked);
+        Topic(leaked)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl PartialEq for Topic {
+    fn eq(&self, other: &Topic) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Topic {}
+
+impl PartialOrd for Topic {
+    fn partial_cmp(&self, other: &Topic) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Topic {
+    fn cmp(&self, other: &Topic) -> std::cmp::Ordering {
+        self.0.cmp(other.0)
+    }
+}
+
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.0.as_ptr() as usize).hash(state)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 /// Where a record came from: enough to acknowledge it to its source.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
-    pub topic: Arc<str>,
+    pub topic: Topic,
     pub partition: i32,
     pub offset: i64,
     /// The assignment of the partition the record was read under; acks from an older
@@ -155,7 +216,7 @@ pub enum SourceMsg {
     /// Records in source order, with the acker of the source that read them.
     Records(Vec<SourceRecord>, Acker),
     /// These partitions were taken away: drop what is buffered for them (up to `epoch`).
-    Revoked(Vec<(Arc<str>, i32, u64)>),
+    Revoked(Vec<(Topic, i32, u64)>),
     /// The source reached its in-flight bound: flush every buffer now.
     FlushNow,
 }

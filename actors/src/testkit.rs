@@ -304,11 +304,9 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
             return Err(SinkError::poison("Rejected", "value violates a constraint"));
         }
         let mut inner = self.control.inner.lock().expect("sink lock");
-        inner.written.extend(
-            records
-                .iter()
-                .map(|e| (e.source.origin.clone(), e.record.clone())),
-        );
+        inner
+            .written
+            .extend(records.iter().map(|e| (e.source.origin, e.record.clone())));
         Ok(())
     }
 }
@@ -339,7 +337,7 @@ impl Actor for RecordingDlq {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             crate::record::DlqMsg::Send(letter, done) => {
-                letter.acker.ack(vec![letter.source.origin.clone()]);
+                letter.acker.ack(vec![letter.source.origin]);
                 state.lock().expect("dlq lock").push(letter);
                 if let Some(done) = done {
                     let _ = done.send(());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
 use actord_actors::decoder::{Decoder, DecoderArgs};
 use actord_actors::observe::{ActorKind, Registry};
-use actord_actors::record::{Acker, Origin, Poison, SourceMsg, SourceRecord};
+use actord_actors::record::{Acker, Origin, Poison, SourceMsg, SourceRecord, Topic};
 use actord_actors::testkit::{
     eventually, DeadLetters, RecordingDlq, RecordingSink, SinkControl, SinkMode,
 };
@@ -28,7 +28,7 @@ fn decode(r: &SourceRecord) -> Result<Rec, Poison> {
 fn source(partition: i32, offset: i64, payload: &str) -> SourceRecord {
     SourceRecord {
         origin: Origin {
-            topic: Arc::from("t"),
+            topic: Topic::intern("t"),
             partition,
             offset,
             epoch: 1,
@@ -302,7 +302,7 @@ async fn discarded_partitions_leave_the_buffer() {
     c.send(recs);
     tokio::time::sleep(Duration::from_millis(100)).await;
     c.buffer
-        .cast(BufferMsg::Discard(vec![(Arc::from("t"), 1, 1)]))
+        .cast(BufferMsg::Discard(vec![(Topic::intern("t"), 1, 1)]))
         .unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let partitions: Vec<i32> = c.sink.written().iter().map(|(o, _)| o.partition).collect();

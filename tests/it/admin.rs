@@ -88,7 +88,7 @@ async fn the_tree_shows_every_actor_with_its_state() {
         .collect();
     assert_eq!(
         names,
-        ["dlq", "writer-0", "buffer-0", "decoder", "consumer-0"],
+        ["dlq", "writer-0", "buffer-0", "decoder-0", "consumer-0"],
         "children in start order"
     );
     rt.shutdown().await;

@@ -458,11 +458,30 @@ async fn backpressure_holds_the_in_flight_bound_and_never_deadlocks() {
     );
     assert!(p.written().is_empty());
     p.sink.set_mode(SinkMode::Accept);
-    until(Duration::from_secs(60), "all 6000 written", || async {
-        p.written_set().len() == 6000
+    // Reading the whole topic means the bound kept reopening: each time it was reached the
+    // buffers were flushed although no batch was full and no age flush was due.
+    until(Duration::from_secs(60), "the whole topic read", || async {
+        p.probe("consumer-0").counter("records") == 6000
     })
     .await;
+    until(
+        Duration::from_secs(10),
+        "all but the tail written",
+        || async {
+            p.written_set().len() + p.probe("consumer-0").counter("in_flight") as usize == 6000
+        },
+    )
+    .await;
+    // The tail waits for its age flush (an hour away); a graceful stop flushes it.
+    let sink = p.sink.clone();
     p.stop().await;
+    assert_eq!(
+        sink.written()
+            .iter()
+            .map(|(_, r)| r.0)
+            .collect::<BTreeSet<i64>>(),
+        (0..6000).collect()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

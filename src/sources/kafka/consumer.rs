@@ -20,9 +20,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actord_actors::record::{Acker, Origin, SourceMsg, SourceRecord};
+use actord_actors::decoder::lane_of;
+use actord_actors::record::{Acker, Origin, SourceMsg, SourceRecord, Topic};
 use actord_actors::Probe;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -41,7 +42,8 @@ pub struct ConsumerArgs {
     pub probe: Probe,
     pub connection: KafkaConnection,
     pub settings: SourceSettings,
-    pub downstream: ActorRef<SourceMsg>,
+    /// One decoder per lane; a partition always goes to the same lane.
+    pub downstream: Vec<ActorRef<SourceMsg>>,
 }
 
 pub enum ConsumerMsg {
@@ -54,17 +56,24 @@ pub struct ConsumerState {
     acks: mpsc::UnboundedReceiver<Vec<Origin>>,
     acker: Acker,
     settings: SourceSettings,
-    downstream: ActorRef<SourceMsg>,
+    downstream: Vec<ActorRef<SourceMsg>>,
     probe: Probe,
     path: String,
     last_commit: Instant,
     /// Records delivered after a pause took effect; handed out on resume.
     stash: VecDeque<SourceRecord>,
     paused: bool,
+    /// Since when the in-flight bound has been reached without pausing the partitions.
+    full_since: Option<Instant>,
 }
 
 /// How long one poll waits for the first record.
-const POLL_WAIT: Duration = Duration::from_millis(50);
+const POLL_WAIT: Duration = Duration::from_millis(20);
+
+/// How long the consumer may sit at its in-flight bound without reading before it pauses its
+/// partitions. Pausing drops librdkafka's prefetch, which costs a refetch on resume; a short
+/// saturation is cheaper to wait out, a long one (a stalled sink) must not keep fetching.
+const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
 impl ConsumerState {
     fn drain_acks(&mut self) {
@@ -84,6 +93,14 @@ impl ConsumerState {
         }
     }
 
+    /// Sends a control message to every lane.
+    fn broadcast(&self, make: impl Fn() -> SourceMsg) -> Result<(), ActorProcessingErr> {
+        for d in &self.downstream {
+            d.cast(make()).map_err(|_| "a decoder is gone")?;
+        }
+        Ok(())
+    }
+
     fn forward_revoked(&mut self) -> Result<(), ActorProcessingErr> {
         let revoked = std::mem::take(&mut *self.shared.revoked.lock().expect("revoked lock"));
         if !revoked.is_empty() {
@@ -92,9 +109,7 @@ impl ConsumerState {
                     .iter()
                     .any(|(t, p, _)| *t == r.origin.topic && *p == r.origin.partition)
             });
-            self.downstream
-                .cast(SourceMsg::Revoked(revoked))
-                .map_err(|_| "the decoder is gone")?;
+            self.broadcast(|| SourceMsg::Revoked(revoked.clone()))?;
         }
         Ok(())
     }
@@ -112,7 +127,7 @@ impl ConsumerState {
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in &commits {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            let _ = tpl.add_partition_offset(topic.as_str(), *partition, Offset::Offset(*next));
         }
         match self.consumer.commit(&tpl, mode) {
             Ok(()) => {
@@ -146,10 +161,7 @@ impl ConsumerState {
         let tpl = self.assignment();
         if paused {
             self.consumer.pause(&tpl)?;
-            info!(path = %self.path, partitions = tpl.count(), "in-flight bound reached, pausing and flushing");
-            self.downstream
-                .cast(SourceMsg::FlushNow)
-                .map_err(|_| "the decoder is gone")?;
+            info!(path = %self.path, partitions = tpl.count(), "in-flight bound held, pausing partitions");
         } else {
             self.consumer.resume(&tpl)?;
             debug!(path = %self.path, "resuming");
@@ -161,8 +173,16 @@ impl ConsumerState {
         Ok(())
     }
 
-    /// Copies a fetched message into an owned record, or `None` for a partition no longer ours.
-    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+    /// Copies a fetched message into an owned record. `last` caches the interned topic.
+    fn record(m: &rdkafka::message::BorrowedMessage<'_>, last: &mut Option<Topic>) -> SourceRecord {
+        let topic = match *last {
+            Some(t) if t.as_str() == m.topic() => t,
+            _ => {
+                let t = Topic::intern(m.topic());
+                *last = Some(t);
+                t
+            }
+        };
         let headers = m
             .headers()
             .map(|hs| {
@@ -178,7 +198,7 @@ impl ConsumerState {
             .unwrap_or_default();
         SourceRecord {
             origin: Origin {
-                topic: self.shared.topic(m.topic()),
+                topic,
                 partition: m.partition(),
                 offset: m.offset(),
                 epoch: 0,
@@ -202,13 +222,13 @@ impl ConsumerState {
         let mut out = Vec::with_capacity(records.len());
         let mut bytes = 0u64;
         let mut older = 0u64;
-        let mut per_topic: Vec<(Arc<str>, u64)> = Vec::new();
+        let mut per_topic: Vec<(Topic, u64)> = Vec::new();
         {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             for mut r in records {
                 let size = r.size();
                 let Some(epoch) =
-                    tracker.dispatched(&r.origin.topic, r.origin.partition, r.origin.offset, size)
+                    tracker.dispatched(r.origin.topic, r.origin.partition, r.origin.offset, size)
                 else {
                     continue; // fetched before a revoke: the new owner reads it
                 };
@@ -222,7 +242,7 @@ impl ConsumerState {
                 }
                 match per_topic.iter_mut().find(|(t, _)| *t == r.origin.topic) {
                     Some((_, n)) => *n += 1,
-                    None => per_topic.push((r.origin.topic.clone(), 1)),
+                    None => per_topic.push((r.origin.topic, 1)),
                 }
                 bytes += size as u64;
                 out.push(r);
@@ -238,9 +258,33 @@ impl ConsumerState {
             return Ok(());
         }
         self.probe.progress(out.len() as u64, bytes);
-        self.downstream
-            .cast(SourceMsg::Records(out, self.acker.clone()))
-            .map_err(|_| "the decoder is gone")?;
+        let lanes = self.downstream.len();
+        if lanes == 1 {
+            return self.downstream[0]
+                .cast(SourceMsg::Records(out, self.acker.clone()))
+                .map_err(|_| "the decoder is gone".into());
+        }
+        let mut routed: Vec<Vec<SourceRecord>> = (0..lanes).map(|_| Vec::new()).collect();
+        let mut last: Option<(Topic, i32, usize)> = None;
+        for r in out {
+            let (t, p) = (r.origin.topic, r.origin.partition);
+            let lane = match last {
+                Some((lt, lp, lane)) if lt == t && lp == p => lane,
+                _ => {
+                    let lane = lane_of(t.as_str(), p, lanes);
+                    last = Some((t, p, lane));
+                    lane
+                }
+            };
+            routed[lane].push(r);
+        }
+        for (lane, records) in routed.into_iter().enumerate() {
+            if !records.is_empty() {
+                self.downstream[lane]
+                    .cast(SourceMsg::Records(records, self.acker.clone()))
+                    .map_err(|_| "a decoder is gone")?;
+            }
+        }
         Ok(())
     }
 
@@ -261,28 +305,40 @@ impl ConsumerState {
         if self.last_commit.elapsed() >= self.settings.commit_interval {
             self.commit(CommitMode::Async);
         }
-        if !self.paused && self.over_bound() {
-            self.set_paused(true)?;
-        } else if self.paused && self.below_resume_mark() {
-            self.set_paused(false)?;
+        // At the bound: flush every buffer at once (a half-full batch must not hold the bound
+        // closed), stop reading, and pause the partitions if it lasts.
+        if self.over_bound() {
+            match self.full_since {
+                None => {
+                    self.full_since = Some(Instant::now());
+                    self.broadcast(|| SourceMsg::FlushNow)?;
+                }
+                Some(since) if !self.paused && since.elapsed() >= PAUSE_AFTER => {
+                    self.set_paused(true)?
+                }
+                Some(_) => {}
+            }
+        } else if self.full_since.is_some() && (!self.paused || self.below_resume_mark()) {
+            self.full_since = None;
+            if self.paused {
+                self.set_paused(false)?;
+            }
         }
         self.publish_gauges();
+        if self.full_since.is_some() && !self.paused {
+            self.wait_for_acks().await;
+            return Ok(());
+        }
 
         if self.paused {
             // Serve group events and wait for acks; anything still delivered is kept.
-            while let Some(Ok(m)) = self.consumer.recv().now_or_never() {
-                let r = self.record(&m);
-                self.stash.push_back(r);
+            let mut last = None;
+            let mut stream = self.consumer.stream();
+            while let Some(Some(Ok(m))) = stream.next().now_or_never() {
+                self.stash.push_back(Self::record(&m, &mut last));
             }
-            tokio::select! {
-                acks = self.acks.recv() => {
-                    if let Some(origins) = acks {
-                        let mut t = self.shared.tracker.lock().expect("tracker lock");
-                        for o in &origins { t.ack(o); }
-                    }
-                }
-                _ = tokio::time::sleep(POLL_WAIT) => {}
-            }
+            drop(stream);
+            self.wait_for_acks().await;
             return Ok(());
         }
 
@@ -300,41 +356,49 @@ impl ConsumerState {
                 None => break,
             }
         }
+        // One stream for the whole chunk: registering a waker per message is costly.
+        let mut last = None;
+        let mut stream = self.consumer.stream();
         if chunk.is_empty() {
-            match tokio::time::timeout(POLL_WAIT, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    let r = self.record(&m);
-                    chunk.push(r);
-                }
-                Ok(Err(e)) => {
+            match tokio::time::timeout(POLL_WAIT, stream.next()).await {
+                Ok(Some(Ok(m))) => chunk.push(Self::record(&m, &mut last)),
+                Ok(Some(Err(e))) => {
                     warn!(path = %self.path, error = %e, "kafka consume error");
                     metrics::counter!(names::KAFKA_CONSUME_ERRORS_TOTAL, "path" => self.path.clone()).increment(1);
                 }
-                Err(_) => {}
+                Ok(None) | Err(_) => {}
             }
         }
         while chunk.len() < room {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => {
-                    let r = self.record(&m);
-                    chunk.push(r);
-                }
-                Some(Err(e)) => {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => chunk.push(Self::record(&m, &mut last)),
+                Some(Some(Err(e))) => {
                     warn!(path = %self.path, error = %e, "kafka consume error");
                     break;
                 }
-                None => break,
+                Some(None) | None => break,
             }
         }
+        drop(stream);
         // A rebalance may have run inside recv: forward it before records of the new epoch.
         self.forward_revoked()?;
         self.dispatch(chunk)
     }
 
+    /// Waits a little for acknowledgements to free room.
+    async fn wait_for_acks(&mut self) {
+        if let Ok(Some(origins)) = tokio::time::timeout(POLL_WAIT, self.acks.recv()).await {
+            let mut t = self.shared.tracker.lock().expect("tracker lock");
+            for o in &origins {
+                t.ack(o);
+            }
+        }
+    }
+
     /// Graceful stop: flush downstream, wait for acks, commit.
     async fn drain(&mut self) {
         let _ = self.consumer.pause(&self.assignment());
-        let _ = self.downstream.cast(SourceMsg::FlushNow);
+        let _ = self.broadcast(|| SourceMsg::FlushNow);
         let deadline = Instant::now() + self.settings.drain_timeout;
         loop {
             self.drain_acks();
@@ -402,7 +466,10 @@ impl Actor for KafkaConsumer {
             )
             .set("statistics.interval.ms", "5000")
             // Prefetch stays small: the in-flight bound, not librdkafka's queue, holds memory.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("queued.max.messages.kbytes", "16384")
+            // With a full prefetch queue librdkafka would wait a whole second before fetching
+            // again; the queue drains in milliseconds, so look again soon.
+            .set("fetch.queue.backoff.ms", "20");
         for (k, v) in &args.connection.properties {
             config.set(k, v);
         }
@@ -433,6 +500,7 @@ impl Actor for KafkaConsumer {
             last_commit: Instant::now(),
             stash: VecDeque::new(),
             paused: false,
+            full_since: None,
         })
     }
 

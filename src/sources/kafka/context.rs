@@ -1,12 +1,12 @@
 //! The consumer's librdkafka context: assignment with start offsets applied before the first
 //! fetch, a final commit of revoked partitions, and lag from the statistics.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actord_actors::offsets::Tracker;
+use actord_actors::record::Topic;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
@@ -22,11 +22,10 @@ use crate::telemetry::names;
 pub struct Shared {
     pub tracker: Mutex<Tracker>,
     /// Revoked partitions with the epoch they had, for the actor to pass downstream.
-    pub revoked: Mutex<Vec<(Arc<str>, i32, u64)>>,
+    pub revoked: Mutex<Vec<(Topic, i32, u64)>>,
     pub paused: AtomicBool,
     pub start: StartFrom,
     pub path: String,
-    topics: Mutex<HashMap<String, Arc<str>>>,
 }
 
 impl Shared {
@@ -37,19 +36,7 @@ impl Shared {
             paused: AtomicBool::new(false),
             start,
             path,
-            topics: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// One shared `Arc<str>` per topic name.
-    pub fn topic(&self, name: &str) -> Arc<str> {
-        let mut topics = self.topics.lock().expect("topics lock");
-        if let Some(t) = topics.get(name) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(name);
-        topics.insert(name.to_owned(), t.clone());
-        t
     }
 }
 
@@ -126,7 +113,7 @@ impl PathContext {
         {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             for e in tpl.elements() {
-                tracker.assign(&self.shared.topic(e.topic()), e.partition());
+                tracker.assign(Topic::intern(e.topic()), e.partition());
             }
         }
         base.assign(&assignment)?;
@@ -148,8 +135,9 @@ impl PathContext {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             let mut revoked = self.shared.revoked.lock().expect("revoked lock");
             for e in tpl.elements() {
-                if let Some((epoch, next)) = tracker.revoke(e.topic(), e.partition()) {
-                    revoked.push((self.shared.topic(e.topic()), e.partition(), epoch));
+                if let Some((epoch, next)) = tracker.revoke(Topic::intern(e.topic()), e.partition())
+                {
+                    revoked.push((Topic::intern(e.topic()), e.partition(), epoch));
                     if let Some(next) = next {
                         let _ = commit.add_partition_offset(
                             e.topic(),

@@ -163,7 +163,7 @@ impl Actor for DlqProducer {
                         Ok(Ok(_)) => {
                             metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
                             probe.progress(1, letter.source.size() as u64);
-                            letter.acker.ack(vec![letter.source.origin.clone()]);
+                            letter.acker.ack(vec![letter.source.origin]);
                             if let Some(done) = done {
                                 let _ = done.send(());
                             }

@@ -1,9 +1,9 @@
-//! The wiring of one consumer path: `dlq`, `writer-N`, `buffer-N`, `decoder`, `consumer-N`
+//! The wiring of one consumer path: `dlq`, `writer-N`, `buffer-N`, `decoder-N`, `consumer-N`
 //! under one `rest_for_one` supervisor.
 //!
 //! Children start sink first, so each upstream actor finds its downstream's address in a slot
 //! when it starts; when a downstream actor restarts, everything started after it restarts too
-//! and picks up the new address. Each partition is pinned to one lane (buffer + writer), so its
+//! and picks up the new address. Each partition is pinned to one lane (decoder, buffer, writer), so its
 //! batches are written and acknowledged in offset order.
 
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ where
         let dlq_slot: Slot<DlqMsg> = slot();
         let writer_slots: Vec<Slot<WriterMsg<R>>> = (0..lanes).map(|_| slot()).collect();
         let buffer_slots: Vec<Slot<BufferMsg<R>>> = (0..lanes).map(|_| slot()).collect();
-        let decoder_slot: Slot<SourceMsg> = slot();
+        let decoder_slots: Vec<Slot<SourceMsg>> = (0..lanes).map(|_| slot()).collect();
         let mut children = Vec::new();
 
         let owns_dlq = self.dlq_suffix.is_some();
@@ -133,21 +133,17 @@ where
             });
             children.push(supervision.child(&root.child(&id), spec));
         }
-        {
-            let (buffers, decode, out) = (
-                buffer_slots.clone(),
-                self.decode.clone(),
-                decoder_slot.clone(),
-            );
-            let spec = ChildSpec::worker("decoder", move |ctx| {
-                let lanes: Result<Vec<_>, _> =
-                    buffers.iter().map(|b| take(b, "a buffer")).collect();
+        for (i, out) in decoder_slots.iter().enumerate() {
+            let id = format!("decoder-{i}");
+            let (buffer, decode, out) = (buffer_slots[i].clone(), self.decode.clone(), out.clone());
+            let spec = ChildSpec::worker(id.clone(), move |ctx| {
+                let buffer = take(&buffer, "the buffer");
                 let (decode, out) = (decode.clone(), out.clone());
                 async move {
                     let args = DecoderArgs {
                         probe: ctx.probe,
                         decode,
-                        lanes: lanes?,
+                        lanes: vec![buffer?],
                         owns_dlq,
                     };
                     let (actor, _) =
@@ -157,24 +153,25 @@ where
                     Ok(actor.get_cell())
                 }
             });
-            children.push(supervision.child(&root.child("decoder"), spec));
+            children.push(supervision.child(&root.child(&id), spec));
         }
         for i in 0..self.source.consumers.max(1) {
             let id = format!("consumer-{i}");
-            let (decoder, connection, settings) = (
-                decoder_slot.clone(),
+            let (decoders, connection, settings) = (
+                decoder_slots.clone(),
                 self.connection.clone(),
                 self.source.clone(),
             );
             let spec = ChildSpec::worker(id.clone(), move |ctx| {
-                let decoder = take(&decoder, "the decoder");
+                let decoders: Result<Vec<_>, _> =
+                    decoders.iter().map(|d| take(d, "a decoder")).collect();
                 let (connection, settings) = (connection.clone(), settings.clone());
                 async move {
                     let args = ConsumerArgs {
                         probe: ctx.probe,
                         connection,
                         settings,
-                        downstream: decoder?,
+                        downstream: decoders?,
                     };
                     let (actor, _) =
                         Actor::spawn_linked(None, KafkaConsumer, args, ctx.supervisor).await?;
