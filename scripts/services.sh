@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs (once per machine) and starts (when not running) what actord's tests and demo use:
-# PostgreSQL, Redis and promtool. Idempotent: does nothing when everything is in place.
+# Installs (once per machine) and starts (when not running) what actord's tests, benchmarks and
+# demo use: PostgreSQL, Redis, promtool, kcat and the tansu broker. Idempotent: does nothing
+# when everything is in place.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }

@@ -11,7 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0
-cargo test --workspace --all-targets --locked 2>&1 | tee "$out" || status=$?
+cargo test --workspace --lib --bins --tests --locked 2>&1 | tee "$out" || status=$?
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
