@@ -96,7 +96,12 @@ fn kcat(bootstrap: &str, n: u64) -> Option<f64> {
             "%s\n",
         ])
         // The same fetch tuning actord's consumer uses, so the baseline is the real limit.
-        .args(["-X", "fetch.queue.backoff.ms=20", "-X", "queued.max.messages.kbytes=16384"])
+        .args([
+            "-X",
+            "fetch.queue.backoff.ms=20",
+            "-X",
+            "queued.max.messages.kbytes=16384",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

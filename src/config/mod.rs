@@ -223,11 +223,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             return Err(ConfigError { problems });
         }
     };
-    let check = Check {
-        file: &origin,
-        origins: &origins,
-        problems: &mut problems,
-    };
+    let check = Check::new(&origin, &origins, &mut problems);
     let config = validate(raw, &origin, enabled, check);
     match config {
         Some(c) if problems.is_empty() => Ok(c),
@@ -340,7 +336,19 @@ pub struct Check<'a> {
     problems: &'a mut Vec<Problem>,
 }
 
-impl Check<'_> {
+impl<'a> Check<'a> {
+    pub(crate) fn new(
+        file: &'a str,
+        origins: &'a env::Origins,
+        problems: &'a mut Vec<Problem>,
+    ) -> Self {
+        Check {
+            file,
+            origins,
+            problems,
+        }
+    }
+
     pub fn problem(&mut self, key: &str, message: impl Into<String>) {
         let origin = self
             .origins

@@ -269,3 +269,39 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
     assert_eq!(t["pipelines"]["backfill"]["group"].as_str(), Some("g2"));
     assert_eq!(t["pipelines"]["recorder"]["group"].as_str(), Some("g3"));
 }
+
+#[test]
+fn a_batch_above_the_in_flight_bound_is_rejected() {
+    let origins = env::Origins::from([(
+        "pipelines.x.batch_size".to_owned(),
+        "environment variable BATCH_SIZE".to_owned(),
+    )]);
+    let mut problems = Vec::new();
+    let mut check = Check::new("supervision.toml", &origins, &mut problems);
+    crate::sources::kafka::check_batch_fits(
+        &mut check,
+        "pipelines.x.batch_size",
+        500,
+        "pipelines.x.max_buffer_size",
+        500,
+    );
+    assert!(problems.is_empty());
+    let mut check = Check::new("supervision.toml", &origins, &mut problems);
+    crate::sources::kafka::check_batch_fits(
+        &mut check,
+        "pipelines.x.batch_size",
+        501,
+        "pipelines.x.max_buffer_size",
+        500,
+    );
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].origin, "environment variable BATCH_SIZE");
+    assert_eq!(problems[0].key, "pipelines.x.batch_size");
+    assert!(
+        problems[0]
+            .message
+            .contains("exceeds pipelines.x.max_buffer_size (500)"),
+        "{}",
+        problems[0].message
+    );
+}

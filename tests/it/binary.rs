@@ -250,3 +250,47 @@ async fn tree_command_prints_the_live_tree() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_outside_client_can_produce_into_the_embedded_broker() {
+    let p = Process::start(&config(""), &[], &[]);
+    wait_ready(&p.base).await;
+    let info: serde_json::Value = serde_json::from_str(&get(&p.base, "/api/info").await.1).unwrap();
+    let bootstrap = info["kafka"]["bootstrap"].as_str().unwrap().to_owned();
+    // 30 beats from outside plus one record that is not a beat.
+    let mut payloads: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{"seq":{},"at":"2025-01-01T00:00:00Z"}}"#, 1_000_000 + i))
+        .collect();
+    payloads.push("not a beat".into());
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    crate::kafka::produce_raw(&bootstrap, "actord.heartbeat", &refs).await;
+    until(Duration::from_secs(30), "the poison record in the DLQ", || async {
+        get(&p.base, "/metrics")
+            .await
+            .1
+            .contains("actord_dlq_records_total{path=\"/heartbeat/beats/dlq\",topic=\"actord.heartbeat\"} 1")
+    })
+    .await;
+    let t = tree(&p.base).await;
+    let ticked = actor(&t, "/heartbeat/ticker")["counters"]["records"]
+        .as_u64()
+        .unwrap();
+    let written = actor(&t, "/heartbeat/beats/writer-0")["counters"]["records"]
+        .as_u64()
+        .unwrap();
+    assert!(written >= 30, "only {written} beats written");
+    assert!(
+        written <= ticked + 30,
+        "{written} written, {ticked} ticked + 30 from outside"
+    );
+    let dlq = crate::kafka::read_until(&bootstrap, "actord.heartbeat-dlq", |r| !r.is_empty());
+    assert_eq!(dlq[0].0["original_message"], "not a beat");
+    // Lag comes from librdkafka's statistics, every 5 s.
+    until(Duration::from_secs(15), "the lag gauge", || async {
+        get(&p.base, "/metrics")
+            .await
+            .1
+            .contains("actord_kafka_consumer_lag{path=\"/heartbeat/beats/consumer-0\",topic=\"actord.heartbeat\"}")
+    })
+    .await;
+}

@@ -112,3 +112,22 @@ impl SourceSettings {
         }
     }
 }
+
+/// A batch must fit in the consumer's in-flight bound: reaching the bound forces a flush, but a
+/// batch larger than the bound could never fill and the path would only move by age.
+pub fn check_batch_fits(
+    check: &mut crate::config::Check<'_>,
+    batch_key: &str,
+    batch: usize,
+    bound_key: &str,
+    bound: usize,
+) {
+    if batch > bound {
+        check.problem(
+            batch_key,
+            format!(
+                "{batch} exceeds {bound_key} ({bound}); a batch must fit in the in-flight bound"
+            ),
+        );
+    }
+}
