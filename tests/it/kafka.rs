@@ -582,56 +582,47 @@ async fn poison_reaches_the_dlq_with_context_and_an_outage_sends_nothing_there()
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_time_skips_older_records_even_where_the_broker_cannot_look_it_up() {
-    // The mock cluster answers End to every time look-up: the consumer scans and filters.
-    let k = embedded("temps", 2);
+/// Writes 100 records an hour old and 50 new ones, starts a path at the boundary, checks that
+/// exactly the new ones arrive, and returns how many older records the consumer skipped itself.
+async fn start_at_time(bootstrap: &str, topic: &str) -> u64 {
     let old = 1_700_000_000_000;
-    let new = 1_800_000_000_000;
-    produce(k.bootstrap(), "temps", 0..100, Some(old)).await;
-    produce(k.bootstrap(), "temps", 100..150, Some(new)).await;
+    let new = old + 3_600_000;
+    produce(bootstrap, topic, 0..100, Some(old)).await;
+    produce(bootstrap, topic, 100..150, Some(new)).await;
     let opts = PathOptions {
         start: StartFrom::Timestamp(new - 1000),
-        ..PathOptions::new("temps")
+        ..PathOptions::new(topic)
     };
-    let p = TestPath::start(k.bootstrap(), opts).await;
-    until(Duration::from_secs(30), "the newer records", || async {
-        p.written_set().len() == 50
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(p.written_set(), (100..150).collect());
-    assert_eq!(
-        p.probe("consumer-0").counter("skipped_older"),
-        100,
-        "the fallback scans from the beginning"
-    );
-    p.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_time_is_looked_up_on_a_broker_that_can() {
-    let broker = Tansu::start();
-    broker.create_topic("readings", 2);
-    let old = 1_700_000_000_000;
-    let new = 1_800_000_000_000;
-    produce(broker.bootstrap(), "readings", 0..100, Some(old)).await;
-    produce(broker.bootstrap(), "readings", 100..150, Some(new)).await;
-    let opts = PathOptions {
-        start: StartFrom::Timestamp(new - 1000),
-        ..PathOptions::new("readings")
-    };
-    let p = TestPath::start(broker.bootstrap(), opts).await;
+    let p = TestPath::start(bootstrap, opts).await;
     until(Duration::from_secs(60), "the newer records", || async {
         p.written_set().len() == 50
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(p.written_set(), (100..150).collect());
+    let skipped = p.probe("consumer-0").counter("skipped_older");
+    p.stop().await;
+    skipped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_time_skips_older_records_even_where_the_broker_cannot_look_it_up() {
+    // The mock cluster answers End to every time look-up: the consumer scans and filters.
+    let k = embedded("temps", 2);
     assert_eq!(
-        p.probe("consumer-0").counter("skipped_older"),
+        start_at_time(k.bootstrap(), "temps").await,
+        100,
+        "the fallback scans from the beginning"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_time_is_looked_up_on_a_broker_that_can() {
+    let broker = Tansu::start();
+    broker.create_topic("readings", 2);
+    assert_eq!(
+        start_at_time(broker.bootstrap(), "readings").await,
         0,
         "the broker positioned the consumer"
     );
-    p.stop().await;
 }

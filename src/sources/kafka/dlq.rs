@@ -59,13 +59,7 @@ pub fn headers(letter: &DeadLetter, connector: &str) -> OwnedHeaders {
         "sink" => "TASK_PUT",
         other => other,
     };
-    let mut h = OwnedHeaders::new_with_capacity(letter.source.headers.len() + 8);
-    for (k, v) in &letter.source.headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(v),
-        });
-    }
+    let mut h = owned_headers(&letter.source.headers, 7);
     let fields = [
         ("__connect.errors.topic", o.topic.to_string()),
         ("__connect.errors.partition", o.partition.to_string()),
@@ -88,6 +82,19 @@ pub fn headers(letter: &DeadLetter, connector: &str) -> OwnedHeaders {
         });
     }
     h
+}
+
+/// Kafka headers from `(key, value)` pairs, with room for `extra` more.
+pub fn owned_headers(pairs: &[(String, Vec<u8>)], extra: usize) -> OwnedHeaders {
+    pairs.iter().fold(
+        OwnedHeaders::new_with_capacity(pairs.len() + extra),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        },
+    )
 }
 
 /// An idempotent producer: retries never duplicate or reorder within a partition.

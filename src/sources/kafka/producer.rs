@@ -1,13 +1,12 @@
 //! `Publisher`: an idempotent Kafka producer for pipelines that publish records.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::warn;
 
 use actord_actors::Probe;
 
-use super::dlq::idempotent_producer;
+use super::dlq::{idempotent_producer, owned_headers};
 use super::KafkaConnection;
 use crate::telemetry::names;
 
@@ -68,16 +67,9 @@ impl Actor for Publisher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let PublisherMsg::Publish(p, done) = message;
-        let mut headers = OwnedHeaders::new_with_capacity(p.headers.len());
-        for (k, v) in &p.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
         let mut record = FutureRecord::to(&p.topic)
             .payload(&p.payload)
-            .headers(headers);
+            .headers(owned_headers(&p.headers, 0));
         if let Some(key) = &p.key {
             record = record.key(key);
         }
