@@ -626,3 +626,56 @@ async fn a_start_time_is_looked_up_on_a_broker_that_can() {
         "the broker positioned the consumer"
     );
 }
+
+struct FixedOffsets(BTreeMap<i32, i64>);
+
+impl actord::sources::kafka::OffsetSource for FixedOffsets {
+    fn next_offset(&self, _topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(&partition).copied()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_kept_by_the_sink_win_over_the_group_at_assignment() {
+    let k = embedded("ledger", 2);
+    let topic = "ledger";
+    // One partition per half, so the offsets are known: 0..50 on partition 0, 50..100 on 1.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", k.bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..100i64 {
+        let payload = format!("{{\"n\":{i}}}");
+        producer
+            .send(
+                FutureRecord::<str, str>::to(topic)
+                    .payload(&payload)
+                    .partition((i / 50) as i32),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // The sink already holds partition 0 up to offset 30; it knows nothing of partition 1,
+    // where the group's committed offset (none) and then `earliest` apply.
+    let opts = PathOptions {
+        start: StartFrom::Sink(Arc::new(FixedOffsets(BTreeMap::from([(0, 30)])))),
+        ..PathOptions::new(topic)
+    };
+    let p = TestPath::start(k.bootstrap(), opts).await;
+    until(
+        Duration::from_secs(30),
+        "the records after the sink's offsets",
+        || async { p.written_set().len() == 70 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.written_set(), (30..100).collect());
+    assert_eq!(
+        p.written().len(),
+        70,
+        "nothing before the sink's offset was read"
+    );
+    p.stop().await;
+}
