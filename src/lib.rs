@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod pipelines;
 pub mod runtime;
+pub mod sinks;
 pub mod sources;
 pub mod telemetry;

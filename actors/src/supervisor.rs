@@ -160,6 +160,7 @@ impl SupervisorState {
                 child.probe.set_status(Status::Running);
                 Ok(())
             }
+            Err(ractor::SpawnErr::StartupFailed(err)) => Err(err.to_string()),
             Err(err) => Err(err.to_string()),
         }
     }

@@ -90,7 +90,8 @@ async fn ready(State(h): State<Handle>) -> Response {
 fn components(h: &Handle, pipeline: &str) -> Vec<(String, bool)> {
     let running = h.pipeline_status(pipeline) == Status::Running;
     match h.health.get(pipeline) {
-        Some(checks) if !checks.is_empty() => checks
+        Some(health) if !health.checks.is_empty() => health
+            .checks
             .iter()
             .map(|c| (c.component.to_owned(), running && (c.check)(&h.registry)))
             .collect(),
@@ -138,7 +139,11 @@ async fn health(State(h): State<Handle>) -> Response {
             lines.push((format!("{pipeline}.{component}"), healthy));
         }
     }
-    health_body(lines, notes(&h))
+    let mut notes = notes(&h);
+    for health in h.health.values() {
+        notes.extend((health.notes)());
+    }
+    health_body(lines, notes)
 }
 
 async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) -> Response {
@@ -148,6 +153,7 @@ async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) 
             format!("pipeline {pipeline:?} is not enabled\n"),
         );
     }
+    // The seed's exact form: status, then one line per component, no notes.
     health_body(components(&h, &pipeline), Vec::new())
 }
 

@@ -142,7 +142,7 @@ fn set(
     match convert(key.unit, raw) {
         Ok(value) => {
             insert(table, dotted, value);
-            origins.insert(dotted.to_owned(), var.to_owned());
+            origins.insert(dotted.to_owned(), format!("environment variable {var}"));
         }
         Err(expected) => problems.push(Problem::new(
             format!("environment variable {var}"),

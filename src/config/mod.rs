@@ -180,6 +180,7 @@ impl fmt::Debug for KafkaConfig {
 #[derive(Debug, Clone)]
 pub struct PipelinesConfig {
     pub heartbeat: pipelines::heartbeat::HeartbeatConfig,
+    pub recorder: pipelines::recorder::RecorderConfig,
 }
 
 /// Reads, overrides and validates the configuration.
@@ -490,8 +491,11 @@ fn validate(
     let mut pipeline_levels = BTreeMap::new();
     let heartbeat_raw = raw.pipelines.heartbeat.unwrap_or_default();
     pipeline_levels.insert("heartbeat".to_owned(), heartbeat_raw.supervision.clone());
+    let recorder_raw = raw.pipelines.recorder.unwrap_or_default();
+    pipeline_levels.insert("recorder".to_owned(), recorder_raw.supervision.clone());
     let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
     let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
+    let recorder = pipelines::recorder::RecorderConfig::validate(&recorder_raw, &mut check);
     Some(Config {
         source: file.to_owned(),
         admin: AdminConfig {
@@ -506,7 +510,10 @@ fn validate(
             properties: raw.kafka.properties,
         },
         supervision,
-        pipelines: PipelinesConfig { heartbeat },
+        pipelines: PipelinesConfig {
+            heartbeat,
+            recorder,
+        },
     })
 }
 

@@ -105,6 +105,56 @@ pub struct RawSupervision {
 pub struct RawPipelines {
     /// The built-in heartbeat pipeline (a ticker; a smoke test of the runtime).
     pub heartbeat: Option<RawHeartbeat>,
+    /// Market ticks and order books into TimescaleDB.
+    pub recorder: Option<RawRecorder>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecorder {
+    /// Topics to read (KAFKA_TOPICS); a topic whose name mentions "orderbook" carries order books.
+    pub topics: Option<Vec<String>>,
+    /// Consumer group prefix (KAFKA_GROUP_ID); each sink path adds its own suffix.
+    pub group: Option<String>,
+    /// Consumers per path in this process (NUM_CONSUMERS).
+    pub consumers: Option<u32>,
+    /// Writer lanes of the TimescaleDB path (DB_WRITE_WORKERS).
+    pub db_write_workers: Option<u32>,
+    /// Rows per TimescaleDB batch (BATCH_SIZE).
+    pub batch_size: Option<u32>,
+    /// Age at which a partial TimescaleDB batch is written (BATCH_TIMEOUT_MS), e.g. "5s".
+    pub batch_timeout: Option<String>,
+    /// Records in flight per consumer before it pauses (MAX_BUFFER_SIZE).
+    pub max_buffer_size: Option<u32>,
+    /// Runs a synthetic market-data generator into the topics (for the demo).
+    pub demo: Option<bool>,
+    /// Synthetic records per second when `demo` is on.
+    pub demo_rate: Option<u32>,
+    /// The TimescaleDB / PostgreSQL connection.
+    #[serde(default)]
+    pub timescale: RawTimescale,
+    /// Supervision overrides for this pipeline and its paths.
+    #[serde(default)]
+    pub supervision: RawSupervision,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimescale {
+    /// Host (TIMESCALEDB_HOST).
+    pub host: Option<String>,
+    /// Port (TIMESCALEDB_PORT).
+    pub port: Option<u16>,
+    /// User (TIMESCALEDB_USER).
+    pub user: Option<String>,
+    /// Password (TIMESCALEDB_PASSWORD); use "${VAR}" rather than writing it here.
+    pub password: Option<String>,
+    /// Database (TIMESCALEDB_DB).
+    pub database: Option<String>,
+    /// Schema holding tick_data, orderbook, the aggregates and actord_offsets.
+    pub schema: Option<String>,
+    /// How often plain-PostgreSQL aggregates are refreshed, e.g. "1m".
+    pub refresh_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,8 +31,10 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
 fn the_shipped_file_is_valid_and_runs_embedded() {
     let f = file(EMBEDDED);
     let c = load(&sources(&f, &[])).unwrap();
-    assert_eq!(c.runtime.enabled, vec!["heartbeat"]);
+    assert_eq!(c.runtime.enabled, vec!["heartbeat", "recorder"]);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
+    assert!(c.pipelines.recorder.demo);
+    assert_eq!(c.pipelines.recorder.db.schema, "market");
     assert_eq!(c.kafka.brokers, Brokers::Embedded);
     assert!(c.admin.token.is_none());
     assert!(!c.admin.fault_injection);
@@ -304,4 +306,41 @@ fn a_batch_above_the_in_flight_bound_is_rejected() {
         "{}",
         problems[0].message
     );
+}
+
+#[test]
+fn the_recorder_seed_variables_override_its_settings() {
+    let f = file("[runtime]\nenable = [\"recorder\"]\n");
+    let c = load(&sources(
+        &f,
+        &[
+            ("KAFKA_TOPICS", "ticks.a, books.orderbook"),
+            ("KAFKA_GROUP_ID", "rec-group"),
+            ("BATCH_SIZE", "2000"),
+            ("BATCH_TIMEOUT_MS", "250"),
+            ("MAX_BUFFER_SIZE", "8000"),
+            ("DB_WRITE_WORKERS", "4"),
+            ("TIMESCALEDB_HOST", "tsdb"),
+            ("TIMESCALEDB_PORT", "5433"),
+            ("TIMESCALEDB_PASSWORD", "pw"),
+        ],
+    ))
+    .unwrap();
+    let r = &c.pipelines.recorder;
+    assert_eq!(r.topics, vec!["ticks.a", "books.orderbook"]);
+    assert_eq!(r.group, "rec-group");
+    assert_eq!(
+        (r.batch_size, r.max_buffer_size, r.db_write_workers),
+        (2000, 8000, 4)
+    );
+    assert_eq!(r.batch_timeout, Duration::from_millis(250));
+    assert_eq!((r.db.host.as_str(), r.db.port), ("tsdb", 5433));
+    assert_eq!(r.db.password.as_ref().unwrap().expose(), "pw");
+    assert!(!format!("{c:?}").contains("\"pw\""));
+    let p = problems(load(&sources(
+        &f,
+        &[("BATCH_SIZE", "9000"), ("MAX_BUFFER_SIZE", "8000")],
+    )));
+    assert_eq!(p[0].origin, "environment variable BATCH_SIZE");
+    assert_eq!(p[0].key, "pipelines.recorder.batch_size");
 }

@@ -1,6 +1,7 @@
 //! The pipelines actord can run, each a supervised subtree under the root.
 
 pub mod heartbeat;
+pub mod recorder;
 
 use std::sync::Arc;
 
@@ -16,10 +17,22 @@ pub struct HealthCheck {
     pub check: Arc<dyn Fn(&Registry) -> bool + Send + Sync>,
 }
 
+/// Extra `/health` lines of a pipeline.
+pub type Notes = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// The health components and notes of one pipeline.
+#[derive(Clone)]
+pub struct Health {
+    pub checks: Vec<HealthCheck>,
+    pub notes: Notes,
+}
+
 /// What a pipeline gives the runtime: its subtree and its health components.
 pub struct Pipeline {
     pub spec: ChildSpec,
     pub health: Vec<HealthCheck>,
+    /// `# ...` lines under `/health` (e.g. which storage mode runs).
+    pub notes: Notes,
 }
 
 /// A topic a pipeline reads or writes; the embedded broker creates it.
@@ -47,7 +60,7 @@ pub struct PipelineDef {
     pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
 }
 
-pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF];
+pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF, recorder::DEF];
 
 pub fn find(name: &str) -> Option<&'static PipelineDef> {
     PIPELINES.iter().find(|p| p.name == name)

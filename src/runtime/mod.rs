@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::config::{Brokers, Config};
-use crate::pipelines::{self, HealthCheck, Resources, TopicSpec};
+use crate::pipelines::{self, Health, Resources, TopicSpec};
 use crate::sources::kafka::embedded::EmbeddedKafka;
 use crate::sources::kafka::KafkaConnection;
 
@@ -30,7 +30,7 @@ use crate::sources::kafka::KafkaConnection;
 pub struct Plan {
     pub root: SupervisorSpec,
     pub pipelines: Vec<ChildSpec>,
-    pub health: BTreeMap<String, Vec<HealthCheck>>,
+    pub health: BTreeMap<String, Health>,
 }
 
 /// Topics the enabled pipelines use.
@@ -69,7 +69,13 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
         let pipeline =
             (def.build)(config, resources).with_context(|| format!("building pipeline {name}"))?;
         specs.push(pipeline.spec);
-        health.insert(name.clone(), pipeline.health);
+        health.insert(
+            name.clone(),
+            Health {
+                checks: pipeline.health,
+                notes: pipeline.notes,
+            },
+        );
     }
     let root = SupervisorSpec {
         strategy: Strategy::OneForOne,
@@ -95,7 +101,7 @@ pub struct Handle {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub root: ActorRef<SupervisorMsg>,
-    pub health: Arc<BTreeMap<String, Vec<HealthCheck>>>,
+    pub health: Arc<BTreeMap<String, Health>>,
     pub started: SystemTime,
     /// The bootstrap servers in use, and whether they are the embedded broker.
     pub kafka: KafkaConnection,

@@ -9,6 +9,14 @@ pub use actord_actors::names::{
 pub const BUILD_INFO: &str = "actord_build_info";
 /// Gauge: 1 while the pipeline's supervisor runs, else 0.
 pub const PIPELINE_UP: &str = "actord_pipeline_up";
+/// Counter: market messages decoded by the recorder, by kind (tick, orderbook).
+pub const RECORDER_MESSAGES_TOTAL: &str = "actord_recorder_messages_total";
+/// Counter: market messages the recorder could not decode.
+pub const RECORDER_ERRORS_TOTAL: &str = "actord_recorder_errors_total";
+/// Counter: rows written to TimescaleDB.
+pub const TIMESCALE_INSERTS_TOTAL: &str = "actord_timescale_inserts_total";
+/// Counter: failed TimescaleDB writes, by error kind.
+pub const TIMESCALE_ERRORS_TOTAL: &str = "actord_timescale_errors_total";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
 
@@ -34,6 +42,19 @@ pub fn describe() {
     );
     describe_counter!(HEARTBEAT_BEATS_TOTAL, "Beats of the heartbeat pipeline.");
     describe_counter!(RECORDS_CONSUMED_TOTAL, "Records read from Kafka.");
+    describe_counter!(
+        RECORDER_MESSAGES_TOTAL,
+        "Market messages decoded by the recorder, by kind."
+    );
+    describe_counter!(
+        RECORDER_ERRORS_TOTAL,
+        "Market messages the recorder could not decode."
+    );
+    describe_counter!(TIMESCALE_INSERTS_TOTAL, "Rows written to TimescaleDB.");
+    describe_counter!(
+        TIMESCALE_ERRORS_TOTAL,
+        "Failed TimescaleDB writes by error kind."
+    );
     describe_counter!(
         RECORDS_ACKED_TOTAL,
         "Records acknowledged by their sink path."

@@ -4,4 +4,5 @@
 mod admin;
 mod binary;
 mod kafka;
+mod recorder;
 mod support;

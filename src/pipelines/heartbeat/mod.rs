@@ -185,5 +185,6 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             fresh(root.child("ticker"), "ticker"),
             fresh(root.child("beats").child("consumer-0"), "consumer"),
         ],
+        notes: Arc::new(Vec::new),
     })
 }

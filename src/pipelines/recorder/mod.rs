@@ -1,0 +1,321 @@
+//! The recorder pipeline: `market.tick` and `market.orderbook` from Kafka into TimescaleDB
+//! (exactly once, binary COPY), with the seed's tables and 1 min / 5 min / 1 h aggregates.
+//!
+//! Tree: `/recorder/timescale` is a consumer path with its own consumer group
+//! (`<group>-timescale`) and owns the dead-letter topics; `/recorder/aggregates` refreshes the
+//! plain-PostgreSQL views; `/recorder/demo` (with `demo = true`) publishes synthetic data.
+
+mod generator;
+pub mod model;
+mod refresher;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actord_actors::buffer::BufferLimits;
+use actord_actors::record::{Poison, SourceRecord};
+use actord_actors::writer::RetryPolicy;
+use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
+use ractor::{Actor, ActorRef};
+
+use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
+use crate::config::raw::RawRecorder;
+use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::sinks::timescale::{self, DbSettings, Mode, TimescaleSink};
+use crate::sources::kafka::path::KafkaPath;
+use crate::sources::kafka::producer::{Publisher, PublisherArgs, PublisherMsg};
+use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
+use crate::telemetry::names;
+use generator::{Generator, GeneratorArgs};
+use model::Market;
+use refresher::{Refresher, RefresherArgs};
+
+pub const DEF: PipelineDef = PipelineDef {
+    name: "recorder",
+    summary: "market ticks and order books from Kafka into TimescaleDB, exactly once",
+    env: &[
+        EnvKey::seed("KAFKA_TOPICS", "topics", Unit::List),
+        EnvKey::seed("KAFKA_GROUP_ID", "group", Unit::Str),
+        EnvKey::seed("NUM_CONSUMERS", "consumers", Unit::Int),
+        EnvKey::seed("DB_WRITE_WORKERS", "db_write_workers", Unit::Int),
+        EnvKey::seed("BATCH_SIZE", "batch_size", Unit::Int),
+        EnvKey::seed("BATCH_TIMEOUT_MS", "batch_timeout", Unit::Millis),
+        EnvKey::seed("MAX_BUFFER_SIZE", "max_buffer_size", Unit::Int),
+        EnvKey::seed("TIMESCALEDB_HOST", "timescale.host", Unit::Str),
+        EnvKey::seed("TIMESCALEDB_PORT", "timescale.port", Unit::Int),
+        EnvKey::seed("TIMESCALEDB_USER", "timescale.user", Unit::Str),
+        EnvKey::seed("TIMESCALEDB_PASSWORD", "timescale.password", Unit::Str),
+        EnvKey::seed("TIMESCALEDB_DB", "timescale.database", Unit::Str),
+        EnvKey::new("DEMO", "demo", Unit::Bool),
+    ],
+    topics,
+    build,
+};
+
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub topics: Vec<String>,
+    pub group: String,
+    pub consumers: usize,
+    pub db_write_workers: usize,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub max_buffer_size: usize,
+    pub demo: bool,
+    pub demo_rate: u32,
+    pub db: DbSettings,
+    pub refresh_interval: Duration,
+}
+
+impl RecorderConfig {
+    pub(crate) fn validate(raw: &RawRecorder, check: &mut Check<'_>) -> Self {
+        let k = |f: &str| format!("pipelines.recorder.{f}");
+        let topics = raw
+            .topics
+            .clone()
+            .unwrap_or_else(|| vec!["market.tick".into(), "market.orderbook".into()]);
+        if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+            check.problem(&k("topics"), "expected one or more topic names");
+        }
+        let positive = |check: &mut Check<'_>, f: &str, v: Option<u32>, default: u32| -> usize {
+            match v {
+                Some(0) => {
+                    check.problem(&k(f), "expected a number above zero");
+                    default as usize
+                }
+                Some(n) => n as usize,
+                None => default as usize,
+            }
+        };
+        let consumers = positive(check, "consumers", raw.consumers, 1);
+        let db_write_workers = positive(check, "db_write_workers", raw.db_write_workers, 2);
+        let batch_size = positive(check, "batch_size", raw.batch_size, 1000);
+        let max_buffer_size = positive(check, "max_buffer_size", raw.max_buffer_size, 50_000);
+        check_batch_fits(
+            check,
+            &k("batch_size"),
+            batch_size,
+            &k("max_buffer_size"),
+            max_buffer_size,
+        );
+        let t = &raw.timescale;
+        let schema = t.schema.clone().unwrap_or_else(|| "public".to_owned());
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            check.problem(
+                &k("timescale.schema"),
+                format!("expected a schema name of letters, digits and _, found {schema:?}"),
+            );
+        }
+        RecorderConfig {
+            topics,
+            group: raw
+                .group
+                .clone()
+                .unwrap_or_else(|| "data-recorder-group".to_owned()),
+            consumers,
+            db_write_workers,
+            batch_size,
+            batch_timeout: check.positive_duration(
+                &k("batch_timeout"),
+                raw.batch_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            max_buffer_size,
+            demo: raw.demo.unwrap_or(false),
+            demo_rate: raw.demo_rate.unwrap_or(50).max(1),
+            db: DbSettings {
+                host: t.host.clone().unwrap_or_else(|| "localhost".to_owned()),
+                port: t.port.unwrap_or(5432),
+                user: t.user.clone().unwrap_or_else(|| "postgres".to_owned()),
+                password: t
+                    .password
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .map(Secret::new),
+                database: t.database.clone().unwrap_or_else(|| "postgres".to_owned()),
+                schema,
+                pool_size: db_write_workers as u32 + 1,
+            },
+            refresh_interval: check.positive_duration(
+                &k("timescale.refresh_interval"),
+                t.refresh_interval.as_deref(),
+                Duration::from_secs(60),
+            ),
+        }
+    }
+}
+
+fn decode(r: &SourceRecord) -> Result<Market, Poison> {
+    let decoded = model::decode(r);
+    match &decoded {
+        Ok(Market::Tick(_)) => {
+            metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "tick").increment(1)
+        }
+        Ok(Market::OrderBook(_)) => {
+            metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "orderbook").increment(1)
+        }
+        Err(_) => metrics::counter!(names::RECORDER_ERRORS_TOTAL).increment(1),
+    }
+    decoded
+}
+
+fn topics(config: &Config) -> Vec<TopicSpec> {
+    config
+        .pipelines
+        .recorder
+        .topics
+        .iter()
+        .flat_map(|t| {
+            [
+                TopicSpec {
+                    name: t.clone(),
+                    partitions: 3,
+                },
+                TopicSpec {
+                    name: format!("{t}-dlq"),
+                    partitions: 1,
+                },
+            ]
+        })
+        .collect()
+}
+
+fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
+    let rc = config.pipelines.recorder.clone();
+    let root = ActorPath::root().child(DEF.name);
+    let sup = &config.supervision;
+    let mut children = Vec::new();
+
+    let group = format!("{}-timescale", rc.group);
+    let db = timescale::Shared::new(rc.db.clone(), group.clone());
+    let mut source = SourceSettings::new(rc.topics.clone(), group);
+    source.consumers = rc.consumers;
+    source.max_in_flight_records = rc.max_buffer_size;
+    source.start = StartFrom::Sink(db.clone());
+    let path = KafkaPath::<Market, TimescaleSink> {
+        id: "timescale".into(),
+        connection: resources.kafka.clone(),
+        source,
+        decode: Arc::new(decode),
+        sink: db.factory(),
+        lanes: rc.db_write_workers,
+        buffer: BufferLimits {
+            max_records: rc.batch_size,
+            max_bytes: 64 << 20,
+            max_age: rc.batch_timeout,
+        },
+        retry: RetryPolicy::default(),
+        dlq_suffix: Some("-dlq".into()),
+    };
+    children.push(path.child_spec(&root, sup));
+
+    let (refresh_db, interval) = (db.clone(), rc.refresh_interval);
+    let refresher = ChildSpec::worker("aggregates", move |ctx| {
+        let db = refresh_db.clone();
+        async move {
+            let args = RefresherArgs {
+                probe: ctx.probe,
+                db,
+                interval,
+            };
+            let (actor, _) = Actor::spawn_linked(None, Refresher, args, ctx.supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    });
+    children.push(sup.child(&root.child("aggregates"), refresher));
+
+    if rc.demo {
+        children.push(demo(&root, config, resources));
+    }
+
+    let spec = sup.child(
+        &root,
+        ChildSpec::supervisor(
+            DEF.name,
+            sup.supervisor_spec(&root, Strategy::OneForOne),
+            children,
+        ),
+    );
+    let consumer = root.child("timescale").child("consumer-0");
+    let health_db = db.clone();
+    let mode_db = db.clone();
+    Ok(Pipeline {
+        spec,
+        health: vec![
+            HealthCheck {
+                component: "consumer",
+                check: Arc::new(move |registry| {
+                    registry
+                        .get(&consumer)
+                        .is_some_and(|p| p.status() == Status::Running)
+                }),
+            },
+            HealthCheck {
+                component: "timescaledb",
+                check: Arc::new(move |_| health_db.healthy()),
+            },
+        ],
+        notes: Arc::new(move || {
+            match mode_db.mode() {
+            Mode::Timescale => vec!["timescaledb: hypertables and continuous aggregates".to_owned()],
+            Mode::Plain => vec!["timescaledb: extension not available, plain PostgreSQL tables and materialized views".to_owned()],
+            Mode::Unknown => Vec::new(),
+        }
+        }),
+    })
+}
+
+/// `/recorder/demo`: a publisher and a generator of synthetic ticks and order books.
+fn demo(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
+    let demo_root = root.child("demo");
+    let sup = &config.supervision;
+    let slot: Arc<Mutex<Option<ActorRef<PublisherMsg>>>> = Arc::default();
+    let (connection, out) = (resources.kafka.clone(), slot.clone());
+    let publisher = ChildSpec::worker("publisher", move |ctx| {
+        let (connection, out) = (connection.clone(), out.clone());
+        async move {
+            let args = PublisherArgs {
+                probe: ctx.probe,
+                connection,
+            };
+            let (actor, _) = Actor::spawn_linked(None, Publisher, args, ctx.supervisor).await?;
+            *out.lock().expect("slot lock") = Some(actor.clone());
+            Ok(actor.get_cell())
+        }
+    });
+    let rc = config.pipelines.recorder.clone();
+    let generator = ChildSpec::worker("generator", move |ctx| {
+        let publisher = slot.lock().expect("slot lock").clone();
+        let topics = rc.topics.clone();
+        let rate = rc.demo_rate;
+        async move {
+            let publisher = publisher.ok_or_else(|| {
+                ractor::SpawnErr::StartupFailed("the publisher is not running".into())
+            })?;
+            let args = GeneratorArgs {
+                probe: ctx.probe,
+                publisher,
+                topics,
+                rate,
+            };
+            let (actor, _) = Actor::spawn_linked(None, Generator, args, ctx.supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    });
+    let children = vec![
+        sup.child(&demo_root.child("publisher"), publisher),
+        sup.child(&demo_root.child("generator"), generator),
+    ];
+    sup.child(
+        &demo_root,
+        ChildSpec::supervisor(
+            "demo",
+            sup.supervisor_spec(&demo_root, Strategy::RestForOne),
+            children,
+        ),
+    )
+}

@@ -1,0 +1,281 @@
+//! Market data as it arrives on Kafka, and its decoding.
+//!
+//! A tick is `{"symbol", "price", "volume", "change", "change_rate", "timestamp"}`; an order book
+//! is `{"symbol", "timestamp", "bids": [{"price", "quantity"}], "asks": [...]}`. `timestamp` is
+//! RFC 3339 or a number since the Unix epoch whose unit follows from its magnitude: below 1e11
+//! seconds (fractions allowed), below 1e14 milliseconds, below 1e17 microseconds, else
+//! nanoseconds. Anything else is poison.
+
+use actord_actors::record::{Poison, SourceRecord};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tick {
+    pub time: DateTime<Utc>,
+    pub symbol: String,
+    pub price: f64,
+    pub volume: i64,
+    pub change: f64,
+    pub change_rate: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+pub struct Level {
+    pub price: f64,
+    pub quantity: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderBook {
+    pub time: DateTime<Utc>,
+    pub symbol: String,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Market {
+    Tick(Tick),
+    OrderBook(OrderBook),
+}
+
+impl Market {
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Market::Tick(t) => t.time,
+            Market::OrderBook(o) => o.time,
+        }
+    }
+}
+
+/// Whether a topic carries order books (its name mentions `orderbook`) or ticks.
+pub fn is_orderbook_topic(topic: &str) -> bool {
+    topic
+        .to_ascii_lowercase()
+        .replace(['_', '-', '.'], "")
+        .contains("orderbook")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTick {
+    symbol: String,
+    price: f64,
+    volume: i64,
+    change: f64,
+    change_rate: f64,
+    timestamp: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrderBook {
+    symbol: String,
+    timestamp: Value,
+    bids: Vec<Level>,
+    asks: Vec<Level>,
+}
+
+/// Decodes a record by its topic's kind.
+pub fn decode(r: &SourceRecord) -> Result<Market, Poison> {
+    let bytes = r
+        .payload
+        .as_deref()
+        .ok_or_else(|| Poison::new("EmptyMessage", "the message has no value"))?;
+    if is_orderbook_topic(r.origin.topic.as_str()) {
+        let raw: RawOrderBook = serde_json::from_slice(bytes)
+            .map_err(|e| Poison::new("InvalidOrderBook", e.to_string()))?;
+        Ok(Market::OrderBook(OrderBook {
+            time: timestamp(&raw.timestamp)?,
+            symbol: symbol(raw.symbol)?,
+            bids: raw.bids,
+            asks: raw.asks,
+        }))
+    } else {
+        let raw: RawTick =
+            serde_json::from_slice(bytes).map_err(|e| Poison::new("InvalidTick", e.to_string()))?;
+        for (name, v) in [
+            ("price", raw.price),
+            ("change", raw.change),
+            ("change_rate", raw.change_rate),
+        ] {
+            if !v.is_finite() {
+                return Err(Poison::new(
+                    "InvalidTick",
+                    format!("{name} is not a finite number"),
+                ));
+            }
+        }
+        Ok(Market::Tick(Tick {
+            time: timestamp(&raw.timestamp)?,
+            symbol: symbol(raw.symbol)?,
+            price: raw.price,
+            volume: raw.volume,
+            change: raw.change,
+            change_rate: raw.change_rate,
+        }))
+    }
+}
+
+fn symbol(s: String) -> Result<String, Poison> {
+    if s.is_empty() || s.contains('\0') {
+        return Err(Poison::new(
+            "InvalidSymbol",
+            format!("{s:?} is not a symbol"),
+        ));
+    }
+    Ok(s)
+}
+
+/// RFC 3339, or epoch seconds / milliseconds / microseconds / nanoseconds by magnitude.
+pub fn timestamp(v: &Value) -> Result<DateTime<Utc>, Poison> {
+    let bad = |why: &str| Poison::new("InvalidTimestamp", format!("{v}: {why}"));
+    let parsed = match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| bad(&e.to_string()))?,
+        Value::Number(n) => {
+            let nanos: i128 = if let Some(i) = n.as_i64() {
+                let i = i as i128;
+                match i.abs() {
+                    a if a < 100_000_000_000 => i * 1_000_000_000,
+                    a if a < 100_000_000_000_000 => i * 1_000_000,
+                    a if a < 100_000_000_000_000_000 => i * 1_000,
+                    _ => i,
+                }
+            } else {
+                let f = n.as_f64().ok_or_else(|| bad("not a number"))?;
+                if !f.is_finite() || f.abs() >= 1e11 {
+                    return Err(bad("a fractional timestamp must be in seconds"));
+                }
+                // Whole seconds and the fraction apart: f64 cannot hold epoch nanoseconds exactly.
+                let secs = f.trunc();
+                secs as i128 * 1_000_000_000 + ((f - secs) * 1e9).round() as i128
+            };
+            let nanos = i64::try_from(nanos).map_err(|_| bad("out of range"))?;
+            DateTime::from_timestamp_nanos(nanos)
+        }
+        _ => return Err(bad("expected an RFC 3339 string or a number")),
+    };
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actord_actors::record::{Origin, Topic};
+
+    fn rec(topic: &str, json: &str) -> SourceRecord {
+        SourceRecord {
+            origin: Origin {
+                topic: Topic::intern(topic),
+                partition: 0,
+                offset: 0,
+                epoch: 1,
+            },
+            key: None,
+            payload: Some(json.as_bytes().to_vec()),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn timestamps_by_magnitude_and_text() {
+        let want = DateTime::parse_from_rfc3339("2025-11-19T16:12:34Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for v in [
+            serde_json::json!("2025-11-19T16:12:34Z"),
+            serde_json::json!("2025-11-20T01:12:34+09:00"),
+            serde_json::json!(1_763_568_754),
+            serde_json::json!(1_763_568_754_000i64),
+            serde_json::json!(1_763_568_754_000_000i64),
+            serde_json::json!(1_763_568_754_000_000_000i64),
+            serde_json::json!(1_763_568_754.0),
+        ] {
+            assert_eq!(timestamp(&v).unwrap(), want, "{v}");
+        }
+        assert_eq!(
+            timestamp(&serde_json::json!(1_763_568_754.25))
+                .unwrap()
+                .timestamp_subsec_millis(),
+            250
+        );
+        for bad in [
+            serde_json::json!("yesterday"),
+            serde_json::json!(true),
+            serde_json::json!(1.7e15),
+        ] {
+            assert_eq!(
+                timestamp(&bad).unwrap_err().class,
+                "InvalidTimestamp",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_by_topic_kind() {
+        let t = decode(&rec(
+            "market.tick",
+            r#"{"symbol":"005930","price":71000.0,"volume":10,"change":500.0,"change_rate":0.71,"timestamp":1763568754000}"#,
+        ))
+        .unwrap();
+        assert!(matches!(t, Market::Tick(ref t) if t.symbol == "005930" && t.volume == 10));
+        let o = decode(&rec(
+            "market.orderbook",
+            r#"{"symbol":"005930","timestamp":"2025-11-19T16:12:34Z","bids":[{"price":70900,"quantity":3}],"asks":[]}"#,
+        ))
+        .unwrap();
+        assert!(matches!(o, Market::OrderBook(ref o) if o.bids.len() == 1 && o.asks.is_empty()));
+    }
+
+    #[test]
+    fn anything_else_is_poison() {
+        let cases = [
+            ("market.tick", "not json", "InvalidTick"),
+            (
+                "market.tick",
+                r#"{"symbol":"A","price":1,"volume":1,"change":0,"timestamp":1}"#,
+                "InvalidTick",
+            ),
+            (
+                "market.tick",
+                r#"{"symbol":"A","price":1,"volume":1.5,"change":0,"change_rate":0,"timestamp":1}"#,
+                "InvalidTick",
+            ),
+            (
+                "market.tick",
+                r#"{"symbol":"","price":1,"volume":1,"change":0,"change_rate":0,"timestamp":1}"#,
+                "InvalidSymbol",
+            ),
+            (
+                "market.tick",
+                r#"{"symbol":"A","price":1,"volume":1,"change":0,"change_rate":0,"timestamp":"soon"}"#,
+                "InvalidTimestamp",
+            ),
+            (
+                "market.orderbook",
+                r#"{"symbol":"A","timestamp":1,"bids":[{"price":1}],"asks":[]}"#,
+                "InvalidOrderBook",
+            ),
+        ];
+        for (topic, json, class) in cases {
+            assert_eq!(
+                decode(&rec(topic, json)).unwrap_err().class,
+                class,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn orderbook_topics_are_recognised_by_name() {
+        assert!(is_orderbook_topic("market.orderbook"));
+        assert!(is_orderbook_topic("MARKET_ORDER_BOOK"));
+        assert!(!is_orderbook_topic("market.tick"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks: where records become durable.
+
+pub mod timescale;

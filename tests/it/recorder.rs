@@ -1,0 +1,365 @@
+//! The recorder pipeline, run as the actord binary against real PostgreSQL and Kafka brokers.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+use crate::kafka::{end_offsets, read_until};
+use crate::support::{get, pg, tree, unique, until, wait_ready, Process, Proxy, Tansu};
+
+/// A recorder-only configuration writing into its own schema.
+fn recorder_config(schema: &str, db_port: u16, extra: &str) -> String {
+    format!(
+        r#"[runtime]
+enable = ["recorder"]
+cool_down = "1s"
+[supervision]
+backoff_initial = "100ms"
+backoff_max = "2s"
+max_restarts = 20
+[pipelines.recorder]
+batch_size = 200
+batch_timeout = "200ms"
+db_write_workers = 2
+{extra}
+[pipelines.recorder.timescale]
+host = "127.0.0.1"
+port = {db_port}
+user = "postgres"
+database = "postgres"
+schema = "{schema}"
+refresh_interval = "1s"
+"#
+    )
+}
+
+fn tick(i: i64, base: i64) -> String {
+    json!({
+        "symbol": format!("S{:03}", i % 7), "price": 1000.0 + i as f64 / 4.0, "volume": i,
+        "change": i as f64 / 8.0, "change_rate": -(i as f64) / 100.0, "timestamp": base + i * 1000,
+    })
+    .to_string()
+}
+
+fn book(i: i64, base: i64) -> String {
+    json!({
+        "symbol": format!("S{:03}", i % 7), "timestamp": format!("{}", DateTime::from_timestamp_millis(base + i * 1000).unwrap().to_rfc3339()),
+        "bids": [{"price": 999.0, "quantity": i}], "asks": [{"price": 1001.0, "quantity": i + 1}],
+    })
+    .to_string()
+}
+
+async fn produce(bootstrap: &str, topic: &str, payloads: Vec<String>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut waits = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let key = (i % 13).to_string();
+        waits.push(
+            producer
+                .send_result(FutureRecord::to(topic).payload(p).key(&key))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+    }
+    for w in waits {
+        w.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+async fn count(schema: &str, table: &str) -> i64 {
+    pg().await
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
+}
+
+async fn drop_schema(schema: &str) {
+    let _ = pg()
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
+}
+
+async fn bootstrap_of(p: &Process) -> String {
+    let info: serde_json::Value = serde_json::from_str(&get(&p.base, "/api/info").await.1).unwrap();
+    info["kafka"]["bootstrap"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ticks_and_order_books_land_once_field_by_field() {
+    let schema = unique("rec").replace('-', "_");
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let base = 1_763_568_754_000i64;
+    produce(
+        &bootstrap,
+        "market.tick",
+        (0..500).map(|i| tick(i, base)).collect(),
+    )
+    .await;
+    produce(
+        &bootstrap,
+        "market.orderbook",
+        (0..200).map(|i| book(i, base)).collect(),
+    )
+    .await;
+    until(
+        Duration::from_secs(60),
+        "500 ticks and 200 order books",
+        || async {
+            count(&schema, "tick_data").await == 500 && count(&schema, "orderbook").await == 200
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&schema, "tick_data").await, 500);
+    assert_eq!(count(&schema, "orderbook").await, 200);
+
+    let db = pg().await;
+    let rows = db
+        .query(&format!("SELECT time, symbol, price, volume, change, change_rate FROM \"{schema}\".tick_data ORDER BY volume"), &[])
+        .await
+        .unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let i = i as i64;
+        let time: DateTime<Utc> = row.get(0);
+        assert_eq!(time.timestamp_millis(), base + i * 1000);
+        assert_eq!(row.get::<_, String>(1), format!("S{:03}", i % 7));
+        assert_eq!(row.get::<_, f64>(2), 1000.0 + i as f64 / 4.0);
+        assert_eq!(row.get::<_, i64>(3), i);
+        assert_eq!(row.get::<_, f64>(4), i as f64 / 8.0);
+        assert_eq!(row.get::<_, f64>(5), -(i as f64) / 100.0);
+    }
+    let books = db
+        .query(
+            &format!("SELECT time, symbol, bids, asks FROM \"{schema}\".orderbook ORDER BY time"),
+            &[],
+        )
+        .await
+        .unwrap();
+    for (i, row) in books.iter().enumerate() {
+        let i = i as i64;
+        let time: DateTime<Utc> = row.get(0);
+        assert_eq!(time.timestamp_millis(), base + i * 1000);
+        assert_eq!(
+            row.get::<_, serde_json::Value>(2),
+            json!([{"price": 999.0, "quantity": i as f64}])
+        );
+        assert_eq!(
+            row.get::<_, serde_json::Value>(3),
+            json!([{"price": 1001.0, "quantity": (i + 1) as f64}])
+        );
+    }
+    // The offsets table agrees with the topics' ends.
+    let offsets: i64 = db
+        .query_one(
+            &format!("SELECT sum(next_offset)::BIGINT FROM \"{schema}\".actord_offsets WHERE consumer_group = 'data-recorder-group-timescale'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ends: i64 = end_offsets(&bootstrap, "market.tick", 3)
+        .values()
+        .sum::<i64>()
+        + end_offsets(&bootstrap, "market.orderbook", 3)
+            .values()
+            .sum::<i64>();
+    assert_eq!(offsets, ends);
+    // Plain PostgreSQL here: the aggregates are views refreshed on a schedule.
+    until(Duration::from_secs(20), "the 1 min aggregate", || async {
+        pg().await
+            .query_one(
+                &format!("SELECT coalesce(sum(volume), 0)::BIGINT FROM \"{schema}\".tick_1min"),
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == (0..500).sum::<i64>())
+            .unwrap_or(false)
+    })
+    .await;
+    let health = get(&p.base, "/health").await.1;
+    assert!(
+        health.starts_with("OK\nrecorder.consumer: healthy\nrecorder.timescaledb: healthy\n"),
+        "{health}"
+    );
+    assert!(
+        health.contains("# timescaledb: extension not available"),
+        "{health}"
+    );
+    assert_eq!(
+        get(&p.base, "/health/recorder").await.1,
+        "OK\nconsumer: healthy\ntimescaledb: healthy\n"
+    );
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_recorder_messages_total{kind=\"tick\"} 500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("actord_timescale_inserts_total 700"),
+        "{metrics}"
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn poison_reaches_the_dlq_while_good_rows_land() {
+    let schema = unique("rec").replace('-', "_");
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let base = 1_763_568_754_000i64;
+    let mut payloads: Vec<String> = (0..20).map(|i| tick(i, base)).collect();
+    payloads.insert(5, "{not json".into());
+    payloads.insert(9, json!({"symbol": "X", "price": 1.0, "volume": 1, "change": 0, "change_rate": 0, "timestamp": "when"}).to_string());
+    produce(&bootstrap, "market.tick", payloads).await;
+    until(Duration::from_secs(60), "the 20 good ticks", || async {
+        count(&schema, "tick_data").await == 20
+    })
+    .await;
+    let dlq = read_until(&bootstrap, "market.tick-dlq", |r| r.len() >= 2);
+    let errors: BTreeSet<String> = dlq
+        .iter()
+        .map(|(v, _)| {
+            v["error"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        BTreeSet::from(["InvalidTick".to_owned(), "InvalidTimestamp".to_owned()])
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
+    let schema = unique("rec").replace('-', "_");
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let p = Process::start(&recorder_config(&schema, proxy.port, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let base = 1_763_568_754_000i64;
+    produce(
+        &bootstrap,
+        "market.tick",
+        (0..300).map(|i| tick(i, base)).collect(),
+    )
+    .await;
+    until(Duration::from_secs(60), "the first ticks", || async {
+        count(&schema, "tick_data").await == 300
+    })
+    .await;
+    proxy.down();
+    produce(
+        &bootstrap,
+        "market.tick",
+        (300..800).map(|i| tick(i, base)).collect(),
+    )
+    .await;
+    until(Duration::from_secs(30), "the outage on /health", || async {
+        let (status, body) = get(&p.base, "/health").await;
+        status == 503 && body.contains("recorder.timescaledb: unhealthy")
+    })
+    .await;
+    // Keep it down long enough for retries and a path restart.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(count(&schema, "tick_data").await, 300);
+    proxy.up();
+    until(
+        Duration::from_secs(120),
+        "every tick after the outage",
+        || async { count(&schema, "tick_data").await == 800 },
+    )
+    .await;
+    let distinct: i64 = pg()
+        .await
+        .query_one(
+            &format!("SELECT count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 800);
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        !metrics.contains("actord_dlq_records_total{path=\"/recorder/timescale/dlq\""),
+        "an outage sent records to the DLQ"
+    );
+    until(Duration::from_secs(30), "healthy again", || async {
+        get(&p.base, "/health").await.0 == 200
+    })
+    .await;
+    let t = tree(&p.base).await;
+    assert_eq!(crate::support::actor(&t, "/")["restarts"], 0);
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_sigkill_mid_batch_loses_and_duplicates_nothing() {
+    let schema = unique("rec").replace('-', "_");
+    let broker = Tansu::start();
+    broker.create_topic("market.tick", 3);
+    broker.create_topic("market.orderbook", 3);
+    broker.create_topic("market.tick-dlq", 1);
+    broker.create_topic("market.orderbook-dlq", 1);
+    let base = 1_763_568_754_000i64;
+    let n = 4000i64;
+    produce(
+        broker.bootstrap(),
+        "market.tick",
+        (0..n).map(|i| tick(i, base)).collect(),
+    )
+    .await;
+    let toml = recorder_config(&schema, 5432, "");
+    let env = [("KAFKA_BROKERS", broker.bootstrap())];
+    let mut first = Process::start(&toml, &[], &env);
+    until(Duration::from_secs(120), "some rows, not all", || async {
+        let c = count(&schema, "tick_data").await;
+        c > 0
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let at_kill = count(&schema, "tick_data").await;
+    let second = Process::start(&toml, &[], &env);
+    until(
+        Duration::from_secs(180),
+        "every row after the restart",
+        || async { count(&schema, "tick_data").await >= n },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let db = pg().await;
+    let row = db
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, distinct), (n, n), "killed at {at_kill} rows");
+    drop(second);
+    drop_schema(&schema).await;
+}
