@@ -133,6 +133,7 @@ async fn main() {
             database: "postgres".into(),
             schema: our_schema.into(),
             pool_size: 3,
+            forget_offsets: false,
         },
         "bench-timescale".into(),
     );

@@ -363,3 +363,33 @@ async fn a_sigkill_mid_batch_loses_and_duplicates_nothing() {
     drop(second);
     drop_schema(&schema).await;
 }
+
+#[tokio::test]
+async fn a_new_embedded_broker_does_not_inherit_stored_offsets() {
+    // The embedded broker starts empty on every run; offsets stored by an earlier run must not
+    // make the recorder skip the new run's records.
+    let schema = unique("rec").replace('-', "_");
+    let base = 1_763_568_754_000i64;
+    for (run, range) in [(1, 0..100), (2, 100..150)] {
+        let mut p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+        wait_ready(&p.base).await;
+        let bootstrap = bootstrap_of(&p).await;
+        produce(
+            &bootstrap,
+            "market.tick",
+            range.clone().map(|i| tick(i, base)).collect(),
+        )
+        .await;
+        until(Duration::from_secs(60), "the run's ticks", || async {
+            count(&schema, "tick_data").await == range.end
+        })
+        .await;
+        p.signal("TERM");
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(30)).code(),
+            Some(0),
+            "run {run}"
+        );
+    }
+    drop_schema(&schema).await;
+}

@@ -139,6 +139,7 @@ impl RecorderConfig {
                 database: t.database.clone().unwrap_or_else(|| "postgres".to_owned()),
                 schema,
                 pool_size: db_write_workers as u32 + 1,
+                forget_offsets: false,
             },
             refresh_interval: check.positive_duration(
                 &k("timescale.refresh_interval"),
@@ -191,7 +192,11 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let mut children = Vec::new();
 
     let group = format!("{}-timescale", rc.group);
-    let db = timescale::Shared::new(rc.db.clone(), group.clone());
+    let settings = DbSettings {
+        forget_offsets: resources.kafka.embedded,
+        ..rc.db.clone()
+    };
+    let db = timescale::Shared::new(settings, group.clone());
     let mut source = SourceSettings::new(rc.topics.clone(), group);
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;

@@ -49,6 +49,9 @@ pub struct DbSettings {
     pub schema: String,
     /// Connections in the pool (one per writer plus one).
     pub pool_size: u32,
+    /// Drop this group's stored offsets at start: the embedded broker begins empty on every
+    /// run, so offsets kept from an earlier run would skip its records.
+    pub forget_offsets: bool,
 }
 
 /// How the schema was set up.
@@ -176,6 +179,21 @@ impl Shared {
             info!(schema = %schema, "timescaledb: hypertables and continuous aggregates");
         }
         self.mode.store(mode as u8, Ordering::Release);
+        if self.settings.forget_offsets {
+            let gone = conn
+                .execute(
+                    &format!(
+                        "DELETE FROM {}.actord_offsets WHERE consumer_group = $1",
+                        schema::ident(schema)
+                    ),
+                    &[&self.group],
+                )
+                .await
+                .map_err(pg)?;
+            if gone > 0 {
+                info!(group = %self.group, partitions = gone, "embedded broker: offsets stored by an earlier run no longer apply, forgotten");
+            }
+        }
         let rows = conn
             .query(
                 &format!("SELECT topic, partition, next_offset FROM {}.actord_offsets WHERE consumer_group = $1", schema::ident(schema)),
