@@ -31,7 +31,6 @@ struct Partition {
 #[derive(Debug, Default)]
 pub struct Tracker {
     partitions: HashMap<(Topic, i32), Partition>,
-    next_epoch: u64,
     records: usize,
     bytes: usize,
 }
@@ -43,8 +42,10 @@ impl Tracker {
 
     /// Starts tracking a newly assigned partition; returns its epoch.
     pub fn assign(&mut self, topic: Topic, partition: i32) -> u64 {
-        self.next_epoch += 1;
-        let epoch = self.next_epoch;
+        // Epochs are unique in the process: consumers of one path share its buffers, and a
+        // revoke by one must never match another's newer assignment of the same partition.
+        static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some(old) = self.partitions.insert(
             (topic, partition),
             Partition {
@@ -64,8 +65,8 @@ impl Tracker {
     pub fn revoke(&mut self, topic: Topic, partition: i32) -> Option<(u64, Option<i64>)> {
         let p = self.partitions.remove(&(topic, partition))?;
         self.forget(&p);
-        let commit = p.committable.filter(|c| Some(*c) != p.committed);
-        Some((p.epoch, commit))
+        // Committed again even if sent before: an earlier asynchronous commit may have failed.
+        Some((p.epoch, p.committable))
     }
 
     fn forget(&mut self, p: &Partition) {
@@ -123,6 +124,15 @@ impl Tracker {
             self.bytes -= e.bytes;
         }
         true
+    }
+
+    /// Marks a commit as failed, so the next [`Tracker::take_commits`] sends it again.
+    pub fn uncommit(&mut self, topic: Topic, partition: i32, offset: i64) {
+        if let Some(p) = self.partitions.get_mut(&(topic, partition)) {
+            if p.committed == Some(offset) {
+                p.committed = None;
+            }
+        }
     }
 
     /// Partitions whose commit point moved since the last call, with the offset to commit.
@@ -232,6 +242,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_commit_is_sent_again() {
+        let t = Topic::intern("t");
+        let mut tr = Tracker::new();
+        let e = tr.assign(t, 0);
+        tr.dispatched(t, 0, 0, 1);
+        tr.ack(&origin(&t, 0, 0, e));
+        assert_eq!(tr.take_commits(), vec![(t, 0, 1)]);
+        assert!(tr.take_commits().is_empty());
+        tr.uncommit(t, 0, 1);
+        assert_eq!(tr.take_commits(), vec![(t, 0, 1)]);
+    }
+
+    #[test]
     fn revoking_releases_in_flight_without_committing_unacked_work() {
         let t = Topic::intern("t");
         let mut tr = Tracker::new();
@@ -241,6 +264,8 @@ mod tests {
         }
         tr.ack(&origin(&t, 0, 0, e));
         tr.ack(&origin(&t, 0, 2, e));
+        assert_eq!(tr.take_commits(), vec![(t, 0, 1)]);
+        // Revoking commits the acknowledged prefix again, in case the last commit failed.
         assert_eq!(tr.revoke(t, 0), Some((e, Some(1))));
         assert_eq!(tr.in_flight_records(), 0);
         assert_eq!(tr.in_flight_bytes(), 0);

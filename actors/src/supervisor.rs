@@ -101,6 +101,8 @@ pub struct SupervisorState {
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     next_token: u64,
+    /// A `CheckStuck` is pending; one timer chain at most.
+    stuck_check_pending: bool,
 }
 
 impl SupervisorState {
@@ -148,6 +150,8 @@ impl SupervisorState {
         child.probe.set_status(Status::Starting);
         child.probe.clear_pending();
         child.kill_reason = None;
+        // Counted from the attempt, so repeated start failures keep growing the backoff.
+        child.started_at = Instant::now();
         let ctx = ChildContext {
             supervisor: myself.get_cell(),
             path: child.probe.path().clone(),
@@ -156,7 +160,6 @@ impl SupervisorState {
         match child.spec.start(ctx).await {
             Ok(cell) => {
                 child.cell = Some(cell);
-                child.started_at = Instant::now();
                 child.probe.set_status(Status::Running);
                 Ok(())
             }
@@ -269,7 +272,15 @@ impl SupervisorState {
                 self.children[i].probe.set_status(Status::Starting);
             }
         }
+        // Temporary siblings are stopped with the group but never come back (OTP).
+        let (temporary, group): (Vec<usize>, Vec<usize>) = group
+            .into_iter()
+            .partition(|&i| i != idx && self.children[i].spec.restart == Restart::Temporary);
         self.schedule_restart(myself, idx, group);
+        for i in temporary.into_iter().rev() {
+            let child = self.children.remove(i);
+            self.probe.registry().remove_subtree(child.probe.path());
+        }
         Ok(())
     }
 
@@ -338,8 +349,9 @@ impl SupervisorState {
         Ok(())
     }
 
-    fn schedule_stuck_check(&self, myself: &ActorRef<SupervisorMsg>) {
-        if self.children.iter().any(|c| c.spec.stuck_after.is_some()) {
+    fn schedule_stuck_check(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if !self.stuck_check_pending && self.children.iter().any(|c| c.spec.stuck_after.is_some()) {
+            self.stuck_check_pending = true;
             myself.send_after(self.spec.stuck_check, || SupervisorMsg::CheckStuck);
         }
     }
@@ -369,24 +381,55 @@ impl SupervisorState {
         }
     }
 
+    /// Starts a child on an operator's request. A failed start is then handled like any
+    /// failure (restart with backoff, charged to the budget); the outer error fails this
+    /// supervisor when the budget is exhausted.
     async fn start_held(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         idx: usize,
-    ) -> Result<(), SupervisorError> {
+    ) -> Result<Result<(), SupervisorError>, ActorProcessingErr> {
         self.children[idx].held = false;
         self.children[idx].attempt = 0;
         if self.children[idx].cell.is_some() {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        self.start_child(myself, idx).await.map_err(|reason| {
-            self.children[idx].probe.set_status(Status::Failed);
-            self.children[idx].probe.set_error(reason.clone());
-            SupervisorError::StartFailed {
-                id: self.children[idx].spec.id.clone(),
-                reason,
+        match self.start_child(myself, idx).await {
+            Ok(()) => Ok(Ok(())),
+            Err(reason) => {
+                let id = self.children[idx].spec.id.clone();
+                self.child_exited(myself, idx, Some(reason.clone())).await?;
+                Ok(Err(SupervisorError::StartFailed { id, reason }))
             }
-        })
+        }
+    }
+
+    /// An operator restart of child `idx`: it and the siblings its strategy ties to it are
+    /// stopped (in reverse order) and started again, outside the restart budget.
+    async fn operator_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+    ) -> Result<Result<(), SupervisorError>, ActorProcessingErr> {
+        let ids: Vec<String> = self
+            .restart_group(idx)
+            .iter()
+            .map(|&i| self.children[i].spec.id.clone())
+            .collect();
+        for id in ids.iter().rev() {
+            if let Some(i) = self.index_of(id) {
+                self.stop_child(i).await;
+            }
+        }
+        for id in &ids {
+            let Some(i) = self.index_of(id) else { continue };
+            self.children[i].probe.count_restart();
+            info!(path = %self.children[i].probe.path(), "actor restarted by operator");
+            if let Err(e) = self.start_held(myself, i).await? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -407,6 +450,7 @@ impl Actor for Supervisor {
             children: Vec::with_capacity(args.children.len()),
             restarts: VecDeque::new(),
             next_token: 0,
+            stuck_check_pending: false,
         };
         for spec in args.children {
             let child = state.new_child(spec);
@@ -424,7 +468,11 @@ impl Actor for Supervisor {
         while idx < state.children.len() {
             if state.children[idx].cell.is_none() && state.children[idx].token == 0 {
                 if let Err(reason) = state.start_child(&myself, idx).await {
+                    let before = state.children.len();
                     state.child_exited(&myself, idx, Some(reason)).await?;
+                    if state.children.len() < before {
+                        continue; // a temporary child was forgotten: idx now holds the next one
+                    }
                 }
             }
             idx += 1;
@@ -454,6 +502,7 @@ impl Actor for Supervisor {
                 state.restart_due(&myself, ids, token).await?
             }
             SupervisorMsg::CheckStuck => {
+                state.stuck_check_pending = false;
                 state.check_stuck();
                 state.schedule_stuck_check(&myself);
             }
@@ -461,16 +510,12 @@ impl Actor for Supervisor {
                 let result = if state.index_of(&spec.id).is_some() {
                     Err(SupervisorError::AlreadyExists(spec.id.clone()))
                 } else {
-                    let had_stuck_check =
-                        state.children.iter().any(|c| c.spec.stuck_after.is_some());
                     let child = state.new_child(spec);
                     state.children.push(child);
                     let idx = state.children.len() - 1;
                     match state.start_child(&myself, idx).await {
                         Ok(()) => {
-                            if !had_stuck_check {
-                                state.schedule_stuck_check(&myself);
-                            }
+                            state.schedule_stuck_check(&myself);
                             Ok(())
                         }
                         Err(reason) => {
@@ -512,19 +557,14 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::StartChild(id, reply) => {
                 let result = match state.require(&id) {
-                    Ok(idx) => state.start_held(&myself, idx).await,
+                    Ok(idx) => state.start_held(&myself, idx).await?,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
             }
             SupervisorMsg::RestartChild(id, reply) => {
                 let result = match state.require(&id) {
-                    Ok(idx) => {
-                        state.stop_child(idx).await;
-                        state.children[idx].probe.count_restart();
-                        info!(path = %state.children[idx].probe.path(), "actor restarted by operator");
-                        state.start_held(&myself, idx).await
-                    }
+                    Ok(idx) => state.operator_restart(&myself, idx).await?,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);

@@ -511,3 +511,122 @@ async fn a_child_that_cannot_start_is_retried_with_backoff() {
         .message
         .contains("refused to start"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_restart_takes_the_strategy_group_along() {
+    let t = Tree::start(spec(Strategy::RestForOne), abc).await;
+    call!(t.sup, SupervisorMsg::RestartChild, "b".to_owned())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.workers.events(),
+        vec!["stop /t/c", "stop /t/b", "start /t/b", "start /t/c"]
+    );
+    assert_eq!(
+        (t.restarts("/t/a"), t.restarts("/t/b"), t.restarts("/t/c")),
+        (0, 1, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_temporary_child_that_cannot_start_does_not_hide_the_next_one() {
+    let registry = Registry::new();
+    let workers = TestWorkers::new();
+    workers.fail_next_starts("tmp", 1);
+    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
+    let (sup, _h) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: spec(Strategy::OneForOne),
+            children: vec![
+                workers.spec("tmp").restart(Restart::Temporary),
+                workers.spec("next"),
+            ],
+            probe,
+        },
+    )
+    .await
+    .unwrap();
+    let next = ActorPath::parse("/t/next").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || registry
+            .get(&next)
+            .map(|p| p.status())
+            == Some(Status::Running))
+        .await
+    );
+    assert_eq!(call!(sup, SupervisorMsg::Children).unwrap(), vec!["next"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_temporary_sibling_is_stopped_with_its_group_and_not_restarted() {
+    let t = Tree::start(spec(Strategy::OneForAll), |w| {
+        vec![
+            w.spec("a"),
+            w.spec("tmp").restart(Restart::Temporary),
+            w.spec("c"),
+        ]
+    })
+    .await;
+    t.send("/t/a", TestMsg::Fail("boom".into()));
+    t.wait_restarts("/t/c", 1).await;
+    t.wait_status("/t/c", Status::Running).await;
+    t.settle().await;
+    assert_eq!(
+        call!(t.sup, SupervisorMsg::Children).unwrap(),
+        vec!["a", "c"]
+    );
+    assert_eq!(t.status("/t/tmp"), None);
+    assert!(t.workers.events().contains(&"stop /t/tmp".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_while_a_child_keeps_failing_to_start() {
+    let registry = Registry::new();
+    let workers = TestWorkers::new();
+    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
+    let (_sup, _h) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: spec(Strategy::OneForOne),
+            children: vec![workers.spec("a")],
+            probe,
+        },
+    )
+    .await
+    .unwrap();
+    let a = ActorPath::parse("/t/a").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || registry
+            .get(&a)
+            .unwrap()
+            .status()
+            == Status::Running)
+        .await
+    );
+    // Long healthy, then it dies and cannot start three times: 100, 200, 400, 400 ms (capped);
+    // without growth it would be 4 × 100 ms.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    workers.fail_next_starts("a", 3);
+    let began = tokio::time::Instant::now();
+    workers
+        .get("/t/a")
+        .send_message(TestMsg::Fail("boom".into()))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || registry
+            .get(&a)
+            .unwrap()
+            .restarts()
+            == 4
+            && registry.get(&a).unwrap().status() == Status::Running)
+        .await
+    );
+    let took = began.elapsed().as_millis();
+    assert!(
+        (1500..1600).contains(&took),
+        "{took} ms: 100 + 200 + 400 + 800"
+    );
+}

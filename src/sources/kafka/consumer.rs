@@ -93,10 +93,15 @@ impl ConsumerState {
         }
     }
 
-    /// Sends a control message to every lane.
+    /// Sends a control message to every lane, even when one of them is gone.
     fn broadcast(&self, make: impl Fn() -> SourceMsg) -> Result<(), ActorProcessingErr> {
-        for d in &self.downstream {
-            d.cast(make()).map_err(|_| "a decoder is gone")?;
+        let failed = self
+            .downstream
+            .iter()
+            .filter(|d| d.cast(make()).is_err())
+            .count();
+        if failed > 0 {
+            return Err("a decoder is gone".into());
         }
         Ok(())
     }
@@ -136,7 +141,11 @@ impl ConsumerState {
                 debug!(path = %self.path, partitions = commits.len(), "offsets committed");
             }
             Err(e) => {
-                warn!(path = %self.path, error = %e, "offset commit failed; it is retried with the next commit")
+                warn!(path = %self.path, error = %e, "offset commit failed; it is sent again with the next commit");
+                let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+                for (topic, partition, next) in commits {
+                    tracker.uncommit(topic, partition, next);
+                }
             }
         }
     }

@@ -164,6 +164,18 @@ impl PathContext {
 }
 
 impl ConsumerContext for PathContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            warn!(path = %self.shared.path, error = %e, "offset commit failed; it is sent again with the next commit");
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            for el in offsets.elements() {
+                if let Offset::Offset(o) = el.offset() {
+                    tracker.uncommit(Topic::intern(el.topic()), el.partition(), o);
+                }
+            }
+        }
+    }
+
     fn rebalance(
         &self,
         base: &BaseConsumer<Self>,

@@ -165,8 +165,10 @@ impl Actor for DlqProducer {
                 let probe = state.probe.clone();
                 let path = state.path.clone();
                 tokio::spawn(async move {
+                    let delivered = delivery.await;
+                    // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
                     probe.release(1);
-                    match delivery.await {
+                    match delivered {
                         Ok(Ok(_)) => {
                             metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
                             probe.progress(1, letter.source.size() as u64);

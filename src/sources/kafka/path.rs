@@ -31,10 +31,12 @@ fn fill<T>(slot: &Slot<T>, actor: &ActorRef<T>) {
     *slot.lock().expect("slot lock") = Some(actor.clone());
 }
 
+/// The address in `slot`, if that actor still runs (a stale address would fail the first send).
 fn take<T>(slot: &Slot<T>, what: &str) -> Result<ActorRef<T>, SpawnErr> {
     slot.lock()
         .expect("slot lock")
         .clone()
+        .filter(|a| a.get_status() < ractor::ActorStatus::Stopping)
         .ok_or_else(|| SpawnErr::StartupFailed(format!("{what} is not running").into()))
 }
 
