@@ -6,21 +6,21 @@
 mod sink;
 mod ticker;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::{Poison, SourceRecord};
 use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use serde::Deserialize;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawHeartbeat;
 use crate::config::{Check, Config, EnvKey, Unit};
 use crate::sources::kafka::path::KafkaPath;
-use crate::sources::kafka::producer::{Publisher, PublisherArgs, PublisherMsg};
+use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::SourceSettings;
 use sink::BeatSink;
 use ticker::{Ticker, TickerArgs};
@@ -95,34 +95,17 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
     ]
 }
 
-type Slot = Arc<Mutex<Option<ActorRef<PublisherMsg>>>>;
-
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let root = ActorPath::root().child(DEF.name);
     let hb = config.pipelines.heartbeat.clone();
-    let slot: Slot = Arc::default();
-
-    let (connection, out) = (resources.kafka.clone(), slot.clone());
-    let publisher = ChildSpec::worker("publisher", move |ctx| {
-        let (connection, out) = (connection.clone(), out.clone());
-        async move {
-            let args = PublisherArgs {
-                probe: ctx.probe,
-                connection,
-            };
-            let (actor, _) = Actor::spawn_linked(None, Publisher, args, ctx.supervisor).await?;
-            *out.lock().expect("slot lock") = Some(actor.clone());
-            Ok(actor.get_cell())
-        }
-    });
+    let slot = PublisherSlot::default();
+    let publisher = slot.child(resources.kafka.clone());
     let (interval, topic) = (hb.interval, hb.topic.clone());
     let ticker = ChildSpec::worker("ticker", move |ctx| {
-        let publisher = slot.lock().expect("slot lock").clone();
+        let publisher = slot.get();
         let topic = topic.clone();
         async move {
-            let publisher = publisher.ok_or_else(|| {
-                ractor::SpawnErr::StartupFailed("the publisher is not running".into())
-            })?;
+            let publisher = publisher?;
             let args = TickerArgs {
                 probe: ctx.probe,
                 interval,

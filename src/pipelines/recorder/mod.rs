@@ -9,21 +9,21 @@ mod generator;
 pub mod model;
 mod refresher;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::{Poison, SourceRecord};
 use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawRecorder;
 use crate::config::{Check, Config, EnvKey, Secret, Unit};
 use crate::sinks::timescale::{self, DbSettings, Mode, TimescaleSink};
 use crate::sources::kafka::path::KafkaPath;
-use crate::sources::kafka::producer::{Publisher, PublisherArgs, PublisherMsg};
+use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
 use crate::telemetry::names;
 use generator::{Generator, GeneratorArgs};
@@ -278,29 +278,15 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
 fn demo(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
     let demo_root = root.child("demo");
     let sup = &config.supervision;
-    let slot: Arc<Mutex<Option<ActorRef<PublisherMsg>>>> = Arc::default();
-    let (connection, out) = (resources.kafka.clone(), slot.clone());
-    let publisher = ChildSpec::worker("publisher", move |ctx| {
-        let (connection, out) = (connection.clone(), out.clone());
-        async move {
-            let args = PublisherArgs {
-                probe: ctx.probe,
-                connection,
-            };
-            let (actor, _) = Actor::spawn_linked(None, Publisher, args, ctx.supervisor).await?;
-            *out.lock().expect("slot lock") = Some(actor.clone());
-            Ok(actor.get_cell())
-        }
-    });
+    let slot = PublisherSlot::default();
+    let publisher = slot.child(resources.kafka.clone());
     let rc = config.pipelines.recorder.clone();
     let generator = ChildSpec::worker("generator", move |ctx| {
-        let publisher = slot.lock().expect("slot lock").clone();
+        let publisher = slot.get();
         let topics = rc.topics.clone();
         let rate = rc.demo_rate;
         async move {
-            let publisher = publisher.ok_or_else(|| {
-                ractor::SpawnErr::StartupFailed("the publisher is not running".into())
-            })?;
+            let publisher = publisher?;
             let args = GeneratorArgs {
                 probe: ctx.probe,
                 publisher,

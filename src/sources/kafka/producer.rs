@@ -106,3 +106,36 @@ impl Actor for Publisher {
         Ok(())
     }
 }
+
+/// Where the running publisher of a subtree is found by the actors started after it.
+#[derive(Clone, Default)]
+pub struct PublisherSlot(std::sync::Arc<std::sync::Mutex<Option<ActorRef<PublisherMsg>>>>);
+
+impl PublisherSlot {
+    /// A `publisher` child that fills this slot each time it starts.
+    pub fn child(&self, connection: KafkaConnection) -> actord_actors::ChildSpec {
+        let slot = self.clone();
+        actord_actors::ChildSpec::worker("publisher", move |ctx| {
+            let (connection, slot) = (connection.clone(), slot.clone());
+            async move {
+                let args = PublisherArgs {
+                    probe: ctx.probe,
+                    connection,
+                };
+                let (actor, _) = Actor::spawn_linked(None, Publisher, args, ctx.supervisor).await?;
+                *slot.0.lock().expect("slot lock") = Some(actor.clone());
+                Ok(actor.get_cell())
+            }
+        })
+    }
+
+    /// The running publisher, for a child that starts after it.
+    pub fn get(&self) -> Result<ActorRef<PublisherMsg>, ractor::SpawnErr> {
+        self.0
+            .lock()
+            .expect("slot lock")
+            .clone()
+            .filter(|a| a.get_status() < ractor::ActorStatus::Stopping)
+            .ok_or_else(|| ractor::SpawnErr::StartupFailed("the publisher is not running".into()))
+    }
+}
