@@ -37,7 +37,22 @@ struct Tree {
 }
 
 impl Tree {
+    /// Spawns the supervisor at `/t` and waits until every child runs.
     async fn start(
+        spec: SupervisorSpec,
+        build: impl FnOnce(&TestWorkers) -> Vec<ChildSpec>,
+    ) -> Tree {
+        let tree = Tree::spawn(spec, build).await;
+        let started = call!(tree.sup, SupervisorMsg::Children).unwrap();
+        for id in started {
+            tree.wait_status(&format!("/t/{id}"), Status::Running).await;
+        }
+        tree.workers.clear_events();
+        tree
+    }
+
+    /// Spawns the supervisor at `/t` without waiting for its children.
+    async fn spawn(
         spec: SupervisorSpec,
         build: impl FnOnce(&TestWorkers) -> Vec<ChildSpec>,
     ) -> Tree {
@@ -56,18 +71,12 @@ impl Tree {
         )
         .await
         .expect("spawn supervisor");
-        let tree = Tree {
+        Tree {
             sup,
             handle: Some(handle),
             registry,
             workers,
-        };
-        let started = call!(tree.sup, SupervisorMsg::Children).unwrap();
-        for id in started {
-            tree.wait_status(&format!("/t/{id}"), Status::Running).await;
         }
-        tree.workers.clear_events();
-        tree
     }
 
     fn status(&self, path: &str) -> Option<Status> {
@@ -478,38 +487,20 @@ async fn operator_stop_start_restart_and_fault_injection() {
 
 #[tokio::test(start_paused = true)]
 async fn a_child_that_cannot_start_is_retried_with_backoff() {
-    let registry = Registry::new();
-    let workers = TestWorkers::new();
-    workers.fail_next_starts("a", 2);
-    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
-    let (_sup, _h) = Actor::spawn(
-        None,
-        Supervisor,
-        SupervisorArgs {
-            spec: spec(Strategy::OneForOne),
-            children: vec![workers.spec("a"), workers.spec("b")],
-            probe,
-        },
-    )
-    .await
-    .unwrap();
-    let a = ActorPath::parse("/t/a").unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || registry
-            .get(&a)
-            .unwrap()
-            .status()
-            == Status::Running)
-        .await
-    );
-    assert_eq!(registry.get(&a).unwrap().restarts(), 2);
-    assert!(registry
-        .get(&a)
+    let t = Tree::spawn(spec(Strategy::OneForOne), |w| {
+        w.fail_next_starts("a", 2);
+        vec![w.spec("a"), w.spec("b")]
+    })
+    .await;
+    t.wait_status("/t/a", Status::Running).await;
+    assert_eq!(t.restarts("/t/a"), 2);
+    let err = t
+        .registry
+        .get(&ActorPath::parse("/t/a").unwrap())
         .unwrap()
         .last_error()
-        .unwrap()
-        .message
-        .contains("refused to start"));
+        .unwrap();
+    assert!(err.message.contains("refused to start"), "{}", err.message);
 }
 
 #[tokio::test(start_paused = true)]
@@ -530,33 +521,13 @@ async fn an_operator_restart_takes_the_strategy_group_along() {
 
 #[tokio::test(start_paused = true)]
 async fn a_temporary_child_that_cannot_start_does_not_hide_the_next_one() {
-    let registry = Registry::new();
-    let workers = TestWorkers::new();
-    workers.fail_next_starts("tmp", 1);
-    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
-    let (sup, _h) = Actor::spawn(
-        None,
-        Supervisor,
-        SupervisorArgs {
-            spec: spec(Strategy::OneForOne),
-            children: vec![
-                workers.spec("tmp").restart(Restart::Temporary),
-                workers.spec("next"),
-            ],
-            probe,
-        },
-    )
-    .await
-    .unwrap();
-    let next = ActorPath::parse("/t/next").unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || registry
-            .get(&next)
-            .map(|p| p.status())
-            == Some(Status::Running))
-        .await
-    );
-    assert_eq!(call!(sup, SupervisorMsg::Children).unwrap(), vec!["next"]);
+    let t = Tree::spawn(spec(Strategy::OneForOne), |w| {
+        w.fail_next_starts("tmp", 1);
+        vec![w.spec("tmp").restart(Restart::Temporary), w.spec("next")]
+    })
+    .await;
+    t.wait_status("/t/next", Status::Running).await;
+    assert_eq!(call!(t.sup, SupervisorMsg::Children).unwrap(), vec!["next"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -583,47 +554,15 @@ async fn a_temporary_sibling_is_stopped_with_its_group_and_not_restarted() {
 
 #[tokio::test(start_paused = true)]
 async fn backoff_grows_while_a_child_keeps_failing_to_start() {
-    let registry = Registry::new();
-    let workers = TestWorkers::new();
-    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
-    let (_sup, _h) = Actor::spawn(
-        None,
-        Supervisor,
-        SupervisorArgs {
-            spec: spec(Strategy::OneForOne),
-            children: vec![workers.spec("a")],
-            probe,
-        },
-    )
-    .await
-    .unwrap();
-    let a = ActorPath::parse("/t/a").unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || registry
-            .get(&a)
-            .unwrap()
-            .status()
-            == Status::Running)
-        .await
-    );
+    let t = Tree::start(spec(Strategy::OneForOne), |w| vec![w.spec("a")]).await;
     // Long healthy, then it dies and cannot start three times: 100, 200, 400, 400 ms (capped);
     // without growth it would be 4 × 100 ms.
     tokio::time::sleep(Duration::from_secs(120)).await;
-    workers.fail_next_starts("a", 3);
+    t.workers.fail_next_starts("a", 3);
     let began = tokio::time::Instant::now();
-    workers
-        .get("/t/a")
-        .send_message(TestMsg::Fail("boom".into()))
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || registry
-            .get(&a)
-            .unwrap()
-            .restarts()
-            == 4
-            && registry.get(&a).unwrap().status() == Status::Running)
-        .await
-    );
+    t.send("/t/a", TestMsg::Fail("boom".into()));
+    t.wait_restarts("/t/a", 4).await;
+    t.wait_status("/t/a", Status::Running).await;
     let took = began.elapsed().as_millis();
     assert!(
         (1100..1200).contains(&took),

@@ -89,6 +89,22 @@ async fn drop_schema(schema: &str) {
         .await;
 }
 
+/// The first tick's time in every test (2025-11-19T16:12:34Z), one second apart.
+const BASE: i64 = 1_763_568_754_000;
+
+/// A fresh schema name for one test.
+fn fresh_schema() -> String {
+    unique("rec").replace('-', "_")
+}
+
+/// Starts actord with the recorder on the embedded broker, ready; returns it and the broker.
+async fn start_recorder(schema: &str, db_port: u16) -> (Process, String) {
+    let p = Process::start(&recorder_config(schema, db_port, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    (p, bootstrap)
+}
+
 async fn bootstrap_of(p: &Process) -> String {
     let info: serde_json::Value = serde_json::from_str(&get(&p.base, "/api/info").await.1).unwrap();
     info["kafka"]["bootstrap"].as_str().unwrap().to_owned()
@@ -96,11 +112,9 @@ async fn bootstrap_of(p: &Process) -> String {
 
 #[tokio::test]
 async fn ticks_and_order_books_land_once_field_by_field() {
-    let schema = unique("rec").replace('-', "_");
-    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
-    wait_ready(&p.base).await;
-    let bootstrap = bootstrap_of(&p).await;
-    let base = 1_763_568_754_000i64;
+    let schema = fresh_schema();
+    let (p, bootstrap) = start_recorder(&schema, 5432).await;
+    let base = BASE;
     produce(
         &bootstrap,
         "market.tick",
@@ -216,11 +230,9 @@ async fn ticks_and_order_books_land_once_field_by_field() {
 
 #[tokio::test]
 async fn poison_reaches_the_dlq_while_good_rows_land() {
-    let schema = unique("rec").replace('-', "_");
-    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
-    wait_ready(&p.base).await;
-    let bootstrap = bootstrap_of(&p).await;
-    let base = 1_763_568_754_000i64;
+    let schema = fresh_schema();
+    let (p, bootstrap) = start_recorder(&schema, 5432).await;
+    let base = BASE;
     let mut payloads: Vec<String> = (0..20).map(|i| tick(i, base)).collect();
     payloads.insert(5, "{not json".into());
     payloads.insert(9, json!({"symbol": "X", "price": 1.0, "volume": 1, "change": 0, "change_rate": 0, "timestamp": "when"}).to_string());
@@ -252,12 +264,10 @@ async fn poison_reaches_the_dlq_while_good_rows_land() {
 
 #[tokio::test]
 async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
-    let schema = unique("rec").replace('-', "_");
+    let schema = fresh_schema();
     let proxy = Proxy::start("127.0.0.1:5432").await;
-    let p = Process::start(&recorder_config(&schema, proxy.port, ""), &[], &[]);
-    wait_ready(&p.base).await;
-    let bootstrap = bootstrap_of(&p).await;
-    let base = 1_763_568_754_000i64;
+    let (p, bootstrap) = start_recorder(&schema, proxy.port).await;
+    let base = BASE;
     produce(
         &bootstrap,
         "market.tick",
@@ -317,13 +327,13 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
 
 #[tokio::test]
 async fn a_sigkill_mid_batch_loses_and_duplicates_nothing() {
-    let schema = unique("rec").replace('-', "_");
+    let schema = fresh_schema();
     let broker = Tansu::start();
     broker.create_topic("market.tick", 3);
     broker.create_topic("market.orderbook", 3);
     broker.create_topic("market.tick-dlq", 1);
     broker.create_topic("market.orderbook-dlq", 1);
-    let base = 1_763_568_754_000i64;
+    let base = BASE;
     let n = 4000i64;
     produce(
         broker.bootstrap(),
@@ -368,12 +378,10 @@ async fn a_sigkill_mid_batch_loses_and_duplicates_nothing() {
 async fn a_new_embedded_broker_does_not_inherit_stored_offsets() {
     // The embedded broker starts empty on every run; offsets stored by an earlier run must not
     // make the recorder skip the new run's records.
-    let schema = unique("rec").replace('-', "_");
-    let base = 1_763_568_754_000i64;
+    let schema = fresh_schema();
+    let base = BASE;
     for (run, range) in [(1, 0..100), (2, 100..150)] {
-        let mut p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
-        wait_ready(&p.base).await;
-        let bootstrap = bootstrap_of(&p).await;
+        let (mut p, bootstrap) = start_recorder(&schema, 5432).await;
         produce(
             &bootstrap,
             "market.tick",
