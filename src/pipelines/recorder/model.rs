@@ -58,8 +58,8 @@ pub fn is_orderbook_topic(topic: &str) -> bool {
         .contains("orderbook")
 }
 
+// Producers may add fields; only the documented ones are read.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTick {
     symbol: String,
     price: f64,
@@ -69,8 +69,8 @@ struct RawTick {
     timestamp: Value,
 }
 
+// Producers may add fields; only the documented ones are read.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOrderBook {
     symbol: String,
     timestamp: Value,
@@ -225,6 +225,11 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(t, Market::Tick(ref t) if t.symbol == "005930" && t.volume == 10));
+        let extra = decode(&rec(
+            "market.tick",
+            r#"{"symbol":"A","price":1.0,"volume":1,"change":0,"change_rate":0,"timestamp":1,"exchange":"KRX"}"#,
+        ));
+        assert!(extra.is_ok(), "fields a producer adds are ignored");
         let o = decode(&rec(
             "market.orderbook",
             r#"{"symbol":"005930","timestamp":"2025-11-19T16:12:34Z","bids":[{"price":70900,"quantity":3}],"asks":[]}"#,
