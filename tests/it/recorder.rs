@@ -401,3 +401,40 @@ async fn a_new_embedded_broker_does_not_inherit_stored_offsets() {
     }
     drop_schema(&schema).await;
 }
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_sink() {
+    // With the database unreachable the first signal's graceful stop waits for the writers;
+    // the second one ends the process immediately.
+    let schema = fresh_schema();
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let (mut p, bootstrap) = start_recorder(&schema, proxy.port).await;
+    until(Duration::from_secs(30), "the schema", || async {
+        get(&p.base, "/health").await.0 == 200
+    })
+    .await;
+    proxy.down();
+    produce(
+        &bootstrap,
+        "market.tick",
+        (0..50).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    until(Duration::from_secs(30), "the outage on /health", || async {
+        get(&p.base, "/health").await.0 == 503
+    })
+    .await;
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the graceful stop should still be waiting"
+    );
+    let second = std::time::Instant::now();
+    p.signal("INT");
+    let status = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{}", p.log());
+    assert!(second.elapsed() < Duration::from_secs(3));
+    assert!(p.log().contains("second signal"), "{}", p.log());
+    drop_schema(&schema).await;
+}
