@@ -1,3 +1,4 @@
 //! Sinks: where records become durable.
 
+pub mod objects;
 pub mod timescale;

@@ -159,6 +159,10 @@ pub fn timestamp(v: &Value) -> Result<DateTime<Utc>, Poison> {
         }
         _ => return Err(bad("expected an RFC 3339 string or a number")),
     };
+    // Both sinks store nanoseconds since the epoch in 64 bits.
+    if parsed.timestamp_nanos_opt().is_none() {
+        return Err(bad("outside the years 1677 to 2262"));
+    }
     Ok(parsed)
 }
 
@@ -208,6 +212,7 @@ mod tests {
             serde_json::json!("yesterday"),
             serde_json::json!(true),
             serde_json::json!(1.7e15),
+            serde_json::json!("9999-01-01T00:00:00Z"),
         ] {
             assert_eq!(
                 timestamp(&bad).unwrap_err().class,
