@@ -85,6 +85,15 @@ impl Tree {
             .map(|p| p.status())
     }
 
+    /// The message of the last error recorded for `path`.
+    fn last_error(&self, path: &str) -> String {
+        self.registry
+            .get(&ActorPath::parse(path).unwrap())
+            .and_then(|p| p.last_error())
+            .map(|e| e.message)
+            .unwrap_or_else(|| panic!("no error recorded for {path}"))
+    }
+
     fn restarts(&self, path: &str) -> u64 {
         self.registry
             .get(&ActorPath::parse(path).unwrap())
@@ -135,13 +144,7 @@ async fn one_for_one_restarts_only_the_failed_child() {
     t.settle().await;
     assert_eq!(t.workers.events(), vec!["start /t/b"]);
     assert_eq!((t.restarts("/t/a"), t.restarts("/t/c")), (0, 0));
-    let err = t
-        .registry
-        .get(&ActorPath::parse("/t/b").unwrap())
-        .unwrap()
-        .last_error()
-        .unwrap();
-    assert_eq!(err.message, "boom");
+    assert_eq!(t.last_error("/t/b"), "boom");
 }
 
 #[tokio::test(start_paused = true)]
@@ -411,13 +414,8 @@ async fn a_worker_holding_work_without_progress_is_restarted() {
     assert_eq!(t.restarts("/t/stuck"), 1);
     assert_eq!(t.restarts("/t/busy"), 0);
     assert_eq!(t.restarts("/t/idle"), 0);
-    let err = t
-        .registry
-        .get(&ActorPath::parse("/t/stuck").unwrap())
-        .unwrap()
-        .last_error()
-        .unwrap();
-    assert!(err.message.starts_with("stuck"), "{}", err.message);
+    let err = t.last_error("/t/stuck");
+    assert!(err.starts_with("stuck"), "{err}");
     // The new incarnation starts with nothing held.
     t.wait_status("/t/stuck", Status::Running).await;
     assert_eq!(
@@ -474,13 +472,8 @@ async fn operator_stop_start_restart_and_fault_injection() {
         .unwrap()
         .unwrap();
     t.wait_restarts("/t/a", 1).await;
-    let err = t
-        .registry
-        .get(&ActorPath::parse("/t/a").unwrap())
-        .unwrap()
-        .last_error()
-        .unwrap();
-    assert!(err.message.contains("fault injected"), "{}", err.message);
+    let err = t.last_error("/t/a");
+    assert!(err.contains("fault injected"), "{err}");
     let missing = call!(t.sup, SupervisorMsg::FailChild, "nope".to_owned()).unwrap();
     assert!(missing.is_err());
 }
@@ -494,13 +487,8 @@ async fn a_child_that_cannot_start_is_retried_with_backoff() {
     .await;
     t.wait_status("/t/a", Status::Running).await;
     assert_eq!(t.restarts("/t/a"), 2);
-    let err = t
-        .registry
-        .get(&ActorPath::parse("/t/a").unwrap())
-        .unwrap()
-        .last_error()
-        .unwrap();
-    assert!(err.message.contains("refused to start"), "{}", err.message);
+    let err = t.last_error("/t/a");
+    assert!(err.contains("refused to start"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
