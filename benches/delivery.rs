@@ -3,24 +3,20 @@
 //!
 //! `cargo bench --bench delivery [-- RECORDS]` (default 1,000,000 records).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actord::config::{self, Sources};
 use actord::sources::kafka::embedded::EmbeddedKafka;
 use actord::sources::kafka::path::KafkaPath;
 use actord::sources::kafka::{KafkaConnection, SourceSettings};
 use actord_actors::buffer::BufferLimits;
-use actord_actors::observe::{ActorKind, Registry};
 use actord_actors::record::{Envelope, Poison, SourceRecord};
 use actord_actors::sink::{Sink, SinkError};
 use actord_actors::writer::RetryPolicy;
-use actord_actors::{ActorPath, Supervisor, SupervisorArgs, SupervisorSpec};
-use ractor::Actor;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 
 const TOPIC: &str = "bench";
@@ -39,44 +35,13 @@ fn decode(r: &SourceRecord) -> Result<Tick, Poison> {
         .map_err(|e| Poison::new("JsonError", e.to_string()))
 }
 
-struct NullSink(Arc<AtomicU64>);
+/// Accepts everything: the path is measured, not a sink.
+struct NullSink;
 
 impl Sink<Tick> for NullSink {
-    async fn write(&mut self, records: &[Envelope<Tick>]) -> Result<(), SinkError> {
-        self.0.fetch_add(records.len() as u64, Ordering::Relaxed);
+    async fn write(&mut self, _records: &[Envelope<Tick>]) -> Result<(), SinkError> {
         Ok(())
     }
-}
-
-fn produce(bootstrap: &str, n: u64) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    for i in 0..n {
-        let payload = format!(
-            r#"{{"symbol":"{:06}","price":{}.5,"volume":{}}}"#,
-            i % 2000,
-            50_000 + i % 1000,
-            i % 97
-        );
-        let key = (i % 10_007).to_string();
-        let mut record = BaseRecord::to(TOPIC).payload(&payload).key(&key);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 fn kcat(bootstrap: &str, n: u64) -> Option<f64> {
@@ -121,7 +86,14 @@ async fn main() {
     kafka.create_topic(TOPIC, PARTITIONS).unwrap();
     kafka.create_topic(&format!("{TOPIC}-dlq"), 1).unwrap();
     let started = Instant::now();
-    produce(kafka.bootstrap(), n);
+    common::produce(kafka.bootstrap(), TOPIC, n, |i| {
+        format!(
+            r#"{{"symbol":"{:06}","price":{}.5,"volume":{}}}"#,
+            i % 2000,
+            50_000 + i % 1000,
+            i % 97
+        )
+    });
     println!(
         "produced {n} records in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -129,21 +101,16 @@ async fn main() {
 
     let raw = kcat(kafka.bootstrap(), n);
 
-    let written = Arc::new(AtomicU64::new(0));
     let mut source = SourceSettings::new(vec![TOPIC.into()], "bench-group");
     source.max_in_flight_records = 200_000;
     source.max_in_flight_bytes = 256 << 20;
     source.session_timeout = Duration::from_secs(6);
-    let counter = written.clone();
     let path = KafkaPath::<Tick, NullSink> {
         id: "path".into(),
         connection: KafkaConnection::new(kafka.bootstrap()),
         source,
         decode: Arc::new(decode),
-        sink: Arc::new(move || {
-            let c = counter.clone();
-            Box::pin(async move { Ok(NullSink(c)) })
-        }),
+        sink: Arc::new(|| Box::pin(async { Ok(NullSink) })),
         lanes: 2,
         buffer: BufferLimits {
             max_records: 10_000,
@@ -153,47 +120,7 @@ async fn main() {
         retry: RetryPolicy::default(),
         dlq_suffix: Some("-dlq".into()),
     };
-    let supervision = config::load(&Sources::default()).unwrap().supervision;
-    let registry = Registry::new();
-    let root = ActorPath::parse("/bench").unwrap();
-    let spec = path.child_spec(&root, &supervision);
-    let probe = registry.probe(&root, ActorKind::Supervisor);
-    let consumer = registry.probe(&root.child("path").child("consumer-0"), ActorKind::Worker);
-    let (sup, _) = Actor::spawn(
-        None,
-        Supervisor,
-        SupervisorArgs {
-            spec: SupervisorSpec::default(),
-            children: vec![spec],
-            probe,
-        },
-    )
-    .await
-    .unwrap();
-    // Time from the first record read (after the group join) to the last one written.
-    while consumer.counter("records") == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let first = Instant::now();
-    let mut tick = Instant::now();
-    while written.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if std::env::var_os("BENCH_TRACE").is_some() && tick.elapsed() > Duration::from_millis(500)
-        {
-            tick = Instant::now();
-            eprintln!(
-                "t={:.1}s consumed={} in_flight={} written={}",
-                first.elapsed().as_secs_f64(),
-                consumer.counter("records"),
-                consumer.counter("in_flight"),
-                written.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let ours = n as f64 / first.elapsed().as_secs_f64();
-    sup.stop_and_wait(None, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let ours = common::records_per_second(path, n).await;
 
     println!("records: {n}, partitions: {PARTITIONS}, embedded broker (librdkafka mock cluster)");
     match raw {

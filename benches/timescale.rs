@@ -3,24 +3,21 @@
 //!
 //! `cargo bench --bench timescale [-- ROWS]` (default 300,000 ticks).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actord::config::{self, Sources};
 use actord::pipelines::recorder::model;
 use actord::sinks::timescale::{DbSettings, Shared, TimescaleSink};
 use actord::sources::kafka::embedded::EmbeddedKafka;
 use actord::sources::kafka::path::KafkaPath;
 use actord::sources::kafka::{KafkaConnection, SourceSettings, StartFrom};
 use actord_actors::buffer::BufferLimits;
-use actord_actors::observe::{ActorKind, Registry};
 use actord_actors::writer::RetryPolicy;
-use actord_actors::{ActorPath, Supervisor, SupervisorArgs, SupervisorSpec};
-use ractor::Actor;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 
 const TOPIC: &str = "market.tick";
 
@@ -106,23 +103,7 @@ async fn main() {
     let kafka = EmbeddedKafka::start().unwrap();
     kafka.create_topic(TOPIC, 4).unwrap();
     kafka.create_topic(&format!("{TOPIC}-dlq"), 1).unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap())
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    for i in 0..n {
-        let (json, _) = row(i);
-        let key = (i % 1009).to_string();
-        let mut record = BaseRecord::to(TOPIC).payload(&json).key(&key);
-        while let Err((_, r)) = producer.send(record) {
-            record = r;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    common::produce(kafka.bootstrap(), TOPIC, n, |i| row(i).0);
 
     let db = Shared::new(
         DbSettings {
@@ -155,44 +136,7 @@ async fn main() {
         retry: RetryPolicy::default(),
         dlq_suffix: Some("-dlq".into()),
     };
-    let supervision = config::load(&Sources::default()).unwrap().supervision;
-    let registry = Registry::new();
-    let root = ActorPath::parse("/bench").unwrap();
-    let spec = path.child_spec(&root, &supervision);
-    let consumer = registry.probe(
-        &root.child("timescale").child("consumer-0"),
-        ActorKind::Worker,
-    );
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            registry.probe(
-                &root.child("timescale").child(&format!("writer-{i}")),
-                ActorKind::Worker,
-            )
-        })
-        .collect();
-    let (sup, _) = Actor::spawn(
-        None,
-        Supervisor,
-        SupervisorArgs {
-            spec: SupervisorSpec::default(),
-            children: vec![spec],
-            probe: registry.probe(&root, ActorKind::Supervisor),
-        },
-    )
-    .await
-    .unwrap();
-    while consumer.counter("records") == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let first = Instant::now();
-    while writers.iter().map(|w| w.counter("records")).sum::<u64>() < n {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let ours = n as f64 / first.elapsed().as_secs_f64();
-    sup.stop_and_wait(None, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let ours = common::records_per_second(path, n).await;
     let rows: u64 = psql(&format!("SELECT count(*) FROM {our_schema}.tick_data"))
         .parse()
         .unwrap();

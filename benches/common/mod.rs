@@ -1,0 +1,76 @@
+//! Shared by the benchmarks: producing test data and timing a consumer path.
+
+use std::time::{Duration, Instant};
+
+use actord::config::{self, Sources};
+use actord::sources::kafka::path::KafkaPath;
+use actord_actors::observe::{ActorKind, Registry};
+use actord_actors::sink::Sink;
+use actord_actors::{ActorPath, Supervisor, SupervisorArgs, SupervisorSpec};
+use ractor::Actor;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+/// Produces `n` records (`payload(i)`, keys spread over partitions), lz4, and waits for them.
+pub fn produce(bootstrap: &str, topic: &str, n: u64, payload: impl Fn(u64) -> String) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        let value = payload(i);
+        let key = (i % 10_007).to_string();
+        let mut record = BaseRecord::to(topic).payload(&value).key(&key);
+        while let Err((_, r)) = producer.send(record) {
+            record = r;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Runs `path` under a root supervisor at `/bench` until its writers wrote `n` records and
+/// returns the rate from its first record read (after the group join) to its last written.
+pub async fn records_per_second<R, S>(path: KafkaPath<R, S>, n: u64) -> f64
+where
+    R: Send + Sync + 'static,
+    S: Sink<R>,
+{
+    let (id, lanes) = (path.id.clone(), path.lanes);
+    let supervision = config::load(&Sources::default()).unwrap().supervision;
+    let registry = Registry::new();
+    let root = ActorPath::parse("/bench").unwrap();
+    let spec = path.child_spec(&root, &supervision);
+    let base = root.child(&id);
+    let consumer = registry.probe(&base.child("consumer-0"), ActorKind::Worker);
+    let writers: Vec<_> = (0..lanes)
+        .map(|i| registry.probe(&base.child(&format!("writer-{i}")), ActorKind::Worker))
+        .collect();
+    let (sup, _) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: SupervisorSpec::default(),
+            children: vec![spec],
+            probe: registry.probe(&root, ActorKind::Supervisor),
+        },
+    )
+    .await
+    .unwrap();
+    while consumer.counter("records") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first = Instant::now();
+    while writers.iter().map(|w| w.counter("records")).sum::<u64>() < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / first.elapsed().as_secs_f64();
+    sup.stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    rate
+}
