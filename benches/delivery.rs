@@ -6,7 +6,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,38 +43,6 @@ impl Sink<Tick> for NullSink {
     }
 }
 
-fn kcat(bootstrap: &str, n: u64) -> Option<f64> {
-    let start = Instant::now();
-    let status = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            bootstrap,
-            "-t",
-            TOPIC,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%s\n",
-        ])
-        // The same fetch tuning actord's consumer uses, so the baseline is the real limit.
-        .args([
-            "-X",
-            "fetch.queue.backoff.ms=20",
-            "-X",
-            "queued.max.messages.kbytes=16384",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?;
-    status
-        .success()
-        .then(|| n as f64 / start.elapsed().as_secs_f64())
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::args()
@@ -99,7 +66,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let raw = kcat(kafka.bootstrap(), n);
+    let raw = common::kcat(kafka.bootstrap(), TOPIC, n);
 
     let mut source = SourceSettings::new(vec![TOPIC.into()], "bench-group");
     source.max_in_flight_records = 200_000;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (once per machine) and starts (when not running) what actord's tests, benchmarks and
-# demo use: PostgreSQL, Redis, promtool, kcat and the tansu broker. Idempotent: does nothing
+# demo use: PostgreSQL, Redis, promtool, kcat, the tansu broker and the s3s-fs object store. Idempotent: does nothing
 # when everything is in place.
 set -euo pipefail
 
@@ -27,6 +27,12 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --locked --features dynostore,libsql,postgres
 fi
 
+# s3s-fs: an S3-compatible server over a directory, for the object-store tests.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  log "installing s3s-fs 0.14.1 (once per machine; a few minutes)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
 # PostgreSQL on 127.0.0.1:5432.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
@@ -49,4 +55,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), kcat, promtool"
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, kcat, promtool"

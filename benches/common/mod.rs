@@ -33,6 +33,35 @@ pub fn produce(bootstrap: &str, topic: &str, n: u64, payload: impl Fn(u64) -> St
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
+/// The raw consume rate: `kcat` reads the `n` records of `topic` once, with the fetch tuning
+/// actord's consumer uses, so the baseline is the real limit. `None` when kcat is missing.
+#[allow(dead_code)]
+pub fn kcat(bootstrap: &str, topic: &str, n: u64) -> Option<f64> {
+    let start = Instant::now();
+    let status = std::process::Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%s\n"])
+        .args(["-X", "fetch.queue.backoff.ms=20"])
+        .args(["-X", "queued.max.messages.kbytes=16384"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    status
+        .success()
+        .then(|| n as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Runs `path` under a root supervisor at `/bench` until its writers wrote `n` records and
 /// returns the rate from its first record read (after the group join) to its last written.
 pub async fn records_per_second<R, S>(path: KafkaPath<R, S>, n: u64) -> f64

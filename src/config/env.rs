@@ -62,6 +62,12 @@ pub const GLOBAL: &[EnvKey] = &[
     EnvKey::new("ACTORD_FAIL_FAST", "runtime.fail_fast", Unit::Bool),
     EnvKey::new("ACTORD_LOG_FORMAT", "log.format", Unit::Str),
     EnvKey::new("ACTORD_LOG_LEVEL", "log.level", Unit::Str),
+    EnvKey::new("AWS_ENDPOINT_URL", "s3.endpoint", Unit::Str),
+    EnvKey::new("AWS_REGION", "s3.region", Unit::Str),
+    EnvKey::new("AWS_ACCESS_KEY_ID", "s3.access_key_id", Unit::Str),
+    EnvKey::new("AWS_SECRET_ACCESS_KEY", "s3.secret_access_key", Unit::Str),
+    EnvKey::new("AWS_SESSION_TOKEN", "s3.session_token", Unit::Str),
+    EnvKey::new("AWS_ALLOW_HTTP", "s3.allow_http", Unit::Bool),
 ];
 
 /// The prefixed form of a pipeline variable: `ACTORD_FTP_SYNC_BATCH_SIZE`.

@@ -121,8 +121,57 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub kafka: KafkaConfig,
+    pub s3: S3Config,
     pub supervision: Supervision,
     pub pipelines: PipelinesConfig,
+}
+
+/// The shared S3 connection: where the server is and how to sign requests. Buckets belong to
+/// the pipelines.
+#[derive(Debug, Clone, Default)]
+pub struct S3Config {
+    /// A custom endpoint (MinIO, s3s, …); `None` means AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub allow_http: bool,
+    pub virtual_hosted: bool,
+}
+
+impl S3Config {
+    fn validate(raw: &raw::RawS3, check: &mut Check<'_>) -> Self {
+        let endpoint = raw.endpoint.clone().filter(|e| !e.trim().is_empty());
+        let http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        if let Some(e) = &endpoint {
+            if !(http || e.starts_with("https://")) {
+                check.problem(
+                    "s3.endpoint",
+                    format!("expected an http:// or https:// URL, found {e:?}"),
+                );
+            }
+        }
+        let allow_http = raw.allow_http.unwrap_or(http);
+        if http && !allow_http {
+            check.problem(
+                "s3.allow_http",
+                "is false but s3.endpoint is a plain http:// URL; set it to true or use https://",
+            );
+        }
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        S3Config {
+            endpoint,
+            region: nonempty(&raw.region).unwrap_or_else(|| "us-east-1".to_owned()),
+            access_key_id: nonempty(&raw.access_key_id),
+            secret_access_key: nonempty(&raw.secret_access_key).map(Secret),
+            session_token: nonempty(&raw.session_token).map(Secret),
+            allow_http,
+            virtual_hosted: raw.virtual_hosted.unwrap_or(false),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -496,6 +545,7 @@ fn validate(
     let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
     let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
     let recorder = pipelines::recorder::RecorderConfig::validate(&recorder_raw, &mut check);
+    let s3 = S3Config::validate(&raw.s3, &mut check);
     Some(Config {
         source: file.to_owned(),
         admin: AdminConfig {
@@ -509,6 +559,7 @@ fn validate(
             brokers,
             properties: raw.kafka.properties,
         },
+        s3,
         supervision,
         pipelines: PipelinesConfig {
             heartbeat,

@@ -19,6 +19,9 @@ pub struct RawConfig {
     /// The shared Kafka connection.
     #[serde(default)]
     pub kafka: RawKafka,
+    /// The shared S3 connection (endpoint, region, credentials) for pipelines that use buckets.
+    #[serde(default)]
+    pub s3: RawS3,
     /// Supervision defaults for every supervisor and worker.
     #[serde(default)]
     pub supervision: RawSupervision,
@@ -70,6 +73,25 @@ pub struct RawKafka {
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    /// Endpoint URL for S3-compatible servers such as MinIO (AWS_ENDPOINT_URL); unset means AWS.
+    pub endpoint: Option<String>,
+    /// Region (AWS_REGION); default "us-east-1".
+    pub region: Option<String>,
+    /// Access key id (AWS_ACCESS_KEY_ID).
+    pub access_key_id: Option<String>,
+    /// Secret access key (AWS_SECRET_ACCESS_KEY); use "${VAR}" rather than writing it here.
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials (AWS_SESSION_TOKEN).
+    pub session_token: Option<String>,
+    /// Allows a plain-http endpoint (AWS_ALLOW_HTTP).
+    pub allow_http: Option<bool>,
+    /// Virtual-hosted-style requests (bucket in the host name); false means path style.
+    pub virtual_hosted: Option<bool>,
 }
 
 /// Supervision settings; every level (defaults, pipeline, path) uses the same keys.
@@ -133,6 +155,9 @@ pub struct RawRecorder {
     /// The TimescaleDB / PostgreSQL connection.
     #[serde(default)]
     pub timescale: RawTimescale,
+    /// The Parquet path into object storage.
+    #[serde(default)]
+    pub s3: RawRecorderS3,
     /// Supervision overrides for this pipeline and its paths.
     #[serde(default)]
     pub supervision: RawSupervision,
@@ -155,6 +180,29 @@ pub struct RawTimescale {
     pub schema: Option<String>,
     /// How often plain-PostgreSQL aggregates are refreshed, e.g. "1m".
     pub refresh_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecorderS3 {
+    /// Writes Parquet objects (S3_WRITE_ENABLED).
+    pub enabled: Option<bool>,
+    /// Bucket (S3_BUCKET); when unset, objects go to the local directory `dir`.
+    pub bucket: Option<String>,
+    /// Region of the bucket (S3_REGION); overrides `[s3] region`.
+    pub region: Option<String>,
+    /// Local directory used when no bucket is set.
+    pub dir: Option<String>,
+    /// Key prefix above the `tick/` and `orderbook/` trees.
+    pub prefix: Option<String>,
+    /// Records per object before it is written (S3_BATCH_SIZE).
+    pub batch_size: Option<u32>,
+    /// Age at which a partial batch is written (S3_BATCH_TIMEOUT_SEC), e.g. "1h".
+    pub batch_timeout: Option<String>,
+    /// Upload lanes; partitions are spread over them.
+    pub writers: Option<u32>,
+    /// Rows per Parquet row group; bounds the writer's memory.
+    pub row_group_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

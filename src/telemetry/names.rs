@@ -17,6 +17,14 @@ pub const RECORDER_ERRORS_TOTAL: &str = "actord_recorder_errors_total";
 pub const TIMESCALE_INSERTS_TOTAL: &str = "actord_timescale_inserts_total";
 /// Counter: failed TimescaleDB writes, by error kind.
 pub const TIMESCALE_ERRORS_TOTAL: &str = "actord_timescale_errors_total";
+/// Counter: Parquet objects uploaded, by path.
+pub const S3_UPLOADS_TOTAL: &str = "actord_s3_uploads_total";
+/// Counter: failed object-store writes (each is retried), by path.
+pub const S3_UPLOAD_ERRORS_TOTAL: &str = "actord_s3_upload_errors_total";
+/// Counter: bytes of Parquet objects uploaded, by path.
+pub const S3_UPLOADED_BYTES_TOTAL: &str = "actord_s3_uploaded_bytes_total";
+/// Counter: objects of uncommitted batches removed before their records were rewritten.
+pub const S3_OBJECTS_REPLACED_TOTAL: &str = "actord_s3_objects_replaced_total";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
 
@@ -54,6 +62,19 @@ pub fn describe() {
     describe_counter!(
         TIMESCALE_ERRORS_TOTAL,
         "Failed TimescaleDB writes by error kind."
+    );
+    describe_counter!(S3_UPLOADS_TOTAL, "Parquet objects uploaded.");
+    describe_counter!(
+        S3_UPLOAD_ERRORS_TOTAL,
+        "Failed object-store writes; each is retried."
+    );
+    describe_counter!(
+        S3_UPLOADED_BYTES_TOTAL,
+        "Bytes of Parquet objects uploaded."
+    );
+    describe_counter!(
+        S3_OBJECTS_REPLACED_TOTAL,
+        "Objects of uncommitted batches removed before their records were rewritten."
     );
     describe_counter!(
         RECORDS_ACKED_TOTAL,

@@ -5,4 +5,5 @@ mod admin;
 mod binary;
 mod kafka;
 mod recorder;
+mod recorder_s3;
 mod support;

@@ -77,7 +77,8 @@ impl Process {
             .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .current_dir(dir.path());
         let child = cmd.spawn().expect("spawn actord");
         Process {
             base: format!("http://127.0.0.1:{port}"),
@@ -394,4 +395,99 @@ pub async fn pg() -> tokio_postgres::Client {
     .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts it)");
     tokio::spawn(conn);
     client
+}
+
+/// An s3s-fs server (a real S3 API over a directory) on a loopback port, with one bucket.
+/// `stop` and `start` simulate an outage; the data directory survives them.
+pub struct S3Server {
+    pub port: u16,
+    pub bucket: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "actord-test";
+pub const S3_SECRET_KEY: &str = "actord-test-secret";
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("root").join(bucket)).unwrap();
+        let mut server = S3Server {
+            port: free_port(),
+            bucket: bucket.to_owned(),
+            child: None,
+            dir,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment an operator would set: the standard AWS variables and the seed's bucket.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ("S3_BUCKET", self.bucket.clone()),
+        ]
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("s3s.log"))
+            .unwrap();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.dir.path().join("root"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("s3s-fs is installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (an outage); `resume` brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client on the bucket, as any S3 tool would use it.
+    pub fn client(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_bucket_name(&self.bucket)
+            .with_region("us-east-1")
+            .with_access_key_id(S3_ACCESS_KEY)
+            .with_secret_access_key(S3_SECRET_KEY)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        std::sync::Arc::new(store)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

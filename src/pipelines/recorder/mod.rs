@@ -19,8 +19,10 @@ use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
 use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
-use crate::config::raw::RawRecorder;
+use crate::config::raw::{RawRecorder, RawRecorderS3};
 use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::sinks::objects::sink::{Objects, ParquetSink};
+use crate::sinks::objects::store::{self, Location};
 use crate::sinks::timescale::{self, DbSettings, Mode, TimescaleSink};
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
@@ -46,6 +48,11 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::seed("TIMESCALEDB_USER", "timescale.user", Unit::Str),
         EnvKey::seed("TIMESCALEDB_PASSWORD", "timescale.password", Unit::Str),
         EnvKey::seed("TIMESCALEDB_DB", "timescale.database", Unit::Str),
+        EnvKey::seed("S3_WRITE_ENABLED", "s3.enabled", Unit::Bool),
+        EnvKey::seed("S3_BUCKET", "s3.bucket", Unit::Str),
+        EnvKey::seed("S3_REGION", "s3.region", Unit::Str),
+        EnvKey::seed("S3_BATCH_SIZE", "s3.batch_size", Unit::Int),
+        EnvKey::seed("S3_BATCH_TIMEOUT_SEC", "s3.batch_timeout", Unit::Secs),
         EnvKey::new("DEMO", "demo", Unit::Bool),
     ],
     topics,
@@ -65,6 +72,91 @@ pub struct RecorderConfig {
     pub demo_rate: u32,
     pub db: DbSettings,
     pub refresh_interval: Duration,
+    pub s3: S3Path,
+}
+
+/// The Parquet path's settings.
+#[derive(Debug, Clone)]
+pub struct S3Path {
+    pub enabled: bool,
+    pub location: Location,
+    pub prefix: String,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub writers: usize,
+    pub row_group_size: usize,
+}
+
+impl S3Path {
+    fn validate(raw: &RawRecorderS3, topics: &[String], check: &mut Check<'_>) -> Self {
+        let k = |f: &str| format!("pipelines.recorder.s3.{f}");
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let location = match nonempty(&raw.bucket) {
+            Some(name) => Location::Bucket {
+                name,
+                region: nonempty(&raw.region),
+            },
+            None => Location::Dir(
+                nonempty(&raw.dir)
+                    .unwrap_or_else(|| "data/objects".to_owned())
+                    .into(),
+            ),
+        };
+        let enabled = raw.enabled.unwrap_or(true);
+        if enabled {
+            // Object names carry the partition but not the topic: one topic per kind.
+            for orderbook in [false, true] {
+                let same: Vec<&str> = topics
+                    .iter()
+                    .filter(|t| model::is_orderbook_topic(t) == orderbook)
+                    .map(String::as_str)
+                    .collect();
+                if same.len() > 1 {
+                    check.problem(
+                        "pipelines.recorder.topics",
+                        format!(
+                            "with s3.enabled, expected at most one {} topic (object names carry the partition, not the topic), found {}",
+                            if orderbook { "order book" } else { "tick" },
+                            same.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        let prefix = raw
+            .prefix
+            .clone()
+            .unwrap_or_else(|| "market-data".to_owned())
+            .trim_matches('/')
+            .to_owned();
+        if prefix.is_empty() {
+            check.problem(
+                &k("prefix"),
+                "expected a key prefix such as \"market-data\"",
+            );
+        }
+        let count = |check: &mut Check<'_>, f: &str, v: Option<u32>, default: u32| match v {
+            Some(0) => {
+                check.problem(&k(f), "expected a number above zero");
+                default as usize
+            }
+            Some(n) => n as usize,
+            None => default as usize,
+        };
+        S3Path {
+            enabled,
+            location,
+            prefix,
+            batch_size: count(check, "batch_size", raw.batch_size, 100_000),
+            batch_timeout: check.positive_duration(
+                &k("batch_timeout"),
+                raw.batch_timeout.as_deref(),
+                Duration::from_secs(3600),
+            ),
+            writers: count(check, "writers", raw.writers, 1),
+            row_group_size: count(check, "row_group_size", raw.row_group_size, 65_536),
+        }
+    }
 }
 
 impl RecorderConfig {
@@ -90,7 +182,7 @@ impl RecorderConfig {
         let consumers = positive(check, "consumers", raw.consumers, 1);
         let db_write_workers = positive(check, "db_write_workers", raw.db_write_workers, 2);
         let batch_size = positive(check, "batch_size", raw.batch_size, 1000);
-        let max_buffer_size = positive(check, "max_buffer_size", raw.max_buffer_size, 50_000);
+        let max_buffer_size = positive(check, "max_buffer_size", raw.max_buffer_size, 100_000);
         check_batch_fits(
             check,
             &k("batch_size"),
@@ -98,6 +190,16 @@ impl RecorderConfig {
             &k("max_buffer_size"),
             max_buffer_size,
         );
+        let s3 = S3Path::validate(&raw.s3, &topics, check);
+        if s3.enabled {
+            check_batch_fits(
+                check,
+                &k("s3.batch_size"),
+                s3.batch_size,
+                &k("max_buffer_size"),
+                max_buffer_size,
+            );
+        }
         let t = &raw.timescale;
         let schema = t.schema.clone().unwrap_or_else(|| "public".to_owned());
         if schema.is_empty()
@@ -146,6 +248,7 @@ impl RecorderConfig {
                 t.refresh_interval.as_deref(),
                 Duration::from_secs(60),
             ),
+            s3,
         }
     }
 }
@@ -218,6 +321,14 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     };
     children.push(path.child_spec(&root, sup));
 
+    let objects = if rc.s3.enabled {
+        let (spec, objects) = s3_path(&root, config, resources)?;
+        children.push(spec);
+        Some(objects)
+    } else {
+        None
+    };
+
     let (refresh_db, interval) = (db.clone(), rc.refresh_interval);
     let refresher = ChildSpec::worker("aggregates", move |ctx| {
         let db = refresh_db.clone();
@@ -248,30 +359,88 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let consumer = root.child("timescale").child("consumer-0");
     let health_db = db.clone();
     let mode_db = db.clone();
+    let mut health = vec![
+        HealthCheck {
+            component: "consumer",
+            check: Arc::new(move |registry| {
+                registry
+                    .get(&consumer)
+                    .is_some_and(|p| p.status() == Status::Running)
+            }),
+        },
+        HealthCheck {
+            component: "timescaledb",
+            check: Arc::new(move |_| health_db.healthy()),
+        },
+    ];
+    let s3_note = match &objects {
+        Some(objects) => {
+            let objects = objects.clone();
+            health.push(HealthCheck {
+                component: "s3",
+                check: Arc::new(move |_| objects.healthy()),
+            });
+            format!(
+                "s3: Parquet under {}/{}",
+                rc.s3.location.describe(&config.s3),
+                rc.s3.prefix
+            )
+        }
+        None => "s3: disabled (s3.enabled = false)".to_owned(),
+    };
     Ok(Pipeline {
         spec,
-        health: vec![
-            HealthCheck {
-                component: "consumer",
-                check: Arc::new(move |registry| {
-                    registry
-                        .get(&consumer)
-                        .is_some_and(|p| p.status() == Status::Running)
-                }),
-            },
-            HealthCheck {
-                component: "timescaledb",
-                check: Arc::new(move |_| health_db.healthy()),
-            },
-        ],
+        health,
         notes: Arc::new(move || {
-            match mode_db.mode() {
-            Mode::Timescale => vec!["timescaledb: hypertables and continuous aggregates".to_owned()],
-            Mode::Plain => vec!["timescaledb: extension not available, plain PostgreSQL tables and materialized views".to_owned()],
-            Mode::Unknown => Vec::new(),
-        }
+            let mut notes = match mode_db.mode() {
+                Mode::Timescale => vec!["timescaledb: hypertables and continuous aggregates".to_owned()],
+                Mode::Plain => vec!["timescaledb: extension not available, plain PostgreSQL tables and materialized views".to_owned()],
+                Mode::Unknown => Vec::new(),
+            };
+            notes.push(s3_note.clone());
+            notes
         }),
     })
+}
+
+/// `/recorder/s3`: the same topics under `<group>-s3` into Parquet objects. Poison records
+/// are skipped here; the TimescaleDB path dead-letters them once.
+fn s3_path(
+    root: &ActorPath,
+    config: &Config,
+    resources: &Resources,
+) -> anyhow::Result<(ChildSpec, Arc<Objects>)> {
+    let rc = &config.pipelines.recorder;
+    let store = store::open(&rc.s3.location, &config.s3)
+        .map_err(|e| anyhow::anyhow!("pipelines.recorder.s3: {e}"))?;
+    let replay_since = resources.kafka.embedded.then(chrono::Utc::now);
+    let objects = Objects::new(
+        store,
+        rc.s3.prefix.clone(),
+        rc.s3.row_group_size,
+        root.child("s3").to_string(),
+        replay_since,
+    );
+    let mut source = SourceSettings::new(rc.topics.clone(), format!("{}-s3", rc.group));
+    source.consumers = rc.consumers;
+    source.max_in_flight_records = rc.max_buffer_size;
+    source.start = StartFrom::Committed { earliest: true };
+    let path = KafkaPath::<Market, ParquetSink> {
+        id: "s3".into(),
+        connection: resources.kafka.clone(),
+        source,
+        decode: Arc::new(model::decode),
+        sink: objects.factory(),
+        lanes: rc.s3.writers,
+        buffer: BufferLimits {
+            max_records: rc.s3.batch_size,
+            max_bytes: 256 << 20,
+            max_age: rc.s3.batch_timeout,
+        },
+        retry: RetryPolicy::default(),
+        dlq_suffix: None,
+    };
+    Ok((path.child_spec(root, &config.supervision), objects))
 }
 
 /// `/recorder/demo`: a publisher and a generator of synthetic ticks and order books.

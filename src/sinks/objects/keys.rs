@@ -60,6 +60,17 @@ pub fn object_key(
     )
 }
 
+/// The partition and first offset in an object's file name
+/// (`data_20251119161234_2_1234.parquet` → `(2, 1234)`); `None` for any other name.
+pub fn parse_object_name(name: &str) -> Option<(i32, i64)> {
+    let stem = name.strip_prefix("data_")?.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(3, '_');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let time = parts.next()?;
+    (time.len() == 14 && time.bytes().all(|b| b.is_ascii_digit())).then_some((partition, offset))
+}
+
 /// One object's worth of records: same kind, same partition, same hour.
 pub struct Group<'a> {
     pub kind: Kind,
@@ -155,6 +166,18 @@ mod tests {
             hour_prefix("market-data", Kind::OrderBook, t),
             "market-data/orderbook/year=2025/month=11/day=19/hour=16/"
         );
+    }
+
+    #[test]
+    fn object_names_parse_back_to_partition_and_offset() {
+        assert_eq!(
+            parse_object_name("data_20251119161234_2_1234.parquet"),
+            Some((2, 1234))
+        );
+        assert_eq!(parse_object_name("data_20251119161234.parquet"), None);
+        assert_eq!(parse_object_name("data_2025_2_1234.parquet"), None);
+        assert_eq!(parse_object_name("other_20251119161234_2_1.parquet"), None);
+        assert_eq!(parse_object_name("data_20251119161234_x_1.parquet"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The recorder's cold path into object storage: Parquet files under Hive-style hour
-//! partitions. This module holds the file layout and encoding; the uploading writer builds on it.
+//! partitions, in an S3 bucket or a local directory.
 
 pub mod keys;
 pub mod parquet;
+pub mod sink;
+pub mod store;

@@ -1,0 +1,532 @@
+//! The recorder's Parquet path, run as the actord binary against a real S3-compatible server
+//! (s3s-fs), real PostgreSQL and Kafka brokers. Objects are read back with an S3 client and a
+//! Parquet reader, as an analytics job would.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::json;
+
+use crate::kafka::end_offsets;
+use crate::recorder::{
+    book, bootstrap_of, count, drop_schema, fresh_schema, produce, recorder_config, tick, BASE,
+};
+use crate::support::{get, until, wait_ready, Process, S3Server, Tansu};
+
+/// One Parquet row, as read back.
+#[derive(Debug, Clone, PartialEq)]
+enum Row {
+    Tick {
+        nanos: i64,
+        symbol: String,
+        price: f64,
+        volume: i64,
+        change: f64,
+        change_rate: f64,
+    },
+    Book {
+        nanos: i64,
+        symbol: String,
+        bids: serde_json::Value,
+        asks: serde_json::Value,
+    },
+}
+
+impl Row {
+    fn nanos(&self) -> i64 {
+        match self {
+            Row::Tick { nanos, .. } | Row::Book { nanos, .. } => *nanos,
+        }
+    }
+}
+
+/// Every object under `market-data/`: key → rows in file order.
+async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<Row>> {
+    let listing: Vec<_> = store
+        .list(Some(&"market-data".into()))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for meta in listing {
+        let Ok(got) = store.get(&meta.location).await else {
+            continue; // replaced between the listing and the read
+        };
+        let Ok(bytes) = got.bytes().await else {
+            continue;
+        };
+        let key = meta.location.to_string();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap_or_else(|e| panic!("{key} is not Parquet: {e}"))
+            .build()
+            .unwrap();
+        let mut rows = Vec::new();
+        for batch in reader {
+            rows.extend(decode_rows(&key, &batch.unwrap()));
+        }
+        out.insert(key, rows);
+    }
+    out
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("type of column {name}"))
+}
+
+fn decode_rows(key: &str, b: &RecordBatch) -> Vec<Row> {
+    let names: Vec<String> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let ts = col::<Int64Array>(b, "timestamp");
+    let symbol = col::<StringArray>(b, "symbol");
+    if key.contains("/tick/") {
+        assert_eq!(
+            names,
+            [
+                "timestamp",
+                "symbol",
+                "price",
+                "volume",
+                "change",
+                "change_rate"
+            ]
+        );
+        let (price, volume) = (
+            col::<Float64Array>(b, "price"),
+            col::<Int64Array>(b, "volume"),
+        );
+        let (change, rate) = (
+            col::<Float64Array>(b, "change"),
+            col::<Float64Array>(b, "change_rate"),
+        );
+        (0..b.num_rows())
+            .map(|i| Row::Tick {
+                nanos: ts.value(i),
+                symbol: symbol.value(i).to_owned(),
+                price: price.value(i),
+                volume: volume.value(i),
+                change: change.value(i),
+                change_rate: rate.value(i),
+            })
+            .collect()
+    } else {
+        assert_eq!(names, ["timestamp", "symbol", "bids", "asks"]);
+        let (bids, asks) = (col::<StringArray>(b, "bids"), col::<StringArray>(b, "asks"));
+        assert_eq!(bids.null_count() + asks.null_count(), 0);
+        (0..b.num_rows())
+            .map(|i| Row::Book {
+                nanos: ts.value(i),
+                symbol: symbol.value(i).to_owned(),
+                bids: serde_json::from_str(bids.value(i)).unwrap(),
+                asks: serde_json::from_str(asks.value(i)).unwrap(),
+            })
+            .collect()
+    }
+}
+
+fn total_rows(objects: &BTreeMap<String, Vec<Row>>) -> usize {
+    objects.values().map(Vec::len).sum()
+}
+
+/// Tick volumes are their indices: every index in `0..n` must appear exactly once.
+fn assert_every_tick_once(objects: &BTreeMap<String, Vec<Row>>, n: i64) {
+    let mut seen: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for (key, rows) in objects {
+        for row in rows {
+            if let Row::Tick { volume, .. } = row {
+                seen.entry(*volume).or_default().push(key);
+            }
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, keys)| keys.len() > 1).collect();
+    assert!(twice.is_empty(), "records in two objects: {twice:?}");
+    let missing: Vec<i64> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    assert!(missing.is_empty(), "records in no object: {missing:?}");
+    assert_eq!(seen.len() as i64, n);
+}
+
+/// Keys follow the seed's layout: the hour directory is the hour of every record inside, and
+/// the name carries the first record's time, its partition and its offset.
+fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
+    for (key, rows) in objects {
+        let first = DateTime::<Utc>::from_timestamp_nanos(rows[0].nanos());
+        let kind = if key.contains("/tick/") {
+            "tick"
+        } else {
+            "orderbook"
+        };
+        let dir = format!(
+            "market-data/{kind}/year={:04}/month={:02}/day={:02}/hour={:02}/data_{}_",
+            first.year(),
+            first.month(),
+            first.day(),
+            first.hour(),
+            first.format("%Y%m%d%H%M%S")
+        );
+        assert!(key.starts_with(&dir), "{key} does not start with {dir}");
+        let tail = key[dir.len()..].strip_suffix(".parquet").unwrap();
+        let (partition, offset) = tail.split_once('_').unwrap();
+        assert!(
+            partition.parse::<i32>().is_ok() && offset.parse::<i64>().is_ok(),
+            "{key}"
+        );
+        for row in rows {
+            let t = DateTime::<Utc>::from_timestamp_nanos(row.nanos());
+            assert_eq!(
+                (t.date_naive(), t.hour()),
+                (first.date_naive(), first.hour()),
+                "{key}"
+            );
+        }
+    }
+}
+
+fn env_of<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// 16:58:00 on the day of BASE: a minute-spaced run of records crosses into the next hour.
+const NEAR_HOUR_END: i64 = BASE + 2_726_000;
+
+#[tokio::test]
+async fn parquet_objects_hold_every_record_once_field_by_field() {
+    let s3 = S3Server::start("lake");
+    let schema = fresh_schema();
+    let mut env = s3.env();
+    env.push(("S3_BATCH_SIZE", "150".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &env_of(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let mut ticks: Vec<String> = (0..500).map(|i| tick(i, NEAR_HOUR_END)).collect();
+    ticks.insert(17, "{not json".into());
+    ticks.insert(300, json!({"symbol": "X", "price": "high"}).to_string());
+    produce(&bootstrap, "market.tick", ticks).await;
+    produce(
+        &bootstrap,
+        "market.orderbook",
+        (0..200).map(|i| book(i, NEAR_HOUR_END)).collect(),
+    )
+    .await;
+    let store = s3.client();
+    until(Duration::from_secs(60), "700 Parquet rows", || async {
+        total_rows(&objects(&store).await) == 700
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let objects = objects(&store).await;
+    assert_eq!(total_rows(&objects), 700);
+    assert_every_tick_once(&objects, 500);
+    assert_key_layout(&objects);
+    assert!(
+        objects.keys().any(|k| k.contains("/hour=16/"))
+            && objects.keys().any(|k| k.contains("/hour=17/")),
+        "the records span two hours: {:?}",
+        objects.keys().collect::<Vec<_>>()
+    );
+
+    let mut ticks: Vec<Row> = objects
+        .values()
+        .flatten()
+        .filter(|r| matches!(r, Row::Tick { .. }))
+        .cloned()
+        .collect();
+    ticks.sort_by_key(|r| match r {
+        Row::Tick { volume, .. } => *volume,
+        _ => unreachable!(),
+    });
+    for (i, row) in ticks.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(
+            row,
+            &Row::Tick {
+                nanos: (NEAR_HOUR_END + i * 1000) * 1_000_000,
+                symbol: format!("S{:03}", i % 7),
+                price: 1000.0 + i as f64 / 4.0,
+                volume: i,
+                change: i as f64 / 8.0,
+                change_rate: -(i as f64) / 100.0,
+            }
+        );
+    }
+    let mut books: Vec<Row> = objects
+        .values()
+        .flatten()
+        .filter(|r| matches!(r, Row::Book { .. }))
+        .cloned()
+        .collect();
+    books.sort_by_key(Row::nanos);
+    assert_eq!(books.len(), 200);
+    for (i, row) in books.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(
+            row,
+            &Row::Book {
+                nanos: (NEAR_HOUR_END + i * 1000) * 1_000_000,
+                symbol: format!("S{:03}", i % 7),
+                bids: json!([{"price": 999.0, "quantity": i as f64}]),
+                asks: json!([{"price": 1001.0, "quantity": (i + 1) as f64}]),
+            }
+        );
+    }
+
+    // The TimescaleDB path owns the DLQ: the two poison messages are dead-lettered once.
+    until(
+        Duration::from_secs(30),
+        "the ticks in TimescaleDB",
+        || async { count(&schema, "tick_data").await == 500 },
+    )
+    .await;
+    let dlq: i64 = end_offsets(&bootstrap, "market.tick-dlq", 1).values().sum();
+    assert_eq!(dlq, 2);
+
+    assert_eq!(
+        get(&p.base, "/health/recorder").await.1,
+        "OK\nconsumer: healthy\ntimescaledb: healthy\ns3: healthy\n"
+    );
+    let health = get(&p.base, "/health").await.1;
+    assert!(
+        health.contains(&format!(
+            "# s3: Parquet under s3://lake ({})/market-data",
+            s3.endpoint()
+        )),
+        "{health}"
+    );
+    let metrics = get(&p.base, "/metrics").await.1;
+    let uploads = format!(
+        "actord_s3_uploads_total{{path=\"/recorder/s3\"}} {}",
+        objects.len()
+    );
+    assert!(metrics.contains(&uploads), "{uploads} not in\n{metrics}");
+    let mut bytes = 0;
+    for key in objects.keys() {
+        bytes += store.head(&key.as_str().into()).await.unwrap().size;
+    }
+    let uploaded = format!("actord_s3_uploaded_bytes_total{{path=\"/recorder/s3\"}} {bytes}");
+    assert!(metrics.contains(&uploaded), "{uploaded} not in\n{metrics}");
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn an_s3_outage_is_survived_and_the_database_path_keeps_going() {
+    let mut s3 = S3Server::start("outage");
+    let schema = fresh_schema();
+    let mut env = s3.env();
+    env.push(("S3_BATCH_SIZE", "100".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &env_of(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let store = s3.client();
+    produce(
+        &bootstrap,
+        "market.tick",
+        (0..300).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    until(Duration::from_secs(60), "the first objects", || async {
+        total_rows(&objects(&store).await) == 300
+    })
+    .await;
+
+    s3.stop();
+    produce(
+        &bootstrap,
+        "market.tick",
+        (300..800).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    until(Duration::from_secs(60), "the outage on /health", || async {
+        let (status, body) = get(&p.base, "/health").await;
+        status == 503 && body.contains("recorder.s3: unhealthy")
+    })
+    .await;
+    // Only the S3 path is held up: the database path has every record meanwhile.
+    until(
+        Duration::from_secs(60),
+        "every tick in the database",
+        || async { count(&schema, "tick_data").await == 800 },
+    )
+    .await;
+    let health = get(&p.base, "/health").await.1;
+    assert!(health.contains("recorder.timescaledb: healthy"), "{health}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    s3.resume();
+    until(
+        Duration::from_secs(120),
+        "every tick in Parquet after the outage",
+        || async { total_rows(&objects(&store).await) == 800 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let objects = objects(&store).await;
+    assert_every_tick_once(&objects, 800);
+    until(Duration::from_secs(30), "healthy again", || async {
+        get(&p.base, "/health").await.0 == 200
+    })
+    .await;
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_s3_upload_errors_total{path=\"/recorder/s3\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("actord_dlq_records_total{"),
+        "an outage sent records to the DLQ"
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+/// A Kafka broker in its own process with the recorder's topics.
+fn broker() -> Tansu {
+    let broker = Tansu::start();
+    for (topic, partitions) in [
+        ("market.tick", 3),
+        ("market.orderbook", 3),
+        ("market.tick-dlq", 1),
+        ("market.orderbook-dlq", 1),
+    ] {
+        broker.create_topic(topic, partitions);
+    }
+    broker
+}
+
+#[tokio::test]
+async fn a_sigkill_mid_batch_loses_and_duplicates_nothing_in_either_sink() {
+    let s3 = S3Server::start("crash");
+    let schema = fresh_schema();
+    let broker = broker();
+    let n = 4000i64;
+    produce(
+        broker.bootstrap(),
+        "market.tick",
+        (0..n).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    let mut env = s3.env();
+    env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
+    env.push(("S3_BATCH_SIZE", "300".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let toml = recorder_config(&schema, 5432, "");
+    let store = s3.client();
+    let mut first = Process::start(&toml, &[], &env_of(&env));
+    until(
+        Duration::from_secs(120),
+        "rows and objects, not all",
+        || async { count(&schema, "tick_data").await > 0 && !objects(&store).await.is_empty() },
+    )
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let at_kill = (
+        count(&schema, "tick_data").await,
+        total_rows(&objects(&store).await),
+    );
+
+    // The second run reads in different cuts (a smaller batch), so the objects of the first
+    // run's uncommitted batches must be replaced, not kept beside the new ones.
+    env.retain(|(k, _)| *k != "S3_BATCH_SIZE");
+    env.push(("S3_BATCH_SIZE", "170".into()));
+    let second = Process::start(&toml, &[], &env_of(&env));
+    until(
+        Duration::from_secs(180),
+        "every record in both sinks",
+        || async {
+            count(&schema, "tick_data").await >= n
+                && total_rows(&objects(&store).await) >= n as usize
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = crate::support::pg()
+        .await
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, distinct), (n, n), "killed at {at_kill:?}");
+    let objects = objects(&store).await;
+    assert_every_tick_once(&objects, n);
+    assert_key_layout(&objects);
+    drop(second);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_rerun_in_other_cuts_replaces_objects_instead_of_duplicating() {
+    // A second group reads the same records again from the start and cuts them differently:
+    // afterwards every record is still in exactly one object.
+    let s3 = S3Server::start("rerun");
+    let broker = broker();
+    let n = 1000i64;
+    produce(
+        broker.bootstrap(),
+        "market.tick",
+        (0..n).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    let store = s3.client();
+    let mut replaced = 0;
+    for (run, batch) in [("one", "100"), ("two", "70")] {
+        let schema = fresh_schema();
+        let mut env = s3.env();
+        env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
+        env.push(("KAFKA_GROUP_ID", format!("rerun-{run}")));
+        env.push(("S3_BATCH_SIZE", batch.into()));
+        env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+        let mut p = Process::start(&recorder_config(&schema, 5432, ""), &[], &env_of(&env));
+        wait_ready(&p.base).await;
+        until(
+            Duration::from_secs(120),
+            "the run's records acknowledged",
+            || async {
+                let m = get(&p.base, "/metrics").await.1;
+                m.lines()
+                    .filter(|l| {
+                        l.starts_with("actord_records_acked_total{") && l.contains("/recorder/s3")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+                    >= n as f64
+            },
+        )
+        .await;
+        let metrics = get(&p.base, "/metrics").await.1;
+        replaced = metrics
+            .lines()
+            .find(|l| l.starts_with("actord_s3_objects_replaced_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        p.signal("TERM");
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(30)).code(),
+            Some(0),
+            "{}",
+            p.log()
+        );
+        drop_schema(&schema).await;
+    }
+    let objects = objects(&store).await;
+    assert_every_tick_once(&objects, n);
+    assert!(replaced > 0, "the second run replaced no object");
+    assert!(objects.keys().all(|k| k.contains("/hour=16/")));
+}
