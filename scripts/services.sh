@@ -33,6 +33,13 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 
+# pyftpdlib: the FTP servers of the ftp-sync tests.
+if ! python3 -c "import pyftpdlib" >/dev/null 2>&1; then
+  log "installing pyftpdlib"
+  command -v pip3 >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null; }
+  pip3 install -q pyftpdlib 2>/dev/null || pip3 install -q --break-system-packages pyftpdlib
+fi
+
 # PostgreSQL on 127.0.0.1:5432.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
@@ -55,4 +62,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, kcat, promtool"
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, kcat, promtool"

@@ -54,18 +54,35 @@ pub struct BufferState<R: Send + 'static> {
 
 impl<R: Send + 'static> BufferState<R> {
     fn flush(&mut self, reason: &'static str) -> Result<(), ActorProcessingErr> {
-        if self.pending.is_empty() {
+        self.flush_first(self.pending.len(), reason)
+    }
+
+    /// Sends the first `n` pending items as one batch; the rest stay.
+    fn flush_first(&mut self, n: usize, reason: &'static str) -> Result<(), ActorProcessingErr> {
+        if self.pending.is_empty() || n == 0 {
             return Ok(());
         }
-        let items = std::mem::take(&mut self.pending);
-        let bytes = std::mem::replace(&mut self.bytes, 0);
+        let items: Vec<Item<R>> = if n >= self.pending.len() {
+            std::mem::take(&mut self.pending)
+        } else {
+            let rest = self.pending.split_off(n);
+            std::mem::replace(&mut self.pending, rest)
+        };
+        let bytes: usize = if self.pending.is_empty() {
+            std::mem::replace(&mut self.bytes, 0)
+        } else {
+            let b: usize = items.iter().map(Item::bytes).sum();
+            self.bytes -= b;
+            b
+        };
         let records = items.len() as u64;
         metrics::counter!(names::BUFFER_FLUSHED_RECORDS_TOTAL, "path" => self.path.clone())
             .increment(records);
         metrics::counter!(names::BUFFER_FLUSHED_BYTES_TOTAL, "path" => self.path.clone())
             .increment(bytes as u64);
         metrics::counter!(names::BUFFER_FLUSHES_TOTAL, "path" => self.path.clone(), "reason" => reason).increment(1);
-        metrics::gauge!(names::BUFFER_RECORDS, "path" => self.path.clone()).set(0.0);
+        metrics::gauge!(names::BUFFER_RECORDS, "path" => self.path.clone())
+            .set(self.pending.len() as f64);
         self.args.probe.progress(records, bytes as u64);
         self.args
             .writer
@@ -141,8 +158,23 @@ impl<R: Send + 'static> Actor for Buffer<R> {
                 state.pending.extend(items);
                 metrics::gauge!(names::BUFFER_RECORDS, "path" => state.path.clone())
                     .set(state.pending.len() as f64);
+                // Batches hold at most `max_records`, however large the pushes.
+                let max = state.args.limits.max_records.max(1);
+                let mut cut = false;
+                while state.pending.len() >= max {
+                    state.flush_first(max, "size")?;
+                    cut = true;
+                }
                 if state.full() {
                     state.flush("size")?;
+                }
+                if cut && !state.pending.is_empty() {
+                    // What stayed behind starts a new batch with its own age.
+                    state.batch_id += 1;
+                    let id = state.batch_id;
+                    myself.send_after(state.args.limits.max_age, move || BufferMsg::FlushTick {
+                        batch_id: id,
+                    });
                 }
             }
             BufferMsg::FlushTick { batch_id } if batch_id == state.batch_id => {

@@ -17,6 +17,20 @@ pub struct SinkError {
     /// A short class for the DLQ (`exception.class.name`), e.g. `SqlState22P02`.
     pub class: String,
     pub message: String,
+    /// With a poison error: the records the sink rejected, by index in the batch. Every other
+    /// record of the batch is durable. Empty means "something in the batch is poison" and the
+    /// writer isolates it by splitting.
+    pub rejected: Vec<Rejection>,
+}
+
+/// One record a sink rejected while it wrote the rest of its batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub index: usize,
+    pub class: String,
+    pub message: String,
+    /// Attempts the sink made before giving up on the record (the DLQ's `retry_count`).
+    pub attempts: u32,
 }
 
 impl SinkError {
@@ -37,6 +51,23 @@ impl SinkError {
             kind,
             class: class.into(),
             message: message.into(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// The batch is written except `rejected`, which can never be: they go to the DLQ.
+    pub fn rejected(rejected: Vec<Rejection>) -> Self {
+        let message = match rejected.first() {
+            Some(r) => format!(
+                "{} record(s) rejected, first: {}",
+                rejected.len(),
+                r.message
+            ),
+            None => "no record rejected".to_owned(),
+        };
+        SinkError {
+            rejected,
+            ..Self::new(ErrorKind::Poison, "Rejected", message)
         }
     }
 }

@@ -192,6 +192,39 @@ where
                         .increment(chunk.len() as u64);
                     ack_all(chunk.into_iter().map(|e| (e.acker, e.source.origin)));
                 }
+                Attempt::Poison(err, _) if !err.rejected.is_empty() => {
+                    // The sink wrote all but the rejected records: dead-letter those first,
+                    // then acknowledge everything.
+                    let mut letters = Vec::with_capacity(err.rejected.len());
+                    let mut rejected = vec![None; chunk.len()];
+                    for r in err.rejected {
+                        if let Some(slot) = rejected.get_mut(r.index) {
+                            *slot = Some(r);
+                        }
+                    }
+                    let mut written = Vec::with_capacity(chunk.len());
+                    for (e, r) in chunk.into_iter().zip(rejected) {
+                        match r {
+                            Some(r) => {
+                                warn!(path = %self.path, topic = %e.source.origin.topic, partition = e.source.origin.partition, offset = e.source.origin.offset, error = %r.message, "sink rejected a record, dead-lettering it");
+                                letters.push(DeadLetter {
+                                    source: e.source,
+                                    acker: e.acker,
+                                    poison: Poison::new(r.class, r.message),
+                                    stage: "sink",
+                                    retry_count: r.attempts,
+                                });
+                            }
+                            None => written.push(e),
+                        }
+                    }
+                    dead_letter(self.dlq.clone(), &self.path, letters).await?;
+                    let bytes: usize = written.iter().map(|e| e.bytes).sum();
+                    self.probe.progress(written.len() as u64, bytes as u64);
+                    metrics::counter!(names::RECORDS_WRITTEN_TOTAL, "path" => self.path.clone())
+                        .increment(written.len() as u64);
+                    ack_all(written.into_iter().map(|e| (e.acker, e.source.origin)));
+                }
                 Attempt::Poison(err, attempts) if chunk.len() == 1 => {
                     let e = chunk.pop().expect("one record");
                     warn!(path = %self.path, topic = %e.source.origin.topic, partition = e.source.origin.partition, offset = e.source.origin.offset, error = %err, "sink rejected a record, dead-lettering it");

@@ -133,6 +133,13 @@ pub fn apply(
                 set(table, &full_key, key, &long, raw, origins, problems);
             }
         }
+        if let Some(scan) = def.env_scan {
+            for (key, unit, var) in scan(env) {
+                let full_key = format!("pipelines.{}.{}", def.name, key);
+                let spec = EnvKey::new("", "", unit);
+                set(table, &full_key, &spec, &var, &env[&var], origins, problems);
+            }
+        }
     }
 }
 

@@ -230,6 +230,7 @@ impl fmt::Debug for KafkaConfig {
 pub struct PipelinesConfig {
     pub heartbeat: pipelines::heartbeat::HeartbeatConfig,
     pub recorder: pipelines::recorder::RecorderConfig,
+    pub ftp_sync: pipelines::ftp_sync::FtpSyncConfig,
 }
 
 /// Reads, overrides and validates the configuration.
@@ -542,10 +543,13 @@ fn validate(
     pipeline_levels.insert("heartbeat".to_owned(), heartbeat_raw.supervision.clone());
     let recorder_raw = raw.pipelines.recorder.unwrap_or_default();
     pipeline_levels.insert("recorder".to_owned(), recorder_raw.supervision.clone());
+    let ftp_sync_raw = raw.pipelines.ftp_sync.unwrap_or_default();
+    pipeline_levels.insert("ftp-sync".to_owned(), ftp_sync_raw.supervision.clone());
     let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
     let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
     let recorder = pipelines::recorder::RecorderConfig::validate(&recorder_raw, &mut check);
     let s3 = S3Config::validate(&raw.s3, &mut check);
+    let ftp_sync = pipelines::ftp_sync::FtpSyncConfig::validate(&ftp_sync_raw, &mut check);
     Some(Config {
         source: file.to_owned(),
         admin: AdminConfig {
@@ -564,6 +568,7 @@ fn validate(
         pipelines: PipelinesConfig {
             heartbeat,
             recorder,
+            ftp_sync,
         },
     })
 }

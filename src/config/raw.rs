@@ -129,6 +129,68 @@ pub struct RawPipelines {
     pub heartbeat: Option<RawHeartbeat>,
     /// Market ticks and order books into TimescaleDB.
     pub recorder: Option<RawRecorder>,
+    /// File-transfer jobs from Kafka, between FTP/FTPS/S3/local servers.
+    #[serde(rename = "ftp-sync")]
+    pub ftp_sync: Option<RawFtpSync>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFtpSync {
+    /// Topics carrying transfer jobs (KAFKA_TOPICS).
+    pub topics: Option<Vec<String>>,
+    /// Consumer group shared by every process doing this work (KAFKA_GROUP_ID).
+    pub group: Option<String>,
+    /// Transfers in flight in this process.
+    pub concurrency: Option<u32>,
+    /// Suffix of the dead-letter topic of each input topic (DLQ_TOPIC_SUFFIX).
+    pub dlq_suffix: Option<String>,
+    /// Attempts for a job whose failures are not explained by a server outage.
+    pub max_retries: Option<u32>,
+    /// First delay between attempts of a job, e.g. "1s"; doubles up to `retry_backoff_max`.
+    pub retry_backoff: Option<String>,
+    /// Largest delay between attempts, e.g. "30s".
+    pub retry_backoff_max: Option<String>,
+    /// Consecutive failures on one server (across jobs) that open its circuit breaker.
+    pub breaker_threshold: Option<u32>,
+    /// "size" (always) or "sha256" (also hash the stream and re-read the destination).
+    pub verify: Option<String>,
+    /// Passive mode for FTP servers without their own setting (FTP_PASSIVE_MODE).
+    pub passive: Option<bool>,
+    /// Runs a generator of files and jobs between two local directories (for the demo).
+    pub demo: Option<bool>,
+    /// Demo jobs per second.
+    pub demo_rate: Option<u32>,
+    /// Servers by the hostname jobs use, e.g. `[pipelines.ftp-sync.servers.SRC_FTP_SERVER1]`.
+    #[serde(default)]
+    pub servers: BTreeMap<String, RawServer>,
+    /// Supervision overrides for this pipeline and its paths.
+    #[serde(default)]
+    pub supervision: RawSupervision,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// "ftp", "ftps", "s3" or "file" ({HOSTNAME}_TYPE).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Host name or address; the bucket for "s3"; unused for "file" ({HOSTNAME}_HOST).
+    pub host: Option<String>,
+    /// Port ({HOSTNAME}_PORT); 21 by default.
+    pub port: Option<u16>,
+    /// User ({HOSTNAME}_USER).
+    pub user: Option<String>,
+    /// Password ({HOSTNAME}_PASS); use "${VAR}" rather than writing it here.
+    pub pass: Option<String>,
+    /// Directory jobs are confined to; the local directory itself for "file" ({HOSTNAME}_ROOT).
+    pub root: Option<String>,
+    /// Passive mode for this server; FTP_PASSIVE_MODE otherwise.
+    pub passive: Option<bool>,
+    /// Accept any TLS certificate ("ftps" against self-signed test servers only).
+    pub insecure_tls: Option<bool>,
+    /// Connections kept to this server at most; 2 x concurrency by default.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

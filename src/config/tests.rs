@@ -220,6 +220,7 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         name: "recorder",
         summary: "",
         env: KEYS,
+        env_scan: None,
         topics: no_topics,
         build: no_build,
     };
@@ -227,6 +228,7 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         name: "backfill",
         summary: "",
         env: KEYS,
+        env_scan: None,
         topics: no_topics,
         build: no_build,
     };

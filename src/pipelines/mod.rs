@@ -1,13 +1,15 @@
 //! The pipelines actord can run, each a supervised subtree under the root.
 
+pub mod ftp_sync;
 pub mod heartbeat;
 pub mod recorder;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actord_actors::{ChildSpec, Registry};
 
-use crate::config::{Config, EnvKey};
+use crate::config::{Config, EnvKey, Unit};
 use crate::sources::kafka::KafkaConnection;
 
 /// A health component of a pipeline: `/health` prints `<pipeline>.<component>: healthy`.
@@ -55,12 +57,18 @@ pub struct PipelineDef {
     pub summary: &'static str,
     /// Its environment variables (seed names and `ACTORD_<PIPELINE>_` forms).
     pub env: &'static [EnvKey],
+    /// Variables whose names are data, such as `{HOSTNAME}_HOST`: returns (key under the
+    /// pipeline, unit, variable name) for each one present.
+    pub env_scan: Option<EnvScan>,
     /// Topics it uses (with their dead-letter topics), created when the broker is embedded.
     pub topics: fn(&Config) -> Vec<TopicSpec>,
     pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
 }
 
-pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF, recorder::DEF];
+/// Finds variables whose names carry data: (key under the pipeline, unit, variable name).
+pub type EnvScan = fn(&BTreeMap<String, String>) -> Vec<(String, Unit, String)>;
+
+pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF, recorder::DEF, ftp_sync::DEF];
 
 pub fn find(name: &str) -> Option<&'static PipelineDef> {
     PIPELINES.iter().find(|p| p.name == name)

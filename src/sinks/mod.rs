@@ -1,4 +1,5 @@
 //! Sinks: where records become durable.
 
+pub mod files;
 pub mod objects;
 pub mod timescale;

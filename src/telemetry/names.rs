@@ -25,6 +25,16 @@ pub const S3_UPLOAD_ERRORS_TOTAL: &str = "actord_s3_upload_errors_total";
 pub const S3_UPLOADED_BYTES_TOTAL: &str = "actord_s3_uploaded_bytes_total";
 /// Counter: objects of uncommitted batches removed before their records were rewritten.
 pub const S3_OBJECTS_REPLACED_TOTAL: &str = "actord_s3_objects_replaced_total";
+/// Counter: transfer jobs by topic and outcome (done, failed attempt, dlq).
+pub const FTP_JOBS_TOTAL: &str = "actord_ftp_jobs_total";
+/// Counter: bytes transferred, by topic.
+pub const FTP_BYTES_TOTAL: &str = "actord_ftp_bytes_total";
+/// Histogram: duration of a successful transfer, by topic.
+pub const FTP_TRANSFER_DURATION_SECONDS: &str = "actord_ftp_transfer_duration_seconds";
+/// Gauge: transfers in flight.
+pub const FTP_IN_FLIGHT: &str = "actord_ftp_in_flight_transfers";
+/// Gauge: 1 while a server's circuit breaker is open, by server.
+pub const FTP_CIRCUIT_OPEN: &str = "actord_ftp_circuit_open";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
 
@@ -62,6 +72,21 @@ pub fn describe() {
     describe_counter!(
         TIMESCALE_ERRORS_TOTAL,
         "Failed TimescaleDB writes by error kind."
+    );
+    describe_counter!(
+        FTP_JOBS_TOTAL,
+        "Transfer jobs by outcome: done, failed (an attempt), dlq."
+    );
+    describe_counter!(FTP_BYTES_TOTAL, "Bytes transferred.");
+    metrics::describe_histogram!(
+        FTP_TRANSFER_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of a successful transfer."
+    );
+    describe_gauge!(FTP_IN_FLIGHT, "Transfers in flight.");
+    describe_gauge!(
+        FTP_CIRCUIT_OPEN,
+        "1 while the server's circuit breaker is open (jobs for it wait), else 0."
     );
     describe_counter!(S3_UPLOADS_TOTAL, "Parquet objects uploaded.");
     describe_counter!(

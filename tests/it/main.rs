@@ -3,6 +3,7 @@
 
 mod admin;
 mod binary;
+mod ftp_sync;
 mod kafka;
 mod recorder;
 mod recorder_s3;

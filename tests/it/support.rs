@@ -491,3 +491,94 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// A pyftpdlib FTP server on a loopback port serving a temporary directory to one user.
+/// `stop` and `resume` simulate an outage; the directory survives them.
+pub struct FtpServer {
+    pub port: u16,
+    pub user: String,
+    pub pass: String,
+    writable: bool,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl FtpServer {
+    pub fn start(writable: bool) -> FtpServer {
+        let mut server = FtpServer {
+            port: free_port(),
+            user: "actord".to_owned(),
+            pass: "s3cr3t-Pa55".to_owned(),
+            writable,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(server.root()).unwrap();
+        server.resume();
+        server
+    }
+
+    /// The directory the server serves.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The seed's variables for this server under `name`.
+    pub fn env(&self, name: &str) -> Vec<(String, String)> {
+        vec![
+            (format!("{name}_TYPE"), "ftp".to_owned()),
+            (format!("{name}_HOST"), "127.0.0.1".to_owned()),
+            (format!("{name}_PORT"), self.port.to_string()),
+            (format!("{name}_USER"), self.user.clone()),
+            (format!("{name}_PASS"), self.pass.clone()),
+        ]
+    }
+
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ftp.log"))
+            .unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "pyftpdlib",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+        ])
+        .args(["-u", &self.user, "-P", &self.pass])
+        .arg("-d")
+        .arg(self.root());
+        if self.writable {
+            cmd.arg("-w");
+        }
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("python3 with pyftpdlib (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "pyftpdlib did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -34,6 +34,7 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::new("TOPIC", "topic", Unit::Str),
         EnvKey::new("GROUP_ID", "group", Unit::Str),
     ],
+    env_scan: None,
     topics,
     build,
 };

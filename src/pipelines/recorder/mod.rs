@@ -55,6 +55,7 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::seed("S3_BATCH_TIMEOUT_SEC", "s3.batch_timeout", Unit::Secs),
         EnvKey::new("DEMO", "demo", Unit::Bool),
     ],
+    env_scan: None,
     topics,
     build,
 };

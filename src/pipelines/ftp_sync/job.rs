@@ -1,0 +1,171 @@
+//! The transfer-job message: `{"job_id"?, "source": {"hostname", "path"},
+//! "destination": {"hostname", "path"}}`. A missing `job_id` gets a UUID. Everything that
+//! can be known about a job before touching a server is checked here: a job that fails these
+//! checks is poison and goes to the DLQ at once.
+
+use std::collections::BTreeMap;
+
+use actord_actors::record::{Poison, SourceRecord};
+use serde::Deserialize;
+
+use crate::sinks::files::normalise;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The server's name as jobs use it (`SRC_FTP_SERVER1`).
+    pub hostname: String,
+    /// Normalised, absolute, inside the server's root.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+}
+
+#[derive(Deserialize)]
+struct RawJob {
+    job_id: Option<serde_json::Value>,
+    source: Option<RawEndpoint>,
+    destination: Option<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct RawEndpoint {
+    hostname: Option<String>,
+    path: Option<String>,
+}
+
+/// What the decoder knows about the servers: each name and its root, if any.
+pub type Roots = BTreeMap<String, Option<String>>;
+
+pub fn decode(r: &SourceRecord, servers: &Roots) -> Result<Job, Poison> {
+    let payload = match r.payload.as_deref() {
+        None | Some([]) => return Err(Poison::new("EmptyMessage", "the message has no payload")),
+        Some(p) => p,
+    };
+    let raw: RawJob = serde_json::from_slice(payload)
+        .map_err(|e| Poison::new("InvalidJson", format!("not a transfer job: {e}")))?;
+    let id = match raw.job_id {
+        None | Some(serde_json::Value::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s,
+        Some(other) => {
+            return Err(Poison::new(
+                "InvalidField",
+                format!("job_id must be a non-empty string, found {other}"),
+            ))
+        }
+    };
+    let source = endpoint("source", raw.source, servers)?;
+    let destination = endpoint("destination", raw.destination, servers)?;
+    Ok(Job {
+        id,
+        source,
+        destination,
+    })
+}
+
+fn endpoint(side: &str, raw: Option<RawEndpoint>, servers: &Roots) -> Result<Endpoint, Poison> {
+    let missing = |field: &str| Poison::new("MissingField", format!("{side}.{field} is required"));
+    let raw = raw.ok_or_else(|| missing("hostname"))?;
+    let hostname = raw
+        .hostname
+        .filter(|h| !h.trim().is_empty())
+        .ok_or_else(|| missing("hostname"))?;
+    let path = raw
+        .path
+        .filter(|p| !p.trim().is_empty())
+        .ok_or_else(|| missing("path"))?;
+    let root = servers.get(&hostname).ok_or_else(|| {
+        Poison::new(
+            "UnknownHostname",
+            format!("{side}.hostname {hostname:?} is not a configured server"),
+        )
+    })?;
+    let path = normalise(&path, root.as_deref()).map_err(|e| Poison::new(e.class, e.message))?;
+    Ok(Endpoint { hostname, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actord_actors::record::{Origin, Topic};
+
+    fn record(payload: &str) -> SourceRecord {
+        SourceRecord {
+            origin: Origin {
+                topic: Topic::intern("file-transfer-jobs"),
+                partition: 0,
+                offset: 0,
+                epoch: 1,
+            },
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn servers() -> Roots {
+        BTreeMap::from([
+            ("SRC".to_owned(), None),
+            ("DST".to_owned(), Some("/data".to_owned())),
+        ])
+    }
+
+    #[test]
+    fn a_job_decodes_with_normalised_paths() {
+        let job = decode(
+            &record(r#"{"job_id": "j1", "source": {"hostname": "SRC", "path": "/in//a/../b.csv"}, "destination": {"hostname": "DST", "path": "out/b.csv"}}"#),
+            &servers(),
+        )
+        .unwrap();
+        assert_eq!(job.id, "j1");
+        assert_eq!(job.source.path, "/in/b.csv");
+        assert_eq!(job.destination.path, "/data/out/b.csv");
+    }
+
+    #[test]
+    fn a_missing_job_id_gets_a_uuid() {
+        let job = decode(
+            &record(r#"{"source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#),
+            &servers(),
+        )
+        .unwrap();
+        assert!(uuid::Uuid::parse_str(&job.id).is_ok(), "{}", job.id);
+    }
+
+    #[test]
+    fn bad_jobs_are_poison_with_a_reason() {
+        let cases = [
+            ("", "EmptyMessage"),
+            ("{nope", "InvalidJson"),
+            (
+                r#"{"source": {"hostname": "SRC", "path": "/a"}}"#,
+                "MissingField",
+            ),
+            (
+                r#"{"source": {"hostname": "SRC"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
+                "MissingField",
+            ),
+            (
+                r#"{"source": {"hostname": "NOPE", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
+                "UnknownHostname",
+            ),
+            (
+                r#"{"source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/../etc/passwd"}}"#,
+                "PathOutsideRoot",
+            ),
+            (
+                r#"{"job_id": 5, "source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
+                "InvalidField",
+            ),
+        ];
+        for (payload, class) in cases {
+            let err = decode(&record(payload), &servers()).unwrap_err();
+            assert_eq!(err.class, class, "{payload}");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The ftp-sync pipeline: file-transfer jobs from Kafka, each streaming a file from a source
+//! server to a destination server (FTP, FTPS, S3 or a local directory); jobs that cannot succeed
+//! go to `<topic><dlq_suffix>` in the original service's DLQ schema.
+//!
+//! Tree: `/ftp-sync/jobs` is a consumer path (group `etl-worker-group` by default, shared by
+//! every process doing this work) whose writer runs `concurrency` transfers at a time;
+//! `/ftp-sync/demo` (with `demo = true`) writes files into a local source directory and
+//! publishes jobs moving them to a local destination directory.
+
+mod demo;
+pub mod job;
+pub mod transfer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actord_actors::buffer::BufferLimits;
+use actord_actors::record::SourceRecord;
+use actord_actors::writer::RetryPolicy;
+use actord_actors::{ActorPath, Backoff, ChildSpec, Status, Strategy};
+
+use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
+use crate::config::raw::RawFtpSync;
+use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::sinks::files::ftp::{FtpSettings, FtpTransport};
+use crate::sinks::files::local::LocalTransport;
+use crate::sinks::files::s3::S3Transport;
+use crate::sinks::files::Transport;
+use crate::sinks::objects::store::{self, Location};
+use crate::sources::kafka::path::KafkaPath;
+use crate::sources::kafka::SourceSettings;
+use job::{Job, Roots};
+use transfer::{Server, Settings, TransferSink, Transfers, Verify};
+
+pub const DEF: PipelineDef = PipelineDef {
+    name: "ftp-sync",
+    summary: "file-transfer jobs from Kafka between FTP, FTPS, S3 and local servers, with a DLQ",
+    env: &[
+        EnvKey::seed("KAFKA_TOPICS", "topics", Unit::List),
+        EnvKey::seed("KAFKA_GROUP_ID", "group", Unit::Str),
+        EnvKey::seed("DLQ_TOPIC_SUFFIX", "dlq_suffix", Unit::Str),
+        EnvKey::seed("FTP_PASSIVE_MODE", "passive", Unit::Bool),
+        EnvKey::new("CONCURRENCY", "concurrency", Unit::Int),
+        EnvKey::new("MAX_RETRIES", "max_retries", Unit::Int),
+        EnvKey::new("VERIFY", "verify", Unit::Str),
+        EnvKey::new("DEMO", "demo", Unit::Bool),
+    ],
+    env_scan: Some(scan_servers),
+    topics,
+    build,
+};
+
+/// Server kinds a `{HOSTNAME}_TYPE` variable may name.
+const KINDS: [&str; 4] = ["ftp", "ftps", "s3", "file"];
+
+/// The seed's server registry: `{HOSTNAME}_TYPE` names a server (`SRC_FTP_SERVER1_TYPE=ftp`),
+/// and `{HOSTNAME}_HOST`, `_PORT`, `_USER`, `_PASS` (and `_ROOT`) describe it.
+fn scan_servers(env: &BTreeMap<String, String>) -> Vec<(String, Unit, String)> {
+    let mut out = Vec::new();
+    for (var, value) in env {
+        let Some(name) = var.strip_suffix("_TYPE") else {
+            continue;
+        };
+        if name.is_empty()
+            || name.starts_with("ACTORD_")
+            || !KINDS.contains(&value.trim().to_ascii_lowercase().as_str())
+        {
+            continue;
+        }
+        for (suffix, field, unit) in [
+            ("_TYPE", "type", Unit::Str),
+            ("_HOST", "host", Unit::Str),
+            ("_PORT", "port", Unit::Int),
+            ("_USER", "user", Unit::Str),
+            ("_PASS", "pass", Unit::Str),
+            ("_ROOT", "root", Unit::Str),
+        ] {
+            let v = format!("{name}{suffix}");
+            if env.contains_key(&v) {
+                out.push((format!("servers.{name}.{field}"), unit, v));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Ftp,
+    Ftps,
+    S3,
+    File,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub kind: ServerKind,
+    /// Host (ftp, ftps) or bucket (s3).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// Confinement root for job paths (ftp, ftps, s3); the directory itself for `file`.
+    pub root: Option<String>,
+    pub passive: bool,
+    pub insecure_tls: bool,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct FtpSyncConfig {
+    pub topics: Vec<String>,
+    pub group: String,
+    pub concurrency: usize,
+    pub dlq_suffix: String,
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub breaker_threshold: u32,
+    pub verify: Verify,
+    pub demo: bool,
+    pub demo_rate: u32,
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// The demo's servers: two local directories.
+pub const DEMO_SOURCE: &str = "DEMO_SRC";
+pub const DEMO_DESTINATION: &str = "DEMO_DST";
+
+impl FtpSyncConfig {
+    pub(crate) fn validate(raw: &RawFtpSync, check: &mut Check<'_>) -> Self {
+        let k = |f: &str| format!("pipelines.ftp-sync.{f}");
+        let topics = raw
+            .topics
+            .clone()
+            .unwrap_or_else(|| vec!["file-transfer-jobs".into()]);
+        if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+            check.problem(&k("topics"), "expected one or more topic names");
+        }
+        let concurrency = match raw.concurrency {
+            Some(0) => {
+                check.problem(&k("concurrency"), "expected a number above zero");
+                1
+            }
+            Some(n) => n as usize,
+            None => 4,
+        };
+        let max_retries = match raw.max_retries {
+            Some(0) => {
+                check.problem(&k("max_retries"), "expected a number above zero");
+                1
+            }
+            Some(n) => n,
+            None => 3,
+        };
+        let verify = match raw.verify.as_deref().unwrap_or("size") {
+            "size" => Verify::Size,
+            "sha256" => Verify::Sha256,
+            other => {
+                check.problem(
+                    &k("verify"),
+                    format!("expected \"size\" or \"sha256\", found {other:?}"),
+                );
+                Verify::Size
+            }
+        };
+        let passive = raw.passive.unwrap_or(true);
+        let demo = raw.demo.unwrap_or(false);
+        let mut servers = BTreeMap::new();
+        for (name, s) in &raw.servers {
+            let sk = |f: &str| k(&format!("servers.{name}.{f}"));
+            let kind = match s.kind.as_deref().map(|t| t.trim().to_ascii_lowercase()) {
+                Some(t) if t == "ftp" => ServerKind::Ftp,
+                Some(t) if t == "ftps" => ServerKind::Ftps,
+                Some(t) if t == "s3" => ServerKind::S3,
+                Some(t) if t == "file" => ServerKind::File,
+                other => {
+                    check.problem(
+                        &sk("type"),
+                        format!("expected one of ftp, ftps, s3, file; found {other:?}"),
+                    );
+                    continue;
+                }
+            };
+            let host = s.host.clone().unwrap_or_default();
+            if matches!(kind, ServerKind::Ftp | ServerKind::Ftps | ServerKind::S3)
+                && host.trim().is_empty()
+            {
+                check.problem(
+                    &sk("host"),
+                    if kind == ServerKind::S3 {
+                        "expected the bucket name"
+                    } else {
+                        "expected a host name or address"
+                    },
+                );
+            }
+            let root = s.root.clone().filter(|r| !r.trim().is_empty());
+            if kind == ServerKind::File && root.is_none() {
+                check.problem(
+                    &sk("root"),
+                    "expected the local directory this server serves",
+                );
+            }
+            servers.insert(
+                name.clone(),
+                ServerConfig {
+                    kind,
+                    host,
+                    port: s.port.unwrap_or(21),
+                    user: s.user.clone().unwrap_or_else(|| "anonymous".to_owned()),
+                    password: s.pass.clone().filter(|p| !p.is_empty()).map(Secret::new),
+                    root,
+                    passive: s.passive.unwrap_or(passive),
+                    insecure_tls: s.insecure_tls.unwrap_or(false),
+                    max_connections: s
+                        .max_connections
+                        .map(|n| n.max(1) as usize)
+                        .unwrap_or(2 * concurrency),
+                },
+            );
+        }
+        if demo {
+            for (name, dir) in [
+                (DEMO_SOURCE, "data/ftp-sync/source"),
+                (DEMO_DESTINATION, "data/ftp-sync/destination"),
+            ] {
+                servers.entry(name.to_owned()).or_insert(ServerConfig {
+                    kind: ServerKind::File,
+                    host: String::new(),
+                    port: 0,
+                    user: String::new(),
+                    password: None,
+                    root: Some(dir.to_owned()),
+                    passive,
+                    insecure_tls: false,
+                    max_connections: 2 * concurrency,
+                });
+            }
+        }
+        FtpSyncConfig {
+            topics,
+            group: raw
+                .group
+                .clone()
+                .unwrap_or_else(|| "etl-worker-group".to_owned()),
+            concurrency,
+            dlq_suffix: raw.dlq_suffix.clone().unwrap_or_else(|| "-dlq".to_owned()),
+            max_retries,
+            backoff: Backoff {
+                initial: check.positive_duration(
+                    &k("retry_backoff"),
+                    raw.retry_backoff.as_deref(),
+                    Duration::from_secs(1),
+                ),
+                max: check.positive_duration(
+                    &k("retry_backoff_max"),
+                    raw.retry_backoff_max.as_deref(),
+                    Duration::from_secs(30),
+                ),
+                factor: 2.0,
+            },
+            breaker_threshold: raw.breaker_threshold.unwrap_or(3).max(1),
+            verify,
+            demo,
+            demo_rate: raw.demo_rate.unwrap_or(2).max(1),
+            servers,
+        }
+    }
+
+    /// Job-path roots as the decoder checks them. A local directory confines its paths by
+    /// construction; `/` makes `..` above it an error rather than a no-op.
+    fn roots(&self) -> Roots {
+        self.servers
+            .iter()
+            .map(|(name, s)| {
+                let root = match s.kind {
+                    ServerKind::File => Some("/".to_owned()),
+                    _ => s.root.clone(),
+                };
+                (name.clone(), root)
+            })
+            .collect()
+    }
+}
+
+fn topics(config: &Config) -> Vec<TopicSpec> {
+    let c = &config.pipelines.ftp_sync;
+    c.topics
+        .iter()
+        .flat_map(|t| {
+            [
+                TopicSpec {
+                    name: t.clone(),
+                    partitions: 3,
+                },
+                TopicSpec {
+                    name: format!("{t}{}", c.dlq_suffix),
+                    partitions: 1,
+                },
+            ]
+        })
+        .collect()
+}
+
+fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Arc<dyn Transport>> {
+    Ok(match s.kind {
+        ServerKind::Ftp | ServerKind::Ftps => Arc::new(FtpTransport::new(FtpSettings {
+            host: s.host.clone(),
+            port: s.port,
+            user: s.user.clone(),
+            password: s.password.clone(),
+            passive: s.passive,
+            tls: s.kind == ServerKind::Ftps,
+            insecure_tls: s.insecure_tls,
+            max_connections: s.max_connections,
+            timeout: Duration::from_secs(30),
+        })),
+        ServerKind::S3 => {
+            let location = Location::Bucket {
+                name: s.host.clone(),
+                region: None,
+            };
+            let store = store::open(&location, &config.s3)
+                .map_err(|e| anyhow::anyhow!("pipelines.ftp-sync.servers.{name}: {e}"))?;
+            Arc::new(S3Transport::new(store, location.describe(&config.s3)))
+        }
+        ServerKind::File => {
+            let dir = s.root.clone().unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                anyhow::anyhow!("pipelines.ftp-sync.servers.{name}.root: cannot create {dir}: {e}")
+            })?;
+            Arc::new(LocalTransport::new(dir))
+        }
+    })
+}
+
+fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
+    let c = config.pipelines.ftp_sync.clone();
+    let root = ActorPath::root().child(DEF.name);
+    let sup = &config.supervision;
+    let mut servers = BTreeMap::new();
+    for (name, s) in &c.servers {
+        servers.insert(
+            name.clone(),
+            Arc::new(Server::new(name.clone(), transport(name, s, config)?)),
+        );
+    }
+    let transfers = Arc::new(Transfers {
+        servers,
+        settings: Settings {
+            concurrency: c.concurrency,
+            max_retries: c.max_retries,
+            backoff: c.backoff,
+            breaker_threshold: c.breaker_threshold,
+            verify: c.verify,
+        },
+    });
+    let roots = Arc::new(c.roots());
+    let mut source = SourceSettings::new(c.topics.clone(), c.group.clone());
+    // A small prefetch: jobs waiting here are jobs other members of the group cannot take.
+    source.max_in_flight_records = c.concurrency * 4;
+    source.chunk = c.concurrency.max(1);
+    let path = KafkaPath::<Job, TransferSink> {
+        id: "jobs".into(),
+        connection: resources.kafka.clone(),
+        source,
+        decode: Arc::new(move |r: &SourceRecord| job::decode(r, &roots)),
+        sink: transfers.factory(),
+        lanes: 1,
+        buffer: BufferLimits {
+            max_records: c.concurrency,
+            max_bytes: 16 << 20,
+            max_age: Duration::from_millis(20),
+        },
+        retry: RetryPolicy::default(),
+        dlq_suffix: Some(c.dlq_suffix.clone()),
+    };
+    let mut children = vec![path.child_spec(&root, sup)];
+    if c.demo {
+        children.push(demo::child(&root, config, resources));
+    }
+    let spec = sup.child(
+        &root,
+        ChildSpec::supervisor(
+            DEF.name,
+            sup.supervisor_spec(&root, Strategy::OneForOne),
+            children,
+        ),
+    );
+    let consumer = root.child("jobs").child("consumer-0");
+    let (health, notes) = (transfers.clone(), transfers.clone());
+    Ok(Pipeline {
+        spec,
+        health: vec![
+            HealthCheck {
+                component: "consumer",
+                check: Arc::new(move |registry| {
+                    registry
+                        .get(&consumer)
+                        .is_some_and(|p| p.status() == Status::Running)
+                }),
+            },
+            HealthCheck {
+                component: "servers",
+                check: Arc::new(move |_| health.healthy()),
+            },
+        ],
+        notes: Arc::new(move || {
+            notes
+                .servers
+                .values()
+                .map(|s| {
+                    format!(
+                        "server {}: {} (circuit {})",
+                        s.name,
+                        s.transport.describe(),
+                        if s.is_open() { "open" } else { "closed" }
+                    )
+                })
+                .collect()
+        }),
+    })
+}

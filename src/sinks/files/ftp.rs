@@ -1,0 +1,416 @@
+//! `ftp` and `ftps` (explicit TLS): a pooled set of logged-in control connections per server.
+//! Binary mode always; passive mode unless configured otherwise.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Mode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
+use crate::config::Secret;
+
+/// How a pooled FTP server is reached.
+#[derive(Clone, Debug)]
+pub struct FtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub passive: bool,
+    /// Explicit TLS (`AUTH TLS`) before login.
+    pub tls: bool,
+    /// Accept any certificate (self-signed test servers); never the default.
+    pub insecure_tls: bool,
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
+
+type Conn = AsyncRustlsFtpStream;
+
+pub struct FtpTransport {
+    settings: FtpSettings,
+    idle: Mutex<Vec<Conn>>,
+    slots: Arc<Semaphore>,
+    /// Directories known to exist, so each is created once.
+    made: Mutex<HashSet<String>>,
+}
+
+/// A checked-out connection; returned to the pool with `release` after a clean operation.
+struct Lease {
+    conn: Conn,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FtpTransport {
+    pub fn new(settings: FtpSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        FtpTransport {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            slots,
+            made: Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, TransferError> {
+        let s = &self.settings;
+        let addr = format!("{}:{}", s.host, s.port);
+        let tcp = tokio::time::timeout(s.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| TransferError::transient("Timeout", format!("connecting to {addr}")))?
+            .map_err(|e| connection_error(&addr, e))?;
+        let mut conn = Conn::connect_with_stream(tcp)
+            .await
+            .map_err(|e| ftp_error(&addr, e))?;
+        if s.tls {
+            conn = conn
+                .into_secure(tls_connector(s.insecure_tls), &s.host)
+                .await
+                .map_err(|e| TransferError::transient("TlsError", format!("{addr}: {e}")))?;
+        }
+        if !s.passive {
+            conn = conn.active_mode(s.timeout);
+        } else {
+            conn.set_mode(Mode::Passive);
+        }
+        let password = s.password.as_ref().map(Secret::expose).unwrap_or("");
+        conn.login(s.user.as_str(), password)
+            .await
+            .map_err(|e| match e {
+                // The server refused the login: its accounts or its capacity, not the job.
+                FtpError::UnexpectedResponse(r) => TransferError::transient(
+                    "LoginFailed",
+                    format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
+                ),
+                other => ftp_error(&addr, other),
+            })?;
+        conn.transfer_type(FileType::Binary)
+            .await
+            .map_err(|e| ftp_error(&addr, e))?;
+        Ok(conn)
+    }
+
+    async fn lease(&self) -> Result<Lease, TransferError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TransferError::transient("Closed", "the pool is closed"))?;
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop();
+            let Some(mut conn) = idle else {
+                break;
+            };
+            // An idle connection may have been closed by the server meanwhile.
+            if tokio::time::timeout(self.settings.timeout, conn.noop())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                return Ok(Lease {
+                    conn,
+                    _permit: permit,
+                });
+            }
+        }
+        let conn = self.connect().await?;
+        Ok(Lease {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    fn release(&self, lease: Lease) {
+        self.idle.lock().expect("pool lock").push(lease.conn);
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    /// Creates `dir` and its parents, one level at a time (FTP has no `mkdir -p`).
+    async fn make_dirs(&self, conn: &mut Conn, dir: &str) -> Result<(), TransferError> {
+        if dir == "/" || self.made.lock().expect("dirs lock").contains(dir) {
+            return Ok(());
+        }
+        let mut at = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at.push('/');
+            at.push_str(part);
+            if self.made.lock().expect("dirs lock").contains(&at) {
+                continue;
+            }
+            // An error here usually means the directory exists; a real problem shows up as
+            // the upload's own error.
+            let _ = conn.mkdir(&at).await;
+            self.made.lock().expect("dirs lock").insert(at.clone());
+        }
+        Ok(())
+    }
+
+    /// Returns the connection to the pool unless the operation may have broken it: a refused
+    /// command leaves the control connection usable, a network error may not.
+    fn settle<T>(&self, lease: Lease, result: &Result<T, TransferError>) {
+        match result {
+            Ok(_) => self.release(lease),
+            Err(e) if e.permanent => self.release(lease),
+            Err(_) => {}
+        }
+    }
+}
+
+fn tls_connector(insecure: bool) -> AsyncRustlsConnector {
+    use suppaftp::tokio_rustls::rustls::ClientConfig;
+    let provider = Arc::new(suppaftp::tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions");
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth()
+    } else {
+        let mut roots = suppaftp::tokio_rustls::rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    AsyncRustlsConnector::from(suppaftp::tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Accepts any server certificate: for self-signed test servers when `insecure_tls` is set.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl suppaftp::tokio_rustls::rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &suppaftp::tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &[suppaftp::tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _: &suppaftp::tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: suppaftp::tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<
+        suppaftp::tokio_rustls::rustls::client::danger::ServerCertVerified,
+        suppaftp::tokio_rustls::rustls::Error,
+    > {
+        Ok(suppaftp::tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &suppaftp::tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &suppaftp::tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        suppaftp::tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        suppaftp::tokio_rustls::rustls::Error,
+    > {
+        Ok(suppaftp::tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &suppaftp::tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &suppaftp::tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        suppaftp::tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        suppaftp::tokio_rustls::rustls::Error,
+    > {
+        Ok(suppaftp::tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<suppaftp::tokio_rustls::rustls::SignatureScheme> {
+        suppaftp::tokio_rustls::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn connection_error(addr: &str, e: std::io::Error) -> TransferError {
+    let class = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "ConnectionRefused",
+        std::io::ErrorKind::TimedOut => "Timeout",
+        _ => "ConnectionError",
+    };
+    TransferError::transient(class, format!("{addr}: {e}"))
+}
+
+/// Reply codes decide: 4xx and connection problems are the server's (retried), 5xx refusals
+/// of a path are the job's (550 missing or denied, 553 name not allowed).
+fn ftp_error(context: &str, e: FtpError) -> TransferError {
+    match e {
+        FtpError::ConnectionError(io) => connection_error(context, io),
+        FtpError::UnexpectedResponse(r) => {
+            let code = r.status.code();
+            let text = String::from_utf8_lossy(&r.body).trim().to_owned();
+            let message = format!("{context}: {text}");
+            match code {
+                550 => TransferError::permanent("FileUnavailable", message),
+                553 => TransferError::permanent("FileNameNotAllowed", message),
+                530 | 532 => TransferError::transient("LoginFailed", message),
+                500..=599 => TransferError::permanent("Refused", message),
+                _ => TransferError::transient("ServerBusy", message),
+            }
+        }
+        other => TransferError::transient("ProtocolError", format!("{context}: {other}")),
+    }
+}
+
+impl Transport for FtpTransport {
+    fn describe(&self) -> String {
+        let scheme = if self.settings.tls { "ftps" } else { "ftp" };
+        format!("{scheme}://{}@{}", self.settings.user, self.addr())
+    }
+
+    fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>> {
+        async move {
+            let mut lease = self.lease().await?;
+            let result = match lease.conn.size(path).await {
+                Ok(n) => Ok(Some(n as u64)),
+                // SIZE not implemented: the byte count has to do.
+                Err(FtpError::UnexpectedResponse(r))
+                    if matches!(r.status.code(), 500 | 502 | 504) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(ftp_error(path, e)),
+            };
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        out: Writer<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransferError>> {
+        async move {
+            let mut lease = self.lease().await?;
+            let result = async {
+                let mut stream = lease
+                    .conn
+                    .retr_as_stream(path)
+                    .await
+                    .map_err(|e| ftp_error(path, e))?;
+                let copied = tokio::io::copy(&mut stream, out).await;
+                let finished = stream.finish().await;
+                let n = copied.map_err(|e| connection_error(path, e))?;
+                finished.map_err(|e| ftp_error(path, e))?;
+                out.shutdown()
+                    .await
+                    .map_err(|e| connection_error(path, e))?;
+                Ok(n)
+            }
+            .await;
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn upload<'a>(
+        &'a self,
+        path: &'a str,
+        input: Reader<'a>,
+    ) -> BoxFuture<'a, Result<Staged, TransferError>> {
+        async move {
+            let temp = temp_name(path);
+            let mut lease = self.lease().await?;
+            let result = async {
+                let conn = &mut lease.conn;
+                self.make_dirs(conn, split(path).0).await?;
+                let mut stream = conn
+                    .put_with_stream(&temp)
+                    .await
+                    .map_err(|e| ftp_error(path, e))?;
+                let copied = tokio::io::copy(input, &mut stream).await;
+                let finished = stream.finish().await;
+                let bytes = copied.map_err(|e| connection_error(path, e))?;
+                finished.map_err(|e| ftp_error(path, e))?;
+                // The destination's own idea of the size, after the transfer closed.
+                match conn.size(&temp).await {
+                    Ok(n) if n as u64 == bytes => Ok(Staged {
+                        temp: temp.clone(),
+                        bytes,
+                    }),
+                    Ok(n) => {
+                        let _ = conn.rm(&temp).await;
+                        Err(TransferError::transient(
+                            "SizeMismatch",
+                            format!("{path}: sent {bytes} bytes, the server holds {n}"),
+                        ))
+                    }
+                    Err(FtpError::UnexpectedResponse(r))
+                        if matches!(r.status.code(), 500 | 502 | 504) =>
+                    {
+                        Ok(Staged {
+                            temp: temp.clone(),
+                            bytes,
+                        })
+                    }
+                    Err(e) => Err(ftp_error(path, e)),
+                }
+            }
+            .await;
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        staged: &'a Staged,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
+        async move {
+            let mut lease = self.lease().await?;
+            let result = lease
+                .conn
+                .rename(staged.temp.as_str(), path)
+                .await
+                .map_err(|e| ftp_error(path, e));
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn discard<'a>(&'a self, staged: &'a Staged) -> BoxFuture<'a, ()> {
+        async move {
+            if let Ok(mut lease) = self.lease().await {
+                let result = lease
+                    .conn
+                    .rm(staged.temp.as_str())
+                    .await
+                    .map_err(|e| ftp_error(&staged.temp, e));
+                self.settle(lease, &result);
+            }
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>> {
+        async move {
+            let mut conn = self.connect().await?;
+            let _ = conn.quit().await;
+            Ok(())
+        }
+        .boxed()
+    }
+}

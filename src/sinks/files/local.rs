@@ -1,0 +1,150 @@
+//! `file`: a local directory as a server. Job paths are inside the directory (`/in/a.csv` is
+//! `<root>/in/a.csv`).
+
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{temp_name, Reader, Staged, TransferError, Transport, Writer};
+
+pub struct LocalTransport {
+    root: PathBuf,
+}
+
+impl LocalTransport {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalTransport { root: root.into() }
+    }
+
+    fn real(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+}
+
+fn io_error(e: std::io::Error, what: &str) -> TransferError {
+    match e.kind() {
+        ErrorKind::NotFound => TransferError::permanent("FileNotFound", format!("{what}: {e}")),
+        ErrorKind::PermissionDenied => {
+            TransferError::permanent("PermissionDenied", format!("{what}: {e}"))
+        }
+        ErrorKind::IsADirectory | ErrorKind::NotADirectory | ErrorKind::InvalidFilename => {
+            TransferError::permanent("InvalidPath", format!("{what}: {e}"))
+        }
+        _ => TransferError::transient("IoError", format!("{what}: {e}")),
+    }
+}
+
+impl Transport for LocalTransport {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>> {
+        async move {
+            let meta = tokio::fs::metadata(self.real(path))
+                .await
+                .map_err(|e| io_error(e, path))?;
+            if !meta.is_file() {
+                return Err(TransferError::permanent(
+                    "InvalidPath",
+                    format!("{path} is not a file"),
+                ));
+            }
+            Ok(Some(meta.len()))
+        }
+        .boxed()
+    }
+
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        out: Writer<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransferError>> {
+        async move {
+            let mut file = tokio::fs::File::open(self.real(path))
+                .await
+                .map_err(|e| io_error(e, path))?;
+            let n = tokio::io::copy(&mut file, out)
+                .await
+                .map_err(|e| TransferError::transient("IoError", format!("{path}: {e}")))?;
+            out.shutdown()
+                .await
+                .map_err(|e| TransferError::transient("IoError", format!("{path}: {e}")))?;
+            Ok(n)
+        }
+        .boxed()
+    }
+
+    fn upload<'a>(
+        &'a self,
+        path: &'a str,
+        input: Reader<'a>,
+    ) -> BoxFuture<'a, Result<Staged, TransferError>> {
+        async move {
+            let temp = temp_name(path);
+            let real = self.real(&temp);
+            if let Some(dir) = real.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| io_error(e, path))?;
+            }
+            let mut file = tokio::fs::File::create(&real)
+                .await
+                .map_err(|e| io_error(e, path))?;
+            let copied = async {
+                let n = tokio::io::copy(input, &mut file).await?;
+                file.sync_all().await?;
+                Ok::<_, std::io::Error>(n)
+            }
+            .await;
+            match copied {
+                Ok(bytes) => Ok(Staged { temp, bytes }),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&real).await;
+                    Err(TransferError::transient("IoError", format!("{path}: {e}")))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        staged: &'a Staged,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
+        async move {
+            tokio::fs::rename(self.real(&staged.temp), self.real(path))
+                .await
+                .map_err(|e| io_error(e, path))
+        }
+        .boxed()
+    }
+
+    fn discard<'a>(&'a self, staged: &'a Staged) -> BoxFuture<'a, ()> {
+        async move {
+            let _ = tokio::fs::remove_file(self.real(&staged.temp)).await;
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>> {
+        async move {
+            let meta = tokio::fs::metadata(&self.root).await.map_err(|e| {
+                TransferError::transient("Unavailable", format!("{}: {e}", self.root.display()))
+            })?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(TransferError::transient(
+                    "Unavailable",
+                    format!("{} is not a directory", self.root.display()),
+                ))
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,213 @@
+//! File transports behind one trait: `ftp`, `ftps` (explicit TLS), `s3` and `file` (a local
+//! directory). A transfer streams from one transport into another through a small pipe, stages
+//! the upload under a temporary name, verifies it, then renames it into place.
+
+pub mod ftp;
+pub mod local;
+pub mod s3;
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Why a file operation failed; `permanent` failures are about this job (a missing file, a
+/// refused path) and are not retried, the others are about the server or the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferError {
+    pub permanent: bool,
+    /// A short class for the DLQ message, e.g. `FileNotFound`, `ConnectionRefused`.
+    pub class: &'static str,
+    pub message: String,
+}
+
+impl TransferError {
+    pub fn permanent(class: &'static str, message: impl Into<String>) -> Self {
+        TransferError {
+            permanent: true,
+            class,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(class: &'static str, message: impl Into<String>) -> Self {
+        TransferError {
+            permanent: false,
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl std::error::Error for TransferError {}
+
+/// An upload written under a temporary name, not yet visible under its final one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub temp: String,
+    pub bytes: u64,
+}
+
+pub type Reader<'a> = &'a mut (dyn AsyncRead + Send + Unpin);
+pub type Writer<'a> = &'a mut (dyn AsyncWrite + Send + Unpin);
+
+/// One server. Implementations pool their connections and are shared by concurrent transfers.
+/// Paths given to them are already normalised and absolute.
+pub trait Transport: Send + Sync {
+    /// `ftp://user@host:21` and the like, never with a password.
+    fn describe(&self) -> String;
+
+    /// The size of a file, `None` when the server cannot tell (the transfer then relies on the
+    /// byte count alone).
+    fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>>;
+
+    /// Streams a file into `out`; returns the bytes read.
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        out: Writer<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransferError>>;
+
+    /// Writes `input` under a temporary name next to `path`, creating directories as needed.
+    fn upload<'a>(
+        &'a self,
+        path: &'a str,
+        input: Reader<'a>,
+    ) -> BoxFuture<'a, Result<Staged, TransferError>>;
+
+    /// Moves a staged upload to its final name, replacing what is there.
+    fn commit<'a>(
+        &'a self,
+        staged: &'a Staged,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransferError>>;
+
+    /// Removes a staged upload (best effort).
+    fn discard<'a>(&'a self, staged: &'a Staged) -> BoxFuture<'a, ()>;
+
+    /// Checks that the server answers and accepts the credentials.
+    fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>>;
+}
+
+/// Normalises a job path: `.` and `..` resolved, duplicate slashes removed, always absolute.
+/// With a `root`, a relative path is taken under it and the result must stay inside it.
+pub fn normalise(path: &str, root: Option<&str>) -> Result<String, TransferError> {
+    if path.trim().is_empty() {
+        return Err(TransferError::permanent("InvalidPath", "the path is empty"));
+    }
+    if path.contains('\0') || path.contains('\n') || path.contains('\r') {
+        return Err(TransferError::permanent(
+            "InvalidPath",
+            format!("{path:?} contains control characters"),
+        ));
+    }
+    let root = root.map(|r| clean(r).0);
+    let full = match (&root, path.starts_with('/')) {
+        (Some(r), false) => format!("{r}/{path}"),
+        _ => path.to_owned(),
+    };
+    let (normal, escaped) = clean(&full);
+    if let Some(r) = root {
+        let inside = r == "/" || normal == r || normal.starts_with(&format!("{r}/"));
+        if escaped || !inside {
+            return Err(TransferError::permanent(
+                "PathOutsideRoot",
+                format!("{path:?} is outside the server's root {r:?}"),
+            ));
+        }
+    }
+    if normal == "/" {
+        return Err(TransferError::permanent(
+            "InvalidPath",
+            format!("{path:?} names no file"),
+        ));
+    }
+    Ok(normal)
+}
+
+/// The absolute form of `path`, and whether a `..` tried to climb above `/`.
+fn clean(path: &str) -> (String, bool) {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut escaped = false;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => escaped |= parts.pop().is_none(),
+            p => parts.push(p),
+        }
+    }
+    (format!("/{}", parts.join("/")), escaped)
+}
+
+/// The parent directory and file name of a normalised path.
+pub fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", name)) => ("/", name),
+        Some((dir, name)) => (dir, name),
+        None => ("/", path),
+    }
+}
+
+/// The temporary name an upload is staged under, hidden next to its final name.
+pub fn temp_name(path: &str) -> String {
+    let (dir, name) = split(path);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let dir = if dir == "/" { "" } else { dir };
+    format!("{dir}/.{name}.{}.part", &tag[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalise("/a//b/./c", None).unwrap(), "/a/b/c");
+        assert_eq!(normalise("/a/b/../c", None).unwrap(), "/a/c");
+        assert_eq!(normalise("a/b", None).unwrap(), "/a/b");
+        assert_eq!(
+            normalise("in/x.csv", Some("/data")).unwrap(),
+            "/data/in/x.csv"
+        );
+        assert_eq!(
+            normalise("/data/in/x.csv", Some("/data/")).unwrap(),
+            "/data/in/x.csv"
+        );
+    }
+
+    #[test]
+    fn paths_escaping_the_root_are_refused() {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "/data/../etc/passwd",
+            "in/../../x",
+            "/datax/y",
+        ] {
+            let err = normalise(bad, Some("/data")).unwrap_err();
+            assert!(err.permanent, "{bad}");
+            assert_eq!(err.class, "PathOutsideRoot", "{bad}");
+        }
+        assert_eq!(normalise("/", None).unwrap_err().class, "InvalidPath");
+        assert_eq!(normalise("", None).unwrap_err().class, "InvalidPath");
+        assert_eq!(normalise("a\0b", None).unwrap_err().class, "InvalidPath");
+    }
+
+    #[test]
+    fn temp_names_sit_beside_the_target() {
+        let t = temp_name("/out/day/file.bin");
+        assert!(
+            t.starts_with("/out/day/.file.bin.") && t.ends_with(".part"),
+            "{t}"
+        );
+        assert!(temp_name("/file.bin").starts_with("/.file.bin."));
+        assert_eq!(split("/a/b/c.txt"), ("/a/b", "c.txt"));
+        assert_eq!(split("/c.txt"), ("/", "c.txt"));
+    }
+}

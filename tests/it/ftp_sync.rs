@@ -1,0 +1,469 @@
+//! The ftp-sync pipeline, run as the actord binary against real FTP servers (pyftpdlib on
+//! loopback ports), an S3-compatible server and Kafka brokers. Results are read from the
+//! servers' directories and the DLQ topics.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::kafka::{end_offsets, read_until};
+use crate::recorder::{bootstrap_of, produce};
+use crate::support::{get, until, wait_ready, FtpServer, Process, S3Server, Tansu};
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"[runtime]
+enable = ["ftp-sync"]
+cool_down = "1s"
+[supervision]
+backoff_initial = "100ms"
+backoff_max = "2s"
+max_restarts = 20
+[pipelines.ftp-sync]
+topics = ["mem-dft-img", "fdry-dft-img"]
+concurrency = 4
+retry_backoff = "200ms"
+retry_backoff_max = "1s"
+{extra}
+"#
+    )
+}
+
+/// Bytes that ASCII mode or a truncation would damage: every byte value, CR LF pairs.
+fn content(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| match i % 7 {
+            0 => b'\r',
+            1 => b'\n',
+            _ => (i as u8).wrapping_mul(31).wrapping_add(seed),
+        })
+        .collect()
+}
+
+fn job(id: &str, src: (&str, &str), dst: (&str, &str)) -> String {
+    json!({
+        "job_id": id,
+        "source": {"hostname": src.0, "path": src.1},
+        "destination": {"hostname": dst.0, "path": dst.1},
+    })
+    .to_string()
+}
+
+fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+fn write(root: &Path, rel: &str, bytes: &[u8]) {
+    let path = root.join(rel.trim_start_matches('/'));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read(root: &Path, rel: &str) -> Option<Vec<u8>> {
+    std::fs::read(root.join(rel.trim_start_matches('/'))).ok()
+}
+
+/// Every file under `root`, relative.
+fn files(root: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                out.insert(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The sum of the series of `name` carrying every label in `labels` (`key="value"`).
+fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn files_of_several_sizes_are_copied_byte_exact_between_ftp_servers() {
+    let src = FtpServer::start(true);
+    let dst = FtpServer::start(true);
+    let sizes = [0usize, 1, 4096, 100_000, 3 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        write(
+            &src.root(),
+            &format!("in/file-{i}.bin"),
+            &content(*size, i as u8),
+        );
+    }
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    env.push(("ACTORD_FTP_SYNC_VERIFY".into(), "sha256".into()));
+    let p = Process::start(&config(""), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let jobs: Vec<String> = (0..sizes.len())
+        .map(|i| {
+            job(
+                &format!("job-{i}"),
+                ("SRC_FTP_SERVER1", &format!("/in/file-{i}.bin")),
+                ("DST_FTP_SERVER1", &format!("/out/{i}/deep/er/file-{i}.bin")),
+            )
+        })
+        .collect();
+    produce(&bootstrap, "mem-dft-img", jobs).await;
+    until(
+        Duration::from_secs(60),
+        "every file at the destination",
+        || async {
+            (0..sizes.len())
+                .all(|i| read(&dst.root(), &format!("out/{i}/deep/er/file-{i}.bin")).is_some())
+        },
+    )
+    .await;
+    for (i, size) in sizes.iter().enumerate() {
+        let got = read(&dst.root(), &format!("out/{i}/deep/er/file-{i}.bin")).unwrap();
+        assert_eq!(got.len(), *size, "file {i}");
+        assert!(got == content(*size, i as u8), "file {i} differs");
+    }
+    // No staging files are left behind.
+    let left: Vec<String> = files(&dst.root())
+        .into_iter()
+        .filter(|f| f.contains(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "actord_ftp_jobs_total",
+            &["outcome=\"done\"", "topic=\"mem-dft-img\""]
+        ),
+        sizes.len() as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "actord_ftp_bytes_total",
+            &["topic=\"mem-dft-img\""]
+        ),
+        sizes.iter().sum::<usize>() as f64
+    );
+    assert!(
+        metrics.contains("actord_ftp_transfer_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(
+        end_offsets(&bootstrap, "mem-dft-img-dlq", 1)
+            .values()
+            .sum::<i64>(),
+        0
+    );
+    let health = get(&p.base, "/health/ftp-sync").await.1;
+    assert_eq!(health, "OK\nconsumer: healthy\nservers: healthy\n");
+    let log = p.log();
+    assert!(!log.contains(&src.pass), "a password reached the log");
+}
+
+#[tokio::test]
+async fn each_permanent_failure_lands_in_the_dlq_in_the_seed_schema() {
+    let src = FtpServer::start(true);
+    let dst = FtpServer::start(true);
+    let read_only = FtpServer::start(false);
+    write(&src.root(), "in/ok.bin", &content(1000, 1));
+    write(&src.root(), "in/denied.bin", &content(10, 2));
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    env.push(("DST_FTP_SERVER1_ROOT".into(), "/allowed".into()));
+    env.extend(read_only.env("RO_FTP_SERVER"));
+    let p = Process::start(&config(""), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let cases: Vec<(&str, String)> = vec![
+        ("InvalidJson", "{not json".to_owned()),
+        (
+            "MissingField",
+            json!({"job_id": "m", "source": {"hostname": "SRC_FTP_SERVER1"}, "destination": {"hostname": "DST_FTP_SERVER1", "path": "/allowed/x"}}).to_string(),
+        ),
+        (
+            "UnknownHostname",
+            job("u", ("NOPE_SERVER", "/in/ok.bin"), ("DST_FTP_SERVER1", "/allowed/u.bin")),
+        ),
+        (
+            "FileUnavailable",
+            job("missing", ("SRC_FTP_SERVER1", "/in/missing.bin"), ("DST_FTP_SERVER1", "/allowed/m.bin")),
+        ),
+        (
+            "PathOutsideRoot",
+            job("escape", ("SRC_FTP_SERVER1", "/in/ok.bin"), ("DST_FTP_SERVER1", "/allowed/../etc/passwd")),
+        ),
+        (
+            "FileUnavailable",
+            job("denied", ("SRC_FTP_SERVER1", "/in/denied.bin"), ("RO_FTP_SERVER", "/denied.bin")),
+        ),
+    ];
+    let mut payloads: Vec<String> = cases.iter().map(|(_, p)| p.clone()).collect();
+    payloads.push(job(
+        "good",
+        ("SRC_FTP_SERVER1", "/in/ok.bin"),
+        ("DST_FTP_SERVER1", "ok.bin"),
+    ));
+    produce(&bootstrap, "fdry-dft-img", payloads).await;
+    let dlq = read_until(&bootstrap, "fdry-dft-img-dlq", |r| r.len() >= cases.len());
+    assert_eq!(dlq.len(), cases.len(), "{dlq:?}");
+    let mut classes: Vec<String> = dlq
+        .iter()
+        .map(|(v, _)| {
+            v["error"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    classes.sort();
+    let mut expected: Vec<String> = cases.iter().map(|(c, _)| c.to_string()).collect();
+    expected.sort();
+    assert_eq!(classes, expected);
+    for (value, _) in &dlq {
+        let keys: BTreeSet<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["original_message", "error", "timestamp", "retry_count"]),
+            "{value}"
+        );
+        let ts = value["timestamp"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z'),
+            "{ts}"
+        );
+        assert!(
+            !value.to_string().contains(&src.pass),
+            "a password reached the DLQ"
+        );
+    }
+    let by_id = |id: &str| {
+        dlq.iter()
+            .find(|(v, _)| v["original_message"]["job_id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in the DLQ"))
+            .0
+            .clone()
+    };
+    // A job the servers refused was attempted once; one refused by its shape never was.
+    assert_eq!(by_id("missing")["retry_count"], 1);
+    assert_eq!(by_id("denied")["retry_count"], 1);
+    assert_eq!(by_id("escape")["retry_count"], 0);
+    assert_eq!(
+        by_id("missing")["original_message"],
+        serde_json::from_str::<Value>(&cases[3].1).unwrap()
+    );
+    let bad = dlq
+        .iter()
+        .find(|(v, _)| v["error"].as_str().unwrap().starts_with("InvalidJson"))
+        .unwrap();
+    assert_eq!(bad.0["original_message"], "{not json");
+    until(Duration::from_secs(30), "the good job", || async {
+        read(&dst.root(), "allowed/ok.bin").is_some()
+    })
+    .await;
+    assert!(read(&read_only.root(), "denied.bin").is_none());
+    assert!(!p.log().contains(&src.pass), "a password reached the log");
+}
+
+#[tokio::test]
+async fn a_destination_outage_is_waited_out_and_nothing_reaches_the_dlq() {
+    let src = FtpServer::start(true);
+    let mut dst = FtpServer::start(true);
+    for i in 0..20 {
+        write(
+            &src.root(),
+            &format!("in/{i}.bin"),
+            &content(20_000 + i, i as u8),
+        );
+    }
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    let p = Process::start(
+        &config("max_retries = 2\nbreaker_threshold = 2"),
+        &[],
+        &env_refs(&env),
+    );
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let jobs = |range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .map(|i| {
+                job(
+                    &format!("j{i}"),
+                    ("SRC_FTP_SERVER1", &format!("/in/{i}.bin")),
+                    ("DST_FTP_SERVER1", &format!("/out/{i}.bin")),
+                )
+            })
+            .collect()
+    };
+    produce(&bootstrap, "mem-dft-img", jobs(0..5)).await;
+    until(Duration::from_secs(30), "the first files", || async {
+        (0..5).all(|i| read(&dst.root(), &format!("out/{i}.bin")).is_some())
+    })
+    .await;
+    dst.stop();
+    produce(&bootstrap, "mem-dft-img", jobs(5..20)).await;
+    until(
+        Duration::from_secs(30),
+        "the open circuit on /health",
+        || async {
+            let (status, body) = get(&p.base, "/health").await;
+            status == 503 && body.contains("ftp-sync.servers: unhealthy")
+        },
+    )
+    .await;
+    let health = get(&p.base, "/health").await.1;
+    assert!(
+        health.contains("server DST_FTP_SERVER1: ftp://actord@127.0.0.1"),
+        "{health}"
+    );
+    assert!(health.contains("(circuit open)"), "{health}");
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_ftp_circuit_open{server=\"DST_FTP_SERVER1\"} 1"),
+        "{metrics}"
+    );
+    // Longer than max_retries attempts would take: an outage must not exhaust them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    dst.resume();
+    until(
+        Duration::from_secs(90),
+        "every file after the outage",
+        || async { (0..20).all(|i| read(&dst.root(), &format!("out/{i}.bin")).is_some()) },
+    )
+    .await;
+    for i in 0..20 {
+        assert_eq!(
+            read(&dst.root(), &format!("out/{i}.bin")).unwrap(),
+            content(20_000 + i, i as u8)
+        );
+    }
+    assert_eq!(
+        end_offsets(&bootstrap, "mem-dft-img-dlq", 1)
+            .values()
+            .sum::<i64>(),
+        0
+    );
+    until(Duration::from_secs(30), "healthy again", || async {
+        get(&p.base, "/health").await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_processes_in_one_group_split_the_work_and_lose_no_job() {
+    let broker = Tansu::start();
+    broker.create_topic("mem-dft-img", 3);
+    broker.create_topic("mem-dft-img-dlq", 1);
+    broker.create_topic("fdry-dft-img", 1);
+    broker.create_topic("fdry-dft-img-dlq", 1);
+    let src = FtpServer::start(true);
+    let s3 = S3Server::start("images");
+    let n = 60;
+    for i in 0..n {
+        write(
+            &src.root(),
+            &format!("in/{i}.bin"),
+            &content(5_000 + i, i as u8),
+        );
+    }
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.push(("IMG_LAKE_TYPE".into(), "s3".into()));
+    env.push(("IMG_LAKE_HOST".into(), "images".into()));
+    env.push(("KAFKA_BROKERS".into(), broker.bootstrap().to_owned()));
+    for (k, v) in s3.env() {
+        if k.starts_with("AWS_") {
+            env.push((k.to_owned(), v));
+        }
+    }
+    let toml = config("");
+    let a = Process::start(&toml, &[], &env_refs(&env));
+    let b = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&a.base).await;
+    wait_ready(&b.base).await;
+    let jobs: Vec<String> = (0..n)
+        .map(|i| {
+            job(
+                &format!("j{i}"),
+                ("SRC_FTP_SERVER1", &format!("/in/{i}.bin")),
+                ("IMG_LAKE", &format!("/img/{i}.bin")),
+            )
+        })
+        .collect();
+    // In waves, so the group's rebalance for the second member happens while jobs flow.
+    for wave in jobs.chunks(5) {
+        produce(broker.bootstrap(), "mem-dft-img", wave.to_vec()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let store = s3.client();
+    until(Duration::from_secs(120), "every object", || async {
+        let mut all = true;
+        for i in 0..n {
+            let key = format!("img/{i}.bin");
+            all &= object_store::ObjectStoreExt::head(store.as_ref(), &key.as_str().into())
+                .await
+                .is_ok();
+        }
+        all
+    })
+    .await;
+    for i in 0..n {
+        let key = format!("img/{i}.bin");
+        let got = object_store::ObjectStoreExt::get(store.as_ref(), &key.as_str().into())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            got.as_ref() == content(5_000 + i, i as u8).as_slice(),
+            "object {i}"
+        );
+    }
+    let done = ["outcome=\"done\""];
+    let done_a = metric(
+        &get(&a.base, "/metrics").await.1,
+        "actord_ftp_jobs_total",
+        &done,
+    );
+    let done_b = metric(
+        &get(&b.base, "/metrics").await.1,
+        "actord_ftp_jobs_total",
+        &done,
+    );
+    assert!(
+        done_a > 0.0 && done_b > 0.0,
+        "one process did all the work: {done_a} / {done_b}"
+    );
+    assert!(done_a + done_b >= n as f64);
+    assert_eq!(
+        end_offsets(broker.bootstrap(), "mem-dft-img-dlq", 1)
+            .values()
+            .sum::<i64>(),
+        0
+    );
+}
