@@ -65,6 +65,41 @@ pub struct PipelineDef {
     pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
 }
 
+/// A health line that is healthy while the actor at `path` runs.
+pub fn running(component: &'static str, path: actord_actors::ActorPath) -> HealthCheck {
+    HealthCheck {
+        component,
+        check: Arc::new(move |registry| {
+            registry
+                .get(&path)
+                .is_some_and(|p| p.status() == actord_actors::Status::Running)
+        }),
+    }
+}
+
+/// `<root>/demo`: a publisher and the generator that uses it, the generator restarted with it.
+pub fn demo_subtree(
+    root: &actord_actors::ActorPath,
+    config: &Config,
+    publisher: ChildSpec,
+    generator: ChildSpec,
+) -> ChildSpec {
+    let demo_root = root.child("demo");
+    let sup = &config.supervision;
+    let children = vec![
+        sup.child(&demo_root.child("publisher"), publisher),
+        sup.child(&demo_root.child("generator"), generator),
+    ];
+    sup.child(
+        &demo_root,
+        ChildSpec::supervisor(
+            "demo",
+            sup.supervisor_spec(&demo_root, actord_actors::Strategy::RestForOne),
+            children,
+        ),
+    )
+}
+
 /// Finds variables whose names carry data: (key under the pipeline, unit, variable name).
 pub type EnvScan = fn(&BTreeMap<String, String>) -> Vec<(String, Unit, String)>;
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use actord_actors::{ActorPath, ChildSpec, Probe, Strategy};
+use actord_actors::{ActorPath, ChildSpec, Probe};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
@@ -14,8 +14,6 @@ use crate::pipelines::Resources;
 use crate::sources::kafka::producer::{Publication, PublisherMsg, PublisherSlot};
 
 pub fn child(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
-    let demo_root = root.child("demo");
-    let sup = &config.supervision;
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
     let c = config.pipelines.ftp_sync.clone();
@@ -39,18 +37,7 @@ pub fn child(root: &ActorPath, config: &Config, resources: &Resources) -> ChildS
             Ok(actor.get_cell())
         }
     });
-    let children = vec![
-        sup.child(&demo_root.child("publisher"), publisher),
-        sup.child(&demo_root.child("generator"), generator),
-    ];
-    sup.child(
-        &demo_root,
-        ChildSpec::supervisor(
-            "demo",
-            sup.supervisor_spec(&demo_root, Strategy::RestForOne),
-            children,
-        ),
-    )
+    crate::pipelines::demo_subtree(root, config, publisher, generator)
 }
 
 pub struct Jobs;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::SourceRecord;
 use actord_actors::writer::RetryPolicy;
-use actord_actors::{ActorPath, Backoff, ChildSpec, Status, Strategy};
+use actord_actors::{ActorPath, Backoff, ChildSpec, Strategy};
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawFtpSync;
@@ -393,14 +393,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     Ok(Pipeline {
         spec,
         health: vec![
-            HealthCheck {
-                component: "consumer",
-                check: Arc::new(move |registry| {
-                    registry
-                        .get(&consumer)
-                        .is_some_and(|p| p.status() == Status::Running)
-                }),
-            },
+            super::running("consumer", consumer),
             HealthCheck {
                 component: "servers",
                 check: Arc::new(move |_| health.healthy()),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::{Poison, SourceRecord};
 use actord_actors::writer::RetryPolicy;
-use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
+use actord_actors::{ActorPath, ChildSpec, Strategy};
 use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
@@ -361,14 +361,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let health_db = db.clone();
     let mode_db = db.clone();
     let mut health = vec![
-        HealthCheck {
-            component: "consumer",
-            check: Arc::new(move |registry| {
-                registry
-                    .get(&consumer)
-                    .is_some_and(|p| p.status() == Status::Running)
-            }),
-        },
+        super::running("consumer", consumer),
         HealthCheck {
             component: "timescaledb",
             check: Arc::new(move |_| health_db.healthy()),
@@ -446,8 +439,6 @@ fn s3_path(
 
 /// `/recorder/demo`: a publisher and a generator of synthetic ticks and order books.
 fn demo(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
-    let demo_root = root.child("demo");
-    let sup = &config.supervision;
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
     let rc = config.pipelines.recorder.clone();
@@ -467,16 +458,5 @@ fn demo(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
             Ok(actor.get_cell())
         }
     });
-    let children = vec![
-        sup.child(&demo_root.child("publisher"), publisher),
-        sup.child(&demo_root.child("generator"), generator),
-    ];
-    sup.child(
-        &demo_root,
-        ChildSpec::supervisor(
-            "demo",
-            sup.supervisor_spec(&demo_root, Strategy::RestForOne),
-            children,
-        ),
-    )
+    super::demo_subtree(root, config, publisher, generator)
 }
