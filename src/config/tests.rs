@@ -31,7 +31,9 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
 fn the_shipped_file_is_valid_and_runs_embedded() {
     let f = file(EMBEDDED);
     let c = load(&sources(&f, &[])).unwrap();
-    assert_eq!(c.runtime.enabled, vec!["heartbeat", "recorder"]);
+    assert_eq!(c.runtime.enabled, vec!["heartbeat", "recorder", "ftp-sync"]);
+    assert!(c.pipelines.ftp_sync.demo);
+    assert!(c.pipelines.recorder.s3.enabled);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
     assert!(c.pipelines.recorder.demo);
     assert_eq!(c.pipelines.recorder.db.schema, "market");
@@ -345,4 +347,91 @@ fn the_recorder_seed_variables_override_its_settings() {
     )));
     assert_eq!(p[0].origin, "environment variable BATCH_SIZE");
     assert_eq!(p[0].key, "pipelines.recorder.batch_size");
+    // The S3 path's batches are capped by the in-flight bound.
+    assert_eq!(r.s3.batch_size, 8000);
+}
+
+#[test]
+fn the_s3_seed_and_aws_variables_override_their_settings() {
+    let f = file("[runtime]\nenable = [\"recorder\"]\n");
+    let c = load(&sources(
+        &f,
+        &[
+            ("S3_BUCKET", "aipx-data-lake"),
+            ("S3_REGION", "ap-northeast-2"),
+            ("S3_BATCH_SIZE", "20000"),
+            ("S3_BATCH_TIMEOUT_SEC", "7200"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_ACCESS_KEY_ID", "key"),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+        ],
+    ))
+    .unwrap();
+    let s3 = &c.pipelines.recorder.s3;
+    assert!(s3.enabled);
+    assert_eq!(
+        s3.location,
+        crate::sinks::objects::store::Location::Bucket {
+            name: "aipx-data-lake".into(),
+            region: Some("ap-northeast-2".into())
+        }
+    );
+    assert_eq!(
+        (s3.batch_size, s3.batch_timeout),
+        (20000, Duration::from_secs(7200))
+    );
+    assert_eq!(c.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert!(c.s3.allow_http, "an http:// endpoint allows http");
+    assert_eq!(c.s3.access_key_id.as_deref(), Some("key"));
+    assert!(!format!("{c:?}").contains("very-secret"));
+    let off = load(&sources(&f, &[("S3_WRITE_ENABLED", "false")])).unwrap();
+    assert!(!off.pipelines.recorder.s3.enabled);
+    let p = problems(load(&sources(
+        &f,
+        &[
+            ("AWS_ENDPOINT_URL", "http://x:9000"),
+            ("AWS_ALLOW_HTTP", "false"),
+        ],
+    )));
+    assert_eq!(p[0].key, "s3.allow_http");
+}
+
+#[test]
+fn ftp_sync_servers_come_from_the_seed_registry_variables() {
+    let f = file("[runtime]\nenable = [\"ftp-sync\"]\n");
+    let c = load(&sources(
+        &f,
+        &[
+            ("SRC_FTP_SERVER1_TYPE", "ftp"),
+            ("SRC_FTP_SERVER1_HOST", "ftp.source.com"),
+            ("SRC_FTP_SERVER1_PORT", "2121"),
+            ("SRC_FTP_SERVER1_USER", "username"),
+            ("SRC_FTP_SERVER1_PASS", "password"),
+            ("DST_FTP_SERVER1_TYPE", "ftp"),
+            ("DST_FTP_SERVER1_HOST", "ftp.dest.com"),
+            ("DST_FTP_SERVER1_ROOT", "/data"),
+            ("FTP_PASSIVE_MODE", "false"),
+            ("DLQ_TOPIC_SUFFIX", ".dead"),
+            ("KAFKA_TOPICS", "mem-dft-img,fdry-dft-img"),
+            ("SOME_OTHER_TYPE", "mysql"),
+        ],
+    ))
+    .unwrap();
+    let fs = &c.pipelines.ftp_sync;
+    assert_eq!(fs.topics, vec!["mem-dft-img", "fdry-dft-img"]);
+    assert_eq!(fs.group, "etl-worker-group");
+    assert_eq!(fs.dlq_suffix, ".dead");
+    assert_eq!(fs.servers.len(), 2, "{:?}", fs.servers.keys());
+    let src = &fs.servers["SRC_FTP_SERVER1"];
+    assert_eq!(
+        (src.host.as_str(), src.port, src.user.as_str()),
+        ("ftp.source.com", 2121, "username")
+    );
+    assert_eq!(src.password.as_ref().unwrap().expose(), "password");
+    assert!(!src.passive, "FTP_PASSIVE_MODE applies to every FTP server");
+    let dst = &fs.servers["DST_FTP_SERVER1"];
+    assert_eq!((dst.port, dst.root.as_deref()), (21, Some("/data")));
+    assert!(!format!("{c:?}").contains("\"password\""));
+    let p = problems(load(&sources(&f, &[("BAD_SERVER_TYPE", "ftp")])));
+    assert_eq!(p[0].key, "pipelines.ftp-sync.servers.BAD_SERVER.host");
 }

@@ -192,15 +192,10 @@ impl RecorderConfig {
             max_buffer_size,
         );
         let s3 = S3Path::validate(&raw.s3, &topics, check);
-        if s3.enabled {
-            check_batch_fits(
-                check,
-                &k("s3.batch_size"),
-                s3.batch_size,
-                &k("max_buffer_size"),
-                max_buffer_size,
-            );
-        }
+        // The S3 path's batches are cut at the in-flight bound at the latest: MAX_BUFFER_SIZE
+        // bounds memory, S3_BATCH_SIZE only asks for objects that large.
+        let mut s3 = s3;
+        s3.batch_size = s3.batch_size.min(max_buffer_size);
         let t = &raw.timescale;
         let schema = t.schema.clone().unwrap_or_else(|| "public".to_owned());
         if schema.is_empty()
