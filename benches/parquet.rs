@@ -2,7 +2,7 @@
 //! same embedded broker, in one run: once into a local directory and once into an S3-compatible
 //! server (s3s-fs on a loopback port) through multipart uploads.
 //!
-//! `cargo bench --bench parquet [-- RECORDS]` (default 400,000 ticks).
+//! `cargo bench --bench parquet [-- RECORDS]` (default 1,000,000 ticks).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 const TOPIC: &str = "market.tick";
-const PARTITIONS: i32 = 4;
+const PARTITIONS: i32 = 8;
 
 fn tick(i: u64) -> String {
     let ts = 1_763_568_754_000u64 + i;
@@ -53,7 +53,7 @@ async fn run(bootstrap: &str, store: Arc<dyn ObjectStore>, group: &str, n: u64) 
         buffer: BufferLimits {
             max_records: 100_000,
             max_bytes: 256 << 20,
-            max_age: Duration::from_secs(1),
+            max_age: Duration::from_millis(200),
         },
         retry: RetryPolicy::default(),
         dlq_suffix: None,
@@ -107,7 +107,7 @@ async fn main() {
     let n: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(400_000);
+        .unwrap_or(1_000_000);
     let kafka = EmbeddedKafka::start().unwrap();
     kafka.create_topic(TOPIC, PARTITIONS).unwrap();
     common::produce(kafka.bootstrap(), TOPIC, n, tick);
