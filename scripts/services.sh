@@ -13,6 +13,8 @@ command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -33,11 +35,11 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 
-# pyftpdlib: the FTP servers of the ftp-sync tests.
-if ! python3 -c "import pyftpdlib" >/dev/null 2>&1; then
-  log "installing pyftpdlib"
+# pyftpdlib (+ pyOpenSSL for FTPS): the FTP servers of the ftp-sync tests and benchmark.
+if ! python3 -c "import pyftpdlib, OpenSSL" >/dev/null 2>&1; then
+  log "installing pyftpdlib and pyOpenSSL"
   command -v pip3 >/dev/null 2>&1 || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null; }
-  pip3 install -q pyftpdlib 2>/dev/null || pip3 install -q --break-system-packages pyftpdlib
+  pip3 install -q pyftpdlib pyopenssl 2>/dev/null || pip3 install -q --break-system-packages pyftpdlib pyopenssl
 fi
 
 # PostgreSQL on 127.0.0.1:5432.

@@ -467,3 +467,37 @@ async fn two_processes_in_one_group_split_the_work_and_lose_no_job() {
         0
     );
 }
+
+#[tokio::test]
+async fn ftps_moves_files_over_explicit_tls() {
+    let src = FtpServer::start_tls();
+    let dst = FtpServer::start(true);
+    write(&src.root(), "secure/a.bin", &content(300_000, 9));
+    let mut env = src.env("TLS_SRC");
+    env.extend(dst.env("PLAIN_DST"));
+    // The test server's certificate is self-signed.
+    let extra = "[pipelines.ftp-sync.servers.TLS_SRC]\ninsecure_tls = true\n";
+    let p = Process::start(&config(extra), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![job(
+            "tls",
+            ("TLS_SRC", "/secure/a.bin"),
+            ("PLAIN_DST", "/from-tls/a.bin"),
+        )],
+    )
+    .await;
+    until(Duration::from_secs(60), "the file over TLS", || async {
+        read(&dst.root(), "from-tls/a.bin").is_some()
+    })
+    .await;
+    assert!(read(&dst.root(), "from-tls/a.bin").unwrap() == content(300_000, 9));
+    let health = get(&p.base, "/health").await.1;
+    assert!(
+        health.contains("server TLS_SRC: ftps://actord@127.0.0.1"),
+        "{health}"
+    );
+}

@@ -499,20 +499,63 @@ pub struct FtpServer {
     pub user: String,
     pub pass: String,
     writable: bool,
+    /// Explicit TLS (AUTH TLS) required on control and data connections.
+    tls: bool,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
+/// pyftpdlib with TLS required, a self-signed certificate and one user.
+const FTPS_SERVER: &str = r#"
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import TLS_FTPHandler
+from pyftpdlib.servers import FTPServer
+port, root, user, password, cert, key = sys.argv[1:7]
+auth = DummyAuthorizer()
+auth.add_user(user, password, root, perm="elradfmwMT")
+handler = TLS_FTPHandler
+handler.certfile, handler.keyfile, handler.authorizer = cert, key, auth
+handler.tls_control_required = True
+handler.tls_data_required = True
+FTPServer(("127.0.0.1", int(port)), handler).serve_forever()
+"#;
+
 impl FtpServer {
     pub fn start(writable: bool) -> FtpServer {
+        Self::launch(writable, false)
+    }
+
+    /// A writable server that requires explicit TLS, with a self-signed certificate.
+    pub fn start_tls() -> FtpServer {
+        Self::launch(true, true)
+    }
+
+    fn launch(writable: bool, tls: bool) -> FtpServer {
         let mut server = FtpServer {
             port: free_port(),
             user: "actord".to_owned(),
             pass: "s3cr3t-Pa55".to_owned(),
             writable,
+            tls,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
+        if tls {
+            let status = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(server.dir.path().join("key.pem"))
+                .arg("-out")
+                .arg(server.dir.path().join("cert.pem"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(status.success(), "openssl could not make a certificate");
+        }
         std::fs::create_dir_all(server.root()).unwrap();
         server.resume();
         server
@@ -525,8 +568,9 @@ impl FtpServer {
 
     /// The seed's variables for this server under `name`.
     pub fn env(&self, name: &str) -> Vec<(String, String)> {
+        let kind = if self.tls { "ftps" } else { "ftp" };
         vec![
-            (format!("{name}_TYPE"), "ftp".to_owned()),
+            (format!("{name}_TYPE"), kind.to_owned()),
             (format!("{name}_HOST"), "127.0.0.1".to_owned()),
             (format!("{name}_PORT"), self.port.to_string()),
             (format!("{name}_USER"), self.user.clone()),
@@ -542,19 +586,21 @@ impl FtpServer {
             .open(self.dir.path().join("ftp.log"))
             .unwrap();
         let mut cmd = Command::new("python3");
-        cmd.args([
-            "-m",
-            "pyftpdlib",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-        ])
-        .args(["-u", &self.user, "-P", &self.pass])
-        .arg("-d")
-        .arg(self.root());
-        if self.writable {
-            cmd.arg("-w");
+        if self.tls {
+            cmd.args(["-c", FTPS_SERVER, &self.port.to_string()])
+                .arg(self.root())
+                .args([&self.user, &self.pass])
+                .arg(self.dir.path().join("cert.pem"))
+                .arg(self.dir.path().join("key.pem"));
+        } else {
+            cmd.args(["-m", "pyftpdlib", "-i", "127.0.0.1"])
+                .args(["-p", &self.port.to_string()])
+                .args(["-u", &self.user, "-P", &self.pass])
+                .arg("-d")
+                .arg(self.root());
+            if self.writable {
+                cmd.arg("-w");
+            }
         }
         let child = cmd
             .stdout(log.try_clone().unwrap())
