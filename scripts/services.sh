@@ -14,6 +14,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
@@ -64,4 +66,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, kcat, promtool"
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool"

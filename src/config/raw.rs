@@ -172,12 +172,12 @@ pub struct RawFtpSync {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// "ftp", "ftps", "s3" or "file" ({HOSTNAME}_TYPE).
+    /// "ftp", "ftps", "sftp", "s3" or "file" ({HOSTNAME}_TYPE).
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Host name or address; the bucket for "s3"; unused for "file" ({HOSTNAME}_HOST).
     pub host: Option<String>,
-    /// Port ({HOSTNAME}_PORT); 21 by default.
+    /// Port ({HOSTNAME}_PORT); 21 by default, 22 for "sftp".
     pub port: Option<u16>,
     /// User ({HOSTNAME}_USER).
     pub user: Option<String>,
@@ -189,6 +189,12 @@ pub struct RawServer {
     pub passive: Option<bool>,
     /// Accept any TLS certificate ("ftps" against self-signed test servers only).
     pub insecure_tls: Option<bool>,
+    /// Private key file for "sftp" ({HOSTNAME}_KEY); the password is used when unset.
+    pub key_file: Option<String>,
+    /// The "sftp" server's host key fingerprint, "SHA256:..." as `ssh-keygen -lf` prints it.
+    pub host_key: Option<String>,
+    /// Accept any "sftp" host key (test servers only).
+    pub insecure_host_key: Option<bool>,
     /// Connections kept to this server at most; 2 x concurrency by default.
     pub max_connections: Option<u32>,
 }

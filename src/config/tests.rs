@@ -434,4 +434,25 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
     assert!(!format!("{c:?}").contains("\"password\""));
     let p = problems(load(&sources(&f, &[("BAD_SERVER_TYPE", "ftp")])));
     assert_eq!(p[0].key, "pipelines.ftp-sync.servers.BAD_SERVER.host");
+    // An SFTP server's host key must be pinned, or explicitly not checked.
+    let p = problems(load(&sources(
+        &f,
+        &[("BOX_TYPE", "sftp"), ("BOX_HOST", "sftp.example.com")],
+    )));
+    assert_eq!(p[0].key, "pipelines.ftp-sync.servers.BOX.host_key");
+    let ok = load(&sources(
+        &f,
+        &[
+            ("BOX_TYPE", "sftp"),
+            ("BOX_HOST", "sftp.example.com"),
+            ("BOX_HOST_KEY", "SHA256:abc"),
+            ("BOX_KEY", "/keys/id_ed25519"),
+        ],
+    ))
+    .unwrap();
+    let b = &ok.pipelines.ftp_sync.servers["BOX"];
+    assert_eq!(
+        (b.port, b.key_file.as_deref()),
+        (22, Some("/keys/id_ed25519"))
+    );
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::kafka::{end_offsets, read_until};
 use crate::recorder::{bootstrap_of, produce};
-use crate::support::{get, until, wait_ready, FtpServer, Process, S3Server, Tansu};
+use crate::support::{get, until, wait_ready, FtpServer, Process, S3Server, SshServer, Tansu};
 
 fn config(extra: &str) -> String {
     format!(
@@ -500,4 +500,58 @@ async fn ftps_moves_files_over_explicit_tls() {
         health.contains("server TLS_SRC: ftps://actord@127.0.0.1"),
         "{health}"
     );
+}
+
+#[tokio::test]
+async fn sftp_moves_files_both_ways_with_a_pinned_host_key() {
+    let ssh = SshServer::start();
+    let ftp = FtpServer::start(true);
+    write(&ssh.root(), "out/from-ssh.bin", &content(700_000, 3));
+    write(&ftp.root(), "in/from-ftp.bin", &content(250_000, 4));
+    let mut env = ssh.env("SSH_BOX");
+    env.extend(ftp.env("FTP_BOX"));
+    let p = Process::start(&config(""), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![
+            job(
+                "s2f",
+                ("SSH_BOX", "out/from-ssh.bin"),
+                ("FTP_BOX", "/got/from-ssh.bin"),
+            ),
+            job(
+                "f2s",
+                ("FTP_BOX", "/in/from-ftp.bin"),
+                ("SSH_BOX", "new/dir/from-ftp.bin"),
+            ),
+            job(
+                "escape",
+                ("FTP_BOX", "/in/from-ftp.bin"),
+                ("SSH_BOX", "../../etc/x"),
+            ),
+        ],
+    )
+    .await;
+    until(Duration::from_secs(60), "both files", || async {
+        read(&ftp.root(), "got/from-ssh.bin").is_some()
+            && read(&ssh.root(), "new/dir/from-ftp.bin").is_some()
+    })
+    .await;
+    assert!(read(&ftp.root(), "got/from-ssh.bin").unwrap() == content(700_000, 3));
+    assert!(read(&ssh.root(), "new/dir/from-ftp.bin").unwrap() == content(250_000, 4));
+    let dlq = read_until(&bootstrap, "mem-dft-img-dlq", |r| !r.is_empty());
+    assert_eq!(dlq.len(), 1);
+    assert!(
+        dlq[0].0["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("PathOutsideRoot"),
+        "{:?}",
+        dlq[0].0
+    );
+    let health = get(&p.base, "/health").await.1;
+    assert!(health.contains("server SSH_BOX: sftp://"), "{health}");
 }

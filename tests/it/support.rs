@@ -628,3 +628,106 @@ impl Drop for FtpServer {
         self.stop();
     }
 }
+
+/// Debian's OpenSSH server on a loopback port with its SFTP subsystem, accepting one client
+/// key for the current user.
+pub struct SshServer {
+    pub port: u16,
+    pub user: String,
+    /// The host key's fingerprint, `SHA256:…`.
+    pub host_key: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl SshServer {
+    pub fn start() -> SshServer {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "client_key"] {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .expect("ssh-keygen is installed (scripts/services.sh installs openssh)");
+            assert!(status.success());
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::create_dir_all(d.join("root")).unwrap();
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
+             AuthorizedKeysFile {dir}/authorized_keys\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+             StrictModes no\nUsePAM no\nPidFile {dir}/sshd.pid\nSubsystem sftp internal-sftp\n",
+            dir = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("sshd is installed (scripts/services.sh installs openssh-server)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(d.join("host_key.pub"))
+            .output()
+            .unwrap();
+        let host_key = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let user = String::from_utf8_lossy(&Command::new("whoami").output().unwrap().stdout)
+            .trim()
+            .to_owned();
+        SshServer {
+            port,
+            user,
+            host_key,
+            child,
+            dir,
+        }
+    }
+
+    /// The directory jobs are confined to.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The seed-style variables for this server under `name` (key login, pinned host key).
+    pub fn env(&self, name: &str) -> Vec<(String, String)> {
+        vec![
+            (format!("{name}_TYPE"), "sftp".to_owned()),
+            (format!("{name}_HOST"), "127.0.0.1".to_owned()),
+            (format!("{name}_PORT"), self.port.to_string()),
+            (format!("{name}_USER"), self.user.clone()),
+            (format!("{name}_ROOT"), self.root().display().to_string()),
+            (
+                format!("{name}_KEY"),
+                self.dir.path().join("client_key").display().to_string(),
+            ),
+            (format!("{name}_HOST_KEY"), self.host_key.clone()),
+        ]
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

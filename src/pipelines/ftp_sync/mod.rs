@@ -26,6 +26,7 @@ use crate::config::{Check, Config, EnvKey, Secret, Unit};
 use crate::sinks::files::ftp::{FtpSettings, FtpTransport};
 use crate::sinks::files::local::LocalTransport;
 use crate::sinks::files::s3::S3Transport;
+use crate::sinks::files::sftp::{SftpSettings, SftpTransport};
 use crate::sinks::files::Transport;
 use crate::sinks::objects::store::{self, Location};
 use crate::sources::kafka::path::KafkaPath;
@@ -52,7 +53,7 @@ pub const DEF: PipelineDef = PipelineDef {
 };
 
 /// Server kinds a `{HOSTNAME}_TYPE` variable may name.
-const KINDS: [&str; 4] = ["ftp", "ftps", "s3", "file"];
+const KINDS: [&str; 5] = ["ftp", "ftps", "sftp", "s3", "file"];
 
 /// The seed's server registry: `{HOSTNAME}_TYPE` names a server (`SRC_FTP_SERVER1_TYPE=ftp`),
 /// and `{HOSTNAME}_HOST`, `_PORT`, `_USER`, `_PASS` (and `_ROOT`) describe it.
@@ -75,6 +76,8 @@ fn scan_servers(env: &BTreeMap<String, String>) -> Vec<(String, Unit, String)> {
             ("_USER", "user", Unit::Str),
             ("_PASS", "pass", Unit::Str),
             ("_ROOT", "root", Unit::Str),
+            ("_KEY", "key_file", Unit::Str),
+            ("_HOST_KEY", "host_key", Unit::Str),
         ] {
             let v = format!("{name}{suffix}");
             if env.contains_key(&v) {
@@ -89,6 +92,7 @@ fn scan_servers(env: &BTreeMap<String, String>) -> Vec<(String, Unit, String)> {
 pub enum ServerKind {
     Ftp,
     Ftps,
+    Sftp,
     S3,
     File,
 }
@@ -105,6 +109,9 @@ pub struct ServerConfig {
     pub root: Option<String>,
     pub passive: bool,
     pub insecure_tls: bool,
+    pub key_file: Option<String>,
+    pub host_key: Option<String>,
+    pub insecure_host_key: bool,
     pub max_connections: usize,
 }
 
@@ -172,19 +179,31 @@ impl FtpSyncConfig {
             let kind = match s.kind.as_deref().map(|t| t.trim().to_ascii_lowercase()) {
                 Some(t) if t == "ftp" => ServerKind::Ftp,
                 Some(t) if t == "ftps" => ServerKind::Ftps,
+                Some(t) if t == "sftp" => ServerKind::Sftp,
                 Some(t) if t == "s3" => ServerKind::S3,
                 Some(t) if t == "file" => ServerKind::File,
                 other => {
                     check.problem(
                         &sk("type"),
-                        format!("expected one of ftp, ftps, s3, file; found {other:?}"),
+                        format!("expected one of ftp, ftps, sftp, s3, file; found {other:?}"),
                     );
                     continue;
                 }
             };
             let host = s.host.clone().unwrap_or_default();
-            if matches!(kind, ServerKind::Ftp | ServerKind::Ftps | ServerKind::S3)
-                && host.trim().is_empty()
+            if kind == ServerKind::Sftp
+                && s.host_key.as_deref().is_none_or(|k| k.trim().is_empty())
+                && !s.insecure_host_key.unwrap_or(false)
+            {
+                check.problem(
+                    &sk("host_key"),
+                    "expected the server's host key fingerprint (\"SHA256:...\", as ssh-keygen -lf prints it), or insecure_host_key = true",
+                );
+            }
+            if matches!(
+                kind,
+                ServerKind::Ftp | ServerKind::Ftps | ServerKind::Sftp | ServerKind::S3
+            ) && host.trim().is_empty()
             {
                 check.problem(
                     &sk("host"),
@@ -207,12 +226,17 @@ impl FtpSyncConfig {
                 ServerConfig {
                     kind,
                     host,
-                    port: s.port.unwrap_or(21),
+                    port: s
+                        .port
+                        .unwrap_or(if kind == ServerKind::Sftp { 22 } else { 21 }),
                     user: s.user.clone().unwrap_or_else(|| "anonymous".to_owned()),
                     password: s.pass.clone().filter(|p| !p.is_empty()).map(Secret::new),
                     root,
                     passive: s.passive.unwrap_or(passive),
                     insecure_tls: s.insecure_tls.unwrap_or(false),
+                    key_file: s.key_file.clone().filter(|k| !k.trim().is_empty()),
+                    host_key: s.host_key.clone().filter(|k| !k.trim().is_empty()),
+                    insecure_host_key: s.insecure_host_key.unwrap_or(false),
                     max_connections: s
                         .max_connections
                         .map(|n| n.max(1) as usize)
@@ -234,6 +258,9 @@ impl FtpSyncConfig {
                     root: Some(dir.to_owned()),
                     passive,
                     insecure_tls: false,
+                    key_file: None,
+                    host_key: None,
+                    insecure_host_key: false,
                     max_connections: 2 * concurrency,
                 });
             }
@@ -313,6 +340,17 @@ fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Ar
             passive: s.passive,
             tls: s.kind == ServerKind::Ftps,
             insecure_tls: s.insecure_tls,
+            max_connections: s.max_connections,
+            timeout: Duration::from_secs(30),
+        })),
+        ServerKind::Sftp => Arc::new(SftpTransport::new(SftpSettings {
+            host: s.host.clone(),
+            port: s.port,
+            user: s.user.clone(),
+            password: s.password.clone(),
+            key_file: s.key_file.clone().map(Into::into),
+            host_key: s.host_key.clone(),
+            insecure: s.insecure_host_key,
             max_connections: s.max_connections,
             timeout: Duration::from_secs(30),
         })),

@@ -5,6 +5,7 @@
 pub mod ftp;
 pub mod local;
 pub mod s3;
+pub mod sftp;
 
 use std::fmt;
 

@@ -1,0 +1,376 @@
+//! `sftp`: pooled SSH connections with an SFTP session each (russh + russh-sftp). Password or
+//! private-key login; the server's host key is pinned by its SHA-256 fingerprint unless the
+//! server is explicitly marked insecure.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use russh::client::{self, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::StatusCode;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
+use crate::config::Secret;
+
+#[derive(Clone, Debug)]
+pub struct SftpSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// A private key file (OpenSSH format); used instead of the password when set.
+    pub key_file: Option<PathBuf>,
+    /// The expected host key, `SHA256:…` as `ssh-keygen -lf` prints it.
+    pub host_key: Option<String>,
+    /// Accept any host key (test servers only); without it a `host_key` is required.
+    pub insecure: bool,
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
+
+struct Client {
+    expected: Option<String>,
+    insecure: bool,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(match (&self.expected, key) {
+            (Some(fp), russh::keys::PublicKeyOrCertificate::PublicKey { key, .. }) => {
+                key.fingerprint(HashAlg::Sha256).to_string() == *fp
+            }
+            (Some(_), russh::keys::PublicKeyOrCertificate::Certificate(_)) => false,
+            (None, _) => self.insecure,
+        })
+    }
+}
+
+struct Conn {
+    _ssh: Handle<Client>,
+    sftp: SftpSession,
+}
+
+struct Lease {
+    conn: Conn,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct SftpTransport {
+    settings: SftpSettings,
+    idle: Mutex<Vec<Conn>>,
+    slots: Arc<Semaphore>,
+    made: Mutex<HashSet<String>>,
+}
+
+fn ssh_error(addr: &str, e: russh::Error) -> TransferError {
+    match e {
+        russh::Error::IO(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            TransferError::transient("ConnectionRefused", format!("{addr}: {io}"))
+        }
+        russh::Error::UnknownKey => TransferError::transient(
+            "HostKeyMismatch",
+            format!("{addr}: the server's host key is not the configured one"),
+        ),
+        other => TransferError::transient("SshError", format!("{addr}: {other}")),
+    }
+}
+
+/// SFTP status codes: a missing file or a refused path is the job's, the rest the server's.
+fn sftp_error(path: &str, e: SftpError) -> TransferError {
+    match e {
+        SftpError::Status(s) => match s.status_code {
+            StatusCode::NoSuchFile => {
+                TransferError::permanent("FileNotFound", format!("{path}: {}", s.error_message))
+            }
+            StatusCode::PermissionDenied => {
+                TransferError::permanent("PermissionDenied", format!("{path}: {}", s.error_message))
+            }
+            other => TransferError::transient(
+                "SftpError",
+                format!("{path}: {other}: {}", s.error_message),
+            ),
+        },
+        other => TransferError::transient("SftpError", format!("{path}: {other}")),
+    }
+}
+
+fn io_error(path: &str, e: std::io::Error) -> TransferError {
+    TransferError::transient("IoError", format!("{path}: {e}"))
+}
+
+impl SftpTransport {
+    pub fn new(settings: SftpSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        SftpTransport {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            slots,
+            made: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    async fn connect(&self) -> Result<Conn, TransferError> {
+        let s = &self.settings;
+        let addr = self.addr();
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(Duration::from_secs(300)),
+            ..Default::default()
+        });
+        let handler = Client {
+            expected: s.host_key.clone(),
+            insecure: s.insecure,
+        };
+        let mut ssh = tokio::time::timeout(
+            s.timeout,
+            client::connect(config, (s.host.as_str(), s.port), handler),
+        )
+        .await
+        .map_err(|_| TransferError::transient("Timeout", format!("connecting to {addr}")))?
+        .map_err(|e| ssh_error(&addr, e))?;
+        let auth = match &s.key_file {
+            Some(file) => {
+                let key = russh::keys::load_secret_key(file, None).map_err(|e| {
+                    TransferError::transient("KeyError", format!("{}: {e}", file.display()))
+                })?;
+                let hash = ssh
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(|e| ssh_error(&addr, e))?
+                    .flatten();
+                ssh.authenticate_publickey(
+                    s.user.as_str(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+            }
+            None => {
+                let password = s.password.as_ref().map(Secret::expose).unwrap_or("");
+                ssh.authenticate_password(s.user.as_str(), password).await
+            }
+        }
+        .map_err(|e| ssh_error(&addr, e))?;
+        if !auth.success() {
+            return Err(TransferError::transient(
+                "LoginFailed",
+                format!("{addr}: login as {} refused", s.user),
+            ));
+        }
+        let channel = ssh
+            .channel_open_session()
+            .await
+            .map_err(|e| ssh_error(&addr, e))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| ssh_error(&addr, e))?;
+        let sftp = SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|e| sftp_error(&addr, e))?;
+        sftp.set_timeout(s.timeout.as_secs().max(1));
+        Ok(Conn { _ssh: ssh, sftp })
+    }
+
+    async fn lease(&self) -> Result<Lease, TransferError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TransferError::transient("Closed", "the pool is closed"))?;
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop();
+            let Some(conn) = idle else {
+                break;
+            };
+            if conn.sftp.canonicalize(".").await.is_ok() {
+                return Ok(Lease {
+                    conn,
+                    _permit: permit,
+                });
+            }
+        }
+        let conn = self.connect().await?;
+        Ok(Lease {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    fn settle<T>(&self, lease: Lease, result: &Result<T, TransferError>) {
+        match result {
+            Ok(_) => self.idle.lock().expect("pool lock").push(lease.conn),
+            Err(e) if e.permanent => self.idle.lock().expect("pool lock").push(lease.conn),
+            Err(_) => {}
+        }
+    }
+
+    async fn make_dirs(&self, sftp: &SftpSession, dir: &str) {
+        let mut at = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at.push('/');
+            at.push_str(part);
+            if self.made.lock().expect("dirs lock").contains(&at) {
+                continue;
+            }
+            // Fails when the directory exists; a real problem shows in the upload.
+            let _ = sftp.create_dir(at.as_str()).await;
+            self.made.lock().expect("dirs lock").insert(at.clone());
+        }
+    }
+}
+
+impl Transport for SftpTransport {
+    fn describe(&self) -> String {
+        format!("sftp://{}@{}", self.settings.user, self.addr())
+    }
+
+    fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>> {
+        async move {
+            let lease = self.lease().await?;
+            let result = lease
+                .conn
+                .sftp
+                .metadata(path)
+                .await
+                .map(|m| m.size)
+                .map_err(|e| sftp_error(path, e));
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn download<'a>(
+        &'a self,
+        path: &'a str,
+        out: Writer<'a>,
+    ) -> BoxFuture<'a, Result<u64, TransferError>> {
+        async move {
+            let lease = self.lease().await?;
+            let result = async {
+                let mut file = lease
+                    .conn
+                    .sftp
+                    .open(path)
+                    .await
+                    .map_err(|e| sftp_error(path, e))?;
+                let n = tokio::io::copy(&mut file, out)
+                    .await
+                    .map_err(|e| io_error(path, e))?;
+                let _ = file.shutdown().await;
+                out.shutdown().await.map_err(|e| io_error(path, e))?;
+                Ok(n)
+            }
+            .await;
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn upload<'a>(
+        &'a self,
+        path: &'a str,
+        input: Reader<'a>,
+    ) -> BoxFuture<'a, Result<Staged, TransferError>> {
+        async move {
+            let temp = temp_name(path);
+            let lease = self.lease().await?;
+            let result = async {
+                let sftp = &lease.conn.sftp;
+                self.make_dirs(sftp, split(path).0).await;
+                let mut file = sftp
+                    .create(temp.as_str())
+                    .await
+                    .map_err(|e| sftp_error(path, e))?;
+                let bytes = tokio::io::copy(input, &mut file)
+                    .await
+                    .map_err(|e| io_error(path, e))?;
+                file.shutdown().await.map_err(|e| io_error(path, e))?;
+                let held = sftp
+                    .metadata(temp.as_str())
+                    .await
+                    .map_err(|e| sftp_error(path, e))?
+                    .size;
+                if held.is_some_and(|h| h != bytes) {
+                    let _ = sftp.remove_file(temp.as_str()).await;
+                    return Err(TransferError::transient(
+                        "SizeMismatch",
+                        format!("{path}: sent {bytes} bytes, the server holds {held:?}"),
+                    ));
+                }
+                Ok(Staged {
+                    temp: temp.clone(),
+                    bytes,
+                })
+            }
+            .await;
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        staged: &'a Staged,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransferError>> {
+        async move {
+            let lease = self.lease().await?;
+            let sftp = &lease.conn.sftp;
+            // SFTP's rename does not replace an existing file: remove it first (a replay).
+            if sftp.try_exists(path).await.unwrap_or(false) {
+                let _ = sftp.remove_file(path).await;
+            }
+            let result = sftp
+                .rename(staged.temp.as_str(), path)
+                .await
+                .map_err(|e| sftp_error(path, e));
+            self.settle(lease, &result);
+            result
+        }
+        .boxed()
+    }
+
+    fn discard<'a>(&'a self, staged: &'a Staged) -> BoxFuture<'a, ()> {
+        async move {
+            if let Ok(lease) = self.lease().await {
+                let result = lease
+                    .conn
+                    .sftp
+                    .remove_file(staged.temp.as_str())
+                    .await
+                    .map_err(|e| sftp_error(&staged.temp, e));
+                self.settle(lease, &result);
+            }
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>> {
+        async move {
+            let conn = self.connect().await?;
+            let _ = conn.sftp.close().await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
