@@ -1,8 +1,7 @@
 //! `ftp` and `ftps` (explicit TLS): a pooled set of logged-in control connections per server.
 //! Binary mode always; passive mode unless configured otherwise.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -12,8 +11,8 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pool::{Lease, Pool};
 use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
 use crate::config::Secret;
 
@@ -37,26 +36,14 @@ type Conn = AsyncRustlsFtpStream;
 
 pub struct FtpTransport {
     settings: FtpSettings,
-    idle: Mutex<Vec<Conn>>,
-    slots: Arc<Semaphore>,
-    /// Directories known to exist, so each is created once.
-    made: Mutex<HashSet<String>>,
-}
-
-/// A checked-out connection; returned to the pool with `release` after a clean operation.
-struct Lease {
-    conn: Conn,
-    _permit: OwnedSemaphorePermit,
+    pool: Pool<Conn>,
 }
 
 impl FtpTransport {
     pub fn new(settings: FtpSettings) -> Self {
-        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         FtpTransport {
+            pool: Pool::new(settings.max_connections),
             settings,
-            idle: Mutex::new(Vec::new()),
-            slots,
-            made: Mutex::new(HashSet::new()),
         }
     }
 
@@ -98,38 +85,19 @@ impl FtpTransport {
         Ok(conn)
     }
 
-    async fn lease(&self) -> Result<Lease, TransferError> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
+    async fn lease(&self) -> Result<Lease<Conn>, TransferError> {
+        let timeout = self.settings.timeout;
+        self.pool
+            .lease(
+                |mut conn: Conn| async move {
+                    let ok = tokio::time::timeout(timeout, conn.noop())
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                    ok.then_some(conn)
+                },
+                || self.connect(),
+            )
             .await
-            .map_err(|_| TransferError::transient("Closed", "the pool is closed"))?;
-        loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
-            let Some(mut conn) = idle else {
-                break;
-            };
-            // An idle connection may have been closed by the server meanwhile.
-            if tokio::time::timeout(self.settings.timeout, conn.noop())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
-                return Ok(Lease {
-                    conn,
-                    _permit: permit,
-                });
-            }
-        }
-        let conn = self.connect().await?;
-        Ok(Lease {
-            conn,
-            _permit: permit,
-        })
-    }
-
-    fn release(&self, lease: Lease) {
-        self.idle.lock().expect("pool lock").push(lease.conn);
     }
 
     fn addr(&self) -> String {
@@ -138,32 +106,16 @@ impl FtpTransport {
 
     /// Creates `dir` and its parents, one level at a time (FTP has no `mkdir -p`).
     async fn make_dirs(&self, conn: &mut Conn, dir: &str) -> Result<(), TransferError> {
-        if dir == "/" || self.made.lock().expect("dirs lock").contains(dir) {
-            return Ok(());
-        }
-        let mut at = String::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            at.push('/');
-            at.push_str(part);
-            if self.made.lock().expect("dirs lock").contains(&at) {
-                continue;
-            }
+        for at in self.pool.dirs_to_make(dir) {
             // An error here usually means the directory exists; a real problem shows up as
             // the upload's own error.
             let _ = conn.mkdir(&at).await;
-            self.made.lock().expect("dirs lock").insert(at.clone());
         }
         Ok(())
     }
 
-    /// Returns the connection to the pool unless the operation may have broken it: a refused
-    /// command leaves the control connection usable, a network error may not.
-    fn settle<T>(&self, lease: Lease, result: &Result<T, TransferError>) {
-        match result {
-            Ok(_) => self.release(lease),
-            Err(e) if e.permanent => self.release(lease),
-            Err(_) => {}
-        }
+    fn settle<T>(&self, lease: Lease<Conn>, result: &Result<T, TransferError>) {
+        self.pool.settle(lease, result)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod ftp;
 pub mod local;
+pub mod pool;
 pub mod s3;
 pub mod sftp;
 

@@ -2,9 +2,8 @@
 //! private-key login; the server's host key is pinned by its SHA-256 fingerprint unless the
 //! server is explicitly marked insecure.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -15,8 +14,8 @@ use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::StatusCode;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pool::{Lease, Pool};
 use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
 use crate::config::Secret;
 
@@ -63,16 +62,9 @@ struct Conn {
     sftp: SftpSession,
 }
 
-struct Lease {
-    conn: Conn,
-    _permit: OwnedSemaphorePermit,
-}
-
 pub struct SftpTransport {
     settings: SftpSettings,
-    idle: Mutex<Vec<Conn>>,
-    slots: Arc<Semaphore>,
-    made: Mutex<HashSet<String>>,
+    pool: Pool<Conn>,
 }
 
 fn ssh_error(addr: &str, e: russh::Error) -> TransferError {
@@ -113,12 +105,9 @@ fn io_error(path: &str, e: std::io::Error) -> TransferError {
 
 impl SftpTransport {
     pub fn new(settings: SftpSettings) -> Self {
-        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         SftpTransport {
+            pool: Pool::new(settings.max_connections),
             settings,
-            idle: Mutex::new(Vec::new()),
-            slots,
-            made: Mutex::new(HashSet::new()),
         }
     }
 
@@ -187,51 +176,23 @@ impl SftpTransport {
         Ok(Conn { _ssh: ssh, sftp })
     }
 
-    async fn lease(&self) -> Result<Lease, TransferError> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
+    async fn lease(&self) -> Result<Lease<Conn>, TransferError> {
+        self.pool
+            .lease(
+                |conn: Conn| async move { conn.sftp.canonicalize(".").await.is_ok().then_some(conn) },
+                || self.connect(),
+            )
             .await
-            .map_err(|_| TransferError::transient("Closed", "the pool is closed"))?;
-        loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
-            let Some(conn) = idle else {
-                break;
-            };
-            if conn.sftp.canonicalize(".").await.is_ok() {
-                return Ok(Lease {
-                    conn,
-                    _permit: permit,
-                });
-            }
-        }
-        let conn = self.connect().await?;
-        Ok(Lease {
-            conn,
-            _permit: permit,
-        })
     }
 
-    fn settle<T>(&self, lease: Lease, result: &Result<T, TransferError>) {
-        match result {
-            Ok(_) => self.idle.lock().expect("pool lock").push(lease.conn),
-            Err(e) if e.permanent => self.idle.lock().expect("pool lock").push(lease.conn),
-            Err(_) => {}
-        }
+    fn settle<T>(&self, lease: Lease<Conn>, result: &Result<T, TransferError>) {
+        self.pool.settle(lease, result)
     }
 
     async fn make_dirs(&self, sftp: &SftpSession, dir: &str) {
-        let mut at = String::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            at.push('/');
-            at.push_str(part);
-            if self.made.lock().expect("dirs lock").contains(&at) {
-                continue;
-            }
+        for at in self.pool.dirs_to_make(dir) {
             // Fails when the directory exists; a real problem shows in the upload.
             let _ = sftp.create_dir(at.as_str()).await;
-            self.made.lock().expect("dirs lock").insert(at.clone());
         }
     }
 }

@@ -1,0 +1,107 @@
+//! A per-server pool of logged-in connections: at most `max` in use, idle ones kept for the
+//! next transfer, and the directories already created on that server.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::TransferError;
+
+pub struct Pool<C> {
+    idle: Mutex<Vec<C>>,
+    slots: Arc<Semaphore>,
+    made: Mutex<HashSet<String>>,
+}
+
+/// A connection in use; give it back with [`Pool::settle`].
+pub struct Lease<C> {
+    pub conn: C,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<C> Pool<C> {
+    pub fn new(max: usize) -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            made: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Waits for a free slot, then hands out an idle connection that `alive` accepts, or one
+    /// from `connect`.
+    pub async fn lease<A, F>(
+        &self,
+        mut alive: impl FnMut(C) -> A,
+        connect: impl FnOnce() -> F,
+    ) -> Result<Lease<C>, TransferError>
+    where
+        A: std::future::Future<Output = Option<C>>,
+        F: std::future::Future<Output = Result<C, TransferError>>,
+    {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TransferError::transient("Closed", "the pool is closed"))?;
+        loop {
+            let idle = self.idle.lock().expect("pool lock").pop();
+            let Some(conn) = idle else {
+                break;
+            };
+            // An idle connection may have been closed by the server meanwhile.
+            if let Some(conn) = alive(conn).await {
+                return Ok(Lease {
+                    conn,
+                    _permit: permit,
+                });
+            }
+        }
+        Ok(Lease {
+            conn: connect().await?,
+            _permit: permit,
+        })
+    }
+
+    /// Returns the connection unless the operation may have broken it: a refused command
+    /// leaves it usable, a network error may not.
+    pub fn settle<T>(&self, lease: Lease<C>, result: &Result<T, TransferError>) {
+        match result {
+            Ok(_) => self.idle.lock().expect("pool lock").push(lease.conn),
+            Err(e) if e.permanent => self.idle.lock().expect("pool lock").push(lease.conn),
+            Err(_) => {}
+        }
+    }
+
+    /// The levels of `dir` not created yet (outermost first), now marked as created: these
+    /// protocols have no `mkdir -p`, and an error creating an existing level is harmless.
+    pub fn dirs_to_make(&self, dir: &str) -> Vec<String> {
+        let mut made = self.made.lock().expect("dirs lock");
+        let mut at = String::new();
+        let mut out = Vec::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at.push('/');
+            at.push_str(part);
+            if made.insert(at.clone()) {
+                out.push(at.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_are_created_once_level_by_level() {
+        let pool: Pool<()> = Pool::new(1);
+        assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a", "/a/b", "/a/b/c"]);
+        assert_eq!(pool.dirs_to_make("/a/b/d"), ["/a/b/d"]);
+        assert!(pool.dirs_to_make("/a/b").is_empty());
+        assert!(pool.dirs_to_make("/").is_empty());
+    }
+}
