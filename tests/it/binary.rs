@@ -294,3 +294,64 @@ async fn an_outside_client_can_produce_into_the_embedded_broker() {
     })
     .await;
 }
+
+/// Files below `dir` whose name ends with `suffix`.
+fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p, suffix)
+            } else {
+                usize::from(p.to_string_lossy().ends_with(suffix))
+            }
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
+    let p = Process::start(include_str!("../../supervision.toml"), &[], &[]);
+    wait_ready(&p.base).await;
+    let dir = p.dir().to_owned();
+    until(
+        Duration::from_secs(90),
+        "data in every pipeline",
+        || async {
+            let metrics = get(&p.base, "/metrics").await.1;
+            let beats = metrics
+                .lines()
+                .any(|l| l.starts_with("actord_heartbeat_beats_total") && !l.ends_with(" 0"));
+            let ticks = metrics
+                .lines()
+                .any(|l| l.starts_with("actord_timescale_inserts_total") && !l.ends_with(" 0"));
+            beats
+                && ticks
+                && count_files(&dir.join("data/objects/market-data"), ".parquet") > 0
+                && count_files(&dir.join("data/ftp-sync/destination/archive"), ".bin") > 0
+        },
+    )
+    .await;
+    let (status, health) = get(&p.base, "/health").await;
+    assert_eq!(status, 200, "{health}");
+    for line in [
+        "heartbeat.consumer: healthy",
+        "recorder.timescaledb: healthy",
+        "recorder.s3: healthy",
+        "ftp-sync.servers: healthy",
+    ] {
+        assert!(health.contains(line), "{line} not in {health}");
+    }
+    let t = tree(&p.base).await;
+    for path in [
+        "/recorder/s3/writer-0",
+        "/ftp-sync/jobs/writer-0",
+        "/ftp-sync/demo/generator",
+    ] {
+        assert_eq!(actor(&t, path)["status"], "running", "{path}");
+    }
+}
