@@ -181,7 +181,7 @@ async fn actord(bootstrap: &str, topic: &str, src: &Ftp, dst: &Ftp, n: u64) -> D
         ("DST".to_owned(), None),
     ]));
     let mut source = SourceSettings::new(vec![topic.into()], format!("bench-{topic}"));
-    source.max_in_flight_records = concurrency * 4;
+    source.max_in_flight_records = concurrency * 8;
     source.chunk = concurrency;
     let path = KafkaPath::<job::Job, TransferSink> {
         id: "jobs".into(),
@@ -191,7 +191,7 @@ async fn actord(bootstrap: &str, topic: &str, src: &Ftp, dst: &Ftp, n: u64) -> D
         sink: transfers.factory(),
         lanes: 1,
         buffer: BufferLimits {
-            max_records: concurrency,
+            max_records: concurrency * 4,
             max_bytes: 16 << 20,
             max_age: Duration::from_millis(20),
         },

@@ -397,7 +397,9 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let roots = Arc::new(c.roots());
     let mut source = SourceSettings::new(c.topics.clone(), c.group.clone());
     // A small prefetch: jobs waiting here are jobs other members of the group cannot take.
-    source.max_in_flight_records = c.concurrency * 4;
+    // Batches of 4 x concurrency keep every transfer slot busy while a long transfer runs
+    // (the next batch starts when the whole batch is done); two batches may be in flight.
+    source.max_in_flight_records = c.concurrency * 8;
     source.chunk = c.concurrency.max(1);
     let path = KafkaPath::<Job, TransferSink> {
         id: "jobs".into(),
@@ -407,7 +409,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         sink: transfers.factory(),
         lanes: 1,
         buffer: BufferLimits {
-            max_records: c.concurrency,
+            max_records: c.concurrency * 4,
             max_bytes: 16 << 20,
             max_age: Duration::from_millis(20),
         },
