@@ -178,6 +178,7 @@ impl Sink<Job> for TransferSink {
                 let topic = e.source.origin.topic.as_str().to_owned();
                 match outcome {
                     Outcome::Done => {
+                        self.attempts.remove(&k);
                         self.done.insert(k);
                     }
                     Outcome::Rejected(err) => {
@@ -192,10 +193,12 @@ impl Sink<Job> for TransferSink {
                     }
                     Outcome::Failed(err, server) => {
                         metrics::counter!(names::FTP_JOBS_TOTAL, "topic" => topic, "outcome" => "failed").increment(1);
-                        let opened = shared.server(&server).failed(s.breaker_threshold, &err);
+                        let server = shared.server(&server);
+                        let opened = server.failed(s.breaker_threshold, &err);
                         // Only failures on a server that is otherwise healthy count against
-                        // the job; the one that opened the circuit is the server's.
-                        if opened {
+                        // the job; those that open the circuit, or meet it open, are the
+                        // server's.
+                        if opened || server.is_open() {
                             waiting = true;
                             continue;
                         }
