@@ -207,6 +207,9 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 pub enum SinkMode {
     /// Accept everything (except records matching the poison predicate).
     Accept,
+    /// Write every record but those matching the poison predicate, and reject those one by
+    /// one (a partial rejection, after `attempts` tries each).
+    RejectEach { attempts: u32 },
     /// Fail every write as transient (the dependency is down).
     Down,
     /// Fail every write as fatal.
@@ -298,6 +301,27 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
                 SinkMode::Down => return Err(SinkError::transient("connection refused")),
                 SinkMode::Broken => return Err(SinkError::fatal("schema mismatch")),
                 SinkMode::Accept => break,
+                SinkMode::RejectEach { attempts } => {
+                    let mut rejected = Vec::new();
+                    let mut inner = self.control.inner.lock().expect("sink lock");
+                    for (index, e) in records.iter().enumerate() {
+                        if (self.control.poison)(&e.record) {
+                            rejected.push(crate::sink::Rejection {
+                                index,
+                                class: "FileUnavailable".into(),
+                                message: format!("record {index} cannot be written"),
+                                attempts,
+                            });
+                        } else {
+                            inner.written.push((e.source.origin, e.record.clone()));
+                        }
+                    }
+                    return if rejected.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(SinkError::rejected(rejected))
+                    };
+                }
             }
         }
         if records.iter().any(|e| (self.control.poison)(&e.record)) {

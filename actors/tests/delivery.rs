@@ -308,3 +308,39 @@ async fn discarded_partitions_leave_the_buffer() {
     let partitions: Vec<i32> = c.sink.written().iter().map(|(o, _)| o.partition).collect();
     assert_eq!(partitions, vec![0, 0, 0]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_push_larger_than_the_batch_is_cut_into_exact_batches() {
+    let c = Chain::start(limits(4, 10), true, 3).await;
+    c.sink.set_mode(SinkMode::Blocked);
+    c.send(numbers(0, 0..10));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.sink.set_mode(SinkMode::Accept);
+    assert!(eventually(Duration::from_secs(1), || c.written().len() == 8).await);
+    // Two full batches of 4; the last 2 wait for their own age.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(c.written().len(), 8);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(c.written(), (0..10).collect::<Vec<_>>());
+    assert_eq!(c.sink.attempts(), 3, "batches of 4, 4 and 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_a_sink_rejects_one_by_one_are_dead_lettered_and_the_rest_acked_once() {
+    let c = Chain::start(limits(6, 10), true, 3).await;
+    c.sink.set_mode(SinkMode::RejectEach { attempts: 2 });
+    let mut records = numbers(0, 0..4);
+    records.insert(1, source(0, 100, "-1"));
+    records.insert(3, source(0, 101, "-2"));
+    c.send(records);
+    assert!(eventually(Duration::from_secs(1), || c.acked_offsets().len() == 6).await);
+    assert_eq!(c.written(), vec![0, 1, 2, 3]);
+    assert_eq!(c.sink.attempts(), 1, "nothing written twice");
+    let letters = c.dlq.lock().unwrap();
+    let offsets: Vec<i64> = letters.iter().map(|l| l.source.origin.offset).collect();
+    assert_eq!(offsets, vec![100, 101]);
+    assert!(letters
+        .iter()
+        .all(|l| l.retry_count == 2 && l.stage == "sink"));
+    assert_eq!(letters[0].poison.class, "FileUnavailable");
+}
