@@ -432,8 +432,14 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
     let dst = &fs.servers["DST_FTP_SERVER1"];
     assert_eq!((dst.port, dst.root.as_deref()), (21, Some("/data")));
     assert!(!format!("{c:?}").contains("\"password\""));
-    let p = problems(load(&sources(&f, &[("BAD_SERVER_TYPE", "ftp")])));
+    let p = problems(load(&sources(
+        &f,
+        &[("BAD_SERVER_TYPE", "ftp"), ("BAD_SERVER_PORT", "21")],
+    )));
     assert_eq!(p[0].key, "pipelines.ftp-sync.servers.BAD_SERVER.host");
+    // A lone `_TYPE` variable is not a server.
+    let lone = load(&sources(&f, &[("MIME_TYPE", "file")])).unwrap();
+    assert!(lone.pipelines.ftp_sync.servers.is_empty());
     // An SFTP server's host key must be pinned, or explicitly not checked.
     let p = problems(load(&sources(
         &f,

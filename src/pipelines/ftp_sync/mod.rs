@@ -56,15 +56,20 @@ pub const DEF: PipelineDef = PipelineDef {
 const KINDS: [&str; 5] = ["ftp", "ftps", "sftp", "s3", "file"];
 
 /// The seed's server registry: `{HOSTNAME}_TYPE` names a server (`SRC_FTP_SERVER1_TYPE=ftp`),
-/// and `{HOSTNAME}_HOST`, `_PORT`, `_USER`, `_PASS` (and `_ROOT`) describe it.
+/// and `{HOSTNAME}_HOST`, `_PORT`, `_USER`, `_PASS` (and `_ROOT`, `_KEY`, `_HOST_KEY`) describe it.
 fn scan_servers(env: &BTreeMap<String, String>) -> Vec<(String, Unit, String)> {
     let mut out = Vec::new();
     for (var, value) in env {
         let Some(name) = var.strip_suffix("_TYPE") else {
             continue;
         };
+        // A `_TYPE` alone (say `MIME_TYPE=file`) names no server: a companion must be set too.
+        let described = ["_HOST", "_PORT", "_USER", "_ROOT"]
+            .iter()
+            .any(|s| env.contains_key(&format!("{name}{s}")));
         if name.is_empty()
             || name.starts_with("ACTORD_")
+            || !described
             || !KINDS.contains(&value.trim().to_ascii_lowercase().as_str())
         {
             continue;
