@@ -161,6 +161,10 @@ impl Sink<Job> for TransferSink {
             if pending.is_empty() {
                 break;
             }
+            if round > 0 {
+                tokio::time::sleep(s.backoff.delay(round - 1)).await;
+            }
+            round = round.saturating_add(1);
             let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(pending)
                 .map(|i| {
                     let shared = shared.clone();
@@ -221,14 +225,6 @@ impl Sink<Job> for TransferSink {
             if waiting {
                 probe_open(&shared).await;
             }
-            let more = (0..records.len()).any(|i| {
-                !self.done.contains(&key(&records[i])) && !rejected.iter().any(|r| r.index == i)
-            });
-            if !more {
-                break;
-            }
-            tokio::time::sleep(s.backoff.delay(round)).await;
-            round = round.saturating_add(1);
         }
         self.done.clear();
         for r in &rejected {
