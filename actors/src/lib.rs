@@ -1,4 +1,4 @@
-//! Pipeline-agnostic building blocks of actord: the supervisor, actor observation and error kinds.
+//! Pipeline-agnostic building blocks of actord: the supervisor, the scheduler, actor observation and error kinds.
 //!
 //! Nothing in this crate talks to a network. Pipelines in the `actord` binary compose these
 //! pieces with their own connectors.
@@ -12,6 +12,7 @@ pub mod observe;
 pub mod offsets;
 pub mod path;
 pub mod record;
+pub mod scheduler;
 pub mod sink;
 pub mod spec;
 pub mod supervisor;
@@ -22,5 +23,9 @@ pub use backoff::Backoff;
 pub use error::ErrorKind;
 pub use observe::{ActorKind, ActorSnapshot, Probe, Registry, Status};
 pub use path::ActorPath;
+pub use scheduler::{
+    Entry, Job, RunContext, RunSummary, Schedule, Scheduler, SchedulerConfig, SchedulerHandle,
+    SchedulerMsg,
+};
 pub use spec::{ChildContext, ChildSpec, Restart, Strategy, SupervisorSpec};
 pub use supervisor::{Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg};

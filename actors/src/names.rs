@@ -31,3 +31,49 @@ pub const RECORDS_WRITTEN_TOTAL: &str = "actord_records_written_total";
 pub const RECORDS_POISON_TOTAL: &str = "actord_records_poison_total";
 /// Counter: poison records acknowledged without a DLQ record (another path owns the DLQ).
 pub const RECORDS_SKIPPED_TOTAL: &str = "actord_records_skipped_total";
+
+/// Counter: scheduled runs started (the lease was granted), by pipeline and entry.
+pub const SCHEDULE_RUNS_STARTED_TOTAL: &str = "actord_schedule_runs_started_total";
+/// Counter: scheduled runs that returned success, by pipeline and entry.
+pub const SCHEDULE_RUNS_SUCCEEDED_TOTAL: &str = "actord_schedule_runs_succeeded_total";
+/// Counter: scheduled runs that returned an error, panicked or were interrupted.
+pub const SCHEDULE_RUNS_FAILED_TOTAL: &str = "actord_schedule_runs_failed_total";
+/// Counter: due times that did not run, by pipeline, entry and reason (`run_active`,
+/// `lease_held`, `lease_unavailable`, `ran_elsewhere`).
+pub const SCHEDULE_RUNS_SKIPPED_TOTAL: &str = "actord_schedule_runs_skipped_total";
+/// Gauge: Unix time of the end of the entry's last successful run.
+pub const SCHEDULE_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "actord_schedule_last_success_timestamp_seconds";
+/// Histogram: how long a started run took, whatever its outcome.
+pub const SCHEDULE_RUN_DURATION_SECONDS: &str = "actord_schedule_run_duration_seconds";
+
+/// Declares the scheduler's metrics with their help text; the binary calls it once at start-up.
+pub fn describe_scheduler() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        SCHEDULE_RUNS_STARTED_TOTAL,
+        "Scheduled runs started, by pipeline and entry."
+    );
+    describe_counter!(
+        SCHEDULE_RUNS_SUCCEEDED_TOTAL,
+        "Scheduled runs that succeeded, by pipeline and entry."
+    );
+    describe_counter!(
+        SCHEDULE_RUNS_FAILED_TOTAL,
+        "Scheduled runs that failed, panicked or were interrupted, by pipeline and entry."
+    );
+    describe_counter!(
+        SCHEDULE_RUNS_SKIPPED_TOTAL,
+        "Due times that did not run, by pipeline, entry and reason (run_active, lease_held, lease_unavailable, ran_elsewhere)."
+    );
+    describe_gauge!(
+        SCHEDULE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time at which the entry's last successful run ended."
+    );
+    describe_histogram!(
+        SCHEDULE_RUN_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of scheduled runs, by pipeline and entry."
+    );
+}

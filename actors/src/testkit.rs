@@ -1,4 +1,4 @@
-//! Fakes for tests: a scriptable worker, an event log and polling helpers.
+//! Fakes for tests: a scriptable worker, an event log, polling helpers, a manual clock and an in-memory lease.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::observe::Probe;
 use crate::path::ActorPath;
 use crate::spec::ChildSpec;
+
+mod scheduling;
+pub use scheduling::{ManualClock, MemoryLease};
 
 /// What a [`TestWorker`] can be told to do.
 pub enum TestMsg {
