@@ -555,3 +555,122 @@ async fn sftp_moves_files_both_ways_with_a_pinned_host_key() {
     let health = get(&p.base, "/health").await.1;
     assert!(health.contains("server SSH_BOX: sftp://"), "{health}");
 }
+
+/// Failures that come before the upload reads anything (a destination that is down, 550 on
+/// STOR, a refused login) with files far larger than the pipe between download and upload:
+/// each transfer ends with its failure instead of waiting forever for room in the pipe.
+#[tokio::test]
+async fn uploads_refused_before_reading_end_multi_mib_transfers() {
+    let src = FtpServer::start(true);
+    let mut dst = FtpServer::start(true);
+    let read_only = FtpServer::start(false);
+    let locked = FtpServer::start(true);
+    let big = 4 << 20;
+    for i in 0..4 {
+        write(
+            &src.root(),
+            &format!("in/big-{i}.bin"),
+            &content(big + i, i as u8),
+        );
+    }
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    env.extend(read_only.env("RO_FTP_SERVER"));
+    env.extend(locked.env("LOCKED_FTP_SERVER").into_iter().map(|(k, v)| {
+        if k.ends_with("_PASS") {
+            (k, "not-the-password".into())
+        } else {
+            (k, v)
+        }
+    }));
+    let p = Process::start(
+        &config("max_retries = 2\nbreaker_threshold = 2"),
+        &[],
+        &env_refs(&env),
+    );
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    dst.stop();
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![
+            job(
+                "denied",
+                ("SRC_FTP_SERVER1", "/in/big-0.bin"),
+                ("RO_FTP_SERVER", "/denied.bin"),
+            ),
+            job(
+                "down-1",
+                ("SRC_FTP_SERVER1", "/in/big-1.bin"),
+                ("DST_FTP_SERVER1", "/out/1.bin"),
+            ),
+            job(
+                "down-2",
+                ("SRC_FTP_SERVER1", "/in/big-2.bin"),
+                ("DST_FTP_SERVER1", "/out/2.bin"),
+            ),
+        ],
+    )
+    .await;
+    // The refused connections come back as failures and open the circuit: nothing hangs.
+    until(
+        Duration::from_secs(30),
+        "the destination's open circuit",
+        || async {
+            get(&p.base, "/metrics")
+                .await
+                .1
+                .contains("actord_ftp_circuit_open{server=\"DST_FTP_SERVER1\"} 1")
+        },
+    )
+    .await;
+    dst.resume();
+    let dlq = read_until(&bootstrap, "mem-dft-img-dlq", |r| !r.is_empty());
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].0["original_message"]["job_id"], "denied");
+    assert!(
+        dlq[0].0["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("FileUnavailable"),
+        "550 on STOR is the job's: {}",
+        dlq[0].0
+    );
+    until(
+        Duration::from_secs(60),
+        "both files after the outage",
+        || async { (1..3).all(|i| read(&dst.root(), &format!("out/{i}.bin")).is_some()) },
+    )
+    .await;
+    for i in 1..3 {
+        assert_eq!(
+            read(&dst.root(), &format!("out/{i}.bin")).unwrap(),
+            content(big + i, i as u8)
+        );
+    }
+    // A refused login ends its transfer too: the server's circuit opens.
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![job(
+            "locked",
+            ("SRC_FTP_SERVER1", "/in/big-3.bin"),
+            ("LOCKED_FTP_SERVER", "/l.bin"),
+        )],
+    )
+    .await;
+    until(
+        Duration::from_secs(30),
+        "the locked server's open circuit",
+        || async {
+            get(&p.base, "/metrics")
+                .await
+                .1
+                .contains("actord_ftp_circuit_open{server=\"LOCKED_FTP_SERVER\"} 1")
+        },
+    )
+    .await;
+    assert!(read(&locked.root(), "l.bin").is_none());
+    assert!(read(&read_only.root(), "denied.bin").is_none());
+}

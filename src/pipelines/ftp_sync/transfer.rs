@@ -292,10 +292,13 @@ pub enum Side {
     Destination,
 }
 
-/// Hashes what passes through on its way to `inner`.
+/// Hashes what passes through on its way to `inner`, and notes when the reader went away.
 struct Hashing<W> {
     inner: W,
     hash: Option<Sha256>,
+    /// A write failed because the upload had already ended and dropped its end of the pipe:
+    /// the download's error is then a consequence, and the upload's error is the cause.
+    reader_gone: bool,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
@@ -305,8 +308,16 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some(h)) = (&poll, self.hash.as_mut()) {
-            h.update(&buf[..*n]);
+        match &poll {
+            Poll::Ready(Ok(n)) => {
+                if let Some(h) = self.hash.as_mut() {
+                    h.update(&buf[..*n]);
+                }
+            }
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.reader_gone = true;
+            }
+            _ => {}
         }
         poll
     }
@@ -355,10 +366,11 @@ pub async fn transfer(
     verify: Verify,
 ) -> Result<u64, (TransferError, Side)> {
     let expected = src.size(src_path).await.map_err(|e| (e, Side::Source))?;
-    let (pipe_in, mut pipe_out) = tokio::io::duplex(PIPE);
+    let (pipe_in, pipe_out) = tokio::io::duplex(PIPE);
     let mut hashing = Hashing {
         inner: pipe_in,
         hash: (verify == Verify::Sha256).then(Sha256::new),
+        reader_gone: false,
     };
     let download = async {
         let result = src.download(src_path, &mut hashing).await;
@@ -366,10 +378,17 @@ pub async fn transfer(
         let _ = hashing.inner.shutdown().await;
         result
     };
-    let upload = dst.upload(dst_path, &mut pipe_out);
+    // The upload owns its end of the pipe and drops it when it ends, so an upload that fails
+    // before reading everything (refused connection or login, 550 on STOR) makes the download's
+    // next write fail instead of waiting forever for room in a full pipe.
+    let upload = async move {
+        let mut pipe_out = pipe_out;
+        dst.upload(dst_path, &mut pipe_out).await
+    };
     let (down, up) = tokio::join!(download, upload);
     let staged: Staged = match (down, up) {
         (Ok(_), Ok(staged)) => staged,
+        (Err(_), Err(e)) if hashing.reader_gone => return Err((e, Side::Destination)),
         (Err(e), up) => {
             if let Ok(staged) = up {
                 dst.discard(&staged).await;
