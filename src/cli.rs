@@ -36,6 +36,18 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// Run demo generators (synthetic data) even when kafka.brokers names a real cluster.
+    #[arg(long, global = true)]
+    pub demo_into_cluster: bool,
+    /// Kafka bootstrap servers for every pipeline (overrides KAFKA_BROKERS and kafka.brokers).
+    #[arg(long, global = true, value_name = "HOST:PORT,...")]
+    pub bootstrap_servers: Option<String>,
+    /// Topic(s) of the one enabled pipeline that reads Kafka, comma-separated.
+    #[arg(long, global = true, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// Consumer group of the one enabled pipeline that reads Kafka.
+    #[arg(long, global = true, value_name = "GROUP")]
+    pub group_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +80,10 @@ impl Cli {
             env,
             enable: self.enable.clone(),
             admin: self.admin.clone(),
+            demo_into_cluster: self.demo_into_cluster,
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            topic: self.topic.clone(),
+            group_id: self.group_id.clone(),
         })
     }
 }
@@ -138,7 +154,22 @@ fn render_child(spec: &ChildSpec, depth: usize, out: &mut String) {
 pub async fn render_live_tree(base: &str) -> anyhow::Result<String> {
     let url = format!("{}/api/tree", base.trim_end_matches('/'));
     let tree: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
+    let info_url = format!("{}/api/info", base.trim_end_matches('/'));
+    let info: serde_json::Value = reqwest::get(&info_url)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let mut out = String::new();
+    let bootstrap = info
+        .pointer("/kafka/bootstrap")
+        .and_then(|b| b.as_str())
+        .unwrap_or("");
+    if info.pointer("/kafka/mode").and_then(|m| m.as_str()) == Some("embedded")
+        && !bootstrap.is_empty()
+    {
+        out.push_str(&format!("# {}\n", crate::admin::embedded_note(bootstrap)));
+    }
     render_node(&tree, 0, &mut out);
     Ok(out)
 }

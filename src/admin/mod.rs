@@ -2,6 +2,9 @@
 //! operator actions on actors and pipelines.
 
 mod actions;
+mod guard;
+
+pub use guard::REQUEST_HEADER;
 
 use std::future::Future;
 
@@ -36,6 +39,10 @@ pub fn router(handle: Handle) -> Router {
             "/api/pipelines/{name}/{action}",
             post(actions::pipeline_action),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            handle.clone(),
+            guard::guard,
+        ))
         .with_state(handle)
 }
 
@@ -76,12 +83,14 @@ async fn ready(State(h): State<Handle>) -> Response {
         .filter(|p| h.pipeline_status(p) != Status::Running)
         .map(|p| format!("{p}: {}", h.pipeline_status(p).as_str()))
         .collect();
+    // Notes (such as the embedded broker) inform; they never make the process unready.
+    let notes: String = notes(&h).iter().map(|n| format!("# {n}\n")).collect();
     if failing.is_empty() {
-        text(StatusCode::OK, "READY\n".into())
+        text(StatusCode::OK, format!("READY\n{notes}"))
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("NOT READY\n{}\n", failing.join("\n")),
+            format!("NOT READY\n{}\n{notes}", failing.join("\n")),
         )
     }
 }
@@ -121,13 +130,18 @@ fn health_body(lines: Vec<(String, bool)>, notes: Vec<String>) -> Response {
     )
 }
 
+/// What an operator who forgot `KAFKA_BROKERS` must see at once.
+pub fn embedded_note(bootstrap: &str) -> String {
+    format!(
+        "kafka: embedded in-process broker at {bootstrap} (demo/test only: 5 MiB per partition, \
+         lost on exit); set KAFKA_BROKERS or kafka.brokers to use a real cluster"
+    )
+}
+
 fn notes(h: &Handle) -> Vec<String> {
     let mut notes = Vec::new();
     if h.kafka.embedded && !h.kafka.bootstrap.is_empty() {
-        notes.push(
-            "kafka: embedded in-process broker (demo/test only: 5 MiB per partition, lost on exit)"
-                .to_owned(),
-        );
+        notes.push(embedded_note(&h.kafka.bootstrap));
     }
     notes
 }

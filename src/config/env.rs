@@ -59,6 +59,7 @@ pub const GLOBAL: &[EnvKey] = &[
     EnvKey::new("KAFKA_BROKERS", "kafka.brokers", Unit::Str),
     EnvKey::new("ACTORD_ADMIN_LISTEN", "admin.listen", Unit::Str),
     EnvKey::new("ACTORD_ADMIN_TOKEN", "admin.token", Unit::Str),
+    EnvKey::new("ACTORD_ADMIN_INSECURE", "admin.insecure", Unit::Bool),
     EnvKey::new("ACTORD_FAIL_FAST", "runtime.fail_fast", Unit::Bool),
     EnvKey::new("ACTORD_LOG_FORMAT", "log.format", Unit::Str),
     EnvKey::new("ACTORD_LOG_LEVEL", "log.level", Unit::Str),

@@ -111,6 +111,14 @@ pub struct Sources {
     pub enable: Option<Vec<String>>,
     /// `--admin ADDR`.
     pub admin: Option<String>,
+    /// `--demo-into-cluster`: run demo generators even when the brokers are a real cluster.
+    pub demo_into_cluster: bool,
+    /// `--bootstrap-servers`, as the seeds' containers take it: the cluster for all pipelines.
+    pub bootstrap_servers: Option<String>,
+    /// `--topic` and `--group-id`, as the seeds' containers take them: for the one enabled
+    /// pipeline that reads Kafka.
+    pub topic: Option<String>,
+    pub group_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +187,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub fault_injection: bool,
+    /// A non-loopback bind or fault injection without a token, allowed on purpose.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +198,10 @@ pub struct RuntimeConfig {
     pub fail_fast: bool,
     pub cool_down: Duration,
     pub shutdown_timeout: Duration,
+    /// Pipelines whose `demo = true` was switched off because the brokers are a real cluster.
+    pub demos_off: Vec<String>,
+    /// Demo generators publish into a real cluster (`--demo-into-cluster`).
+    pub demo_into_cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,10 +268,16 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let enabled = resolve_enabled(&table, sources, &origin, &mut origins, &mut problems);
     let defs: Vec<&PipelineDef> = enabled.iter().filter_map(|n| pipelines::find(n)).collect();
     env::apply(&mut table, &sources.env, &defs, &mut origins, &mut problems);
+    apply_seed_flags(&mut table, sources, &defs, &mut origins, &mut problems);
     if let Some(admin) = &sources.admin {
         env::insert(&mut table, "admin.listen", Value::String(admin.clone()));
         origins.insert("admin.listen".into(), "--admin".into());
     }
+    let demos_off = if sources.demo_into_cluster || brokers_embedded(&table) {
+        Vec::new()
+    } else {
+        switch_off_demos(&mut table, &enabled)
+    };
     env::insert(
         &mut table,
         "runtime.enable",
@@ -275,11 +295,103 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         }
     };
     let check = Check::new(&origin, &origins, &mut problems);
-    let config = validate(raw, &origin, enabled, check);
+    let config = validate(raw, &origin, enabled, check).map(|mut c| {
+        c.runtime.demos_off = demos_off;
+        c.runtime.demo_into_cluster = sources.demo_into_cluster;
+        c
+    });
     match config {
         Some(c) if problems.is_empty() => Ok(c),
         _ => Err(ConfigError { problems }),
     }
+}
+
+/// `--bootstrap-servers`, `--topic` and `--group-id`: the seeds' container flags. The last two
+/// name no pipeline, so they apply only when exactly one enabled pipeline reads Kafka.
+fn apply_seed_flags(
+    table: &mut Table,
+    sources: &Sources,
+    defs: &[&PipelineDef],
+    origins: &mut env::Origins,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(brokers) = &sources.bootstrap_servers {
+        env::insert(table, "kafka.brokers", Value::String(brokers.clone()));
+        origins.insert("kafka.brokers".into(), "--bootstrap-servers".into());
+    }
+    let kafka: Vec<(&str, pipelines::KafkaKeys)> = defs
+        .iter()
+        .filter_map(|d| d.kafka_keys.map(|k| (d.name, k)))
+        .collect();
+    for (flag, value, long) in [
+        ("--topic", &sources.topic, "KAFKA_TOPICS"),
+        ("--group-id", &sources.group_id, "KAFKA_GROUP_ID"),
+    ] {
+        let Some(value) = value else { continue };
+        let [(name, keys)] = kafka.as_slice() else {
+            let names: Vec<&str> = kafka.iter().map(|(n, _)| *n).collect();
+            let forms: Vec<String> = names.iter().map(|n| prefixed(n, long)).collect();
+            problems.push(Problem::new(
+                flag,
+                "",
+                format!(
+                    "applies to one pipeline that reads Kafka, but {} are enabled ({}); enable \
+                     one with --enable, or set {} instead",
+                    names.len(),
+                    names.join(", "),
+                    forms.join(" or ")
+                ),
+            ));
+            continue;
+        };
+        let (key, unit) = if flag == "--topic" {
+            keys.topic
+        } else {
+            (keys.group, Unit::Str)
+        };
+        let dotted = format!("pipelines.{name}.{key}");
+        let converted = match unit {
+            Unit::List => Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            _ => Value::String(value.trim().to_owned()),
+        };
+        env::insert(table, &dotted, converted);
+        origins.insert(dotted, flag.to_owned());
+    }
+}
+
+/// Whether `kafka.brokers` (after the environment) leaves the embedded broker in use.
+fn brokers_embedded(table: &Table) -> bool {
+    match table.get("kafka").and_then(|k| k.get("brokers")) {
+        None => true,
+        Some(v) => v.as_str().is_some_and(|b| b.trim() == "embedded"),
+    }
+}
+
+/// Demo generators publish synthetic data standing in for a real producer: into a real cluster
+/// that would mix invented records with real ones, so `demo = true` of every enabled pipeline
+/// is switched off unless the run asks for it. Returns the pipelines switched off.
+fn switch_off_demos(table: &mut Table, enabled: &[String]) -> Vec<String> {
+    let mut off = Vec::new();
+    for name in enabled {
+        let section = table
+            .get_mut("pipelines")
+            .and_then(|p| p.get_mut(name.as_str()))
+            .and_then(Value::as_table_mut);
+        if let Some(section) = section {
+            if section.get("demo").and_then(Value::as_bool) == Some(true) {
+                section.insert("demo".to_owned(), Value::Boolean(false));
+                off.push(name.clone());
+            }
+        }
+    }
+    off
 }
 
 fn read_source(path: Option<&Path>) -> Result<(String, String), ConfigError> {
@@ -481,6 +593,27 @@ fn validate(
         }
     };
     let token = raw.admin.token.filter(|t| !t.is_empty()).map(Secret);
+    let fault_injection = raw.admin.fault_injection.unwrap_or(false);
+    let insecure = raw.admin.insecure.unwrap_or(false);
+    if token.is_none() && !insecure {
+        if let Some(addr) = listen.filter(|a| !a.ip().is_loopback()) {
+            check.problem(
+                "admin.listen",
+                format!(
+                    "{addr} is not a loopback address and admin.token is not set, so anyone who \
+                     reaches it could stop or restart pipelines; set admin.token \
+                     (ACTORD_ADMIN_TOKEN), or admin.insecure = true to allow it on purpose"
+                ),
+            );
+        }
+        if fault_injection {
+            check.problem(
+                "admin.fault_injection",
+                "needs admin.token (ACTORD_ADMIN_TOKEN), or admin.insecure = true to allow it \
+                 without one on purpose",
+            );
+        }
+    }
     let runtime = RuntimeConfig {
         enabled,
         fail_fast: raw.runtime.fail_fast.unwrap_or(false),
@@ -494,6 +627,8 @@ fn validate(
             raw.runtime.shutdown_timeout.as_deref(),
             Duration::from_secs(30),
         ),
+        demos_off: Vec::new(),
+        demo_into_cluster: false,
     };
     let format = match raw.log.format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
@@ -555,7 +690,8 @@ fn validate(
         admin: AdminConfig {
             listen: listen?,
             token,
-            fault_injection: raw.admin.fault_injection.unwrap_or(false),
+            fault_injection,
+            insecure,
         },
         runtime,
         log: LogConfig { format, level },

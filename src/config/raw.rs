@@ -39,6 +39,8 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// Enables `POST /api/actors/fail` (fault injection).
     pub fault_injection: Option<bool>,
+    /// Allows a non-loopback bind or fault injection without a token, on purpose.
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,9 +139,9 @@ pub struct RawPipelines {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFtpSync {
-    /// Topics carrying transfer jobs (KAFKA_TOPICS).
+    /// Topics carrying transfer jobs (ACTORD_FTP_SYNC_KAFKA_TOPICS).
     pub topics: Option<Vec<String>>,
-    /// Consumer group shared by every process doing this work (KAFKA_GROUP_ID).
+    /// Consumer group shared by every process doing this work (ACTORD_FTP_SYNC_KAFKA_GROUP_ID).
     pub group: Option<String>,
     /// Transfers in flight in this process.
     pub concurrency: Option<u32>,
@@ -206,6 +208,9 @@ pub struct RawRecorder {
     pub topics: Option<Vec<String>>,
     /// Consumer group prefix (KAFKA_GROUP_ID); each sink path adds its own suffix.
     pub group: Option<String>,
+    /// Group of the service this replaces: a path with no offsets of its own starts from its
+    /// committed offsets. Defaults to `group` (the seed's group); "" turns it off.
+    pub migrate_from_group: Option<String>,
     /// Consumers per path in this process (NUM_CONSUMERS).
     pub consumers: Option<u32>,
     /// Writer lanes of the TimescaleDB path (DB_WRITE_WORKERS).

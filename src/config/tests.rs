@@ -36,7 +36,7 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     assert!(c.pipelines.recorder.s3.enabled);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
     assert!(c.pipelines.recorder.demo);
-    assert_eq!(c.pipelines.recorder.db.schema, "market");
+    assert_eq!(c.pipelines.recorder.db.schema, "public");
     assert_eq!(c.kafka.brokers, Brokers::Embedded);
     assert!(c.admin.token.is_none());
     assert!(!c.admin.fault_injection);
@@ -223,6 +223,7 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         summary: "",
         env: KEYS,
         env_scan: None,
+        kafka_keys: None,
         topics: no_topics,
         build: no_build,
     };
@@ -231,6 +232,7 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         summary: "",
         env: KEYS,
         env_scan: None,
+        kafka_keys: None,
         topics: no_topics,
         build: no_build,
     };
@@ -412,7 +414,7 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
             ("DST_FTP_SERVER1_ROOT", "/data"),
             ("FTP_PASSIVE_MODE", "false"),
             ("DLQ_TOPIC_SUFFIX", ".dead"),
-            ("KAFKA_TOPICS", "mem-dft-img,fdry-dft-img"),
+            ("ACTORD_FTP_SYNC_KAFKA_TOPICS", "mem-dft-img,fdry-dft-img"),
             ("SOME_OTHER_TYPE", "mysql"),
         ],
     ))
@@ -460,5 +462,140 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
     assert_eq!(
         (b.port, b.key_file.as_deref()),
         (22, Some("/keys/id_ed25519"))
+    );
+}
+
+/// The recorder seed's `.env`, every variable it documents.
+const RECORDER_SEED_ENV: &[(&str, &str)] = &[
+    ("KAFKA_BROKERS", "kafka-1.internal:9092"),
+    ("KAFKA_GROUP_ID", "data-recorder-group"),
+    ("KAFKA_TOPICS", "market.tick,market.orderbook"),
+    ("TIMESCALEDB_HOST", "tsdb.internal"),
+    ("TIMESCALEDB_PORT", "5433"),
+    ("TIMESCALEDB_USER", "aipx"),
+    ("TIMESCALEDB_PASSWORD", "your_password"),
+    ("TIMESCALEDB_DB", "aipx_timeseries"),
+    ("S3_BUCKET", "aipx-data-lake"),
+    ("S3_REGION", "ap-northeast-2"),
+    ("S3_WRITE_ENABLED", "true"),
+    ("BATCH_SIZE", "1000"),
+    ("BATCH_TIMEOUT_MS", "5000"),
+    ("S3_BATCH_SIZE", "100000"),
+    ("S3_BATCH_TIMEOUT_SEC", "3600"),
+    ("NUM_CONSUMERS", "2"),
+    ("DB_WRITE_WORKERS", "4"),
+    ("MAX_BUFFER_SIZE", "100000"),
+];
+
+#[test]
+fn the_recorder_seed_environment_runs_beside_ftp_sync() {
+    let f = file(EMBEDDED);
+    let mut s = sources(&f, RECORDER_SEED_ENV);
+    s.enable = Some(vec!["recorder".into(), "ftp-sync".into()]);
+    let c = load(&s).expect("the recorder seed's variables are not ambiguous with ftp-sync");
+    let r = &c.pipelines.recorder;
+    assert_eq!(r.group, "data-recorder-group");
+    assert_eq!(r.topics, vec!["market.tick", "market.orderbook"]);
+    assert_eq!(
+        r.db.schema, "public",
+        "the seed's queries read unqualified tables"
+    );
+    let fs = &c.pipelines.ftp_sync;
+    assert_eq!(
+        fs.group, "etl-worker-group",
+        "KAFKA_GROUP_ID is the recorder's"
+    );
+    assert_eq!(fs.topics, vec!["file-transfer-jobs"]);
+    // Its own prefixed names still reach it.
+    let mut env = RECORDER_SEED_ENV.to_vec();
+    env.push(("ACTORD_FTP_SYNC_KAFKA_GROUP_ID", "etl-worker-1"));
+    let mut s = sources(&f, &env);
+    s.enable = Some(vec!["recorder".into(), "ftp-sync".into()]);
+    assert_eq!(load(&s).unwrap().pipelines.ftp_sync.group, "etl-worker-1");
+}
+
+#[test]
+fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
+    let f = file(EMBEDDED);
+    let embedded = load(&sources(&f, &[])).unwrap();
+    assert!(embedded.pipelines.recorder.demo && embedded.pipelines.ftp_sync.demo);
+    assert!(embedded.runtime.demos_off.is_empty());
+
+    let real = load(&sources(&f, RECORDER_SEED_ENV)).unwrap();
+    assert!(!real.pipelines.recorder.demo);
+    assert!(!real.pipelines.ftp_sync.demo);
+    assert!(
+        !real.pipelines.ftp_sync.servers.contains_key("DEMO_SRC"),
+        "no demo servers either: a real job cannot name them"
+    );
+    assert_eq!(real.runtime.demos_off, vec!["recorder", "ftp-sync"]);
+
+    let mut s = sources(&f, RECORDER_SEED_ENV);
+    s.demo_into_cluster = true;
+    let asked = load(&s).unwrap();
+    assert!(asked.pipelines.recorder.demo && asked.pipelines.ftp_sync.demo);
+    assert!(asked.runtime.demos_off.is_empty() && asked.runtime.demo_into_cluster);
+}
+
+#[test]
+fn an_admin_port_others_can_reach_needs_a_token_or_insecure() {
+    let f = file("[admin]\nlisten = \"0.0.0.0:8080\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "admin.listen");
+    assert!(
+        p[0].message
+            .contains("0.0.0.0:8080 is not a loopback address"),
+        "{}",
+        p[0].message
+    );
+    assert!(load(&sources(&f, &[("ACTORD_ADMIN_TOKEN", "t0ken")])).is_ok());
+    assert!(load(&sources(&f, &[("ACTORD_ADMIN_INSECURE", "true")])).is_ok());
+
+    let f = file("[admin]\nfault_injection = true\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "admin.fault_injection");
+    assert!(
+        p[0].message.contains("needs admin.token"),
+        "{}",
+        p[0].message
+    );
+    assert!(load(&sources(&f, &[("ACTORD_ADMIN_TOKEN", "t0ken")])).is_ok());
+    let f = file("[admin]\nfault_injection = true\ninsecure = true\n");
+    assert!(load(&sources(&f, &[])).is_ok());
+}
+
+#[test]
+fn the_seeds_container_flags_set_the_one_kafka_pipeline() {
+    let f = file(EMBEDDED);
+    let mut s = sources(&f, &[]);
+    s.enable = Some(vec!["ftp-sync".into()]);
+    s.topic = Some("mem-dft-img".into());
+    s.group_id = Some("etl-worker-1".into());
+    s.bootstrap_servers = Some("kafka-1.internal:9092".into());
+    let c = load(&s).unwrap();
+    assert_eq!(c.pipelines.ftp_sync.topics, vec!["mem-dft-img"]);
+    assert_eq!(c.pipelines.ftp_sync.group, "etl-worker-1");
+    assert_eq!(
+        c.kafka.brokers,
+        Brokers::List("kafka-1.internal:9092".into())
+    );
+    assert_eq!(
+        c.runtime.demos_off,
+        vec!["ftp-sync"],
+        "a real cluster: no demo"
+    );
+
+    let mut s = sources(&f, &[]);
+    s.enable = Some(vec!["recorder".into(), "ftp-sync".into()]);
+    s.topic = Some("mem-dft-img".into());
+    let p = problems(load(&s));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].origin, "--topic");
+    assert!(
+        p[0].message.contains("2 are enabled (recorder, ftp-sync)")
+            && p[0].message.contains("ACTORD_FTP_SYNC_KAFKA_TOPICS"),
+        "{}",
+        p[0].message
     );
 }

@@ -60,9 +60,19 @@ pub struct PipelineDef {
     /// Variables whose names are data, such as `{HOSTNAME}_HOST`: returns (key under the
     /// pipeline, unit, variable name) for each one present.
     pub env_scan: Option<EnvScan>,
+    /// Where the seeds' `--topic` and `--group-id` flags land in its section, if it reads Kafka.
+    pub kafka_keys: Option<KafkaKeys>,
     /// Topics it uses (with their dead-letter topics), created when the broker is embedded.
     pub topics: fn(&Config) -> Vec<TopicSpec>,
     pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
+}
+
+/// The keys of a pipeline section that `--topic` and `--group-id` set.
+#[derive(Clone, Copy, Debug)]
+pub struct KafkaKeys {
+    /// The topic key, and whether it holds one name (`Unit::Str`) or a list (`Unit::List`).
+    pub topic: (&'static str, Unit),
+    pub group: &'static str,
 }
 
 /// A health line that is healthy while the actor at `path` runs.

@@ -117,6 +117,13 @@ impl Handle {
     }
 }
 
+fn bootstrap_or_embedded(config: &Config) -> &str {
+    match &config.kafka.brokers {
+        Brokers::Embedded => "embedded",
+        Brokers::List(list) => list,
+    }
+}
+
 /// How the process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -145,7 +152,7 @@ pub async fn run(
                     .create_topic(&t.name, t.partitions)
                     .map_err(|e| anyhow::anyhow!("creating topic {}: {e}", t.name))?;
             }
-            warn!(bootstrap = %kafka.bootstrap(), topics = ?wanted.iter().map(|t| &t.name).collect::<Vec<_>>(), "using the embedded kafka broker: for demos and tests only (5 MiB per partition, lost on exit)");
+            warn!(bootstrap = %kafka.bootstrap(), topics = ?wanted.iter().map(|t| &t.name).collect::<Vec<_>>(), "no kafka.brokers or KAFKA_BROKERS configured: using the embedded in-process broker, for demos and tests only (5 MiB per partition, lost on exit)");
             Some(kafka)
         }
         _ => None,
@@ -186,8 +193,14 @@ pub async fn run(
     };
     let addr = admin_listener.local_addr()?;
     info!(admin = %addr, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");
-    if config.admin.token.is_none() && !addr.ip().is_loopback() {
-        warn!(admin = %addr, "admin port is bound to a non-loopback address without a token; set admin.token or ACTORD_ADMIN_TOKEN");
+    for name in &config.runtime.demos_off {
+        warn!(pipeline = %name, brokers = %bootstrap_or_embedded(&config), "demo generator off: kafka.brokers names a real cluster, and synthetic data is published only into the embedded broker (pass --demo-into-cluster to publish it there anyway)");
+    }
+    if config.runtime.demo_into_cluster && config.kafka.brokers != Brokers::Embedded {
+        warn!(brokers = %bootstrap_or_embedded(&config), "--demo-into-cluster: demo generators publish synthetic data into this cluster");
+    }
+    if config.admin.token.is_none() && config.admin.insecure {
+        warn!(admin = %addr, fault_injection = config.admin.fault_injection, "admin port runs without a token on purpose (admin.insecure = true)");
     }
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(admin::serve(admin_listener, handle, async move {

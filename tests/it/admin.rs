@@ -11,7 +11,12 @@ use crate::support::{actor, config, get, post, tree, until, InProcess};
 async fn liveness_readiness_health_and_info() {
     let rt = InProcess::start(&config("")).await;
     assert_eq!(get(&rt.base, "/live").await, (200, "OK\n".into()));
-    assert_eq!(get(&rt.base, "/ready").await, (200, "READY\n".into()));
+    let (status, ready) = get(&rt.base, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.starts_with("READY\n# kafka: embedded in-process broker at 127.0.0.1:"),
+        "the embedded broker is a note, not a failure: {ready}"
+    );
 
     // Wait for a beat so the components have made progress.
     until(Duration::from_secs(10), "a beat", || async {
@@ -181,9 +186,10 @@ async fn operator_restart_and_pipeline_stop_start() {
         200
     );
     let (status, body) = get(&rt.base, "/ready").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (503, "NOT READY\nheartbeat: stopped\n")
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("NOT READY\nheartbeat: stopped\n# kafka: embedded"),
+        "{body}"
     );
     let (status, body) = get(&rt.base, "/health").await;
     assert_eq!(status, 503);
@@ -250,5 +256,124 @@ async fn a_configured_token_guards_every_post() {
     );
     // Reads stay open.
     assert_eq!(get(&rt.base, "/api/tree").await.0, 200);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_drive_the_admin_port() {
+    let rt = InProcess::start(&config("")).await;
+    let port = rt.base.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let restart = format!("{}/api/actors/restart?path=/heartbeat/ticker", rt.base);
+
+    // A form on another site posting here: a simple request, no custom header, a foreign Origin.
+    let form = client
+        .post(&restart)
+        .header("Origin", "https://evil.example")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("path=%2Fheartbeat%2Fticker")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 403);
+    // Without an Origin (some browsers and privacy settings drop it) it still lacks the header.
+    assert_eq!(client.post(&restart).send().await.unwrap().status(), 403);
+    // A caller that adds the header but comes from another origin is refused as well.
+    let foreign = client
+        .post(&restart)
+        .header("X-Actord-Request", "1")
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    // The preflight a browser sends before a cross-origin fetch with that header gets no grant.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &restart)
+        .header("Origin", "https://evil.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "x-actord-request")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    // DNS rebinding: a hostile name that resolves to 127.0.0.1 reads nothing and posts nothing.
+    for (method, url) in [
+        (reqwest::Method::GET, format!("{}/api/tree", rt.base)),
+        (reqwest::Method::POST, restart.clone()),
+    ] {
+        let rebound = client
+            .request(method, &url)
+            .header("Host", format!("rebind.evil.example:{port}"))
+            .header("X-Actord-Request", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 403, "{url}");
+    }
+    assert_eq!(
+        actor(&tree(&rt.base).await, "/heartbeat/ticker")["restarts"],
+        0,
+        "nothing was restarted"
+    );
+
+    // Every loopback name works for reads, as the seed's `curl http://localhost:8080/health`.
+    for host in ["localhost", "127.0.0.1", "[::1]"] {
+        let r = client
+            .get(format!("{}/health", rt.base))
+            .header("Host", format!("{host}:{port}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    // The admin page's own requests (same origin, with the header) work.
+    let own = client
+        .post(&restart)
+        .header("Host", format!("localhost:{port}"))
+        .header("Origin", format!("http://localhost:{port}"))
+        .header("X-Actord-Request", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(
+        actor(&tree(&rt.base).await, "/heartbeat/ticker")["restarts"],
+        1
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let rt = InProcess::start(&config("[admin]\ntoken = \"s3cret\"\n")).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/actors/restart?path=/heartbeat/ticker", rt.base);
+    for (auth, expected) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer s3cre", 401),
+        ("Bearer s3cret-and-more", 401),
+        ("Basic s3cret", 401),
+    ] {
+        let r = client
+            .post(&url)
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{auth}");
+    }
+    // With a token, the custom header alone is not enough.
+    let r = client
+        .post(&url)
+        .header("X-Actord-Request", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     rt.shutdown().await;
 }

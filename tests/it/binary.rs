@@ -6,7 +6,7 @@ use crate::support::{actor, config, get, post, run_to_end, tree, until, wait_rea
 
 #[tokio::test]
 async fn an_injected_fault_restarts_only_that_subtree() {
-    let toml = config("[admin]\nfault_injection = true\n");
+    let toml = config("[admin]\nfault_injection = true\ninsecure = true\n");
     let p = Process::start(&toml, &[], &[]);
     wait_ready(&p.base).await;
     let (status, body) = post(&p.base, "/api/actors/fail?path=/heartbeat/ticker", None).await;
@@ -72,7 +72,7 @@ async fn an_injected_fault_restarts_only_that_subtree() {
 #[tokio::test]
 async fn a_pipeline_past_its_budget_is_marked_failed_then_restarted_after_cool_down() {
     let toml = config(
-        "[admin]\nfault_injection = true\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n",
+        "[admin]\nfault_injection = true\ninsecure = true\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n",
     );
     let p = Process::start(&toml, &[], &[]);
     wait_ready(&p.base).await;
@@ -89,9 +89,10 @@ async fn a_pipeline_past_its_budget_is_marked_failed_then_restarted_after_cool_d
     )
     .await;
     let (status, body) = get(&p.base, "/ready").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (503, "NOT READY\nheartbeat: failed\n")
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("NOT READY\nheartbeat: failed\n# kafka: embedded"),
+        "{body}"
     );
     assert!(get(&p.base, "/health").await.1.starts_with("DEGRADED\n"));
     let metrics = get(&p.base, "/metrics").await.1;
@@ -116,7 +117,7 @@ async fn a_pipeline_past_its_budget_is_marked_failed_then_restarted_after_cool_d
 
 #[tokio::test]
 async fn fail_fast_exits_non_zero_when_a_pipeline_gives_up() {
-    let toml = "[admin]\nfault_injection = true\n[runtime]\nfail_fast = true\n[pipelines.heartbeat]\ninterval = \"100ms\"\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n";
+    let toml = "[admin]\nfault_injection = true\ninsecure = true\n[runtime]\nfail_fast = true\n[pipelines.heartbeat]\ninterval = \"100ms\"\n[pipelines.heartbeat.supervision]\nmax_restarts = 0\n";
     let mut p = Process::start(toml, &[], &[]);
     wait_ready(&p.base).await;
     assert_eq!(
@@ -238,6 +239,11 @@ async fn tree_command_prints_the_live_tree() {
             .unwrap();
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("# kafka: embedded in-process broker at 127.0.0.1:"),
+        "the embedded broker is named first: {out}"
+    );
+    let lines = &lines[1..];
     assert!(lines[0].starts_with("/  supervisor  running"), "{out}");
     assert!(
         lines[1].starts_with("  heartbeat  supervisor  running"),
@@ -353,5 +359,79 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
         "/ftp-sync/demo/generator",
     ] {
         assert_eq!(actor(&t, path)["status"], "running", "{path}");
+    }
+}
+
+#[test]
+fn an_admin_port_others_can_reach_refuses_to_start_without_a_token() {
+    let (code, _, err) = run_to_end(&["--admin", "0.0.0.0:0"], Some(&config("")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--admin: admin.listen: 0.0.0.0:0 is not a loopback address"),
+        "{err}"
+    );
+    let (code, _, err) = run_to_end(&[], Some(&config("[admin]\nfault_injection = true\n")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("admin.fault_injection: needs admin.token"),
+        "{err}"
+    );
+    let (code, _, err) = run_to_end(
+        &["check", "--admin", "0.0.0.0:0"],
+        Some(&config("[admin]\nfault_injection = true\n")),
+        &[("ACTORD_ADMIN_TOKEN", "t0ken")],
+    );
+    assert_eq!(code, 0, "a token opens both: {err}");
+}
+
+#[test]
+fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
+    let demos = |out: &str| out.matches("demo supervisor").count();
+    let (code, out, err) = run_to_end(&["check"], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(demos(&out), 2, "recorder and ftp-sync demos: {out}");
+    let real = [("KAFKA_BROKERS", "kafka-1.internal:9092")];
+    let (code, out, err) = run_to_end(&["check"], None, &real);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        demos(&out),
+        0,
+        "no synthetic data into a real cluster: {out}"
+    );
+    let (code, out, err) = run_to_end(&["check", "--demo-into-cluster"], None, &real);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(demos(&out), 2, "{out}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_time_level_message_and_the_actor_path() {
+    let p = Process::start(&config(""), &[], &[("ACTORD_LOG_FORMAT", "json")]);
+    wait_ready(&p.base).await;
+    let (status, body) = post(&p.base, "/api/actors/restart?path=/heartbeat/ticker", None).await;
+    assert_eq!(status, 200, "{body}");
+    let find = || {
+        p.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "actor restarted by operator")
+    };
+    until(
+        Duration::from_secs(10),
+        "the restart in the log",
+        || async { find().is_some() },
+    )
+    .await;
+    let line = find().unwrap();
+    assert_eq!(line["path"], "/heartbeat/ticker", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(line["timestamp"].as_str().unwrap()).is_ok(),
+        "{line}"
+    );
+    for raw in p.log().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(raw).is_ok(),
+            "every line is JSON: {raw}"
+        );
     }
 }

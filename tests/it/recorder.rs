@@ -389,3 +389,79 @@ async fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_sink() {
     assert!(p.log().contains("second signal"), "{}", p.log());
     drop_schema(&schema).await;
 }
+
+/// A team switching from the seed: its service committed up to offset 600 under
+/// `KAFKA_GROUP_ID`; actord, with the seed's variables and no offsets of its own, writes exactly
+/// the 400 ticks the seed had not processed, in both sinks.
+#[tokio::test]
+async fn a_switch_from_the_seed_starts_where_the_seeds_group_committed() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let broker = crate::support::Tansu::start();
+    for topic in [
+        "market.tick",
+        "market.orderbook",
+        "market.tick-dlq",
+        "market.orderbook-dlq",
+    ] {
+        broker.create_topic(topic, 1);
+    }
+    let n = 1000i64;
+    produce(
+        broker.bootstrap(),
+        "market.tick",
+        (0..n).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    let seed_group = unique("data-recorder-group");
+    {
+        let seed: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("group.id", &seed_group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("market.tick", 0, rdkafka::Offset::Offset(600))
+            .unwrap();
+        seed.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    let schema = fresh_schema();
+    let s3 = crate::support::S3Server::start("switch");
+    let mut env: Vec<(&str, String)> = s3.env();
+    env.extend([
+        ("KAFKA_BROKERS", broker.bootstrap().to_owned()),
+        ("KAFKA_GROUP_ID", seed_group.clone()),
+        ("S3_BATCH_TIMEOUT_SEC", "1".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &env);
+    wait_ready(&p.base).await;
+    until(
+        Duration::from_secs(90),
+        "the ticks after the seed's commit",
+        || async { count(&schema, "tick_data").await >= n - 600 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = pg()
+        .await
+        .query_one(
+            &format!("SELECT count(*), min(volume), max(volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        got,
+        (400, 600, 999),
+        "exactly what the seed had not written"
+    );
+    let log = p.log();
+    assert!(
+        log.contains("starting from the committed offset of the group it replaces"),
+        "{log}"
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}

@@ -545,3 +545,111 @@ async fn a_rerun_in_other_cuts_replaces_objects_instead_of_duplicating() {
     assert!(replaced > 0, "the second run replaced no object");
     assert!(objects.keys().all(|k| k.contains("/hour=16/")));
 }
+
+/// A team moving from the recorder seed: its complete `.env`, the shipped configuration and
+/// `--enable recorder,ftp-sync` against a real broker write exactly the produced ticks into
+/// `public.tick_data` and the bucket, with no synthetic record beside them.
+#[tokio::test]
+async fn the_recorder_seed_env_writes_exactly_the_produced_ticks_into_public() {
+    let database = fresh_schema();
+    crate::support::pg()
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+        .await
+        .unwrap();
+    let s3 = S3Server::start("aipx-data-lake");
+    let broker = broker();
+    broker.create_topic("file-transfer-jobs", 1);
+    broker.create_topic("file-transfer-jobs-dlq", 1);
+    let n = 600i64;
+    produce(
+        broker.bootstrap(),
+        "market.tick",
+        (0..n).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    let group = fresh_schema();
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "S3_BUCKET");
+    env.extend([
+        ("KAFKA_BROKERS", broker.bootstrap().to_owned()),
+        ("KAFKA_GROUP_ID", group),
+        ("KAFKA_TOPICS", "market.tick,market.orderbook".into()),
+        ("TIMESCALEDB_HOST", "127.0.0.1".into()),
+        ("TIMESCALEDB_PORT", "5432".into()),
+        ("TIMESCALEDB_USER", "postgres".into()),
+        ("TIMESCALEDB_PASSWORD", "unused-with-trust-auth".into()),
+        ("TIMESCALEDB_DB", database.clone()),
+        ("S3_BUCKET", "aipx-data-lake".into()),
+        ("S3_REGION", "us-east-1".into()),
+        ("S3_WRITE_ENABLED", "true".into()),
+        ("BATCH_SIZE", "1000".into()),
+        ("BATCH_TIMEOUT_MS", "5000".into()),
+        ("S3_BATCH_SIZE", "100000".into()),
+        ("S3_BATCH_TIMEOUT_SEC", "3600".into()),
+    ]);
+    let mut p = Process::start(
+        include_str!("../../supervision.toml"),
+        &["--enable", "recorder,ftp-sync"],
+        &env_of(&env),
+    );
+    wait_ready(&p.base).await;
+    let db = {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port=5432 user=postgres dbname={database}"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let rows = || async {
+        db.query_one("SELECT count(*) FROM public.tick_data", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    until(
+        Duration::from_secs(90),
+        "the produced ticks in public.tick_data",
+        || async { rows().await >= n },
+    )
+    .await;
+    // Two more batch timeouts: a demo generator would have added rows by now.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let r = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT volume), min(volume), max(volume) FROM tick_data",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!(got, (n, n, 0, n - 1), "exactly the produced ticks");
+    let log = p.log();
+    assert!(
+        log.contains("demo generator off") && !log.contains("/recorder/demo"),
+        "{log}"
+    );
+    // The seed's own queries answer.
+    db.query_one("SELECT count(*) FROM tick_1min", &[])
+        .await
+        .expect("the seed's aggregate is where its queries look");
+    // The hour-long S3 batch closes on a graceful stop: every tick in exactly one object.
+    p.signal("TERM");
+    assert!(
+        p.wait_exit(Duration::from_secs(40)).success(),
+        "{}",
+        p.log()
+    );
+    let objects = objects(&s3.client()).await;
+    assert_every_tick_once(&objects, n);
+    drop(db);
+    let _ = crate::support::pg()
+        .await
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .await;
+}

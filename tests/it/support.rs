@@ -171,9 +171,12 @@ pub async fn get(base: &str, path: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// A POST as a script sends it: with the admin port's request header, and the token if given.
 pub async fn post(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let client = reqwest::Client::new();
-    let mut req = client.post(format!("{base}{path}"));
+    let mut req = client
+        .post(format!("{base}{path}"))
+        .header("X-Actord-Request", "1");
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

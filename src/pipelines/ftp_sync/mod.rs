@@ -38,8 +38,10 @@ pub const DEF: PipelineDef = PipelineDef {
     name: "ftp-sync",
     summary: "file-transfer jobs from Kafka between FTP, FTPS, S3 and local servers, with a DLQ",
     env: &[
-        EnvKey::seed("KAFKA_TOPICS", "topics", Unit::List),
-        EnvKey::seed("KAFKA_GROUP_ID", "group", Unit::Str),
+        // The seed takes its topic and group as flags, not variables: these names belong to the
+        // recorder's seed, so here only the prefixed forms (ACTORD_FTP_SYNC_KAFKA_TOPICS, ...) apply.
+        EnvKey::new("KAFKA_TOPICS", "topics", Unit::List),
+        EnvKey::new("KAFKA_GROUP_ID", "group", Unit::Str),
         EnvKey::seed("DLQ_TOPIC_SUFFIX", "dlq_suffix", Unit::Str),
         EnvKey::seed("FTP_PASSIVE_MODE", "passive", Unit::Bool),
         EnvKey::new("CONCURRENCY", "concurrency", Unit::Int),
@@ -48,6 +50,10 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::new("DEMO", "demo", Unit::Bool),
     ],
     env_scan: Some(scan_servers),
+    kafka_keys: Some(super::KafkaKeys {
+        topic: ("topics", Unit::List),
+        group: "group",
+    }),
     topics,
     build,
 };

@@ -35,6 +35,10 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::new("GROUP_ID", "group", Unit::Str),
     ],
     env_scan: None,
+    kafka_keys: Some(super::KafkaKeys {
+        topic: ("topic", Unit::Str),
+        group: "group",
+    }),
     topics,
     build,
 };

@@ -54,8 +54,13 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::seed("S3_BATCH_SIZE", "s3.batch_size", Unit::Int),
         EnvKey::seed("S3_BATCH_TIMEOUT_SEC", "s3.batch_timeout", Unit::Secs),
         EnvKey::new("DEMO", "demo", Unit::Bool),
+        EnvKey::new("MIGRATE_FROM_GROUP", "migrate_from_group", Unit::Str),
     ],
     env_scan: None,
+    kafka_keys: Some(super::KafkaKeys {
+        topic: ("topics", Unit::List),
+        group: "group",
+    }),
     topics,
     build,
 };
@@ -64,6 +69,8 @@ pub const DEF: PipelineDef = PipelineDef {
 pub struct RecorderConfig {
     pub topics: Vec<String>,
     pub group: String,
+    /// The seed's group, whose committed offsets start a path with none of its own.
+    pub migrate_from_group: Option<String>,
     pub consumers: usize,
     pub db_write_workers: usize,
     pub batch_size: usize,
@@ -208,12 +215,19 @@ impl RecorderConfig {
                 format!("expected a schema name of letters, digits and _, found {schema:?}"),
             );
         }
+        let group = raw
+            .group
+            .clone()
+            .unwrap_or_else(|| "data-recorder-group".to_owned());
+        let migrate_from_group = match raw.migrate_from_group.as_deref().map(str::trim) {
+            None => Some(group.clone()),
+            Some("") => None,
+            Some(g) => Some(g.to_owned()),
+        };
         RecorderConfig {
             topics,
-            group: raw
-                .group
-                .clone()
-                .unwrap_or_else(|| "data-recorder-group".to_owned()),
+            group,
+            migrate_from_group,
             consumers,
             db_write_workers,
             batch_size,
@@ -300,6 +314,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;
     source.start = StartFrom::Sink(db.clone());
+    source.migrate_from_group = rc.migrate_from_group.clone();
     let path = KafkaPath::<Market, TimescaleSink> {
         id: "timescale".into(),
         connection: resources.kafka.clone(),
@@ -414,6 +429,7 @@ fn s3_path(
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;
     source.start = StartFrom::Committed { earliest: true };
+    source.migrate_from_group = rc.migrate_from_group.clone();
     let path = KafkaPath::<Market, ParquetSink> {
         id: "s3".into(),
         connection: resources.kafka.clone(),

@@ -448,7 +448,18 @@ impl Actor for KafkaConsumer {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
-        let shared = Arc::new(Shared::new(args.settings.start.clone(), path.clone()));
+        let mut shared = Shared::new(args.settings.start.clone(), path.clone());
+        shared.migrate_from = args
+            .settings
+            .migrate_from_group
+            .as_ref()
+            .filter(|g| **g != args.settings.group)
+            .map(|g| {
+                let mut c = args.connection.client_config();
+                c.set("group.id", g).set("enable.auto.commit", "false");
+                (g.clone(), c)
+            });
+        let shared = Arc::new(shared);
         let mut config = args.connection.client_config();
         let earliest = !matches!(
             args.settings.start,

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::StartFrom;
@@ -26,6 +26,8 @@ pub struct Shared {
     pub paused: AtomicBool,
     pub start: StartFrom,
     pub path: String,
+    /// The client config of the group to migrate from (see `SourceSettings::migrate_from_group`).
+    pub migrate_from: Option<(String, ClientConfig)>,
 }
 
 impl Shared {
@@ -36,9 +38,13 @@ impl Shared {
             paused: AtomicBool::new(false),
             start,
             path,
+            migrate_from: None,
         }
     }
 }
+
+/// How long an offset look-up in the rebalance callback may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PathContext {
     pub shared: Arc<Shared>,
@@ -105,7 +111,65 @@ impl PathContext {
                 }
             }
         }
+        if let Some((group, config)) = &self.shared.migrate_from {
+            self.migrate(base, group, config, &mut out);
+        }
         out
+    }
+
+    /// Partitions that would start from this group's committed offset but have none start
+    /// from the committed offset of the group being migrated from, where it has one.
+    fn migrate(
+        &self,
+        base: &BaseConsumer<Self>,
+        group: &str,
+        config: &ClientConfig,
+        out: &mut TopicPartitionList,
+    ) {
+        let mut stored = TopicPartitionList::new();
+        for e in out
+            .elements()
+            .iter()
+            .filter(|e| e.offset() == Offset::Stored)
+        {
+            let _ = stored.add_partition(e.topic(), e.partition());
+        }
+        if stored.count() == 0 {
+            return;
+        }
+        let own = match base.committed_offsets(stored, LOOKUP_TIMEOUT) {
+            Ok(own) => own,
+            Err(e) => {
+                error!(path = %self.shared.path, error = %e, "cannot read this group's committed offsets; partitions without a sink offset start from the reset policy");
+                return;
+            }
+        };
+        let mut missing = TopicPartitionList::new();
+        for e in own.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                let _ = missing.add_partition(e.topic(), e.partition());
+            }
+        }
+        if missing.count() == 0 {
+            return;
+        }
+        let found = config
+            .create::<BaseConsumer>()
+            .and_then(|other| other.committed_offsets(missing, LOOKUP_TIMEOUT));
+        match found {
+            Ok(found) => {
+                for e in found.elements() {
+                    if let Offset::Offset(n) = e.offset() {
+                        let _ =
+                            out.set_partition_offset(e.topic(), e.partition(), Offset::Offset(n));
+                        info!(path = %self.shared.path, group = %group, topic = %e.topic(), partition = e.partition(), offset = n, "no offset of its own: starting from the committed offset of the group it replaces");
+                    }
+                }
+            }
+            Err(e) => {
+                error!(path = %self.shared.path, group = %group, error = %e, "cannot read the committed offsets of the group to migrate from; partitions without an offset start from the reset policy");
+            }
+        }
     }
 
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {

@@ -94,6 +94,10 @@ pub struct SourceSettings {
     pub chunk: usize,
     /// How long a stopping consumer waits for in-flight records to be acknowledged.
     pub drain_timeout: Duration,
+    /// Another group whose committed offsets start a partition that neither the sink nor this
+    /// path's own group has an offset for: the group of the service this path replaces, so a
+    /// switch neither rewrites what that service wrote nor skips what it did not.
+    pub migrate_from_group: Option<String>,
 }
 
 impl SourceSettings {
@@ -109,6 +113,7 @@ impl SourceSettings {
             session_timeout: Duration::from_secs(10),
             chunk: 2_000,
             drain_timeout: Duration::from_secs(8),
+            migrate_from_group: None,
         }
     }
 }
