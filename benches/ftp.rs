@@ -12,15 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actord::pipelines::ftp_sync::dispatch_writer;
 use actord::pipelines::ftp_sync::job::{self, Roots};
-use actord::pipelines::ftp_sync::transfer::{Server, Settings, TransferSink, Transfers, Verify};
+use actord::pipelines::ftp_sync::transfer::{Server, Settings, Transfers, Verify};
 use actord::sinks::files::ftp::{FtpSettings, FtpTransport};
 use actord::sources::kafka::embedded::EmbeddedKafka;
-use actord::sources::kafka::path::KafkaPath;
+use actord::sources::kafka::path::DispatchPath;
 use actord::sources::kafka::{KafkaConnection, SourceSettings};
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::SourceRecord;
-use actord_actors::writer::RetryPolicy;
 use actord_actors::Backoff;
 
 const USER: &str = "bench";
@@ -181,24 +181,29 @@ async fn actord(bootstrap: &str, topic: &str, src: &Ftp, dst: &Ftp, n: u64) -> D
         ("DST".to_owned(), None),
     ]));
     let mut source = SourceSettings::new(vec![topic.into()], format!("bench-{topic}"));
-    source.max_in_flight_records = concurrency * 8;
+    source.max_in_flight_records = 256;
     source.chunk = concurrency;
-    let path = KafkaPath::<job::Job, TransferSink> {
+    let path = DispatchPath::<job::Job> {
         id: "jobs".into(),
         connection: KafkaConnection::new(bootstrap),
         source,
         decode: Arc::new(move |r: &SourceRecord| job::decode(r, &roots)),
-        sink: transfers.factory(),
-        lanes: 1,
+        writer: dispatch_writer(transfers),
         buffer: BufferLimits {
             max_records: concurrency * 4,
             max_bytes: 16 << 20,
             max_age: Duration::from_millis(20),
         },
-        retry: RetryPolicy::default(),
         dlq_suffix: None,
     };
-    let rate = common::records_per_second(path, n).await;
+    let supervision = actord::config::load(&actord::config::Sources::default())
+        .unwrap()
+        .supervision;
+    let spec = path.child_spec(
+        &actord_actors::ActorPath::parse("/bench").unwrap(),
+        &supervision,
+    );
+    let rate = common::spec_records_per_second("jobs", 1, spec, n).await;
     Duration::from_secs_f64(n as f64 / rate)
 }
 

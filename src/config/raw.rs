@@ -145,6 +145,9 @@ pub struct RawFtpSync {
     pub group: Option<String>,
     /// Transfers in flight in this process.
     pub concurrency: Option<u32>,
+    /// Jobs read and not yet done (running, waiting for a retry or parked for a server) per
+    /// process; reaching it pauses reading.
+    pub max_in_flight: Option<u32>,
     /// Suffix of the dead-letter topic of each input topic (DLQ_TOPIC_SUFFIX).
     pub dlq_suffix: Option<String>,
     /// Attempts for a job whose failures are not explained by a server outage.
@@ -174,6 +177,9 @@ pub struct RawFtpSync {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// Dead-letter jobs parked for this server longer than this, e.g. "1h" (off by default:
+    /// they wait for the server).
+    pub dead_letter_after: Option<String>,
     /// "ftp", "ftps", "sftp", "s3" or "file" ({HOSTNAME}_TYPE).
     #[serde(rename = "type")]
     pub kind: Option<String>,

@@ -35,6 +35,10 @@ pub const FTP_TRANSFER_DURATION_SECONDS: &str = "actord_ftp_transfer_duration_se
 pub const FTP_IN_FLIGHT: &str = "actord_ftp_in_flight_transfers";
 /// Gauge: 1 while a server's circuit breaker is open, by server.
 pub const FTP_CIRCUIT_OPEN: &str = "actord_ftp_circuit_open";
+/// Gauge: 1 while a server is misconfigured (refused login, unverified key), by server.
+pub const FTP_SERVER_MISCONFIGURED: &str = "actord_ftp_server_misconfigured";
+/// Gauge: jobs parked because a server they need is unavailable.
+pub const FTP_PARKED_JOBS: &str = "actord_ftp_parked_jobs";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
 
@@ -87,6 +91,14 @@ pub fn describe() {
     describe_gauge!(
         FTP_CIRCUIT_OPEN,
         "1 while the server's circuit breaker is open (jobs for it wait), else 0."
+    );
+    describe_gauge!(
+        FTP_SERVER_MISCONFIGURED,
+        "1 while the server refuses its configuration (login, host key, certificate), else 0."
+    );
+    describe_gauge!(
+        FTP_PARKED_JOBS,
+        "Jobs parked until a server they need is available again."
     );
     describe_counter!(S3_UPLOADS_TOTAL, "Parquet objects uploaded.");
     describe_counter!(

@@ -268,9 +268,10 @@ async fn each_permanent_failure_lands_in_the_dlq_in_the_seed_schema() {
             .0
             .clone()
     };
-    // A job the servers refused was attempted once; one refused by its shape never was.
-    assert_eq!(by_id("missing")["retry_count"], 1);
-    assert_eq!(by_id("denied")["retry_count"], 1);
+    // retry_count counts retries, as the seed's does: a job refused on its first attempt, or
+    // refused by its shape before any attempt, was never retried.
+    assert_eq!(by_id("missing")["retry_count"], 0);
+    assert_eq!(by_id("denied")["retry_count"], 0);
     assert_eq!(by_id("escape")["retry_count"], 0);
     assert_eq!(
         by_id("missing")["original_message"],
@@ -649,7 +650,7 @@ async fn uploads_refused_before_reading_end_multi_mib_transfers() {
             content(big + i, i as u8)
         );
     }
-    // A refused login ends its transfer too: the server's circuit opens.
+    // A refused login ends its transfer too: the server is marked misconfigured.
     produce(
         &bootstrap,
         "mem-dft-img",
@@ -662,15 +663,195 @@ async fn uploads_refused_before_reading_end_multi_mib_transfers() {
     .await;
     until(
         Duration::from_secs(30),
-        "the locked server's open circuit",
+        "the locked server marked misconfigured",
         || async {
             get(&p.base, "/metrics")
                 .await
                 .1
-                .contains("actord_ftp_circuit_open{server=\"LOCKED_FTP_SERVER\"} 1")
+                .contains("actord_ftp_server_misconfigured{server=\"LOCKED_FTP_SERVER\"} 1")
         },
     )
     .await;
     assert!(read(&locked.root(), "l.bin").is_none());
     assert!(read(&read_only.root(), "denied.bin").is_none());
+}
+
+/// Three kinds of server at once: two healthy ones, one that refuses the login (misconfigured,
+/// its jobs dead-lettered after `dead_letter_after`) and one stopped mid-run (its jobs wait).
+/// The jobs between the healthy servers take about as long as they take alone, and nothing is
+/// lost.
+#[tokio::test]
+async fn one_bad_server_never_holds_back_jobs_between_healthy_servers() {
+    let src = FtpServer::start(true);
+    let dst = FtpServer::start(true);
+    let locked = FtpServer::start(true);
+    let mut down = FtpServer::start(true);
+    let size = 1 << 20;
+    for i in 0..40 {
+        write(
+            &src.root(),
+            &format!("in/{i}.bin"),
+            &content(size + i, i as u8),
+        );
+    }
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    env.extend(down.env("DOWN_FTP_SERVER"));
+    env.extend(locked.env("LOCKED_FTP_SERVER").into_iter().map(|(k, v)| {
+        if k.ends_with("_PASS") {
+            (k, "not-the-password".into())
+        } else {
+            (k, v)
+        }
+    }));
+    let toml = config(
+        "max_retries = 2\nbreaker_threshold = 2\n\
+         [pipelines.ftp-sync.servers.LOCKED_FTP_SERVER]\ndead_letter_after = \"3s\"\n",
+    );
+    let p = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let to = |server: &str, dir: &str, range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .map(|i| {
+                job(
+                    &format!("{dir}-{i}"),
+                    ("SRC_FTP_SERVER1", &format!("/in/{i}.bin")),
+                    (server, &format!("/{dir}/{i}.bin")),
+                )
+            })
+            .collect()
+    };
+    let landed = |root: std::path::PathBuf, dir: &'static str, range: std::ops::Range<usize>| {
+        move || {
+            range
+                .clone()
+                .all(|i| read(&root, &format!("{dir}/{i}.bin")).is_some())
+        }
+    };
+
+    // The down server works at first.
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        to("DOWN_FTP_SERVER", "early", 0..2),
+    )
+    .await;
+    let early = landed(down.root(), "early", 0..2);
+    until(Duration::from_secs(30), "the early jobs", || async {
+        early()
+    })
+    .await;
+
+    // Healthy jobs alone, timed.
+    let started = std::time::Instant::now();
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        to("DST_FTP_SERVER1", "alone", 0..12),
+    )
+    .await;
+    let alone = landed(dst.root(), "alone", 0..12);
+    until(
+        Duration::from_secs(60),
+        "the healthy jobs alone",
+        || async { alone() },
+    )
+    .await;
+    let t_alone = started.elapsed();
+
+    // The same amount of healthy work behind and among jobs for the two bad servers.
+    down.stop();
+    let mut mixed = Vec::new();
+    let (bad_locked, bad_down, good) = (
+        to("LOCKED_FTP_SERVER", "locked", 12..18),
+        to("DOWN_FTP_SERVER", "late", 18..24),
+        to("DST_FTP_SERVER1", "mixed", 24..36),
+    );
+    for i in 0..6 {
+        mixed.push(bad_locked[i].clone());
+        mixed.push(bad_down[i].clone());
+        mixed.push(good[2 * i].clone());
+        mixed.push(good[2 * i + 1].clone());
+    }
+    let started = std::time::Instant::now();
+    produce(&bootstrap, "mem-dft-img", mixed).await;
+    let good_done = landed(dst.root(), "mixed", 24..36);
+    until(
+        Duration::from_secs(60),
+        "the healthy jobs among bad ones",
+        || async { good_done() },
+    )
+    .await;
+    let t_mixed = started.elapsed();
+    assert!(
+        t_mixed.as_secs_f64() <= 1.5 * t_alone.as_secs_f64() + 1.0,
+        "healthy jobs took {t_mixed:?} among bad ones, {t_alone:?} alone"
+    );
+
+    // The locked server is reported as misconfigured, its jobs dead-lettered after 3 s with the
+    // login error; the down server's jobs wait, out of the DLQ.
+    // pyftpdlib answers a wrong password after 3 s.
+    until(Duration::from_secs(30), "the locked server reported", || async {
+        let health = get(&p.base, "/health").await.1;
+        health.contains("server LOCKED_FTP_SERVER: ftp://")
+            && health.contains("misconfigured: LoginFailed")
+    })
+    .await;
+    let metrics = get(&p.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_ftp_server_misconfigured{server=\"LOCKED_FTP_SERVER\"} 1"),
+        "{metrics}"
+    );
+    let dlq = read_until(&bootstrap, "mem-dft-img-dlq", |r| r.len() >= 6);
+    assert_eq!(dlq.len(), 6, "{dlq:?}");
+    for (letter, _) in &dlq {
+        assert!(
+            letter["original_message"]["job_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("locked-"),
+            "{letter}"
+        );
+        let error = letter["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("ServerUnavailable") && error.contains("LoginFailed"),
+            "{error}"
+        );
+    }
+    let tree = crate::support::tree(&p.base).await;
+    let writer = crate::support::actor(&tree, "/ftp-sync/jobs/writer-0");
+    assert!(
+        writer["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("LOCKED_FTP_SERVER") && m.contains("LoginFailed")),
+        "{writer}"
+    );
+    assert_eq!(
+        writer["counters"]["parked"], 6,
+        "the down server's jobs: {writer}"
+    );
+
+    down.resume();
+    let late = landed(down.root(), "late", 18..24);
+    until(
+        Duration::from_secs(60),
+        "the down server's jobs after it returns",
+        || async { late() },
+    )
+    .await;
+    for i in (0..12).chain(24..36) {
+        let dir = if i < 12 { "alone" } else { "mixed" };
+        assert_eq!(
+            read(&dst.root(), &format!("{dir}/{i}.bin")).unwrap(),
+            content(size + i, i as u8)
+        );
+    }
+    assert_eq!(
+        end_offsets(&bootstrap, "mem-dft-img-dlq", 1)
+            .values()
+            .sum::<i64>(),
+        6,
+        "only the locked server's jobs were dead-lettered"
+    );
 }

@@ -3,11 +3,13 @@
 //! go to `<topic><dlq_suffix>` in the original service's DLQ schema.
 //!
 //! Tree: `/ftp-sync/jobs` is a consumer path (group `etl-worker-group` by default, shared by
-//! every process doing this work) whose writer runs `concurrency` transfers at a time;
+//! every process doing this work) whose writer, a `Dispatcher`, runs `concurrency` transfers at
+//! a time in a continuous pool;
 //! `/ftp-sync/demo` (with `demo = true`) writes files into a local source directory and
 //! publishes jobs moving them to a local destination directory.
 
 mod demo;
+pub mod dispatcher;
 pub mod job;
 pub mod transfer;
 
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::SourceRecord;
-use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, Backoff, ChildSpec, Strategy};
+use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawFtpSync;
@@ -29,10 +31,11 @@ use crate::sinks::files::s3::S3Transport;
 use crate::sinks::files::sftp::{SftpSettings, SftpTransport};
 use crate::sinks::files::Transport;
 use crate::sinks::objects::store::{self, Location};
-use crate::sources::kafka::path::KafkaPath;
+use crate::sources::kafka::path::{DispatchPath, SpawnWriter};
 use crate::sources::kafka::SourceSettings;
+use dispatcher::{Dispatcher, DispatcherArgs};
 use job::{Job, Roots};
-use transfer::{Server, Settings, TransferSink, Transfers, Verify};
+use transfer::{Server, Settings, Transfers, Verify};
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "ftp-sync",
@@ -124,6 +127,7 @@ pub struct ServerConfig {
     pub host_key: Option<String>,
     pub insecure_host_key: bool,
     pub max_connections: usize,
+    pub dead_letter_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +135,7 @@ pub struct FtpSyncConfig {
     pub topics: Vec<String>,
     pub group: String,
     pub concurrency: usize,
+    pub max_in_flight: usize,
     pub dlq_suffix: String,
     pub max_retries: u32,
     pub backoff: Backoff,
@@ -225,6 +230,9 @@ impl FtpSyncConfig {
                     },
                 );
             }
+            let dead_letter_after = s.dead_letter_after.as_deref().map(|d| {
+                check.positive_duration(&sk("dead_letter_after"), Some(d), Duration::ZERO)
+            });
             let root = s.root.clone().filter(|r| !r.trim().is_empty());
             if kind == ServerKind::File && root.is_none() {
                 check.problem(
@@ -252,6 +260,7 @@ impl FtpSyncConfig {
                         .max_connections
                         .map(|n| n.max(1) as usize)
                         .unwrap_or(2 * concurrency),
+                    dead_letter_after,
                 },
             );
         }
@@ -273,6 +282,7 @@ impl FtpSyncConfig {
                     host_key: None,
                     insecure_host_key: false,
                     max_connections: 2 * concurrency,
+                    dead_letter_after: None,
                 });
             }
         }
@@ -283,6 +293,17 @@ impl FtpSyncConfig {
                 .clone()
                 .unwrap_or_else(|| "etl-worker-group".to_owned()),
             concurrency,
+            max_in_flight: match raw.max_in_flight {
+                Some(n) if (n as usize) < concurrency => {
+                    check.problem(
+                        &k("max_in_flight"),
+                        format!("expected at least concurrency ({concurrency}), found {n}"),
+                    );
+                    concurrency
+                }
+                Some(n) => n as usize,
+                None => 256.max(concurrency),
+            },
             dlq_suffix: raw.dlq_suffix.clone().unwrap_or_else(|| "-dlq".to_owned()),
             max_retries,
             backoff: Backoff {
@@ -384,16 +405,30 @@ fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Ar
     })
 }
 
+/// The writer stage of the jobs path: a [`Dispatcher`] over the shared servers.
+pub fn dispatch_writer(transfers: Arc<Transfers>) -> SpawnWriter<Job> {
+    Arc::new(move |probe, supervisor, dlq| {
+        let args = DispatcherArgs {
+            probe,
+            transfers: transfers.clone(),
+            dlq,
+        };
+        Box::pin(async move {
+            let (actor, _) = Actor::spawn_linked(None, Dispatcher, args, supervisor).await?;
+            Ok(actor)
+        })
+    })
+}
+
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let c = config.pipelines.ftp_sync.clone();
     let root = ActorPath::root().child(DEF.name);
     let sup = &config.supervision;
     let mut servers = BTreeMap::new();
     for (name, s) in &c.servers {
-        servers.insert(
-            name.clone(),
-            Arc::new(Server::new(name.clone(), transport(name, s, config)?)),
-        );
+        let mut server = Server::new(name.clone(), transport(name, s, config)?);
+        server.dead_letter_after = s.dead_letter_after;
+        servers.insert(name.clone(), Arc::new(server));
     }
     let transfers = Arc::new(Transfers {
         servers,
@@ -407,24 +442,21 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     });
     let roots = Arc::new(c.roots());
     let mut source = SourceSettings::new(c.topics.clone(), c.group.clone());
-    // A small prefetch: jobs waiting here are jobs other members of the group cannot take.
-    // Batches of 4 x concurrency keep every transfer slot busy while a long transfer runs
-    // (the next batch starts when the whole batch is done); two batches may be in flight.
-    source.max_in_flight_records = c.concurrency * 8;
+    // Jobs running, waiting for a retry or parked for a server stay unacknowledged: this bound
+    // is what keeps their number, and the memory they hold, finite.
+    source.max_in_flight_records = c.max_in_flight;
     source.chunk = c.concurrency.max(1);
-    let path = KafkaPath::<Job, TransferSink> {
+    let path = DispatchPath::<Job> {
         id: "jobs".into(),
         connection: resources.kafka.clone(),
         source,
         decode: Arc::new(move |r: &SourceRecord| job::decode(r, &roots)),
-        sink: transfers.factory(),
-        lanes: 1,
+        writer: dispatch_writer(transfers.clone()),
         buffer: BufferLimits {
             max_records: c.concurrency * 4,
             max_bytes: 16 << 20,
             max_age: Duration::from_millis(20),
         },
-        retry: RetryPolicy::default(),
         dlq_suffix: Some(c.dlq_suffix.clone()),
     };
     let mut children = vec![path.child_spec(&root, sup)];
@@ -456,10 +488,10 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
                 .values()
                 .map(|s| {
                     format!(
-                        "server {}: {} (circuit {})",
+                        "server {}: {} ({})",
                         s.name,
                         s.transport.describe(),
-                        if s.is_open() { "open" } else { "closed" }
+                        s.state()
                     )
                 })
                 .collect()

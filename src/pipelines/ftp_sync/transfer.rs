@@ -1,29 +1,23 @@
-//! `TransferSink`: runs the jobs of a batch, `concurrency` at a time, each streaming from its
-//! source server into its destination server.
+//! One transfer: streaming a file from its source server into its destination server, and the
+//! servers with their circuit breakers and configuration state.
 //!
 //! Failures are sorted by whose they are. A permanent failure (the source file is missing, a
-//! path is refused) is the job's: it is rejected at once and dead-lettered. A transient failure
-//! (refused connection, timeout, 4xx reply, lost login) counts against the server: enough of them
-//! in a row, across jobs, open the server's circuit breaker, and jobs that need an open server
-//! wait — without spending their attempts — until a probe of the server succeeds. An outage
-//! therefore holds the batch (and, through backpressure, the consumer) instead of emptying the
-//! topic into the DLQ. A job that keeps failing while its servers are otherwise healthy is
-//! dead-lettered after `max_retries` attempts.
+//! path is refused) is the job's. A transient failure (refused connection, timeout, 4xx reply)
+//! counts against the server: enough of them in a row, across jobs, open the server's circuit.
+//! A misconfiguration (a refused login, a host key or certificate that does not verify) marks the
+//! server `misconfigured` at once. The dispatcher decides what each means for the job.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actord_actors::record::Envelope;
-use actord_actors::sink::{Rejection, Sink, SinkError, SinkFactory};
 use actord_actors::Backoff;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::job::Job;
 use crate::sinks::files::{Staged, TransferError, Transport};
@@ -38,38 +32,105 @@ pub enum Verify {
     Sha256,
 }
 
-/// A server and its circuit breaker.
+/// A server: its transport, its circuit breaker and whether it is misconfigured.
 pub struct Server {
     pub name: String,
     pub transport: Arc<dyn Transport>,
+    /// Jobs parked for this server longer than this are dead-lettered (off: they wait).
+    pub dead_letter_after: Option<Duration>,
     failures: AtomicU32,
     open: AtomicBool,
+    misconfigured: Mutex<Option<String>>,
+    /// The last attempt on this server succeeded. Until one does (at start, after a failure)
+    /// only one attempt at a time goes to it, so a server that fails slowly (a login refused
+    /// after a delay) ties up one transfer slot, not all of them.
+    trusted: AtomicBool,
 }
 
 impl Server {
     pub fn new(name: impl Into<String>, transport: Arc<dyn Transport>) -> Self {
+        let name = name.into();
+        // Present at 0 from the start, so dashboards and alerts see every server.
+        metrics::gauge!(names::FTP_CIRCUIT_OPEN, "server" => name.clone()).set(0.0);
+        metrics::gauge!(names::FTP_SERVER_MISCONFIGURED, "server" => name.clone()).set(0.0);
         Server {
-            name: name.into(),
+            name,
             transport,
+            dead_letter_after: None,
             failures: AtomicU32::new(0),
             open: AtomicBool::new(false),
+            misconfigured: Mutex::new(None),
+            trusted: AtomicBool::new(false),
         }
+    }
+
+    pub fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
     }
 
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
     }
 
-    fn succeeded(&self) {
+    /// Why the server cannot be used as configured, if it cannot.
+    pub fn misconfigured(&self) -> Option<String> {
+        self.misconfigured
+            .lock()
+            .expect("server state lock")
+            .clone()
+    }
+
+    /// Neither an open circuit nor a misconfiguration stands in the way of a transfer.
+    pub fn available(&self) -> bool {
+        !self.is_open() && self.misconfigured().is_none()
+    }
+
+    /// `closed`, `open` or `misconfigured: <reason>`, for `/health` and the tree.
+    pub fn state(&self) -> String {
+        match (self.misconfigured(), self.is_open()) {
+            (Some(reason), _) => format!("misconfigured: {reason}"),
+            (None, true) => "circuit open".to_owned(),
+            (None, false) => "circuit closed".to_owned(),
+        }
+    }
+
+    pub fn succeeded(&self) {
         self.failures.store(0, Ordering::Release);
+        self.trusted.store(true, Ordering::Release);
         if self.open.swap(false, Ordering::AcqRel) {
             info!(server = %self.name, "circuit closed: the server answers again");
             metrics::gauge!(names::FTP_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
         }
+        if self
+            .misconfigured
+            .lock()
+            .expect("server state lock")
+            .take()
+            .is_some()
+        {
+            info!(server = %self.name, "the server accepts the configuration again");
+            metrics::gauge!(names::FTP_SERVER_MISCONFIGURED, "server" => self.name.clone())
+                .set(0.0);
+        }
+    }
+
+    /// Marks the server misconfigured; true when it was not already.
+    pub fn set_misconfigured(&self, error: &TransferError) -> bool {
+        self.trusted.store(false, Ordering::Release);
+        let mut state = self.misconfigured.lock().expect("server state lock");
+        let first = state.is_none();
+        *state = Some(error.to_string());
+        if first {
+            error!(server = %self.name, error = %error, "server misconfigured: its jobs are parked until a probe succeeds; fix the configuration");
+            metrics::gauge!(names::FTP_SERVER_MISCONFIGURED, "server" => self.name.clone())
+                .set(1.0);
+        }
+        first
     }
 
     /// Records a transient failure; true when it opened the circuit.
-    fn failed(&self, threshold: u32, error: &TransferError) -> bool {
+    pub fn failed(&self, threshold: u32, error: &TransferError) -> bool {
+        self.trusted.store(false, Ordering::Release);
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= threshold && !self.open.swap(true, Ordering::AcqRel) {
             warn!(server = %self.name, failures = n, error = %error, "circuit opened: pausing jobs for this server until a probe succeeds");
@@ -95,165 +156,32 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    pub fn factory(self: &Arc<Self>) -> SinkFactory<TransferSink> {
-        let shared = self.clone();
-        Arc::new(move || {
-            let shared = shared.clone();
-            Box::pin(async move {
-                Ok(TransferSink {
-                    shared,
-                    done: HashSet::new(),
-                    attempts: HashMap::new(),
-                })
-            })
-        })
-    }
-
-    /// True when no server's circuit is open.
+    /// True when every server can be used.
     pub fn healthy(&self) -> bool {
-        self.servers.values().all(|s| !s.is_open())
+        self.servers.values().all(|s| s.available())
     }
 
-    fn server(&self, name: &str) -> &Arc<Server> {
+    pub fn server(&self, name: &str) -> &Arc<Server> {
         &self.servers[name]
     }
 }
 
-/// A job's place in its source, which identifies it across retries of the same batch.
-type Key = (&'static str, i32, i64);
-
-fn key(e: &Envelope<Job>) -> Key {
-    let o = &e.source.origin;
-    (o.topic.as_str(), o.partition, o.offset)
-}
-
-enum Outcome {
+/// What one attempt of a job came to.
+pub enum Outcome {
     Done,
     /// The job cannot succeed.
     Rejected(TransferError),
-    /// It failed on `server`, which may recover.
+    /// It failed on `server`, which may recover (or is misconfigured).
     Failed(TransferError, String),
-    /// A server it needs has an open circuit; not attempted.
+    /// A server it needs is unavailable; not attempted.
     Waiting,
 }
 
-pub struct TransferSink {
-    shared: Arc<Transfers>,
-    /// Jobs of the current batch already transferred (a retried batch skips them).
-    done: HashSet<Key>,
-    /// Attempts per job that failed while its servers were healthy.
-    attempts: HashMap<Key, u32>,
-}
-
-impl Sink<Job> for TransferSink {
-    async fn write(&mut self, records: &[Envelope<Job>]) -> Result<(), SinkError> {
-        let shared = self.shared.clone();
-        let s = &shared.settings;
-        let mut rejected: Vec<Rejection> = Vec::new();
-        let mut round = 0u32;
-        loop {
-            let pending: Vec<usize> = (0..records.len())
-                .filter(|i| {
-                    let k = key(&records[*i]);
-                    !self.done.contains(&k) && !rejected.iter().any(|r| r.index == *i)
-                })
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            if round > 0 {
-                tokio::time::sleep(s.backoff.delay(round - 1)).await;
-            }
-            round = round.saturating_add(1);
-            let outcomes: Vec<(usize, Outcome)> = futures::stream::iter(pending)
-                .map(|i| {
-                    let shared = shared.clone();
-                    let job = records[i].record.clone();
-                    let topic = records[i].source.origin.topic.as_str();
-                    async move { (i, run(&shared, &job, topic).await) }
-                })
-                .buffer_unordered(s.concurrency.max(1))
-                .collect()
-                .await;
-            let mut waiting = false;
-            for (i, outcome) in outcomes {
-                let e = &records[i];
-                let k = key(e);
-                let topic = e.source.origin.topic.as_str().to_owned();
-                match outcome {
-                    Outcome::Done => {
-                        self.attempts.remove(&k);
-                        self.done.insert(k);
-                    }
-                    Outcome::Rejected(err) => {
-                        let attempts = self.attempts.remove(&k).unwrap_or(0) + 1;
-                        warn!(job = %e.record.id, error = %err, "transfer failed permanently");
-                        rejected.push(Rejection {
-                            index: i,
-                            class: err.class.to_owned(),
-                            message: err.message,
-                            attempts,
-                        });
-                    }
-                    Outcome::Failed(err, server) => {
-                        metrics::counter!(names::FTP_JOBS_TOTAL, "topic" => topic, "outcome" => "failed").increment(1);
-                        let server = shared.server(&server);
-                        let opened = server.failed(s.breaker_threshold, &err);
-                        // Only failures on a server that is otherwise healthy count against
-                        // the job; those that open the circuit, or meet it open, are the
-                        // server's.
-                        if opened || server.is_open() {
-                            waiting = true;
-                            continue;
-                        }
-                        let n = self.attempts.entry(k).or_insert(0);
-                        *n += 1;
-                        warn!(job = %e.record.id, attempt = *n, error = %err, "transfer failed, retrying");
-                        if *n >= s.max_retries {
-                            rejected.push(Rejection {
-                                index: i,
-                                class: err.class.to_owned(),
-                                message: format!("{} (after {} attempts)", err.message, *n),
-                                attempts: *n,
-                            });
-                            self.attempts.remove(&k);
-                        }
-                    }
-                    Outcome::Waiting => waiting = true,
-                }
-            }
-            if waiting {
-                probe_open(&shared).await;
-            }
-        }
-        self.done.clear();
-        for r in &rejected {
-            let topic = records[r.index].source.origin.topic.as_str().to_owned();
-            metrics::counter!(names::FTP_JOBS_TOTAL, "topic" => topic, "outcome" => "dlq")
-                .increment(1);
-        }
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::rejected(rejected))
-        }
-    }
-}
-
-/// Probes every server whose circuit is open; a success closes it.
-async fn probe_open(shared: &Transfers) {
-    for server in shared.servers.values().filter(|s| s.is_open()) {
-        match server.transport.probe().await {
-            Ok(()) => server.succeeded(),
-            Err(e) => info!(server = %server.name, error = %e, "circuit still open"),
-        }
-    }
-}
-
-async fn run(shared: &Transfers, job: &Job, topic: &str) -> Outcome {
+/// One attempt of `job`; `progress` hears of every chunk that moves.
+pub async fn run(shared: &Transfers, job: &Job, topic: &str, progress: &Progress) -> Outcome {
     let src = shared.server(&job.source.hostname);
     let dst = shared.server(&job.destination.hostname);
-    if src.is_open() || dst.is_open() {
+    if !src.available() || !dst.available() {
         return Outcome::Waiting;
     }
     metrics::gauge!(names::FTP_IN_FLIGHT).increment(1.0);
@@ -264,6 +192,7 @@ async fn run(shared: &Transfers, job: &Job, topic: &str) -> Outcome {
         dst.transport.as_ref(),
         &job.destination.path,
         shared.settings.verify,
+        progress,
     )
     .await;
     metrics::gauge!(names::FTP_IN_FLIGHT).decrement(1.0);
@@ -292,16 +221,20 @@ pub enum Side {
     Destination,
 }
 
+/// Called with the bytes of each chunk that moves, so a long transfer shows progress.
+pub type Progress = dyn Fn(u64) + Send + Sync;
+
 /// Hashes what passes through on its way to `inner`, and notes when the reader went away.
-struct Hashing<W> {
+struct Hashing<'p, W> {
     inner: W,
+    progress: &'p Progress,
     hash: Option<Sha256>,
     /// A write failed because the upload had already ended and dropped its end of the pipe:
     /// the download's error is then a consequence, and the upload's error is the cause.
     reader_gone: bool,
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
+impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<'_, W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -310,6 +243,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         match &poll {
             Poll::Ready(Ok(n)) => {
+                (self.progress)(*n as u64);
                 if let Some(h) = self.hash.as_mut() {
                     h.update(&buf[..*n]);
                 }
@@ -364,11 +298,13 @@ pub async fn transfer(
     dst: &dyn Transport,
     dst_path: &str,
     verify: Verify,
+    progress: &Progress,
 ) -> Result<u64, (TransferError, Side)> {
     let expected = src.size(src_path).await.map_err(|e| (e, Side::Source))?;
     let (pipe_in, pipe_out) = tokio::io::duplex(PIPE);
     let mut hashing = Hashing {
         inner: pipe_in,
+        progress,
         hash: (verify == Verify::Sha256).then(Sha256::new),
         reader_gone: false,
     };

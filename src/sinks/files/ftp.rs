@@ -61,7 +61,16 @@ impl FtpTransport {
             conn = conn
                 .into_secure(tls_connector(s.insecure_tls), &s.host)
                 .await
-                .map_err(|e| TransferError::transient("TlsError", format!("{addr}: {e}")))?;
+                .map_err(|e| {
+                    let message = format!("{addr}: {e}");
+                    // A certificate that does not verify stays so until the configuration
+                    // changes; an interrupted handshake is the network's.
+                    if message.to_ascii_lowercase().contains("certificate") {
+                        TransferError::misconfigured("TlsVerificationFailed", message)
+                    } else {
+                        TransferError::transient("TlsError", message)
+                    }
+                })?;
         }
         if !s.passive {
             conn = conn.active_mode(s.timeout);
@@ -72,9 +81,16 @@ impl FtpTransport {
         conn.login(s.user.as_str(), password)
             .await
             .map_err(|e| match e {
-                // The server refused the login: its accounts or its capacity, not the job.
+                // 530/532: the credentials are wrong, which only a configuration change fixes;
+                // any other refusal (421 too many users) is the server's capacity.
+                FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 530 | 532) => {
+                    TransferError::misconfigured(
+                        "LoginFailed",
+                        format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
+                    )
+                }
                 FtpError::UnexpectedResponse(r) => TransferError::transient(
-                    "LoginFailed",
+                    "LoginRefused",
                     format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
                 ),
                 other => ftp_error(&addr, other),

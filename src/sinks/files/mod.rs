@@ -15,9 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Why a file operation failed; `permanent` failures are about this job (a missing file, a
 /// refused path) and are not retried, the others are about the server or the network.
+/// `misconfigured` failures are about how the server is configured here (a refused login, a
+/// host key or certificate that does not verify, a missing key file): retrying soon cannot help,
+/// and neither the job nor an outage is to blame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferError {
     pub permanent: bool,
+    pub misconfigured: bool,
     /// A short class for the DLQ message, e.g. `FileNotFound`, `ConnectionRefused`.
     pub class: &'static str,
     pub message: String,
@@ -27,6 +31,7 @@ impl TransferError {
     pub fn permanent(class: &'static str, message: impl Into<String>) -> Self {
         TransferError {
             permanent: true,
+            misconfigured: false,
             class,
             message: message.into(),
         }
@@ -35,6 +40,16 @@ impl TransferError {
     pub fn transient(class: &'static str, message: impl Into<String>) -> Self {
         TransferError {
             permanent: false,
+            misconfigured: false,
+            class,
+            message: message.into(),
+        }
+    }
+
+    pub fn misconfigured(class: &'static str, message: impl Into<String>) -> Self {
+        TransferError {
+            permanent: false,
+            misconfigured: true,
             class,
             message: message.into(),
         }

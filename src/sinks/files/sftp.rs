@@ -72,7 +72,7 @@ fn ssh_error(addr: &str, e: russh::Error) -> TransferError {
         russh::Error::IO(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             TransferError::transient("ConnectionRefused", format!("{addr}: {io}"))
         }
-        russh::Error::UnknownKey => TransferError::transient(
+        russh::Error::UnknownKey => TransferError::misconfigured(
             "HostKeyMismatch",
             format!("{addr}: the server's host key is not the configured one"),
         ),
@@ -136,7 +136,7 @@ impl SftpTransport {
         let auth = match &s.key_file {
             Some(file) => {
                 let key = russh::keys::load_secret_key(file, None).map_err(|e| {
-                    TransferError::transient("KeyError", format!("{}: {e}", file.display()))
+                    TransferError::misconfigured("KeyError", format!("{}: {e}", file.display()))
                 })?;
                 let hash = ssh
                     .best_supported_rsa_hash()
@@ -156,7 +156,7 @@ impl SftpTransport {
         }
         .map_err(|e| ssh_error(&addr, e))?;
         if !auth.success() {
-            return Err(TransferError::transient(
+            return Err(TransferError::misconfigured(
                 "LoginFailed",
                 format!("{addr}: login as {} refused", s.user),
             ));
