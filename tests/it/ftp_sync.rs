@@ -792,11 +792,15 @@ async fn one_bad_server_never_holds_back_jobs_between_healthy_servers() {
     // The locked server is reported as misconfigured, its jobs dead-lettered after 3 s with the
     // login error; the down server's jobs wait, out of the DLQ.
     // pyftpdlib answers a wrong password after 3 s.
-    until(Duration::from_secs(30), "the locked server reported", || async {
-        let health = get(&p.base, "/health").await.1;
-        health.contains("server LOCKED_FTP_SERVER: ftp://")
-            && health.contains("misconfigured: LoginFailed")
-    })
+    until(
+        Duration::from_secs(30),
+        "the locked server reported",
+        || async {
+            let health = get(&p.base, "/health").await.1;
+            health.contains("server LOCKED_FTP_SERVER: ftp://")
+                && health.contains("misconfigured: LoginFailed")
+        },
+    )
     .await;
     let metrics = get(&p.base, "/metrics").await.1;
     assert!(
@@ -854,4 +858,53 @@ async fn one_bad_server_never_holds_back_jobs_between_healthy_servers() {
         6,
         "only the locked server's jobs were dead-lettered"
     );
+}
+
+/// A transfer that lasts longer than `stuck_after` but moves bytes all along is not stuck: it
+/// completes once, and the dispatcher is never restarted.
+#[tokio::test]
+async fn a_transfer_longer_than_stuck_after_completes_once() {
+    let src = FtpServer::start(true);
+    let dst = FtpServer::start(true);
+    let size = 160 << 20;
+    write(&src.root(), "in/big.bin", &content(size, 7));
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    // Hashing the stream and re-reading the destination makes the transfer last seconds.
+    env.push(("ACTORD_FTP_SYNC_VERIFY".into(), "sha256".into()));
+    let toml = config("[pipelines.ftp-sync.supervision]\nstuck_after = \"1s\"\n");
+    let p = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let started = std::time::Instant::now();
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![job(
+            "big",
+            ("SRC_FTP_SERVER1", "/in/big.bin"),
+            ("DST_FTP_SERVER1", "/out/big.bin"),
+        )],
+    )
+    .await;
+    until(Duration::from_secs(120), "the big file", || async {
+        read(&dst.root(), "out/big.bin").is_some()
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(1),
+        "the transfer must outlast stuck_after to test anything ({took:?})"
+    );
+    assert_eq!(read(&dst.root(), "out/big.bin").unwrap(), content(size, 7));
+    let tree = crate::support::tree(&p.base).await;
+    let writer = crate::support::actor(&tree, "/ftp-sync/jobs/writer-0");
+    assert_eq!(writer["restarts"], 0, "{writer}");
+    let log = p.log();
+    assert_eq!(
+        log.matches("transferred").count(),
+        1,
+        "transferred once: {log}"
+    );
+    assert!(!log.contains("actor stuck"), "{log}");
 }

@@ -265,16 +265,18 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<'_, W> {
     }
 }
 
-/// A sink for re-reading a destination: only hashes.
-struct HashOnly(Sha256);
+/// A sink for re-reading a destination: only hashes, and reports progress as it goes (a
+/// re-read of a large file is as long as its transfer).
+struct HashOnly<'p>(Sha256, &'p Progress);
 
-impl AsyncWrite for HashOnly {
+impl AsyncWrite for HashOnly<'_> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.0.update(buf);
+        (self.1)(buf.len() as u64);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -345,7 +347,7 @@ pub async fn transfer(
     }
     if let Some(hash) = hashing.hash.take() {
         let sent = hash.finalize();
-        let mut reread = HashOnly(Sha256::new());
+        let mut reread = HashOnly(Sha256::new(), progress);
         if let Err(e) = dst.download(&staged.temp, &mut reread).await {
             dst.discard(&staged).await;
             return Err(fail(e));
