@@ -94,9 +94,7 @@ pub fn render_plan(config: &Config) -> anyhow::Result<String> {
         config::Brokers::Embedded => "embedded".to_owned(),
         config::Brokers::List(list) => list.clone(),
     };
-    let resources = crate::pipelines::Resources {
-        kafka: runtime::connection(config, &bootstrap),
-    };
+    let resources = crate::pipelines::Resources::new(runtime::connection(config, &bootstrap));
     let plan = runtime::plan(config, &resources)?;
     let mut out = format!(
         "config: {}\nadmin: http://{}\n/ (root) {}\n",
@@ -196,6 +194,18 @@ fn render_node(node: &serde_json::Value, depth: usize, out: &mut String) {
     }
     out.push_str(&line);
     out.push('\n');
+    for entry in node
+        .get("schedules")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{}{}\n",
+            "  ".repeat(depth + 1),
+            render_entry(entry)
+        ));
+    }
     for child in node
         .get("children")
         .and_then(|c| c.as_array())
@@ -213,5 +223,76 @@ pub fn admin_url(cli: &Cli, config: Option<&Config>) -> String {
         (Some(a), _) => format!("http://{a}"),
         (None, Some(c)) => format!("http://{}", c.admin.listen),
         (None, None) => "http://127.0.0.1:8080".to_owned(),
+    }
+}
+
+/// One scheduled entry: what and when, then how its last run went and what runs now.
+fn render_entry(e: &serde_json::Value) -> String {
+    let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+    let mut line = format!(
+        "schedule {}: {} ({}), lease {}  next={}",
+        s("name"),
+        s("schedule"),
+        s("time_zone"),
+        s("lease"),
+        whole_seconds(s("next_run"))
+    );
+    match e.get("last_outcome").filter(|o| !o.is_null()) {
+        None => line.push_str("  last=never"),
+        Some(o) => {
+            let outcome = o.get("outcome").and_then(|v| v.as_str()).unwrap_or("?");
+            line.push_str(&format!("  last={outcome}"));
+            if let Some(reason) = o.get("reason").and_then(|v| v.as_str()) {
+                line.push_str(&format!(" ({reason})"));
+            }
+            if let Some(error) = o.get("error").and_then(|v| v.as_str()) {
+                line.push_str(&format!(" {error:?}"));
+            }
+            if outcome != "skipped" {
+                if let Some(started) = e.get("last_start").and_then(|v| v.as_str()) {
+                    line.push_str(&format!(" at {}", whole_seconds(started)));
+                }
+                if let Some(took) = e.get("last_duration_seconds").and_then(|v| v.as_f64()) {
+                    line.push_str(&format!(" took={took:.3}s"));
+                }
+            }
+        }
+    }
+    match e.get("active").filter(|a| !a.is_null()) {
+        None => line.push_str("  active=none"),
+        Some(a) => line.push_str(&format!(
+            "  active=run {} ({}, since {}, records={})",
+            a.get("run_id").and_then(|v| v.as_u64()).unwrap_or(0),
+            a.get("trigger").and_then(|v| v.as_str()).unwrap_or("?"),
+            a.get("started")
+                .and_then(|v| v.as_str())
+                .map(whole_seconds)
+                .unwrap_or_else(|| "taking the lease".to_owned()),
+            a.get("records").and_then(|v| v.as_u64()).unwrap_or(0)
+        )),
+    }
+    let runs = |k: &str| {
+        e.pointer(&format!("/runs/{k}"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    };
+    line.push_str(&format!(
+        "  runs: {} started, {} ok, {} failed, {} skipped",
+        runs("started"),
+        runs("succeeded"),
+        runs("failed"),
+        runs("skipped")
+    ));
+    line
+}
+
+/// `2025-01-01T09:00:00.123456Z` as `2025-01-01T09:00:00Z`: a terminal line needs no fractions.
+fn whole_seconds(rfc3339: &str) -> String {
+    match rfc3339.split_once('.') {
+        Some((head, rest)) => {
+            let zone = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{head}{zone}")
+        }
+        None => rfc3339.to_owned(),
     }
 }

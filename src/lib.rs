@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod leases;
 pub mod pipelines;
 pub mod runtime;
 pub mod sinks;

@@ -1,6 +1,7 @@
 //! Mutating admin endpoints. Each takes the actor path as a query parameter; the guard in front of
 //! the router decides who may call them.
 
+use actord_actors::scheduler::RunNowError;
 use actord_actors::{ActorPath, SupervisorError, SupervisorMsg};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,6 +16,11 @@ use crate::runtime::Handle;
 #[derive(Deserialize)]
 pub struct PathQuery {
     path: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RunQuery {
+    entry: Option<String>,
 }
 
 type Reply = RpcReplyPort<Result<(), SupervisorError>>;
@@ -125,6 +131,7 @@ pub async fn fail_actor(State(h): State<Handle>, Query(q): Query<PathQuery>) -> 
 pub async fn pipeline_action(
     State(h): State<Handle>,
     Path((name, action)): Path<(String, String)>,
+    Query(run): Query<RunQuery>,
 ) -> Response {
     if !h.config.runtime.enabled.contains(&name) {
         return text(
@@ -150,9 +157,48 @@ pub async fn pipeline_action(
             )
             .await
         }
+        "run" => run_now(&h, &name, run.entry.as_deref()).await,
         other => text(
             StatusCode::NOT_FOUND,
-            format!("unknown action {other:?}; expected stop or start\n"),
+            format!("unknown action {other:?}; expected stop, start or run\n"),
         ),
+    }
+}
+
+/// Starts a run of one of the pipeline's scheduled entries now, under the same no-overlap
+/// rules as a scheduled run (a run of it active here, or its lease held elsewhere, refuses).
+async fn run_now(h: &Handle, name: &str, entry: Option<&str>) -> Response {
+    let Some(handle) = h.schedules.get(name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pipeline {name:?} has no scheduled entries\n"),
+        );
+    };
+    match handle.run_now(entry).await {
+        Ok(run_id) => {
+            // Without `entry` the scheduler ran its only one.
+            let entry = entry.map(str::to_owned).unwrap_or_else(|| {
+                let snap = handle.snapshot();
+                snap.entries
+                    .first()
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default()
+            });
+            text(
+                StatusCode::OK,
+                format!("started run {run_id} of {name}/{entry}\n"),
+            )
+        }
+        Err(e) => {
+            let status = match &e {
+                RunNowError::UnknownEntry(_) => StatusCode::NOT_FOUND,
+                RunNowError::EntryRequired(_) => StatusCode::BAD_REQUEST,
+                RunNowError::Active { .. } | RunNowError::LeaseHeld(_) => StatusCode::CONFLICT,
+                RunNowError::LeaseUnavailable { .. }
+                | RunNowError::Stopping
+                | RunNowError::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            text(status, format!("{e}\n"))
+        }
     }
 }

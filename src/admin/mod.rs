@@ -32,6 +32,7 @@ pub fn router(handle: Handle) -> Router {
         .route("/health/{pipeline}", get(pipeline_health))
         .route("/metrics", get(metrics))
         .route("/api/tree", get(tree))
+        .route("/api/schedules", get(schedules))
         .route("/api/info", get(info))
         .route("/api/actors/restart", post(actions::restart_actor))
         .route("/api/actors/fail", post(actions::fail_actor))
@@ -200,10 +201,36 @@ async fn metrics(State(h): State<Handle>) -> Response {
 }
 
 async fn tree(State(h): State<Handle>) -> Response {
-    match h.registry.tree().into_iter().next() {
-        Some(root) => Json(root).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "tree not started\n").into_response(),
+    let Some(root) = h.registry.tree().into_iter().next() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "tree not started\n").into_response();
+    };
+    let mut root = match serde_json::to_value(root) {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    // A pipeline's scheduled entries sit on its node: next and last run, outcome, active run.
+    let pipelines = root
+        .get_mut("children")
+        .and_then(|c| c.as_array_mut())
+        .into_iter()
+        .flatten();
+    for node in pipelines {
+        let name = node.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        if let Some(handle) = h.schedules.get(name) {
+            node["schedules"] = json!(handle.snapshot().entries);
+        }
     }
+    Json(root).into_response()
+}
+
+/// Every pipeline's scheduled entries, by pipeline name.
+async fn schedules(State(h): State<Handle>) -> Response {
+    let all: serde_json::Map<String, serde_json::Value> = h
+        .schedules
+        .iter()
+        .map(|(name, handle)| (name.clone(), json!(handle.snapshot().entries)))
+        .collect();
+    Json(all).into_response()
 }
 
 async fn info(State(h): State<Handle>) -> Response {

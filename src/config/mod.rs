@@ -3,6 +3,7 @@
 
 mod env;
 pub(crate) mod raw;
+pub mod schedule;
 mod supervision;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 pub use env::{prefixed, EnvKey, Unit};
+pub use schedule::{RawSchedule, ScheduleSettings};
 pub use supervision::{Level, Supervision};
 
 use crate::pipelines::{self, PipelineDef};

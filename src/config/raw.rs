@@ -293,6 +293,12 @@ pub struct RawHeartbeat {
     pub topic: Option<String>,
     /// Consumer group reading the beats back.
     pub group: Option<String>,
+    /// An optional scheduled entry `beat`: each run publishes one extra beat marked
+    /// `"scheduled": true`. Absent by default.
+    pub schedule: Option<super::schedule::RawSchedule>,
+    /// How long a scheduled run lasts after its beat was delivered, e.g. "5s"; default "0s".
+    /// Lets an operator watch an active run and the no-overlap rule.
+    pub schedule_hold: Option<String>,
     /// Supervision overrides for this pipeline and its paths.
     #[serde(default)]
     pub supervision: RawSupervision,

@@ -5,8 +5,9 @@ pub mod heartbeat;
 pub mod recorder;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use actord_actors::scheduler::SchedulerHandle;
 use actord_actors::{ChildSpec, Registry};
 
 use crate::config::{Config, EnvKey, Unit};
@@ -44,10 +45,53 @@ pub struct TopicSpec {
     pub partitions: i32,
 }
 
-/// Shared connections handed to pipeline builders.
+/// Shared connections handed to pipeline builders, and where they register what the admin
+/// port needs from them.
 #[derive(Clone, Debug)]
 pub struct Resources {
     pub kafka: KafkaConnection,
+    pub schedules: Schedules,
+}
+
+impl Resources {
+    pub fn new(kafka: KafkaConnection) -> Self {
+        Resources {
+            kafka,
+            schedules: Schedules::default(),
+        }
+    }
+}
+
+/// The scheduler handles of the pipelines being built, by pipeline name: a pipeline with
+/// scheduled entries registers its handle while building, and the admin port shows and drives
+/// the entries through it (`/api/tree`, `POST /api/pipelines/<name>/run`).
+#[derive(Clone, Default)]
+pub struct Schedules(Arc<Mutex<BTreeMap<String, SchedulerHandle>>>);
+
+impl Schedules {
+    /// Registers `pipeline`'s scheduler; a pipeline has at most one, holding all its entries.
+    pub fn register(&self, pipeline: &str, handle: SchedulerHandle) {
+        self.lock().insert(pipeline.to_owned(), handle);
+    }
+
+    pub fn get(&self, pipeline: &str) -> Option<SchedulerHandle> {
+        self.lock().get(pipeline).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, SchedulerHandle> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SchedulerHandle>> {
+        // Only inserts and clones happen under the lock; a poisoned map is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Schedules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.lock().keys()).finish()
+    }
 }
 
 /// A pipeline kind known to the binary.

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use actord_actors::scheduler::SchedulerHandle;
 use actord_actors::{
     ActorKind, ActorPath, Backoff, ChildSpec, Registry, Status, Strategy, Supervisor,
     SupervisorArgs, SupervisorMsg, SupervisorSpec,
@@ -31,6 +32,8 @@ pub struct Plan {
     pub root: SupervisorSpec,
     pub pipelines: Vec<ChildSpec>,
     pub health: BTreeMap<String, Health>,
+    /// Schedulers of the pipelines that have scheduled entries.
+    pub schedules: BTreeMap<String, SchedulerHandle>,
 }
 
 /// Topics the enabled pipelines use.
@@ -92,6 +95,7 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
         root,
         pipelines: specs,
         health,
+        schedules: resources.schedules.all(),
     })
 }
 
@@ -105,6 +109,8 @@ pub struct Handle {
     pub started: SystemTime,
     /// The bootstrap servers in use, and whether they are the embedded broker.
     pub kafka: KafkaConnection,
+    /// Schedulers by pipeline name, for the tree and "run now".
+    pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
 }
 
 impl Handle {
@@ -163,12 +169,7 @@ pub async fn run(
         (Brokers::Embedded, None) => String::new(),
     };
     let kafka = connection(&config, &bootstrap);
-    let plan = plan(
-        &config,
-        &Resources {
-            kafka: kafka.clone(),
-        },
-    )?;
+    let plan = plan(&config, &Resources::new(kafka.clone()))?;
     let registry = Registry::new();
     let root_probe = registry.probe(&ActorPath::root(), ActorKind::Supervisor);
     let (root, root_task) = Actor::spawn(
@@ -190,6 +191,7 @@ pub async fn run(
         health: Arc::new(plan.health),
         started: SystemTime::now(),
         kafka,
+        schedules: Arc::new(plan.schedules),
     };
     let addr = admin_listener.local_addr()?;
     info!(admin = %addr, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");

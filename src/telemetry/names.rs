@@ -41,6 +41,8 @@ pub const FTP_SERVER_MISCONFIGURED: &str = "actord_ftp_server_misconfigured";
 pub const FTP_PARKED_JOBS: &str = "actord_ftp_parked_jobs";
 /// Counter: beats of the heartbeat pipeline.
 pub const HEARTBEAT_BEATS_TOTAL: &str = "actord_heartbeat_beats_total";
+/// Counter: beats of the heartbeat's scheduled entry, read back.
+pub const HEARTBEAT_SCHEDULED_BEATS_TOTAL: &str = "actord_heartbeat_scheduled_beats_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
@@ -63,6 +65,11 @@ pub fn describe() {
         "Times the supervisor at the path exhausted its restart budget."
     );
     describe_counter!(HEARTBEAT_BEATS_TOTAL, "Beats of the heartbeat pipeline.");
+    describe_counter!(
+        HEARTBEAT_SCHEDULED_BEATS_TOTAL,
+        "Beats of the heartbeat's scheduled entry read back."
+    );
+    actord_actors::names::describe_scheduler();
     describe_counter!(RECORDS_CONSUMED_TOTAL, "Records read from Kafka.");
     describe_counter!(
         RECORDER_MESSAGES_TOTAL,

@@ -5,6 +5,8 @@ mod admin;
 mod binary;
 mod ftp_sync;
 mod kafka;
+mod leases;
 mod recorder;
 mod recorder_s3;
+mod schedules;
 mod support;

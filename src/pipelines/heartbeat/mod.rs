@@ -1,8 +1,10 @@
 //! The built-in heartbeat pipeline: a ticker publishes a beat to Kafka every interval and a
 //! consumer path reads the beats back and counts them. It gives a fresh install data flowing
 //! through the whole delivery core (producer, consumer, decoder, buffer, writer, commits) on
-//! the embedded broker, and serves as a smoke test of the runtime.
+//! the embedded broker, and serves as a smoke test of the runtime. With a `schedule` section it
+//! also runs a scheduled entry (`/heartbeat/scheduler`) that publishes a marked beat per run.
 
+mod scheduled;
 mod sink;
 mod ticker;
 
@@ -11,14 +13,18 @@ use std::time::Duration;
 
 use actord_actors::buffer::BufferLimits;
 use actord_actors::record::{Poison, SourceRecord};
+use actord_actors::scheduler::{Scheduler, SchedulerConfig, SchedulerHandle};
 use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, ChildSpec, Status, Strategy};
+use anyhow::Context;
 use ractor::Actor;
 use serde::Deserialize;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::RawHeartbeat;
+use crate::config::schedule::{self, ScheduleSettings};
 use crate::config::{Check, Config, EnvKey, Unit};
+use crate::leases::LeaseKind;
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::SourceSettings;
@@ -48,6 +54,10 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     pub topic: String,
     pub group: String,
+    /// The scheduled entry `beat`, when `[pipelines.heartbeat.schedule]` is present.
+    pub schedule: Option<ScheduleSettings>,
+    /// How long a scheduled run lasts after its beat was delivered.
+    pub schedule_hold: Duration,
 }
 
 impl HeartbeatConfig {
@@ -58,6 +68,22 @@ impl HeartbeatConfig {
             .unwrap_or_else(|| "actord.heartbeat".to_owned());
         if topic.is_empty() {
             check.problem("pipelines.heartbeat.topic", "expected a topic name");
+        }
+        let key = "pipelines.heartbeat.schedule";
+        let schedule = raw
+            .schedule
+            .as_ref()
+            .and_then(|s| schedule::validate(s, key, check));
+        if let Some(s) = &schedule {
+            if s.lease != LeaseKind::None && s.lease_url.is_none() {
+                check.problem(
+                    &format!("{key}.lease_url"),
+                    format!(
+                        "needed for lease = \"{}\": the heartbeat uses no store of its own",
+                        s.lease.as_str()
+                    ),
+                );
+            }
         }
         HeartbeatConfig {
             interval: check.positive_duration(
@@ -70,15 +96,24 @@ impl HeartbeatConfig {
                 .group
                 .clone()
                 .unwrap_or_else(|| "actord-heartbeat".to_owned()),
+            schedule,
+            schedule_hold: check.duration(
+                "pipelines.heartbeat.schedule_hold",
+                raw.schedule_hold.as_deref(),
+                Duration::ZERO,
+            ),
         }
     }
 }
 
-/// One beat as published: `{"seq": 42, "at": "2025-11-19T16:12:34.123Z"}`.
+/// One beat as published: `{"seq": 42, "at": "2025-11-19T16:12:34.123Z"}`; a scheduled run's
+/// beat adds `"scheduled": true`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Beat {
     pub seq: u64,
     pub at: String,
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
@@ -105,6 +140,23 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let hb = config.pipelines.heartbeat.clone();
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
+    let scheduler = match &hb.schedule {
+        None => None,
+        Some(settings) => {
+            let job = scheduled::job(slot.clone(), hb.topic.clone(), hb.schedule_hold);
+            let entry = settings
+                .entry(scheduled::ENTRY, job)
+                .context("opening the schedule's lease store")?;
+            let handle = SchedulerHandle::new();
+            resources.schedules.register(DEF.name, handle.clone());
+            let spec = Scheduler::spec(
+                "scheduler",
+                SchedulerConfig::new(DEF.name, vec![entry]),
+                handle,
+            )?;
+            Some(config.supervision.child(&root.child("scheduler"), spec))
+        }
+    };
     let (interval, topic) = (hb.interval, hb.topic.clone());
     let ticker = ChildSpec::worker("ticker", move |ctx| {
         let publisher = slot.get();
@@ -139,14 +191,16 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         dlq_suffix: Some("-dlq".into()),
     };
     // Reader first, then the writing side; the ticker holds the publisher's address, so under
-    // rest_for_one a publisher restart takes the ticker along and nothing else.
-    let children = vec![
+    // rest_for_one a publisher restart takes the ticker along and nothing else. The scheduler
+    // looks the publisher up at each run, and its handle keeps its state across the restart.
+    let mut children = vec![
         beats.child_spec(&root, &config.supervision),
         config
             .supervision
             .child(&root.child("publisher"), publisher),
         config.supervision.child(&root.child("ticker"), ticker),
     ];
+    children.extend(scheduler);
     let spec = config.supervision.child(
         &root,
         ChildSpec::supervisor(
