@@ -145,6 +145,7 @@ fn transport(server: &Ftp, concurrency: usize) -> Arc<FtpTransport> {
         user: USER.into(),
         password: Some(actord::config::Secret::new(PASS)),
         passive: true,
+        passive_reply_address: false,
         tls: false,
         insecure_tls: false,
         max_connections: 2 * concurrency,

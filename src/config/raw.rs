@@ -180,6 +180,12 @@ pub struct RawServer {
     /// Dead-letter jobs parked for this server longer than this, e.g. "1h" (off by default:
     /// they wait for the server).
     pub dead_letter_after: Option<String>,
+    /// Longest wait for any one network step (connect, banner, login, a reply, an idle read or
+    /// write of the data), e.g. "30s".
+    pub timeout: Option<String>,
+    /// Where passive data connections go: "control" (the control connection's address, as
+    /// Python's ftplib does; survives a server behind NAT) or "reply" (the PASV reply's).
+    pub passive_address: Option<String>,
     /// "ftp", "ftps", "sftp", "s3" or "file" ({HOSTNAME}_TYPE).
     #[serde(rename = "type")]
     pub kind: Option<String>,

@@ -908,3 +908,121 @@ async fn a_transfer_longer_than_stuck_after_completes_once() {
     );
     assert!(!log.contains("actor stuck"), "{log}");
 }
+
+/// A server that accepts connections and never says a word: with a 1 s step timeout, a
+/// transfer to it ends in a timeout, the server's circuit opens and /health says so, instead of
+/// the transfer waiting forever for a banner.
+#[tokio::test]
+async fn a_silent_server_times_out_instead_of_hanging() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds every connection, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let src = FtpServer::start(true);
+    write(&src.root(), "in/x.bin", &content(1 << 20, 3));
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend([
+        ("SILENT_SERVER_TYPE".to_owned(), "ftp".to_owned()),
+        ("SILENT_SERVER_HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("SILENT_SERVER_PORT".to_owned(), port.to_string()),
+    ]);
+    let toml = config(
+        "breaker_threshold = 1\n[pipelines.ftp-sync.servers.SILENT_SERVER]\ntimeout = \"1s\"\n",
+    );
+    let p = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![job(
+            "silent",
+            ("SRC_FTP_SERVER1", "/in/x.bin"),
+            ("SILENT_SERVER", "/x.bin"),
+        )],
+    )
+    .await;
+    until(
+        Duration::from_secs(20),
+        "the silent server's open circuit",
+        || async {
+            get(&p.base, "/metrics")
+                .await
+                .1
+                .contains("actord_ftp_circuit_open{server=\"SILENT_SERVER\"} 1")
+        },
+    )
+    .await;
+    assert!(
+        p.log().contains("banner: no answer within 1s"),
+        "{}",
+        p.log()
+    );
+}
+
+/// A server behind NAT announces an address it cannot be reached at in its PASV replies
+/// (here 127.0.0.2, where nothing listens). By default actord connects to the control
+/// connection's address, as Python's ftplib does; `passive_address = "reply"` follows the reply
+/// and fails, which the probe — it opens a data connection, not only a login — keeps reporting.
+#[tokio::test]
+async fn passive_data_connections_go_to_the_control_address_by_default() {
+    let src = FtpServer::start(true);
+    let nat = FtpServer::start_behind_nat("127.0.0.2");
+    write(&src.root(), "in/n.bin", &content(300_000, 5));
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(nat.env("NAT_SERVER"));
+    env.extend(nat.env("NAT_REPLY_SERVER"));
+    let toml = config(
+        "breaker_threshold = 1\n[pipelines.ftp-sync.servers.NAT_REPLY_SERVER]\npassive_address = \"reply\"\n",
+    );
+    let p = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![
+            job(
+                "nat",
+                ("SRC_FTP_SERVER1", "/in/n.bin"),
+                ("NAT_SERVER", "/a/n.bin"),
+            ),
+            job(
+                "reply",
+                ("SRC_FTP_SERVER1", "/in/n.bin"),
+                ("NAT_REPLY_SERVER", "/b/n.bin"),
+            ),
+        ],
+    )
+    .await;
+    until(
+        Duration::from_secs(30),
+        "the file through the NAT'd server",
+        || async { read(&nat.root(), "a/n.bin").is_some() },
+    )
+    .await;
+    assert_eq!(read(&nat.root(), "a/n.bin").unwrap(), content(300_000, 5));
+    until(
+        Duration::from_secs(30),
+        "the reply-address server's open circuit",
+        || async {
+            get(&p.base, "/metrics")
+                .await
+                .1
+                .contains("actord_ftp_circuit_open{server=\"NAT_REPLY_SERVER\"} 1")
+        },
+    )
+    .await;
+    // Its probe opens a data connection too, so the circuit stays open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(get(&p.base, "/metrics")
+        .await
+        .1
+        .contains("actord_ftp_circuit_open{server=\"NAT_REPLY_SERVER\"} 1"));
+    assert!(read(&nat.root(), "b/n.bin").is_none());
+}

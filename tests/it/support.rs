@@ -509,6 +509,8 @@ pub struct FtpServer {
     writable: bool,
     /// Explicit TLS (AUTH TLS) required on control and data connections.
     tls: bool,
+    /// The address its PASV replies announce instead of its own (a server behind NAT).
+    nat_address: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -531,21 +533,28 @@ FTPServer(("127.0.0.1", int(port)), handler).serve_forever()
 
 impl FtpServer {
     pub fn start(writable: bool) -> FtpServer {
-        Self::launch(writable, false)
+        Self::launch(writable, false, None)
     }
 
     /// A writable server that requires explicit TLS, with a self-signed certificate.
     pub fn start_tls() -> FtpServer {
-        Self::launch(true, true)
+        Self::launch(true, true, None)
     }
 
-    fn launch(writable: bool, tls: bool) -> FtpServer {
+    /// A writable server whose PASV replies announce `address` (where it does not listen), as
+    /// a server behind NAT announces its private address.
+    pub fn start_behind_nat(address: &str) -> FtpServer {
+        Self::launch(true, false, Some(address.to_owned()))
+    }
+
+    fn launch(writable: bool, tls: bool, nat_address: Option<String>) -> FtpServer {
         let mut server = FtpServer {
             port: free_port(),
             user: "actord".to_owned(),
             pass: "s3cr3t-Pa55".to_owned(),
             writable,
             tls,
+            nat_address,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -608,6 +617,9 @@ impl FtpServer {
                 .arg(self.root());
             if self.writable {
                 cmd.arg("-w");
+            }
+            if let Some(nat) = &self.nat_address {
+                cmd.args(["-n", nat]);
             }
         }
         let child = cmd

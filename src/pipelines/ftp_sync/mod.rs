@@ -128,6 +128,10 @@ pub struct ServerConfig {
     pub insecure_host_key: bool,
     pub max_connections: usize,
     pub dead_letter_after: Option<Duration>,
+    pub timeout: Duration,
+    /// Passive data connections go to the PASV reply's address instead of the control
+    /// connection's.
+    pub passive_reply_address: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +237,22 @@ impl FtpSyncConfig {
             let dead_letter_after = s.dead_letter_after.as_deref().map(|d| {
                 check.positive_duration(&sk("dead_letter_after"), Some(d), Duration::ZERO)
             });
+            let timeout = check.positive_duration(
+                &sk("timeout"),
+                s.timeout.as_deref(),
+                Duration::from_secs(30),
+            );
+            let passive_reply_address = match s.passive_address.as_deref() {
+                None | Some("control") => false,
+                Some("reply") => true,
+                Some(other) => {
+                    check.problem(
+                        &sk("passive_address"),
+                        format!("expected \"control\" or \"reply\", found {other:?}"),
+                    );
+                    false
+                }
+            };
             let root = s.root.clone().filter(|r| !r.trim().is_empty());
             if kind == ServerKind::File && root.is_none() {
                 check.problem(
@@ -261,6 +281,8 @@ impl FtpSyncConfig {
                         .map(|n| n.max(1) as usize)
                         .unwrap_or(2 * concurrency),
                     dead_letter_after,
+                    timeout,
+                    passive_reply_address,
                 },
             );
         }
@@ -283,6 +305,8 @@ impl FtpSyncConfig {
                     insecure_host_key: false,
                     max_connections: 2 * concurrency,
                     dead_letter_after: None,
+                    timeout: Duration::from_secs(30),
+                    passive_reply_address: false,
                 });
             }
         }
@@ -370,10 +394,11 @@ fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Ar
             user: s.user.clone(),
             password: s.password.clone(),
             passive: s.passive,
+            passive_reply_address: s.passive_reply_address,
             tls: s.kind == ServerKind::Ftps,
             insecure_tls: s.insecure_tls,
             max_connections: s.max_connections,
-            timeout: Duration::from_secs(30),
+            timeout: s.timeout,
         })),
         ServerKind::Sftp => Arc::new(SftpTransport::new(SftpSettings {
             host: s.host.clone(),
@@ -384,7 +409,7 @@ fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Ar
             host_key: s.host_key.clone(),
             insecure: s.insecure_host_key,
             max_connections: s.max_connections,
-            timeout: Duration::from_secs(30),
+            timeout: s.timeout,
         })),
         ServerKind::S3 => {
             let location = Location::Bucket {

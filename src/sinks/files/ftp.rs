@@ -24,15 +24,69 @@ pub struct FtpSettings {
     pub user: String,
     pub password: Option<Secret>,
     pub passive: bool,
+    /// Passive data connections go to the address in the PASV reply; by default they go to the
+    /// control connection's address, which also works for a server behind NAT that announces
+    /// its private address.
+    pub passive_reply_address: bool,
     /// Explicit TLS (`AUTH TLS`) before login.
     pub tls: bool,
     /// Accept any certificate (self-signed test servers); never the default.
     pub insecure_tls: bool,
     pub max_connections: usize,
+    /// The longest wait for one network step: connect, banner, TLS, login, a reply, an idle
+    /// read or write of the data.
     pub timeout: Duration,
 }
 
 type Conn = AsyncRustlsFtpStream;
+
+/// The longest an idle pooled connection may take to answer `NOOP`: a connection the server
+/// dropped meanwhile is found out in seconds, whatever the step timeout.
+const NOOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs one network step, failing it as a transient `Timeout` after `limit`.
+async fn within<T, E>(
+    limit: Duration,
+    what: impl FnOnce() -> String,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<Result<T, E>, TransferError> {
+    tokio::time::timeout(limit, step).await.map_err(|_| {
+        TransferError::transient("Timeout", format!("{}: no answer within {limit:?}", what()))
+    })
+}
+
+/// Copies `from` into `to` like `tokio::io::copy`, but fails when a read or a write makes no
+/// progress for `idle`: a stalled data connection ends instead of holding a slot forever.
+async fn copy_idle(
+    from: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    to: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    idle: Duration,
+    context: &str,
+) -> Result<u64, TransferError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = within(
+            idle,
+            || format!("{context}: reading data"),
+            from.read(&mut buf),
+        )
+        .await?
+        .map_err(|e| connection_error(context, e))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        within(
+            idle,
+            || format!("{context}: writing data"),
+            to.write_all(&buf[..n]),
+        )
+        .await?
+        .map_err(|e| connection_error(context, e))?;
+        total += n as u64;
+    }
+}
 
 pub struct FtpTransport {
     settings: FtpSettings,
@@ -54,55 +108,72 @@ impl FtpTransport {
             .await
             .map_err(|_| TransferError::transient("Timeout", format!("connecting to {addr}")))?
             .map_err(|e| connection_error(&addr, e))?;
-        let mut conn = Conn::connect_with_stream(tcp)
-            .await
-            .map_err(|e| ftp_error(&addr, e))?;
+        let limit = s.timeout;
+        let mut conn = within(
+            limit,
+            || format!("{addr}: banner"),
+            Conn::connect_with_stream(tcp),
+        )
+        .await?
+        .map_err(|e| ftp_error(&addr, e))?;
         if s.tls {
-            conn = conn
-                .into_secure(tls_connector(s.insecure_tls), &s.host)
-                .await
-                .map_err(|e| {
-                    let message = format!("{addr}: {e}");
-                    // A certificate that does not verify stays so until the configuration
-                    // changes; an interrupted handshake is the network's.
-                    if message.to_ascii_lowercase().contains("certificate") {
-                        TransferError::misconfigured("TlsVerificationFailed", message)
-                    } else {
-                        TransferError::transient("TlsError", message)
-                    }
-                })?;
+            conn = within(
+                limit,
+                || format!("{addr}: TLS handshake"),
+                conn.into_secure(tls_connector(s.insecure_tls), &s.host),
+            )
+            .await?
+            .map_err(|e| {
+                let message = format!("{addr}: {e}");
+                // A certificate that does not verify stays so until the configuration
+                // changes; an interrupted handshake is the network's.
+                if message.to_ascii_lowercase().contains("certificate") {
+                    TransferError::misconfigured("TlsVerificationFailed", message)
+                } else {
+                    TransferError::transient("TlsError", message)
+                }
+            })?;
         }
         if !s.passive {
             conn = conn.active_mode(s.timeout);
         } else {
             conn.set_mode(Mode::Passive);
+            conn.set_passive_nat_workaround(!s.passive_reply_address);
         }
         let password = s.password.as_ref().map(Secret::expose).unwrap_or("");
-        conn.login(s.user.as_str(), password)
-            .await
-            .map_err(|e| match e {
-                // 530/532: the credentials are wrong, which only a configuration change fixes;
-                // any other refusal (421 too many users) is the server's capacity.
-                FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 530 | 532) => {
-                    TransferError::misconfigured(
-                        "LoginFailed",
-                        format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
-                    )
-                }
-                FtpError::UnexpectedResponse(r) => TransferError::transient(
-                    "LoginRefused",
+        within(
+            limit,
+            || format!("{addr}: login"),
+            conn.login(s.user.as_str(), password),
+        )
+        .await?
+        .map_err(|e| match e {
+            // 530/532: the credentials are wrong, which only a configuration change fixes;
+            // any other refusal (421 too many users) is the server's capacity.
+            FtpError::UnexpectedResponse(r) if matches!(r.status.code(), 530 | 532) => {
+                TransferError::misconfigured(
+                    "LoginFailed",
                     format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
-                ),
-                other => ftp_error(&addr, other),
-            })?;
-        conn.transfer_type(FileType::Binary)
-            .await
-            .map_err(|e| ftp_error(&addr, e))?;
+                )
+            }
+            FtpError::UnexpectedResponse(r) => TransferError::transient(
+                "LoginRefused",
+                format!("{addr}: login as {} refused ({})", s.user, r.status.code()),
+            ),
+            other => ftp_error(&addr, other),
+        })?;
+        within(
+            limit,
+            || format!("{addr}: TYPE I"),
+            conn.transfer_type(FileType::Binary),
+        )
+        .await?
+        .map_err(|e| ftp_error(&addr, e))?;
         Ok(conn)
     }
 
     async fn lease(&self) -> Result<Lease<Conn>, TransferError> {
-        let timeout = self.settings.timeout;
+        let timeout = self.settings.timeout.min(NOOP_TIMEOUT);
         self.pool
             .lease(
                 |mut conn: Conn| async move {
@@ -125,9 +196,20 @@ impl FtpTransport {
         for at in self.pool.dirs_to_make(dir) {
             // An error here usually means the directory exists; a real problem shows up as
             // the upload's own error.
-            let _ = conn.mkdir(&at).await;
+            let _ = self.step(&at, "MKD", conn.mkdir(&at)).await?;
         }
         Ok(())
+    }
+
+    /// One control step on `path` under the step timeout, its error classified.
+    async fn step<T>(
+        &self,
+        path: &str,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, FtpError>>,
+    ) -> Result<Result<T, TransferError>, TransferError> {
+        let r = within(self.settings.timeout, || format!("{path}: {what}"), fut).await?;
+        Ok(r.map_err(|e| ftp_error(path, e)))
     }
 
     fn settle<T>(&self, lease: Lease<Conn>, result: &Result<T, TransferError>) {
@@ -246,15 +328,18 @@ impl Transport for FtpTransport {
     fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>> {
         async move {
             let mut lease = self.lease().await?;
-            let result = match lease.conn.size(path).await {
-                Ok(n) => Ok(Some(n as u64)),
+            let limit = self.settings.timeout;
+            let answer = within(limit, || format!("{path}: SIZE"), lease.conn.size(path)).await;
+            let result = match answer {
+                Err(timeout) => Err(timeout),
+                Ok(Ok(n)) => Ok(Some(n as u64)),
                 // SIZE not implemented: the byte count has to do.
-                Err(FtpError::UnexpectedResponse(r))
+                Ok(Err(FtpError::UnexpectedResponse(r)))
                     if matches!(r.status.code(), 500 | 502 | 504) =>
                 {
                     Ok(None)
                 }
-                Err(e) => Err(ftp_error(path, e)),
+                Ok(Err(e)) => Err(ftp_error(path, e)),
             };
             self.settle(lease, &result);
             result
@@ -270,18 +355,21 @@ impl Transport for FtpTransport {
         async move {
             let mut lease = self.lease().await?;
             let result = async {
-                let mut stream = lease
-                    .conn
-                    .retr_as_stream(path)
-                    .await
-                    .map_err(|e| ftp_error(path, e))?;
-                let copied = tokio::io::copy(&mut stream, out).await;
-                let finished = stream.finish().await;
-                let n = copied.map_err(|e| connection_error(path, e))?;
-                finished.map_err(|e| ftp_error(path, e))?;
-                out.shutdown()
-                    .await
-                    .map_err(|e| connection_error(path, e))?;
+                let limit = self.settings.timeout;
+                let mut stream = self
+                    .step(path, "RETR", lease.conn.retr_as_stream(path))
+                    .await??;
+                let copied = copy_idle(&mut stream, out, limit, path).await;
+                let finished = self.step(path, "end of RETR", stream.finish()).await;
+                let n = copied?;
+                finished??;
+                within(
+                    limit,
+                    || format!("{path}: closing the pipe"),
+                    out.shutdown(),
+                )
+                .await?
+                .map_err(|e| connection_error(path, e))?;
                 Ok(n)
             }
             .await;
@@ -301,23 +389,24 @@ impl Transport for FtpTransport {
             let mut lease = self.lease().await?;
             let result = async {
                 let conn = &mut lease.conn;
+                let limit = self.settings.timeout;
                 self.make_dirs(conn, split(path).0).await?;
-                let mut stream = conn
-                    .put_with_stream(&temp)
-                    .await
-                    .map_err(|e| ftp_error(path, e))?;
-                let copied = tokio::io::copy(input, &mut stream).await;
-                let finished = stream.finish().await;
-                let bytes = copied.map_err(|e| connection_error(path, e))?;
-                finished.map_err(|e| ftp_error(path, e))?;
+                let mut stream = self
+                    .step(path, "STOR", conn.put_with_stream(&temp))
+                    .await??;
+                let copied = copy_idle(input, &mut stream, limit, path).await;
+                let finished = self.step(path, "end of STOR", stream.finish()).await;
+                let bytes = copied?;
+                finished??;
                 // The destination's own idea of the size, after the transfer closed.
-                match conn.size(&temp).await {
+                let answer = within(limit, || format!("{path}: SIZE"), conn.size(&temp)).await?;
+                match answer {
                     Ok(n) if n as u64 == bytes => Ok(Staged {
                         temp: temp.clone(),
                         bytes,
                     }),
                     Ok(n) => {
-                        let _ = conn.rm(&temp).await;
+                        let _ = within(limit, || temp.clone(), conn.rm(&temp)).await;
                         Err(TransferError::transient(
                             "SizeMismatch",
                             format!("{path}: sent {bytes} bytes, the server holds {n}"),
@@ -348,11 +437,14 @@ impl Transport for FtpTransport {
     ) -> BoxFuture<'a, Result<(), TransferError>> {
         async move {
             let mut lease = self.lease().await?;
-            let result = lease
-                .conn
-                .rename(staged.temp.as_str(), path)
+            let result = self
+                .step(
+                    path,
+                    "RNFR/RNTO",
+                    lease.conn.rename(staged.temp.as_str(), path),
+                )
                 .await
-                .map_err(|e| ftp_error(path, e));
+                .and_then(|r| r);
             self.settle(lease, &result);
             result
         }
@@ -362,22 +454,30 @@ impl Transport for FtpTransport {
     fn discard<'a>(&'a self, staged: &'a Staged) -> BoxFuture<'a, ()> {
         async move {
             if let Ok(mut lease) = self.lease().await {
-                let result = lease
-                    .conn
-                    .rm(staged.temp.as_str())
+                let result = self
+                    .step(&staged.temp, "DELE", lease.conn.rm(staged.temp.as_str()))
                     .await
-                    .map_err(|e| ftp_error(&staged.temp, e));
+                    .and_then(|r| r);
                 self.settle(lease, &result);
             }
         }
         .boxed()
     }
 
+    /// Connects, logs in and opens a passive data connection (a name listing): what a
+    /// transfer needs, not only a login.
     fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         async move {
             let mut conn = self.connect().await?;
-            let _ = conn.quit().await;
-            Ok(())
+            let listed = self.step("/", "NLST", conn.nlst(None)).await?;
+            let _ = within(self.settings.timeout, || "QUIT".to_owned(), conn.quit()).await;
+            match listed {
+                Ok(_) => Ok(()),
+                // The server answered the listing itself with a refusal: the data connection
+                // was not the problem, and jobs name their own paths.
+                Err(e) if e.permanent => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         .boxed()
     }
