@@ -1026,3 +1026,103 @@ async fn passive_data_connections_go_to_the_control_address_by_default() {
         .contains("actord_ftp_circuit_open{server=\"NAT_REPLY_SERVER\"} 1"));
     assert!(read(&nat.root(), "b/n.bin").is_none());
 }
+
+/// Paths stay where they belong: a symbolic link in a local server's directory never leads a
+/// read or a write out of it, backslashes and the root itself are refused, and without a
+/// configured root a relative path lands in the login directory, as the original service's did.
+#[tokio::test]
+async fn paths_are_confined_and_relative_ones_use_the_login_directory() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (src_root, dst_root, outside) = (
+        dirs.path().join("src"),
+        dirs.path().join("dst"),
+        dirs.path().join("outside"),
+    );
+    for d in [&src_root, &dst_root, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    write(&src_root, "in/a.bin", &content(50_000, 9));
+    std::fs::write(outside.join("secret.txt"), b"not yours").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), src_root.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, dst_root.join("out")).unwrap();
+    let ssh = SshServer::start();
+    let mut env: Vec<(String, String)> = vec![
+        ("SRC_LOCAL_TYPE".into(), "file".into()),
+        ("SRC_LOCAL_ROOT".into(), src_root.display().to_string()),
+        ("DST_LOCAL_TYPE".into(), "file".into()),
+        ("DST_LOCAL_ROOT".into(), dst_root.display().to_string()),
+    ];
+    env.extend(
+        ssh.env("SFTP_HOME")
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("_ROOT")),
+    );
+    let p = Process::start(&config(""), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "fdry-dft-img",
+        vec![
+            job(
+                "leak",
+                ("SRC_LOCAL", "/leak.txt"),
+                ("DST_LOCAL", "/ok/leak.txt"),
+            ),
+            job(
+                "escape",
+                ("SRC_LOCAL", "/in/a.bin"),
+                ("DST_LOCAL", "/out/a.bin"),
+            ),
+            job(
+                "backslash",
+                ("SRC_LOCAL", "in\\a.bin"),
+                ("DST_LOCAL", "/ok/b.bin"),
+            ),
+            job("root", ("SRC_LOCAL", "/in/a.bin"), ("DST_LOCAL", "/")),
+            job(
+                "good",
+                ("SRC_LOCAL", "/in/a.bin"),
+                ("DST_LOCAL", "/ok/a.bin"),
+            ),
+            job(
+                "relative",
+                ("SRC_LOCAL", "/in/a.bin"),
+                ("SFTP_HOME", "rel/a.bin"),
+            ),
+        ],
+    )
+    .await;
+    let dlq = read_until(&bootstrap, "fdry-dft-img-dlq", |r| r.len() >= 4);
+    let mut refused: Vec<(String, String)> = dlq
+        .iter()
+        .map(|(v, _)| {
+            let class = v["error"].as_str().unwrap().split(':').next().unwrap();
+            (
+                v["original_message"]["job_id"].as_str().unwrap().to_owned(),
+                class.to_owned(),
+            )
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            ("backslash".to_owned(), "InvalidPath".to_owned()),
+            ("escape".to_owned(), "PathOutsideRoot".to_owned()),
+            ("leak".to_owned(), "PathOutsideRoot".to_owned()),
+            ("root".to_owned(), "InvalidPath".to_owned()),
+        ]
+    );
+    until(
+        Duration::from_secs(30),
+        "the good and the relative job",
+        || async {
+            read(&dst_root, "ok/a.bin").is_some() && read(&ssh.root(), "rel/a.bin").is_some()
+        },
+    )
+    .await;
+    assert_eq!(read(&ssh.root(), "rel/a.bin").unwrap(), content(50_000, 9));
+    assert_eq!(files(&outside), BTreeSet::from(["secret.txt".to_owned()]));
+    assert!(read(&dst_root, "ok/leak.txt").is_none());
+}

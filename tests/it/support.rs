@@ -680,7 +680,8 @@ impl SshServer {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
              AuthorizedKeysFile {dir}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nUsePAM no\nPidFile {dir}/sshd.pid\nSubsystem sftp internal-sftp\n",
+             StrictModes no\nUsePAM no\nPidFile {dir}/sshd.pid\n\
+             Subsystem sftp internal-sftp -d {dir}/root\n",
             dir = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
@@ -723,7 +724,7 @@ impl SshServer {
         }
     }
 
-    /// The directory jobs are confined to.
+    /// The directory jobs are confined to, and the SFTP session's starting (login) directory.
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }

@@ -50,11 +50,18 @@ pub fn decode(r: &SourceRecord, servers: &Roots) -> Result<Job, Poison> {
         .map_err(|e| Poison::new("InvalidJson", format!("not a transfer job: {e}")))?;
     let id = match raw.job_id {
         None | Some(serde_json::Value::Null) => uuid::Uuid::new_v4().to_string(),
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s,
+        // Control characters would reach log lines and the DLQ's readers as they are.
+        Some(serde_json::Value::String(s))
+            if !s.trim().is_empty() && !s.chars().any(char::is_control) =>
+        {
+            s
+        }
         Some(other) => {
             return Err(Poison::new(
                 "InvalidField",
-                format!("job_id must be a non-empty string, found {other}"),
+                format!(
+                    "job_id must be a non-empty string without control characters, found {other}"
+                ),
             ))
         }
     };
@@ -125,6 +132,13 @@ mod tests {
         assert_eq!(job.id, "j1");
         assert_eq!(job.source.path, "/in/b.csv");
         assert_eq!(job.destination.path, "/data/out/b.csv");
+        // Without a root, a relative path is the login directory's.
+        let job = decode(
+            &record(r#"{"source": {"hostname": "SRC", "path": "in/a.csv"}, "destination": {"hostname": "DST", "path": "b.csv"}}"#),
+            &servers(),
+        )
+        .unwrap();
+        assert_eq!(job.source.path, "in/a.csv");
     }
 
     #[test]
@@ -161,6 +175,18 @@ mod tests {
             (
                 r#"{"job_id": 5, "source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
                 "InvalidField",
+            ),
+            (
+                r#"{"job_id": "j\n2025-01-01 INFO forged line", "source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
+                "InvalidField",
+            ),
+            (
+                r#"{"source": {"hostname": "SRC", "path": "in\\x.csv"}, "destination": {"hostname": "DST", "path": "/data/a"}}"#,
+                "InvalidPath",
+            ),
+            (
+                r#"{"source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data"}}"#,
+                "InvalidPath",
             ),
         ];
         for (payload, class) in cases {

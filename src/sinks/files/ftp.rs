@@ -391,9 +391,11 @@ impl Transport for FtpTransport {
                 let conn = &mut lease.conn;
                 let limit = self.settings.timeout;
                 self.make_dirs(conn, split(path).0).await?;
-                let mut stream = self
-                    .step(path, "STOR", conn.put_with_stream(&temp))
-                    .await??;
+                let opened = self.step(path, "STOR", conn.put_with_stream(&temp)).await?;
+                let mut stream = opened.inspect_err(|_| {
+                    // The directory may have gone since it was made: make it again next time.
+                    self.pool.forget(split(path).0);
+                })?;
                 let copied = copy_idle(input, &mut stream, limit, path).await;
                 let finished = self.step(path, "end of STOR", stream.finish()).await;
                 let bytes = copied?;

@@ -1,8 +1,8 @@
 //! `file`: a local directory as a server. Job paths are inside the directory (`/in/a.csv` is
-//! `<root>/in/a.csv`).
+//! `<root>/in/a.csv`), and a symbolic link never leads a read or a write out of it.
 
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -21,6 +21,35 @@ impl LocalTransport {
 
     fn real(&self, path: &str) -> PathBuf {
         self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// Refuses `real` when it, or the deepest part of it that exists, resolves outside the root
+    /// once symbolic links are followed: a link inside the root must not expose or overwrite
+    /// files elsewhere.
+    async fn confined(&self, real: &Path, path: &str) -> Result<(), TransferError> {
+        let root = tokio::fs::canonicalize(&self.root)
+            .await
+            .map_err(|e| io_error(e, &self.root.display().to_string()))?;
+        let mut at = real.to_path_buf();
+        let resolved = loop {
+            match tokio::fs::canonicalize(&at).await {
+                Ok(resolved) => break resolved,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if !at.pop() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(io_error(e, path)),
+            }
+        };
+        if resolved.starts_with(&root) {
+            Ok(())
+        } else {
+            Err(TransferError::permanent(
+                "PathOutsideRoot",
+                format!("{path:?} follows a symbolic link out of the server's directory"),
+            ))
+        }
     }
 }
 
@@ -44,7 +73,9 @@ impl Transport for LocalTransport {
 
     fn size<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Option<u64>, TransferError>> {
         async move {
-            let meta = tokio::fs::metadata(self.real(path))
+            let real = self.real(path);
+            self.confined(&real, path).await?;
+            let meta = tokio::fs::metadata(&real)
                 .await
                 .map_err(|e| io_error(e, path))?;
             if !meta.is_file() {
@@ -64,7 +95,9 @@ impl Transport for LocalTransport {
         out: Writer<'a>,
     ) -> BoxFuture<'a, Result<u64, TransferError>> {
         async move {
-            let mut file = tokio::fs::File::open(self.real(path))
+            let real = self.real(path);
+            self.confined(&real, path).await?;
+            let mut file = tokio::fs::File::open(&real)
                 .await
                 .map_err(|e| io_error(e, path))?;
             let n = tokio::io::copy(&mut file, out)
@@ -87,11 +120,14 @@ impl Transport for LocalTransport {
             let temp = temp_name(path);
             let real = self.real(&temp);
             if let Some(dir) = real.parent() {
+                self.confined(dir, path).await?;
                 tokio::fs::create_dir_all(dir)
                     .await
                     .map_err(|e| io_error(e, path))?;
+                // Checked again: a link may have appeared while the directories were made.
+                self.confined(dir, path).await?;
             }
-            let mut file = tokio::fs::File::create(&real)
+            let mut file = tokio::fs::File::create_new(&real)
                 .await
                 .map_err(|e| io_error(e, path))?;
             let copied = async {
@@ -117,7 +153,13 @@ impl Transport for LocalTransport {
         path: &'a str,
     ) -> BoxFuture<'a, Result<(), TransferError>> {
         async move {
-            tokio::fs::rename(self.real(&staged.temp), self.real(path))
+            let target = self.real(path);
+            // A link at the final name would be replaced by the file, never followed; a link
+            // in its directories is what `confined` catches.
+            if let Some(dir) = target.parent() {
+                self.confined(dir, path).await?;
+            }
+            tokio::fs::rename(self.real(&staged.temp), target)
                 .await
                 .map_err(|e| io_error(e, path))
         }

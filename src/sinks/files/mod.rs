@@ -75,7 +75,7 @@ pub type Reader<'a> = &'a mut (dyn AsyncRead + Send + Unpin);
 pub type Writer<'a> = &'a mut (dyn AsyncWrite + Send + Unpin);
 
 /// One server. Implementations pool their connections and are shared by concurrent transfers.
-/// Paths given to them are already normalised and absolute.
+/// Paths given to them are already normalised: absolute, or relative to the login directory.
 pub trait Transport: Send + Sync {
     /// `ftp://user@host:21` and the like, never with a password.
     fn describe(&self) -> String;
@@ -112,37 +112,66 @@ pub trait Transport: Send + Sync {
     fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>>;
 }
 
-/// Normalises a job path: `.` and `..` resolved, duplicate slashes removed, always absolute.
-/// With a `root`, a relative path is taken under it and the result must stay inside it.
+/// Normalises a job path: `.` and `..` resolved, duplicate slashes removed. With a `root`, a
+/// relative path is taken under it, and the result must stay strictly inside it. Without one, an
+/// absolute path stays absolute and a relative one stays relative, so the server resolves it
+/// against the login directory (as the original service did); it may not climb above that.
+/// Backslashes and control characters are refused: they mean something else to some servers,
+/// and they would reach log lines.
 pub fn normalise(path: &str, root: Option<&str>) -> Result<String, TransferError> {
     if path.trim().is_empty() {
         return Err(TransferError::permanent("InvalidPath", "the path is empty"));
     }
-    if path.contains('\0') || path.contains('\n') || path.contains('\r') {
+    if path.chars().any(char::is_control) {
         return Err(TransferError::permanent(
             "InvalidPath",
             format!("{path:?} contains control characters"),
         ));
     }
-    let root = root.map(|r| clean(r).0);
-    let full = match (&root, path.starts_with('/')) {
-        (Some(r), false) => format!("{r}/{path}"),
-        _ => path.to_owned(),
-    };
-    let (normal, escaped) = clean(&full);
-    if let Some(r) = root {
-        let inside = r == "/" || normal == r || normal.starts_with(&format!("{r}/"));
-        if escaped || !inside {
-            return Err(TransferError::permanent(
-                "PathOutsideRoot",
-                format!("{path:?} is outside the server's root {r:?}"),
-            ));
-        }
-    }
-    if normal == "/" {
+    if path.contains('\\') {
         return Err(TransferError::permanent(
             "InvalidPath",
-            format!("{path:?} names no file"),
+            format!("{path:?} contains a backslash; separate directories with /"),
+        ));
+    }
+    let Some(root) = root.map(|r| clean(r).0) else {
+        let (normal, escaped) = if path.starts_with('/') {
+            clean(path)
+        } else {
+            let (absolute, escaped) = clean(&format!("/{path}"));
+            (absolute[1..].to_owned(), escaped)
+        };
+        if escaped {
+            return Err(TransferError::permanent(
+                "PathOutsideRoot",
+                format!("{path:?} climbs above the login directory"),
+            ));
+        }
+        if normal == "/" || normal.is_empty() {
+            return Err(TransferError::permanent(
+                "InvalidPath",
+                format!("{path:?} names no file"),
+            ));
+        }
+        return Ok(normal);
+    };
+    let full = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{root}/{path}")
+    };
+    let (normal, escaped) = clean(&full);
+    let inside = root == "/" || normal.starts_with(&format!("{root}/"));
+    if normal == root {
+        return Err(TransferError::permanent(
+            "InvalidPath",
+            format!("{path:?} names the server's root itself, not a file in it"),
+        ));
+    }
+    if escaped || !inside {
+        return Err(TransferError::permanent(
+            "PathOutsideRoot",
+            format!("{path:?} is outside the server's root {root:?}"),
         ));
     }
     Ok(normal)
@@ -167,7 +196,8 @@ pub fn split(path: &str) -> (&str, &str) {
     match path.rsplit_once('/') {
         Some(("", name)) => ("/", name),
         Some((dir, name)) => (dir, name),
-        None => ("/", path),
+        // A relative path in the login directory.
+        None => ("", path),
     }
 }
 
@@ -175,8 +205,11 @@ pub fn split(path: &str) -> (&str, &str) {
 pub fn temp_name(path: &str) -> String {
     let (dir, name) = split(path);
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let dir = if dir == "/" { "" } else { dir };
-    format!("{dir}/.{name}.{}.part", &tag[..12])
+    match dir {
+        "" => format!(".{name}.{}.part", &tag[..12]),
+        "/" => format!("/.{name}.{}.part", &tag[..12]),
+        dir => format!("{dir}/.{name}.{}.part", &tag[..12]),
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +220,9 @@ mod tests {
     fn paths_are_normalised() {
         assert_eq!(normalise("/a//b/./c", None).unwrap(), "/a/b/c");
         assert_eq!(normalise("/a/b/../c", None).unwrap(), "/a/c");
-        assert_eq!(normalise("a/b", None).unwrap(), "/a/b");
+        // Without a root a relative path stays relative: the login directory resolves it.
+        assert_eq!(normalise("a/./b", None).unwrap(), "a/b");
+        assert_eq!(normalise("a/x/../b", None).unwrap(), "a/b");
         assert_eq!(
             normalise("in/x.csv", Some("/data")).unwrap(),
             "/data/in/x.csv"
@@ -213,6 +248,30 @@ mod tests {
         }
         assert_eq!(normalise("/", None).unwrap_err().class, "InvalidPath");
         assert_eq!(normalise("", None).unwrap_err().class, "InvalidPath");
+        assert_eq!(
+            normalise("a/../..", None).unwrap_err().class,
+            "PathOutsideRoot"
+        );
+        assert_eq!(normalise(".", None).unwrap_err().class, "InvalidPath");
+        for root_itself in ["/data", "/data/", "/data/in/..", "."] {
+            assert_eq!(
+                normalise(root_itself, Some("/data")).unwrap_err().class,
+                "InvalidPath",
+                "{root_itself}"
+            );
+        }
+        for bad in [
+            "in\\x.csv",
+            "..\\..\\etc",
+            "in/x\u{1b}[31m.csv",
+            "in/\u{7f}",
+        ] {
+            assert_eq!(
+                normalise(bad, None).unwrap_err().class,
+                "InvalidPath",
+                "{bad:?}"
+            );
+        }
         assert_eq!(normalise("a\0b", None).unwrap_err().class, "InvalidPath");
     }
 
@@ -224,6 +283,9 @@ mod tests {
             "{t}"
         );
         assert!(temp_name("/file.bin").starts_with("/.file.bin."));
+        assert!(temp_name("file.bin").starts_with(".file.bin."));
+        assert!(temp_name("out/file.bin").starts_with("out/.file.bin."));
+        assert_eq!(split("c.txt"), ("", "c.txt"));
         assert_eq!(split("/a/b/c.txt"), ("/a/b", "c.txt"));
         assert_eq!(split("/c.txt"), ("/", "c.txt"));
     }

@@ -75,14 +75,27 @@ impl<C> Pool<C> {
         }
     }
 
+    /// Forgets `dir` and everything below it: a STOR or MKD into it failed, so it may have been
+    /// removed on the server and must be created again.
+    pub fn forget(&self, dir: &str) {
+        let below = format!("{}/", dir.trim_end_matches('/'));
+        self.made
+            .lock()
+            .expect("dirs lock")
+            .retain(|d| d != dir && !d.starts_with(&below));
+    }
+
     /// The levels of `dir` not created yet (outermost first), now marked as created: these
     /// protocols have no `mkdir -p`, and an error creating an existing level is harmless.
     pub fn dirs_to_make(&self, dir: &str) -> Vec<String> {
         let mut made = self.made.lock().expect("dirs lock");
         let mut at = String::new();
         let mut out = Vec::new();
+        let absolute = dir.starts_with('/');
         for part in dir.split('/').filter(|p| !p.is_empty()) {
-            at.push('/');
+            if absolute || !at.is_empty() {
+                at.push('/');
+            }
             at.push_str(part);
             if made.insert(at.clone()) {
                 out.push(at.clone());
@@ -103,5 +116,16 @@ mod tests {
         assert_eq!(pool.dirs_to_make("/a/b/d"), ["/a/b/d"]);
         assert!(pool.dirs_to_make("/a/b").is_empty());
         assert!(pool.dirs_to_make("/").is_empty());
+        // Relative to the login directory.
+        assert_eq!(pool.dirs_to_make("out/day"), ["out", "out/day"]);
+        assert!(pool.dirs_to_make("").is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_directory_is_created_again() {
+        let pool: Pool<()> = Pool::new(1);
+        assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a", "/a/b", "/a/b/c"]);
+        pool.forget("/a/b");
+        assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a/b", "/a/b/c"]);
     }
 }
