@@ -121,6 +121,7 @@ async fn main() {
                 schema: our_schema.into(),
                 pool_size: 3,
                 forget_offsets: false,
+                ..DbSettings::default()
             },
             group.clone(),
         );

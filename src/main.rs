@@ -78,7 +78,13 @@ async fn run(cli: &Cli) -> ExitCode {
         Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {
             error!(error = %format!("{e:#}"), "actord failed to start");
-            ExitCode::FAILURE
+            // A configuration fault found while starting (a table whose columns do not take
+            // what a pipeline writes) exits like a configuration error.
+            if e.chain().any(|c| c.is::<actord::config::ConfigError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

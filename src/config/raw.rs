@@ -265,6 +265,16 @@ pub struct RawTimescale {
     pub schema: Option<String>,
     /// How often plain-PostgreSQL aggregates are refreshed, e.g. "1m".
     pub refresh_interval: Option<String>,
+    /// Longest wait for a lock before a statement fails and is retried, e.g. "30s"; "0s" waits
+    /// without end.
+    pub lock_timeout: Option<String>,
+    /// Longest a write may run before it is cancelled and retried, e.g. "5m"; "0s" for none.
+    pub statement_timeout: Option<String>,
+    /// Records over which the share rejected by the database is measured; default 1000.
+    pub rejection_window: Option<u32>,
+    /// Share of `rejection_window` rejected as poison (0 < share <= 1) above which the path
+    /// stops instead of dead-lettering on; default 0.5.
+    pub rejection_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,6 +17,11 @@ pub const RECORDER_ERRORS_TOTAL: &str = "actord_recorder_errors_total";
 pub const TIMESCALE_INSERTS_TOTAL: &str = "actord_timescale_inserts_total";
 /// Counter: failed TimescaleDB writes, by error kind.
 pub const TIMESCALE_ERRORS_TOTAL: &str = "actord_timescale_errors_total";
+/// Counter: stored offsets found behind what this process wrote (the database lost commits).
+pub const TIMESCALE_OFFSET_REGRESSIONS_TOTAL: &str = "actord_timescale_offset_regressions_total";
+/// Counter: times the rejection breaker stopped the TimescaleDB path.
+pub const TIMESCALE_REJECTION_BREAKER_TRIPS_TOTAL: &str =
+    "actord_timescale_rejection_breaker_trips_total";
 /// Counter: Parquet objects uploaded, by path.
 pub const S3_UPLOADS_TOTAL: &str = "actord_s3_uploads_total";
 /// Counter: failed object-store writes (each is retried), by path.
@@ -83,6 +88,14 @@ pub fn describe() {
     describe_counter!(
         TIMESCALE_ERRORS_TOTAL,
         "Failed TimescaleDB writes by error kind."
+    );
+    describe_counter!(
+        TIMESCALE_OFFSET_REGRESSIONS_TOTAL,
+        "Stored offsets found behind what this process wrote: the database lost commits."
+    );
+    describe_counter!(
+        TIMESCALE_REJECTION_BREAKER_TRIPS_TOTAL,
+        "Times the rejection breaker stopped the TimescaleDB path."
     );
     describe_counter!(
         FTP_JOBS_TOTAL,

@@ -630,8 +630,11 @@ async fn a_start_time_is_looked_up_on_a_broker_that_can() {
 struct FixedOffsets(BTreeMap<i32, i64>);
 
 impl actord::sources::kafka::OffsetSource for FixedOffsets {
-    fn next_offset(&self, _topic: &str, partition: i32) -> Option<i64> {
-        self.0.get(&partition).copied()
+    fn next_offsets(&self, partitions: &[(&str, i32)]) -> Result<Vec<Option<i64>>, String> {
+        Ok(partitions
+            .iter()
+            .map(|(_, p)| self.0.get(p).copied())
+            .collect())
     }
 }
 

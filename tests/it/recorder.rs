@@ -1,5 +1,7 @@
 //! The recorder pipeline, run as the actord binary against real PostgreSQL and Kafka brokers.
 
+mod postgres;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -20,10 +20,10 @@ use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::raw::{RawRecorder, RawRecorderS3};
-use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::config::{Check, Config, ConfigError, EnvKey, Problem, Secret, Unit};
 use crate::sinks::objects::sink::{Objects, ParquetSink};
 use crate::sinks::objects::store::{self, Location};
-use crate::sinks::timescale::{self, DbSettings, Mode, TimescaleSink};
+use crate::sinks::timescale::{self, BreakerSettings, DbSettings, TimescaleSink};
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
@@ -252,6 +252,17 @@ impl RecorderConfig {
                 schema,
                 pool_size: db_write_workers as u32 + 1,
                 forget_offsets: false,
+                lock_timeout: check.duration(
+                    &k("timescale.lock_timeout"),
+                    t.lock_timeout.as_deref(),
+                    Duration::from_secs(30),
+                ),
+                statement_timeout: check.duration(
+                    &k("timescale.statement_timeout"),
+                    t.statement_timeout.as_deref(),
+                    Duration::from_secs(300),
+                ),
+                rejection: rejection(t, check),
             },
             refresh_interval: check.positive_duration(
                 &k("timescale.refresh_interval"),
@@ -261,6 +272,34 @@ impl RecorderConfig {
             s3,
         }
     }
+}
+
+/// The rejection breaker's window and share.
+fn rejection(t: &crate::config::raw::RawTimescale, check: &mut Check<'_>) -> BreakerSettings {
+    let default = BreakerSettings::default();
+    let window = match t.rejection_window {
+        Some(0) => {
+            check.problem(
+                "pipelines.recorder.timescale.rejection_window",
+                "expected a number of records above zero",
+            );
+            default.window
+        }
+        Some(n) => n as usize,
+        None => default.window,
+    };
+    let share = match t.rejection_share {
+        Some(s) if !(s > 0.0 && s <= 1.0) => {
+            check.problem(
+                "pipelines.recorder.timescale.rejection_share",
+                format!("expected a share above 0 and at most 1 (0.5 is half), found {s}"),
+            );
+            default.share
+        }
+        Some(s) => s,
+        None => default.share,
+    };
+    BreakerSettings { window, share }
 }
 
 fn decode(r: &SourceRecord) -> Result<Market, Poison> {
@@ -304,6 +343,26 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let sup = &config.supervision;
     let mut children = Vec::new();
 
+    // Tables that cannot take what the COPY writes are a configuration fault: found at start-up,
+    // they stop the process with exit 2 like any other.
+    if let Err(problems) = timescale::preflight(&rc.db) {
+        let origin = format!(
+            "database {} on {}:{}",
+            rc.db.database, rc.db.host, rc.db.port
+        );
+        return Err(anyhow::Error::new(ConfigError {
+            problems: problems
+                .iter()
+                .map(|p| {
+                    Problem::new(
+                        origin.clone(),
+                        "pipelines.recorder.timescale.schema",
+                        format!("{p}; alter the column or choose another schema (a binary COPY converts no types)"),
+                    )
+                })
+                .collect(),
+        }));
+    }
     let group = format!("{}-timescale", rc.group);
     let settings = DbSettings {
         forget_offsets: resources.kafka.embedded,
@@ -396,11 +455,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         spec,
         health,
         notes: Arc::new(move || {
-            let mut notes = match mode_db.mode() {
-                Mode::Timescale => vec!["timescaledb: hypertables and continuous aggregates".to_owned()],
-                Mode::Plain => vec!["timescaledb: extension not available, plain PostgreSQL tables and materialized views".to_owned()],
-                Mode::Unknown => Vec::new(),
-            };
+            let mut notes = mode_db.notes();
             notes.push(s3_note.clone());
             notes
         }),

@@ -8,7 +8,7 @@ use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
-use crate::sinks::timescale::{schema, Mode, Shared};
+use crate::sinks::timescale::{describe, schema, Mode, Shared};
 
 pub struct Refresher;
 
@@ -62,9 +62,17 @@ impl Actor for Refresher {
 
 async fn refresh(db: &Shared) -> Result<(), String> {
     let pool = db.pool().await.map_err(|e| e.to_string())?;
-    let conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(|e| match e {
+        bb8::RunError::User(e) => describe(&e),
+        bb8::RunError::TimedOut => "timed out waiting for a database connection".to_owned(),
+    })?;
     for stmt in schema::refresh(db.schema()) {
-        conn.batch_execute(&stmt).await.map_err(|e| e.to_string())?;
+        // A refresh reads the whole table: the writers' statement timeout does not apply.
+        let tx = conn.transaction().await.map_err(|e| describe(&e))?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = 0; {stmt}"))
+            .await
+            .map_err(|e| describe(&e))?;
+        tx.commit().await.map_err(|e| describe(&e))?;
     }
     Ok(())
 }

@@ -6,39 +6,48 @@
 //! - Before copying, the batch's offset rows are locked (`FOR UPDATE`) and records below the
 //!   stored offset are dropped: a replay, or a writer still finishing a batch of a partition
 //!   that moved to another consumer, can never write a row twice.
-//! - The consumer starts each partition from the stored offsets ([`StoredOffsets`]), applied
-//!   when partitions are assigned.
-//! - Connection failures, timeouts, serialization failures and a shutting-down server are
-//!   transient (retried, never dead-lettered); data errors (SQLSTATE 22, 23502, 23514) are
-//!   poison; anything else is fatal (a bug or a schema mismatch).
+//! - The consumer starts each partition from the offsets table, read when the partition is
+//!   assigned, never from a cache ([`offsets`]). A stored offset found behind what this process
+//!   wrote (the database lost commits) stops the writer instead of writing past the hole, and
+//!   the partition starts again from the table's offset.
+//! - Existing tables are checked at start-up against what the COPY writes ([`migrate`]): a
+//!   mismatch stops the path with a message naming the table, the column and both types, before
+//!   a single row is dead-lettered.
+//! - Errors are classified by SQLSTATE ([`error::classify_code`]): an outage, a timeout or a
+//!   read-only server is retried and never dead-lettered; a row the database rejects is
+//!   dead-lettered, until the rejection breaker ([`breaker`]) finds too many and stops the path.
+//! - Every session carries `lock_timeout` and `statement_timeout`, so a session holding a row
+//!   lock (a zombie writer) or a hung statement becomes a retried error, not a stall.
 
+pub mod breaker;
+pub mod error;
+mod migrate;
+mod offsets;
 pub mod schema;
+mod sink;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actord_actors::record::Envelope;
-use actord_actors::sink::{Sink, SinkError, SinkFactory};
-use actord_actors::ErrorKind;
+use actord_actors::sink::{SinkError, SinkFactory};
 use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
-use futures::pin_mut;
 use tokio::sync::OnceCell;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, Type};
 use tokio_postgres::NoTls;
-use tracing::{info, warn};
+
+pub use breaker::BreakerSettings;
+pub use error::{classify, classify_code, describe};
+pub use migrate::preflight;
+pub use schema::Mismatch;
+pub use sink::TimescaleSink;
 
 use crate::config::Secret;
-use crate::pipelines::recorder::model::Market;
 use crate::sources::kafka::OffsetSource;
-use crate::telemetry::names;
 
 type PgPool = Pool<PostgresConnectionManager<NoTls>>;
 
-/// Where the database is.
+/// Where the database is and how sessions behave.
 #[derive(Clone, Debug)]
 pub struct DbSettings {
     pub host: String,
@@ -52,6 +61,87 @@ pub struct DbSettings {
     /// Drop this group's stored offsets at start: the embedded broker begins empty on every
     /// run, so offsets kept from an earlier run would skip its records.
     pub forget_offsets: bool,
+    /// `lock_timeout` of every session.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of the writers' sessions (the schema set-up runs without one).
+    pub statement_timeout: Duration,
+    /// When the rejection breaker stops the path.
+    pub rejection: BreakerSettings,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings {
+            host: "localhost".to_owned(),
+            port: 5432,
+            user: "postgres".to_owned(),
+            password: None,
+            database: "postgres".to_owned(),
+            schema: "public".to_owned(),
+            pool_size: 3,
+            forget_offsets: false,
+            lock_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(300),
+            rejection: BreakerSettings::default(),
+        }
+    }
+}
+
+/// A duration as PostgreSQL's milliseconds; zero turns the timeout off.
+fn millis(d: Duration) -> u128 {
+    if d.is_zero() {
+        0
+    } else {
+        d.as_millis().max(1)
+    }
+}
+
+impl DbSettings {
+    /// A session's configuration; `statement_timeout` `None` means no limit.
+    fn pg_config(&self, statement_timeout: Option<Duration>) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.database)
+            .application_name("actord")
+            .connect_timeout(Duration::from_secs(5))
+            .options(format!(
+                "-c lock_timeout={} -c statement_timeout={}",
+                millis(self.lock_timeout),
+                millis(statement_timeout.unwrap_or(Duration::ZERO))
+            ));
+        if let Some(p) = &self.password {
+            c.password(p.expose());
+        }
+        c
+    }
+}
+
+/// A connection of its own (not from the pool), driven on the current runtime;
+/// `statement_timeout` `None` means no limit.
+async fn connect_once(
+    settings: &DbSettings,
+    statement_timeout: Option<Duration>,
+) -> Result<tokio_postgres::Client, SinkError> {
+    let (client, connection) = settings
+        .pg_config(statement_timeout)
+        .connect(NoTls)
+        .await
+        .map_err(|e| {
+            SinkError::new(
+                classify(&e),
+                "ConnectionError",
+                format!(
+                    "cannot connect to {}:{}: {}",
+                    settings.host,
+                    settings.port,
+                    describe(&e)
+                ),
+            )
+        })?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// How the schema was set up.
@@ -62,25 +152,39 @@ pub enum Mode {
     Plain = 2,
 }
 
-/// State shared by every writer of one path, the consumer's offset hook and health.
+/// What /health says about the path besides healthy or not.
+#[derive(Default)]
+struct Status {
+    /// How the schema was set up.
+    mode_note: Option<String>,
+    /// The last failure to connect, set up or write; cleared by a success.
+    error: Option<String>,
+}
+
+/// State shared by every writer of one path, the consumer's offset look-up and health.
 pub struct Shared {
     settings: DbSettings,
     group: String,
     pool: OnceCell<PgPool>,
-    offsets: Mutex<HashMap<(String, i32), i64>>,
     mode: AtomicU8,
     healthy: AtomicBool,
+    status: Mutex<Status>,
+    ledger: offsets::Ledger,
+    breaker: Mutex<breaker::Breaker>,
 }
 
 impl Shared {
     pub fn new(settings: DbSettings, group: String) -> Arc<Shared> {
+        let breaker = breaker::Breaker::new(settings.rejection);
         Arc::new(Shared {
             settings,
             group,
             pool: OnceCell::new(),
-            offsets: Mutex::new(HashMap::new()),
             mode: AtomicU8::new(Mode::Unknown as u8),
             healthy: AtomicBool::new(false),
+            status: Mutex::new(Status::default()),
+            ledger: offsets::Ledger::default(),
+            breaker: Mutex::new(breaker),
         })
     }
 
@@ -92,124 +196,86 @@ impl Shared {
         }
     }
 
-    /// The database answered the last connect or write.
+    /// The database answered the last connect or write, no offset regression is open and the
+    /// rejection breaker is closed.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+            && !self.ledger.has_holes()
+            && !self.breaker.lock().expect("breaker lock").is_open()
+    }
+
+    /// `/health` lines: the mode, then whatever keeps the path from writing.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        {
+            let status = self.status.lock().expect("status lock");
+            out.extend(status.mode_note.clone());
+            if !self.healthy.load(Ordering::Acquire) {
+                out.extend(status.error.as_ref().map(|e| format!("timescaledb: {e}")));
+            }
+        }
+        let breaker = self.breaker.lock().expect("breaker lock");
+        if breaker.is_open() {
+            out.push(format!(
+                "timescaledb: rejection breaker open: {}; the path stops instead of dead-lettering the topic",
+                breaker.describe()
+            ));
+        }
+        drop(breaker);
+        out.extend(self.ledger.notes());
+        out
     }
 
     pub fn schema(&self) -> &str {
         &self.settings.schema
     }
 
-    /// The pool, created and the schema migrated on first use (retried on the next call if
-    /// that fails), with the stored offsets loaded.
+    fn succeeded(&self) {
+        self.healthy.store(true, Ordering::Release);
+        self.status.lock().expect("status lock").error = None;
+    }
+
+    fn failed(&self, err: &SinkError) {
+        self.healthy.store(false, Ordering::Release);
+        self.status.lock().expect("status lock").error = Some(err.message.clone());
+    }
+
+    /// The pool, created after the schema is set up on first use (both retried on the next
+    /// call if they fail).
     pub async fn pool(&self) -> Result<&PgPool, SinkError> {
         let pool = self
             .pool
             .get_or_try_init(|| async {
+                let (mode, note) = migrate::migrate(self).await?;
                 let pool = self.connect().await?;
-                self.migrate(&pool).await?;
+                self.mode.store(mode as u8, Ordering::Release);
+                self.status.lock().expect("status lock").mode_note = Some(note);
+                self.succeeded();
                 Ok::<_, SinkError>(pool)
             })
             .await;
-        if pool.is_err() {
-            self.healthy.store(false, Ordering::Release);
+        if let Err(e) = &pool {
+            self.failed(e);
         }
         pool
     }
 
     async fn connect(&self) -> Result<PgPool, SinkError> {
         let s = &self.settings;
-        let mut c = tokio_postgres::Config::new();
-        c.host(&s.host)
-            .port(s.port)
-            .user(&s.user)
-            .dbname(&s.database)
-            .application_name("actord")
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(p) = &s.password {
-            c.password(p.expose());
-        }
+        let config = s.pg_config(Some(s.statement_timeout));
         Pool::builder()
             .max_size(s.pool_size.max(1))
             // A database that does not answer within this is down: report it, retry later.
             .connection_timeout(Duration::from_secs(3))
-            .build(PostgresConnectionManager::new(c, NoTls))
+            .build(PostgresConnectionManager::new(config, NoTls))
             .await
             .map_err(|e| {
-                SinkError::transient(format!("cannot connect to {}:{}: {e}", s.host, s.port))
-            })
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> Result<(), SinkError> {
-        let mut conn = pool.get().await.map_err(run_error)?;
-        let schema = &self.settings.schema;
-        {
-            // One migration at a time, across writers and processes.
-            let tx = conn.transaction().await.map_err(pg)?;
-            tx.execute("SELECT pg_advisory_xact_lock(7302451)", &[])
-                .await
-                .map_err(pg)?;
-            for stmt in schema::tables(schema) {
-                tx.batch_execute(&stmt).await.map_err(pg)?;
-            }
-            tx.commit().await.map_err(pg)?;
-        }
-        let available = conn
-            .query_opt(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .is_some();
-        let mut mode = Mode::Plain;
-        if available {
-            match run_all(&conn, &schema::timescale(schema)).await {
-                Ok(()) => mode = Mode::Timescale,
-                Err(e) => {
-                    warn!(error = %e, "the timescaledb extension is available but could not be set up; using plain tables")
-                }
-            }
-        }
-        if mode == Mode::Plain {
-            run_all(&conn, &schema::plain(schema)).await.map_err(pg)?;
-            info!(schema = %schema, "timescaledb is not available: plain PostgreSQL tables, (symbol, time) indexes and materialized views refreshed on a schedule");
-        } else {
-            info!(schema = %schema, "timescaledb: hypertables and continuous aggregates");
-        }
-        self.mode.store(mode as u8, Ordering::Release);
-        if self.settings.forget_offsets {
-            let gone = conn
-                .execute(
-                    &format!(
-                        "DELETE FROM {}.actord_offsets WHERE consumer_group = $1",
-                        schema::ident(schema)
-                    ),
-                    &[&self.group],
+                SinkError::new(
+                    classify(&e),
+                    "ConnectionError",
+                    format!("cannot connect to {}:{}: {}", s.host, s.port, describe(&e)),
                 )
-                .await
-                .map_err(pg)?;
-            if gone > 0 {
-                info!(group = %self.group, partitions = gone, "embedded broker: offsets stored by an earlier run no longer apply, forgotten");
-            }
-        }
-        let rows = conn
-            .query(
-                &format!("SELECT topic, partition, next_offset FROM {}.actord_offsets WHERE consumer_group = $1", schema::ident(schema)),
-                &[&self.group],
-            )
-            .await
-            .map_err(pg)?;
-        let mut offsets = self.offsets.lock().expect("offsets lock");
-        for row in rows {
-            let next: i64 = row.get(2);
-            if next >= 0 {
-                offsets.insert((row.get(0), row.get(1)), next);
-            }
-        }
-        self.healthy.store(true, Ordering::Release);
-        Ok(())
+            })
     }
 
     /// A factory for the writers of one path.
@@ -219,229 +285,45 @@ impl Shared {
             let shared = shared.clone();
             Box::pin(async move {
                 shared.pool().await?;
-                Ok(TimescaleSink { shared })
+                Ok(TimescaleSink::new(shared))
             })
         })
     }
 }
 
 impl OffsetSource for Shared {
-    fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.offsets
-            .lock()
-            .expect("offsets lock")
-            .get(&(topic.to_owned(), partition))
-            .copied()
-    }
-}
-
-async fn run_all(
-    conn: &tokio_postgres::Client,
-    statements: &[String],
-) -> Result<(), tokio_postgres::Error> {
-    for stmt in statements {
-        conn.batch_execute(stmt).await?;
-    }
-    Ok(())
-}
-
-/// SQLSTATE classes decide: 08 connection, 40 rollback, 53 resources, 57P0x shutdown are
-/// transient; 22 data and 23502/23514 constraint failures are poison; the rest is fatal.
-pub fn classify(err: &tokio_postgres::Error) -> ErrorKind {
-    let Some(db) = err.as_db_error() else {
-        return ErrorKind::Transient;
-    };
-    match db.code().code() {
-        c if c.starts_with("08")
-            || c.starts_with("40")
-            || c.starts_with("53")
-            || c.starts_with("57P0") =>
-        {
-            ErrorKind::Transient
-        }
-        c if c.starts_with("22") || c == "23502" || c == "23514" => ErrorKind::Poison,
-        _ => ErrorKind::Fatal,
-    }
-}
-
-fn pg(err: tokio_postgres::Error) -> SinkError {
-    let class = err
-        .as_db_error()
-        .map(|d| format!("SqlState{}", d.code().code()))
-        .unwrap_or_else(|| "ConnectionError".to_owned());
-    let message = match err.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => err.to_string(),
-    };
-    SinkError::new(classify(&err), class, message)
-}
-
-fn run_error(err: bb8::RunError<tokio_postgres::Error>) -> SinkError {
-    match err {
-        bb8::RunError::User(e) => pg(e),
-        bb8::RunError::TimedOut => {
-            SinkError::transient("timed out waiting for a database connection")
-        }
-    }
-}
-
-/// One writer's handle on the database.
-pub struct TimescaleSink {
-    shared: Arc<Shared>,
-}
-
-impl TimescaleSink {
-    async fn write_batch(&self, records: &[Envelope<Market>]) -> Result<u64, SinkError> {
-        let pool = self.shared.pool().await?;
-        let mut conn = pool.get().await.map_err(run_error)?;
-        let s = schema::ident(&self.shared.settings.schema);
-        let tx = conn.transaction().await.map_err(pg)?;
-
-        // The partitions in this batch and the offset after each one's last record.
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for e in records {
-            let o = &e.source.origin;
-            let n = next.entry((o.topic.as_str(), o.partition)).or_insert(0);
-            *n = (*n).max(o.offset + 1);
-        }
-        let topics: Vec<&str> = next.keys().map(|(t, _)| *t).collect();
-        let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
-        let group = &self.shared.group;
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}.actord_offsets (consumer_group, topic, partition, next_offset) \
-                 SELECT $1, t, p, -1 FROM unnest($2::text[], $3::int[]) AS u(t, p) ON CONFLICT DO NOTHING"
-            ),
-            &[group, &topics, &partitions],
-        )
-        .await
-        .map_err(pg)?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT topic, partition, next_offset FROM {s}.actord_offsets \
-                     WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[])) \
-                     ORDER BY topic, partition FOR UPDATE"
-                ),
-                &[group, &topics, &partitions],
-            )
-            .await
-            .map_err(pg)?;
-        let stored: HashMap<(String, i32), i64> = rows
+    fn next_offsets(&self, partitions: &[(&str, i32)]) -> Result<Vec<Option<i64>>, String> {
+        let config = self.settings.pg_config(Some(offsets::LOOKUP_TIMEOUT));
+        let stored =
+            offsets::read_blocking(&config, &self.settings.schema, &self.group, partitions)
+                .map_err(|e| format!("reading {}.actord_offsets: {e}", self.settings.schema))?;
+        Ok(partitions
             .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect();
-        let fresh = |e: &&Envelope<Market>| {
-            let o = &e.source.origin;
-            o.offset
-                >= stored
-                    .get(&(o.topic.as_str().to_owned(), o.partition))
-                    .copied()
-                    .unwrap_or(-1)
-        };
-
-        let mut written = 0u64;
-        {
-            let copy = tx
-                .copy_in(&format!(
-                    "COPY {s}.tick_data (time, symbol, price, volume, change, change_rate) FROM STDIN (FORMAT binary)"
-                ))
-                .await
-                .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(
-                copy,
-                &[
-                    Type::TIMESTAMPTZ,
-                    Type::TEXT,
-                    Type::FLOAT8,
-                    Type::INT8,
-                    Type::FLOAT8,
-                    Type::FLOAT8,
-                ],
-            );
-            pin_mut!(w);
-            for e in records.iter().filter(fresh) {
-                if let Market::Tick(t) = &e.record {
-                    w.as_mut()
-                        .write(&[
-                            &t.time,
-                            &t.symbol,
-                            &t.price,
-                            &t.volume,
-                            &t.change,
-                            &t.change_rate,
-                        ])
-                        .await
-                        .map_err(pg)?;
-                    written += 1;
+            .map(|(topic, partition)| {
+                let found = stored.get(&((*topic).to_owned(), *partition)).copied();
+                // The table lost commits this process made: start where the table is, so the
+                // lost records are read and written again. A table that lost the partition's
+                // row lost all of its rows (they commit together): start from the beginning,
+                // not from the group's committed offset, which is past the hole.
+                let from = found.unwrap_or(0);
+                if let Some(written) =
+                    self.ledger.ahead_of(topic, *partition, found.unwrap_or(-1))
+                {
+                    self.ledger.report(
+                        topic,
+                        *partition,
+                        found.unwrap_or(-1),
+                        written,
+                        &format!("the partition starts again at {from}, and the lost records are written again"),
+                    );
+                    self.ledger.restart_from(topic, *partition, found.unwrap_or(-1));
+                    return Some(from);
                 }
-            }
-            w.finish().await.map_err(pg)?;
-        }
-        {
-            let copy = tx
-                .copy_in(&format!(
-                    "COPY {s}.orderbook (time, symbol, bids, asks) FROM STDIN (FORMAT binary)"
-                ))
-                .await
-                .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(
-                copy,
-                &[Type::TIMESTAMPTZ, Type::TEXT, Type::JSONB, Type::JSONB],
-            );
-            pin_mut!(w);
-            for e in records.iter().filter(fresh) {
-                if let Market::OrderBook(o) = &e.record {
-                    w.as_mut()
-                        .write(&[&o.time, &o.symbol, &Json(&o.bids), &Json(&o.asks)])
-                        .await
-                        .map_err(pg)?;
-                    written += 1;
+                if self.ledger.in_hole(topic, *partition) {
+                    return Some(from);
                 }
-            }
-            w.finish().await.map_err(pg)?;
-        }
-
-        let new: Vec<i64> = next
-            .iter()
-            .map(|((t, p), n)| (*n).max(stored.get(&((*t).to_owned(), *p)).copied().unwrap_or(-1)))
-            .collect();
-        tx.execute(
-            &format!(
-                "UPDATE {s}.actord_offsets o SET next_offset = u.n, updated_at = now() \
-                 FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) \
-                 WHERE o.consumer_group = $1 AND o.topic = u.t AND o.partition = u.p"
-            ),
-            &[group, &topics, &partitions, &new],
-        )
-        .await
-        .map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-
-        let mut cache = self.shared.offsets.lock().expect("offsets lock");
-        for (((t, p), _), n) in next.iter().zip(&new) {
-            cache.insert(((*t).to_owned(), *p), *n);
-        }
-        Ok(written)
-    }
-}
-
-impl Sink<Market> for TimescaleSink {
-    async fn write(&mut self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
-        match self.write_batch(records).await {
-            Ok(rows) => {
-                self.shared.healthy.store(true, Ordering::Release);
-                metrics::counter!(names::TIMESCALE_INSERTS_TOTAL).increment(rows);
-                Ok(())
-            }
-            Err(e) => {
-                if e.kind == ErrorKind::Transient {
-                    self.shared.healthy.store(false, Ordering::Release);
-                }
-                metrics::counter!(names::TIMESCALE_ERRORS_TOTAL, "error_kind" => e.kind.as_str())
-                    .increment(1);
-                Err(e)
-            }
-        }
+                found
+            })
+            .collect())
     }
 }

@@ -309,6 +309,9 @@ impl ConsumerState {
 
     /// One round: acks, revocations, commits, backpressure, then up to one chunk of records.
     async fn poll(&mut self) -> Result<(), ActorProcessingErr> {
+        if let Some(e) = self.shared.failure.lock().expect("failure lock").take() {
+            return Err(e.into());
+        }
         self.drain_acks();
         self.forward_revoked()?;
         if self.last_commit.elapsed() >= self.settings.commit_interval {

@@ -28,6 +28,8 @@ pub struct Shared {
     pub path: String,
     /// The client config of the group to migrate from (see `SourceSettings::migrate_from_group`).
     pub migrate_from: Option<(String, ClientConfig)>,
+    /// Why an assignment could not be served; the actor fails with it on its next poll.
+    pub failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -39,6 +41,7 @@ impl Shared {
             start,
             path,
             migrate_from: None,
+            failure: Mutex::new(None),
         }
     }
 }
@@ -69,7 +72,7 @@ impl PathContext {
         &self,
         base: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
-    ) -> TopicPartitionList {
+    ) -> Result<TopicPartitionList, String> {
         let mut out = TopicPartitionList::new();
         match &self.shared.start {
             StartFrom::Committed { .. } => {
@@ -83,12 +86,15 @@ impl PathContext {
                 }
             }
             StartFrom::Sink(source) => {
-                for e in tpl.elements() {
-                    let offset = source
-                        .next_offset(e.topic(), e.partition())
-                        .map(Offset::Offset)
-                        .unwrap_or(Offset::Stored);
-                    let _ = out.add_partition_offset(e.topic(), e.partition(), offset);
+                let elements = tpl.elements();
+                let partitions: Vec<(&str, i32)> = elements
+                    .iter()
+                    .map(|e| (e.topic(), e.partition()))
+                    .collect();
+                let found = source.next_offsets(&partitions)?;
+                for ((topic, partition), next) in partitions.iter().zip(found) {
+                    let offset = next.map(Offset::Offset).unwrap_or(Offset::Stored);
+                    let _ = out.add_partition_offset(topic, *partition, offset);
                 }
             }
             StartFrom::Timestamp(ms) => {
@@ -114,7 +120,7 @@ impl PathContext {
         if let Some((group, config)) = &self.shared.migrate_from {
             self.migrate(base, group, config, &mut out);
         }
-        out
+        Ok(out)
     }
 
     /// Partitions that would start from this group's committed offset but have none start
@@ -173,7 +179,17 @@ impl PathContext {
     }
 
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
-        let assignment = self.start_offsets(base, tpl);
+        let assignment = match self.start_offsets(base, tpl) {
+            Ok(assignment) => assignment,
+            Err(e) => {
+                // Nothing is assigned: reading from a guessed offset could skip or repeat data.
+                error!(path = %self.shared.path, error = %e, "cannot read the start offsets of the assigned partitions; restarting the consumer");
+                *self.shared.failure.lock().expect("failure lock") = Some(format!(
+                    "cannot read the start offsets of the assigned partitions: {e}"
+                ));
+                return Ok(());
+            }
+        };
         {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             for e in tpl.elements() {

@@ -47,7 +47,11 @@ impl KafkaConnection {
 /// Supplies the next offset to read per partition from the sink's own durable state; used by
 /// exactly-once sinks that store offsets with the data.
 pub trait OffsetSource: Send + Sync {
-    fn next_offset(&self, topic: &str, partition: i32) -> Option<i64>;
+    /// The next offset of each partition (`None` where the sink has none), read when the
+    /// partitions are assigned, inside the rebalance callback: it blocks the consumer until it
+    /// answers. An error fails the consumer, which its path restarts, rather than starting a
+    /// partition from a guess.
+    fn next_offsets(&self, partitions: &[(&str, i32)]) -> Result<Vec<Option<i64>>, String>;
 }
 
 /// Where a newly assigned partition starts reading.

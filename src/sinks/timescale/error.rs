@@ -1,0 +1,115 @@
+//! PostgreSQL errors: what a SQLSTATE means for a batch, and how an error reads in a log line
+//! or on /health (the server's message, SQLSTATE and detail, never a bare "db error").
+
+use actord_actors::sink::SinkError;
+use actord_actors::ErrorKind;
+use tokio_postgres::error::DbError;
+
+/// What an error with this SQLSTATE means for the batch that met it.
+///
+/// Transient (retried, never dead-lettered): 08 connection, 40 rollback, 53 resources,
+/// 57P0x shutdown, 57014 a statement cancelled by `statement_timeout`, 55P03 a lock not
+/// granted within `lock_timeout`, 25006 a read-only transaction (a failover left the session
+/// on a standby, or the new primary is not promoted yet). Poison: 22 data and 23502/23514
+/// constraint failures. Fatal: 22P03 (binary COPY data that does not fit the column's type)
+/// and 42804 (a column of another type) mean the table differs from what actord writes, so
+/// every row would fail alike; the rest of 42 is a bug; anything unknown stops the path.
+pub fn classify_code(code: &str) -> ErrorKind {
+    match code {
+        "22P03" | "42804" => ErrorKind::Fatal,
+        "57014" | "55P03" | "25006" => ErrorKind::Transient,
+        c if c.starts_with("08")
+            || c.starts_with("40")
+            || c.starts_with("53")
+            || c.starts_with("57P0") =>
+        {
+            ErrorKind::Transient
+        }
+        c if c.starts_with("22") || c == "23502" || c == "23514" => ErrorKind::Poison,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+/// The kind of a client error; one that never reached the server (refused, closed, timed out)
+/// is transient.
+pub fn classify(err: &tokio_postgres::Error) -> ErrorKind {
+    match err.as_db_error() {
+        Some(db) => classify_code(db.code().code()),
+        None => ErrorKind::Transient,
+    }
+}
+
+/// One line for logs and /health: `SEVERITY: message (SQLSTATE xxxxx); detail: …; hint: …`
+/// for a server error, the client's own description (with its cause) otherwise.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => describe_db(db),
+        // Display already appends the cause: "error connecting to server: Connection refused".
+        None => err.to_string(),
+    }
+}
+
+fn describe_db(db: &DbError) -> String {
+    let mut out = format!(
+        "{}: {} (SQLSTATE {})",
+        db.severity(),
+        db.message(),
+        db.code().code()
+    );
+    let mut add = |label: &str, value: Option<&str>| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            out.push_str(&format!("; {label}: {}", v.replace('\n', " ")));
+        }
+    };
+    add("detail", db.detail());
+    add("hint", db.hint());
+    add("table", db.table());
+    add("column", db.column());
+    add("constraint", db.constraint());
+    add("where", db.where_());
+    out
+}
+
+/// A write or query error as the writer sees it: its kind, a class for the DLQ
+/// (`SqlState23514`) and the described message.
+pub fn pg(err: tokio_postgres::Error) -> SinkError {
+    let class = err
+        .as_db_error()
+        .map(|d| format!("SqlState{}", d.code().code()))
+        .unwrap_or_else(|| "ConnectionError".to_owned());
+    SinkError::new(classify(&err), class, describe(&err))
+}
+
+/// A failure to get a pooled connection.
+pub fn run_error(err: bb8::RunError<tokio_postgres::Error>) -> SinkError {
+    match err {
+        bb8::RunError::User(e) => pg(e),
+        bb8::RunError::TimedOut => {
+            SinkError::transient("timed out waiting for a database connection")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_of_other_types_is_fatal_not_poison() {
+        assert_eq!(classify_code("22P03"), ErrorKind::Fatal);
+        assert_eq!(classify_code("42804"), ErrorKind::Fatal);
+        // Other data errors stay poison: one bad row, not a bad table.
+        assert_eq!(classify_code("22003"), ErrorKind::Poison);
+        assert_eq!(classify_code("23514"), ErrorKind::Poison);
+        assert_eq!(classify_code("42P01"), ErrorKind::Fatal);
+    }
+
+    #[test]
+    fn timeouts_and_a_read_only_server_are_transient() {
+        for code in [
+            "57014", "55P03", "25006", "57P01", "08006", "40001", "53300",
+        ] {
+            assert_eq!(classify_code(code), ErrorKind::Transient, "{code}");
+        }
+    }
+}
