@@ -1,12 +1,14 @@
 //! `Buffer`: collects items and hands batches to its writer by count, bytes or age.
 //!
 //! A flush timer carries the id of the batch it was set for, so a tick for a batch that already
-//! left by size is ignored. Reaching the source's in-flight bound forces a flush, so
+//! left by size is ignored; the timer of a batch that left is cancelled too, so a busy buffer
+//! does not pile up sleeping timers (one per batch, each holding the actor). Reaching the source's in-flight bound forces a flush, so
 //! backpressure cannot deadlock on a half-full batch.
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
 
 use crate::names;
 use crate::observe::Probe;
@@ -50,9 +52,30 @@ pub struct BufferState<R: Send + 'static> {
     bytes: usize,
     batch_id: u64,
     path: String,
+    /// The flush timer of the pending batch.
+    timer: Option<JoinHandle<Result<(), MessagingErr<BufferMsg<R>>>>>,
 }
 
 impl<R: Send + 'static> BufferState<R> {
+    /// Starts a new batch with its own age timer, cancelling the previous batch's timer.
+    fn new_batch(&mut self, myself: &ActorRef<BufferMsg<R>>) {
+        self.batch_id += 1;
+        let id = self.batch_id;
+        self.cancel_timer();
+        self.timer =
+            Some(
+                myself.send_after(self.args.limits.max_age, move || BufferMsg::FlushTick {
+                    batch_id: id,
+                }),
+            );
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+
     fn flush(&mut self, reason: &'static str) -> Result<(), ActorProcessingErr> {
         self.flush_first(self.pending.len(), reason)
     }
@@ -75,6 +98,9 @@ impl<R: Send + 'static> BufferState<R> {
             self.bytes -= b;
             b
         };
+        if self.pending.is_empty() {
+            self.cancel_timer();
+        }
         let records = items.len() as u64;
         metrics::counter!(names::BUFFER_FLUSHED_RECORDS_TOTAL, "path" => self.path.clone())
             .increment(records);
@@ -118,6 +144,7 @@ impl<R: Send + 'static> Actor for Buffer<R> {
             bytes: 0,
             batch_id: 0,
             path,
+            timer: None,
         })
     }
 
@@ -143,11 +170,7 @@ impl<R: Send + 'static> Actor for Buffer<R> {
                     return Ok(());
                 }
                 if state.pending.is_empty() {
-                    state.batch_id += 1;
-                    let id = state.batch_id;
-                    myself.send_after(state.args.limits.max_age, move || BufferMsg::FlushTick {
-                        batch_id: id,
-                    });
+                    state.new_batch(&myself);
                 }
                 let bytes: usize = items.iter().map(Item::bytes).sum();
                 metrics::counter!(names::BUFFER_PUSHED_RECORDS_TOTAL, "path" => state.path.clone())
@@ -170,11 +193,7 @@ impl<R: Send + 'static> Actor for Buffer<R> {
                 }
                 if cut && !state.pending.is_empty() {
                     // What stayed behind starts a new batch with its own age.
-                    state.batch_id += 1;
-                    let id = state.batch_id;
-                    myself.send_after(state.args.limits.max_age, move || BufferMsg::FlushTick {
-                        batch_id: id,
-                    });
+                    state.new_batch(&myself);
                 }
             }
             BufferMsg::FlushTick { batch_id } if batch_id == state.batch_id => {
@@ -192,6 +211,9 @@ impl<R: Send + 'static> Actor for Buffer<R> {
                 });
                 if state.pending.len() != before {
                     state.bytes = state.pending.iter().map(Item::bytes).sum();
+                    if state.pending.is_empty() {
+                        state.cancel_timer();
+                    }
                 }
             }
         }

@@ -8,6 +8,11 @@ pub const ACTOR_UP: &str = "actord_actor_up";
 pub const SUPERVISOR_BUDGET_EXHAUSTED_TOTAL: &str = "actord_supervisor_budget_exhausted_total";
 /// Counter: workers restarted because they held work without progress.
 pub const ACTOR_STUCK_TOTAL: &str = "actord_actor_stuck_total";
+/// Counter: starts of the actor at `path` abandoned after its start timeout.
+pub const ACTOR_START_TIMEOUTS_TOTAL: &str = "actord_actor_start_timeouts_total";
+/// Counter: kills of the actor at `path` that did not end it in time (a handler blocked in
+/// synchronous code).
+pub const ACTOR_KILL_FAILED_TOTAL: &str = "actord_actor_kill_failed_total";
 
 /// Counter: items pushed into a buffer.
 pub const BUFFER_PUSHED_RECORDS_TOTAL: &str = "actord_buffer_pushed_records_total";

@@ -4,13 +4,17 @@
 //! A probe outlives the incarnations of its actor, so restart counts and the last error survive
 //! restarts. Progress is recorded as records or bytes advanced, which is what stuck detection
 //! reads: a worker that holds work and stops advancing is stuck, a busy one is not.
+//!
+//! The probe an incarnation is started with is bound to it: once its supervisor starts the next
+//! incarnation, the old handle (held by a task that outlived its actor) records nothing, so a
+//! late release or progress report cannot change what the new incarnation holds.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef, ActorStatus};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -120,6 +124,50 @@ impl Registry {
             .retain(|p, _| !p.starts_with(path));
     }
 
+    /// Marks every actor below `path` stopped: they died with the supervisor at `path` (killed,
+    /// or stopped when its budget ran out), and none of them runs until it starts them again.
+    pub fn mark_stopped_below(&self, path: &ActorPath) {
+        for probe in self.below(path) {
+            if probe.status() != Status::Stopped {
+                probe.set_status(Status::Stopped);
+            }
+            probe.clear_pending();
+            probe.set_control(None);
+        }
+    }
+
+    /// The probes strictly below `path`, ordered by path.
+    pub fn below(&self, path: &ActorPath) -> Vec<Probe> {
+        self.inner
+            .probes
+            .read()
+            .expect("registry lock")
+            .iter()
+            .filter(|(p, _)| p.starts_with(path) && *p != path)
+            .map(|(_, probe)| probe.clone())
+            .collect()
+    }
+
+    /// The actors at or below `path` that keep it from being up: not running and not stopped
+    /// on purpose (a transient child that finished, an operator stop). A subtree whose
+    /// workers fail, back off or start again is not up, whatever its supervisor's status.
+    pub fn not_up(&self, path: &ActorPath) -> Vec<(ActorPath, Status)> {
+        let Some(top) = self.get(path) else {
+            return vec![(path.clone(), Status::Stopped)];
+        };
+        let mut out = Vec::new();
+        if top.status() != Status::Running {
+            out.push((path.clone(), top.status()));
+        }
+        for probe in self.below(path) {
+            match probe.status() {
+                Status::Running | Status::Stopped => {}
+                other => out.push((probe.path().clone(), other)),
+            }
+        }
+        out
+    }
+
     /// Snapshots of every actor, ordered by path.
     pub fn snapshots(&self) -> Vec<ActorSnapshot> {
         let probes: Vec<Probe> = self
@@ -215,6 +263,8 @@ pub struct LastError {
 #[derive(Clone)]
 pub struct Probe {
     inner: Arc<ProbeInner>,
+    /// The incarnation this handle belongs to; `None` for the supervisor's own handle.
+    bound: Option<u64>,
 }
 
 struct ProbeInner {
@@ -233,6 +283,15 @@ struct ProbeInner {
     last_error: Mutex<Option<LastError>>,
     counters: Mutex<BTreeMap<String, u64>>,
     control: Mutex<Option<ActorRef<SupervisorMsg>>>,
+    /// The incarnation bound handles must match to record anything.
+    incarnation: AtomicU64,
+    /// An earlier incarnation that did not end when it was killed (a handler blocked in
+    /// synchronous code); no new one starts while it runs.
+    lingering: Mutex<Option<ActorCell>>,
+    /// The time this actor's subtree may take to stop, for a supervisor (0: unset).
+    stop_budget_ms: AtomicU64,
+    /// When the stop under way must be over, set by the parent before it stops a supervisor.
+    stop_deadline: Mutex<Option<Instant>>,
 }
 
 impl Probe {
@@ -254,8 +313,67 @@ impl Probe {
                 last_error: Mutex::new(None),
                 counters: Mutex::new(BTreeMap::new()),
                 control: Mutex::new(None),
+                incarnation: AtomicU64::new(0),
+                lingering: Mutex::new(None),
+                stop_budget_ms: AtomicU64::new(0),
+                stop_deadline: Mutex::new(None),
             }),
+            bound: None,
         }
+    }
+
+    /// Starts a new incarnation and returns the handle bound to it; handles of earlier
+    /// incarnations stop recording.
+    pub(crate) fn next_incarnation(&self) -> Probe {
+        let n = self.inner.incarnation.fetch_add(1, Ordering::AcqRel) + 1;
+        Probe {
+            inner: self.inner.clone(),
+            bound: Some(n),
+        }
+    }
+
+    /// False for a handle of an incarnation that was replaced: it must not record anything.
+    pub fn is_current(&self) -> bool {
+        self.bound
+            .is_none_or(|b| b == self.inner.incarnation.load(Ordering::Acquire))
+    }
+
+    /// An earlier incarnation still running after it was killed, if any.
+    pub fn lingering(&self) -> Option<ActorCell> {
+        let mut slot = self.inner.lingering.lock().expect("probe lock");
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.get_status() == ActorStatus::Stopped)
+        {
+            *slot = None;
+        }
+        slot.clone()
+    }
+
+    pub(crate) fn set_lingering(&self, cell: Option<ActorCell>) {
+        *self.inner.lingering.lock().expect("probe lock") = cell;
+    }
+
+    /// How long this supervisor's subtree may take to stop (its shutdown timeout).
+    pub fn stop_budget(&self) -> Option<Duration> {
+        match self.inner.stop_budget_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn set_stop_budget(&self, budget: Duration) {
+        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.inner.stop_budget_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets when the stop about to begin must be over; the supervisor reads it as it stops.
+    pub fn set_stop_deadline(&self, deadline: Option<Instant>) {
+        *self.inner.stop_deadline.lock().expect("probe lock") = deadline;
+    }
+
+    pub(crate) fn take_stop_deadline(&self) -> Option<Instant> {
+        self.inner.stop_deadline.lock().expect("probe lock").take()
     }
 
     pub fn path(&self) -> &ActorPath {
@@ -289,6 +407,9 @@ impl Probe {
     }
 
     pub fn set_error(&self, message: impl Into<String>) {
+        if !self.is_current() {
+            return;
+        }
         let at = chrono_like_rfc3339(SystemTime::now());
         *self.inner.last_error.lock().expect("probe lock") = Some(LastError {
             message: message.into(),
@@ -302,6 +423,9 @@ impl Probe {
 
     /// Records work advanced: `records` handled and `bytes` moved since the last call.
     pub fn progress(&self, records: u64, bytes: u64) {
+        if !self.is_current() {
+            return;
+        }
         if records > 0 {
             self.inner.records.fetch_add(records, Ordering::Relaxed);
         }
@@ -314,7 +438,7 @@ impl Probe {
 
     /// Declares `units` more work held (records buffered, a transfer in flight, …).
     pub fn hold(&self, units: u64) {
-        if units == 0 {
+        if units == 0 || !self.is_current() {
             return;
         }
         let before = self.inner.pending.fetch_add(units, Ordering::AcqRel);
@@ -326,6 +450,9 @@ impl Probe {
 
     /// Declares `units` of held work finished (or handed on).
     pub fn release(&self, units: u64) {
+        if !self.is_current() {
+            return;
+        }
         let _ = self
             .inner
             .pending
@@ -336,6 +463,9 @@ impl Probe {
 
     /// Forgets all held work (a fresh incarnation starts empty).
     pub fn clear_pending(&self) {
+        if !self.is_current() {
+            return;
+        }
         self.inner.pending.store(0, Ordering::Release);
     }
 
@@ -366,6 +496,9 @@ impl Probe {
 
     /// Sets a named counter shown in the admin tree (e.g. `files`, `batches`).
     pub fn set_counter(&self, name: &str, value: u64) {
+        if !self.is_current() {
+            return;
+        }
         self.inner
             .counters
             .lock()
@@ -374,6 +507,9 @@ impl Probe {
     }
 
     pub fn add_counter(&self, name: &str, delta: u64) {
+        if !self.is_current() {
+            return;
+        }
         *self
             .inner
             .counters
@@ -404,6 +540,9 @@ impl Probe {
     }
 
     pub(crate) fn set_control(&self, control: Option<ActorRef<SupervisorMsg>>) {
+        if !self.is_current() {
+            return;
+        }
         *self.inner.control.lock().expect("probe lock") = control;
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::error::ErrorKind;
+use crate::observe::Probe;
 use crate::record::Envelope;
 
 /// Why a write failed; the kind decides between retry, dead-lettering and escalation.
@@ -80,6 +81,40 @@ pub trait Sink<R>: Send + 'static {
         &mut self,
         records: &[Envelope<R>],
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Hands the sink its writer's [`Progress`], once per incarnation before the first write. A
+    /// sink whose writes can take long (a large COPY, a multipart upload) keeps it and reports
+    /// as the write moves, so stuck detection restarts only a write that truly stopped.
+    fn attach_progress(&mut self, _progress: Progress) {}
+}
+
+/// Reports that a write in progress is moving (rows sent, bytes uploaded). Cheap to clone and
+/// usable from any task; once its writer's incarnation is replaced it records nothing.
+#[derive(Clone)]
+pub struct Progress {
+    probe: Option<Probe>,
+}
+
+impl Progress {
+    pub fn new(probe: Probe) -> Self {
+        Progress { probe: Some(probe) }
+    }
+
+    /// A handle that reports nowhere (a sink used outside a writer).
+    pub fn none() -> Self {
+        Progress { probe: None }
+    }
+
+    /// The write moved: `records` rows sent or `bytes` transferred since the last call. Only
+    /// liveness is recorded here; the writer counts records and bytes once the write is durable.
+    pub fn advanced(&self, records: u64, bytes: u64) {
+        if records == 0 && bytes == 0 {
+            return;
+        }
+        if let Some(probe) = &self.probe {
+            probe.progress(0, 0);
+        }
+    }
 }
 
 /// Makes a sink for each incarnation of a writer (connects, prepares statements, …).

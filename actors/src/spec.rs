@@ -50,6 +50,9 @@ pub struct SupervisorSpec {
     pub backoff: Backoff,
     /// How often children with a `stuck_after` are checked for progress.
     pub stuck_check: Duration,
+    /// Children are independent of each other: they stop at the same time, each within its
+    /// own timeout, instead of one after another in reverse start order.
+    pub concurrent_stop: bool,
 }
 
 impl Default for SupervisorSpec {
@@ -60,9 +63,31 @@ impl Default for SupervisorSpec {
             within: Duration::from_secs(60),
             backoff: Backoff::default(),
             stuck_check: Duration::from_secs(1),
+            concurrent_stop: false,
         }
     }
 }
+
+impl SupervisorSpec {
+    /// The longest time `max_restarts + 1` consecutive failures of a child that never starts
+    /// take, from the first to the last: the sum of the backoff delays between them. When it
+    /// exceeds `within`, such a child never exhausts the budget and never escalates.
+    pub fn time_to_exhaust(&self) -> Duration {
+        (0..self.max_restarts.min(10_000))
+            .map(|n| self.backoff.delay(n))
+            .sum()
+    }
+}
+
+/// What a supervisor adds to its children's stop times: its own bookkeeping.
+pub const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a child's start (`pre_start` included) may take by default before it counts as a
+/// failed start.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A worker's graceful stop by default: a final flush, not a drain.
+pub const DEFAULT_WORKER_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Handed to a child's start function.
 pub struct ChildContext {
@@ -87,6 +112,12 @@ pub struct ChildSpec {
     pub shutdown: Duration,
     /// Restart the child when it holds work and records no progress for this long.
     pub stuck_after: Option<Duration>,
+    /// How long a start may take (spawning the actor and its `pre_start`) before it is
+    /// abandoned and counted as a failed start.
+    pub start_timeout: Duration,
+    /// For a nested supervisor: the strategy its wiring needs (e.g. a consumer path started
+    /// sink first needs `rest_for_one`), if any other would break it.
+    pub wiring: Option<Strategy>,
     /// For a nested supervisor: its spec and children, for printing the planned tree.
     nested: Option<Arc<(SupervisorSpec, Vec<ChildSpec>)>>,
     start: StartFn,
@@ -100,6 +131,7 @@ impl std::fmt::Debug for ChildSpec {
             .field("restart", &self.restart)
             .field("shutdown", &self.shutdown)
             .field("stuck_after", &self.stuck_after)
+            .field("start_timeout", &self.start_timeout)
             .finish()
     }
 }
@@ -115,22 +147,23 @@ impl ChildSpec {
             id: id.into(),
             kind: ActorKind::Worker,
             restart: Restart::Permanent,
-            shutdown: Duration::from_secs(10),
+            shutdown: DEFAULT_WORKER_SHUTDOWN,
             stuck_after: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            wiring: None,
             nested: None,
             start: Arc::new(move |ctx| Box::pin(start(ctx))),
         }
     }
 
-    /// A nested supervisor over `children`, started afresh on every restart.
+    /// A nested supervisor over `children`, started afresh on every restart. Its shutdown
+    /// timeout is what its children need to stop ([`ChildSpec::stop_need`]) unless set.
     pub fn supervisor(
         id: impl Into<String>,
         spec: SupervisorSpec,
         children: Vec<ChildSpec>,
     ) -> Self {
-        // Children stop one after another, each within its own timeout.
-        let shutdown =
-            children.iter().map(|c| c.shutdown).sum::<Duration>() + Duration::from_secs(1);
+        let shutdown = stop_need(&spec, &children);
         let nested = Some(Arc::new((spec.clone(), children.clone())));
         let start = move |ctx: ChildContext| {
             let args = SupervisorArgs {
@@ -167,6 +200,27 @@ impl ChildSpec {
         self
     }
 
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Declares the strategy this supervisor's wiring needs.
+    pub fn wiring(mut self, strategy: Strategy) -> Self {
+        self.wiring = Some(strategy);
+        self
+    }
+
+    /// For a supervisor, the time its children need to stop with their own timeouts (one after
+    /// another, or the longest when they stop together), plus its margin; for a worker, its
+    /// shutdown timeout.
+    pub fn stop_need(&self) -> Duration {
+        match self.nested() {
+            Some((spec, children)) => stop_need(spec, children),
+            None => self.shutdown,
+        }
+    }
+
     /// The spec and children of a nested supervisor, `None` for a worker.
     pub fn nested(&self) -> Option<(&SupervisorSpec, &[ChildSpec])> {
         self.nested
@@ -174,10 +228,20 @@ impl ChildSpec {
             .map(|(spec, children)| (spec, children.as_slice()))
     }
 
-    pub(crate) fn start(
+    pub(crate) fn start_fn(
         &self,
         ctx: ChildContext,
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         (self.start)(ctx)
     }
+}
+
+fn stop_need(spec: &SupervisorSpec, children: &[ChildSpec]) -> Duration {
+    let each = children.iter().map(|c| c.shutdown);
+    let need = if spec.concurrent_stop {
+        each.max().unwrap_or_default()
+    } else {
+        each.sum()
+    };
+    need + STOP_MARGIN
 }

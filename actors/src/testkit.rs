@@ -25,6 +25,15 @@ pub enum TestMsg {
     Progress(u64),
     /// Block the handler for a long time (a hung connection).
     Hang,
+    /// Spawn a task that takes `units` of work `after` this long, with this incarnation's probe
+    /// (a task that outlives its actor).
+    HoldLater {
+        units: u64,
+        after: Duration,
+    },
+    /// Block the handler's thread in synchronous code for this long (a blocking client call):
+    /// a kill cannot take effect before it returns.
+    Block(Duration),
     Ping(RpcReplyPort<()>),
 }
 
@@ -38,12 +47,34 @@ pub struct TestWorkerArgs {
     pub fail_start: Option<String>,
     /// Time `post_stop` takes (a slow graceful shutdown).
     pub stop_delay: Duration,
+    /// What `pre_start` does before it succeeds (a hung or blocking start).
+    pub start_delay: StartDelay,
+}
+
+/// How a [`TestWorker`]'s `pre_start` is held up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartDelay {
+    None,
+    /// Awaits forever (a connection that never answers).
+    Hang,
+    /// Blocks its thread in synchronous code for this long.
+    Block(Duration),
 }
 
 pub struct TestWorkerState {
     probe: Probe,
     workers: TestWorkers,
     stop_delay: Duration,
+}
+
+impl Drop for TestWorkerState {
+    fn drop(&mut self) {
+        // Runs however the incarnation ends, killed or stopped, once its handler has returned.
+        let mut inner = self.workers.inner.lock().expect("testkit lock");
+        if let Some(n) = inner.alive.get_mut(self.probe.path()) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl Actor for TestWorker {
@@ -59,14 +90,17 @@ impl Actor for TestWorker {
         if let Some(reason) = args.fail_start {
             return Err(reason.into());
         }
+        match args.start_delay {
+            StartDelay::None => {}
+            StartDelay::Hang => std::future::pending::<()>().await,
+            StartDelay::Block(d) => std::thread::sleep(d),
+        }
         let path = args.probe.path().clone();
         args.workers.record(format!("start {path}"));
-        args.workers
-            .inner
-            .lock()
-            .expect("testkit lock")
-            .refs
-            .insert(path, myself);
+        let mut inner = args.workers.inner.lock().expect("testkit lock");
+        *inner.alive.entry(path.clone()).or_default() += 1;
+        inner.refs.insert(path, myself);
+        drop(inner);
         Ok(TestWorkerState {
             probe: args.probe,
             workers: args.workers,
@@ -96,6 +130,14 @@ impl Actor for TestWorker {
             TestMsg::Hold(n) => state.probe.hold(n),
             TestMsg::Progress(n) => state.probe.progress(n, 0),
             TestMsg::Hang => tokio::time::sleep(Duration::from_secs(86_400)).await,
+            TestMsg::Block(d) => std::thread::sleep(d),
+            TestMsg::HoldLater { units, after } => {
+                let probe = state.probe.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    probe.hold(units);
+                });
+            }
             TestMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
@@ -115,6 +157,8 @@ struct Inner {
     events: Vec<String>,
     refs: HashMap<ActorPath, ActorRef<TestMsg>>,
     fail_starts: HashMap<String, u32>,
+    delayed_starts: HashMap<String, (u32, StartDelay)>,
+    alive: HashMap<ActorPath, usize>,
 }
 
 impl TestWorkers {
@@ -147,6 +191,18 @@ impl TestWorkers {
             .unwrap_or_else(|| panic!("no worker started at {path}"))
     }
 
+    /// Incarnations of the worker at `path` that started and have not ended yet.
+    pub fn alive(&self, path: &str) -> usize {
+        let path = ActorPath::parse(path).expect("valid path");
+        self.inner
+            .lock()
+            .expect("testkit lock")
+            .alive
+            .get(&path)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Makes the next `times` starts of child `id` fail in `pre_start`.
     pub fn fail_next_starts(&self, id: &str, times: u32) {
         self.inner
@@ -154,6 +210,15 @@ impl TestWorkers {
             .expect("testkit lock")
             .fail_starts
             .insert(id.to_owned(), times);
+    }
+
+    /// Makes the next `times` starts of child `id` hang or block in `pre_start`.
+    pub fn delay_next_starts(&self, id: &str, times: u32, delay: StartDelay) {
+        self.inner
+            .lock()
+            .expect("testkit lock")
+            .delayed_starts
+            .insert(id.to_owned(), (times, delay));
     }
 
     /// A child spec for a test worker named `id`.
@@ -166,15 +231,23 @@ impl TestWorkers {
         let id_owned = id.to_owned();
         ChildSpec::worker(id, move |ctx| {
             let workers = workers.clone();
-            let fail_start = {
+            let (fail_start, start_delay) = {
                 let mut inner = workers.inner.lock().expect("testkit lock");
-                match inner.fail_starts.get_mut(&id_owned) {
+                let fail = match inner.fail_starts.get_mut(&id_owned) {
                     Some(n) if *n > 0 => {
                         *n -= 1;
                         Some(format!("{id_owned} refused to start"))
                     }
                     _ => None,
-                }
+                };
+                let delay = match inner.delayed_starts.get_mut(&id_owned) {
+                    Some((n, delay)) if *n > 0 => {
+                        *n -= 1;
+                        *delay
+                    }
+                    _ => StartDelay::None,
+                };
+                (fail, delay)
             };
             async move {
                 let args = TestWorkerArgs {
@@ -182,6 +255,7 @@ impl TestWorkers {
                     workers,
                     fail_start,
                     stop_delay,
+                    start_delay,
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, TestWorker, args, ctx.supervisor).await?;
@@ -219,11 +293,15 @@ pub enum SinkMode {
     Broken,
     /// Hold every write until the mode changes.
     Blocked,
+    /// Take `steps × step` for each write, reporting progress after every step (a long COPY
+    /// that keeps sending rows), then accept it.
+    Trickle { steps: u32, step: Duration },
 }
 
 /// A sink that records what it was given and can be switched between behaviours.
 pub struct RecordingSink<R> {
     control: SinkControl<R>,
+    progress: crate::sink::Progress,
 }
 
 /// The handle a test keeps on its [`RecordingSink`]s.
@@ -280,12 +358,21 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
         let control = self.clone();
         Arc::new(move || {
             let control = control.clone();
-            Box::pin(async move { Ok(RecordingSink { control }) })
+            Box::pin(async move {
+                Ok(RecordingSink {
+                    control,
+                    progress: crate::sink::Progress::none(),
+                })
+            })
         })
     }
 }
 
 impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R> {
+    fn attach_progress(&mut self, progress: crate::sink::Progress) {
+        self.progress = progress;
+    }
+
     async fn write(
         &mut self,
         records: &[crate::record::Envelope<R>],
@@ -304,6 +391,14 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
                 SinkMode::Down => return Err(SinkError::transient("connection refused")),
                 SinkMode::Broken => return Err(SinkError::fatal("schema mismatch")),
                 SinkMode::Accept => break,
+                SinkMode::Trickle { steps, step } => {
+                    for _ in 0..steps {
+                        tokio::time::sleep(step).await;
+                        self.progress
+                            .advanced((records.len() as u64).div_ceil(u64::from(steps)).max(1), 0);
+                    }
+                    break;
+                }
                 SinkMode::RejectEach { attempts } => {
                     let mut rejected = Vec::new();
                     let mut inner = self.control.inner.lock().expect("sink lock");

@@ -24,7 +24,7 @@ use crate::error::ErrorKind;
 use crate::names;
 use crate::observe::Probe;
 use crate::record::{Acker, Batch, DeadLetter, DlqMsg, Envelope, Item, Origin, Poison};
-use crate::sink::{Sink, SinkError, SinkFactory};
+use crate::sink::{Progress, Sink, SinkError, SinkFactory};
 
 pub struct Writer<R, S>(std::marker::PhantomData<fn() -> (R, S)>);
 
@@ -277,9 +277,10 @@ where
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
-        let sink = (args.sink)()
+        let mut sink = (args.sink)()
             .await
             .map_err(|e| format!("cannot open the sink: {e}"))?;
+        sink.attach_progress(Progress::new(args.probe.clone()));
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -344,3 +344,23 @@ async fn records_a_sink_rejects_one_by_one_are_dead_lettered_and_the_rest_acked_
         .all(|l| l.retry_count == 2 && l.stage == "sink"));
     assert_eq!(letters[0].poison.class, "FileUnavailable");
 }
+
+#[tokio::test(start_paused = true)]
+async fn timers_of_batches_that_left_by_size_are_cancelled() {
+    let c = Chain::start(limits(5, 3600), true, 3).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = metrics.num_alive_tasks();
+    // 200 batches leave by size; each would leave an hour-long age timer behind.
+    for n in 0..200 {
+        c.send(numbers(0, n * 5..n * 5 + 5));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(eventually(Duration::from_secs(5), || c.written().len() == 1000).await);
+    let after = metrics.num_alive_tasks();
+    assert!(
+        after <= before + 2,
+        "{} tasks still alive after 200 batches, {before} before",
+        after
+    );
+}

@@ -1,9 +1,14 @@
 //! Supervision semantics, proven with scripted workers on paused time.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actord_actors::observe::{ActorKind, Registry, Status};
-use actord_actors::testkit::{eventually, TestMsg, TestWorkers};
+use actord_actors::record::{Acker, Batch, Envelope, Item, Origin, SourceRecord, Topic};
+use actord_actors::testkit::{
+    eventually, RecordingSink, SinkControl, SinkMode, StartDelay, TestMsg, TestWorkers,
+};
+use actord_actors::writer::{RetryPolicy, Writer, WriterArgs, WriterMsg};
 use actord_actors::{
     ActorPath, Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
     SupervisorSpec,
@@ -26,6 +31,7 @@ fn spec(strategy: Strategy) -> SupervisorSpec {
             factor: 2.0,
         },
         stuck_check: ms(500),
+        concurrent_stop: false,
     }
 }
 
@@ -556,4 +562,332 @@ async fn backoff_grows_while_a_child_keeps_failing_to_start() {
         (1100..1200).contains(&took),
         "{took} ms, expected 100 + 200 + 400 + 400"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_start_times_out_without_freezing_the_supervisor() {
+    let t = Tree::spawn(spec(Strategy::OneForOne), |w| {
+        w.delay_next_starts("hung", 2, StartDelay::Hang);
+        vec![
+            w.spec("busy").stuck_after(Some(Duration::from_secs(5))),
+            w.spec("hung"),
+        ]
+    })
+    .await;
+    t.wait_status("/t/busy", Status::Running).await;
+    // Operator calls are served while the start hangs.
+    let ids = tokio::time::timeout(Duration::from_secs(1), async {
+        call!(t.sup, SupervisorMsg::Children)
+    })
+    .await
+    .expect("the supervisor answers while a start hangs")
+    .unwrap();
+    assert_eq!(ids, vec!["busy", "hung"]);
+    assert_eq!(t.status("/t/hung"), Some(Status::Starting));
+    // So are stuck checks, and the restart of a stuck sibling.
+    t.send("/t/busy", TestMsg::Hold(1));
+    t.send("/t/busy", TestMsg::Hang);
+    let began = tokio::time::Instant::now();
+    t.wait_restarts("/t/busy", 1).await;
+    t.wait_status("/t/busy", Status::Running).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(t.status("/t/hung"), Some(Status::Starting));
+    // Each hung start fails at the default start timeout (60 s) and is retried with backoff.
+    assert!(
+        eventually(Duration::from_secs(200), || t.status("/t/hung")
+            == Some(Status::Running))
+        .await
+    );
+    assert_eq!(t.restarts("/t/hung"), 2);
+    let err = t.last_error("/t/hung");
+    assert!(err.contains("start timed out"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_that_keep_timing_out_exhaust_the_budget() {
+    let mut s = spec(Strategy::OneForOne);
+    s.max_restarts = 2;
+    let mut t = Tree::spawn(s, |w| {
+        w.delay_next_starts("hung", 1_000, StartDelay::Hang);
+        vec![w.spec("ok"), w.spec("hung")]
+    })
+    .await;
+    // A start timeout longer than `within` keeps the window below the budget: the failures in
+    // a row are what exhaust it.
+    let handle = t.handle.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(600), handle)
+        .await
+        .expect("the supervisor fails upward")
+        .unwrap();
+    assert_eq!(t.status("/t/ok"), Some(Status::Stopped));
+    assert_eq!(t.restarts("/t/hung"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_restarts_in_a_row_exhaust_the_budget_even_beyond_the_window() {
+    let mut s = spec(Strategy::OneForOne);
+    s.max_restarts = 2;
+    s.within = Duration::from_secs(10);
+    let mut t = Tree::start(s, |w| {
+        vec![
+            w.spec("a"),
+            w.spec("stuck").stuck_after(Some(Duration::from_secs(30))),
+        ]
+    })
+    .await;
+    let handle = t.handle.take().unwrap();
+    let watch = tokio::spawn(handle);
+    // Every incarnation takes work and never advances; stuck kills come 30 s apart, three
+    // times the window, so only counting them in a row can end the loop.
+    for n in 0..5 {
+        if watch.is_finished() {
+            break;
+        }
+        t.wait_status("/t/stuck", Status::Running).await;
+        t.send("/t/stuck", TestMsg::Hold(1));
+        t.send("/t/stuck", TestMsg::Hang);
+        let waited = eventually(Duration::from_secs(60), || {
+            t.restarts("/t/stuck") > n || watch.is_finished()
+        })
+        .await;
+        assert!(waited, "no stuck restart {n}");
+    }
+    tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the stuck loop ends in a failure")
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.sup.get_status(), ActorStatus::Stopped);
+    let err = t.last_error("/t/stuck");
+    assert!(err.starts_with("stuck"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_outlives_its_incarnation_cannot_touch_the_next_one() {
+    let t = Tree::start(spec(Strategy::OneForOne), |w| {
+        vec![w.spec("a").stuck_after(Some(Duration::from_secs(5)))]
+    })
+    .await;
+    t.send(
+        "/t/a",
+        TestMsg::HoldLater {
+            units: 1,
+            after: Duration::from_secs(3),
+        },
+    );
+    t.send("/t/a", TestMsg::Fail("boom".into()));
+    t.wait_restarts("/t/a", 1).await;
+    t.wait_status("/t/a", Status::Running).await;
+    // The old incarnation's task takes work at 3 s: on the new incarnation's probe it would
+    // look stuck 5 s later.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let probe = t.registry.get(&ActorPath::parse("/t/a").unwrap()).unwrap();
+    assert_eq!(probe.pending(), 0);
+    assert_eq!(t.restarts("/t/a"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn actors_that_died_with_their_supervisor_are_marked_stopped() {
+    let registry = Registry::new();
+    let workers = TestWorkers::new();
+    let mut outer = spec(Strategy::OneForOne);
+    outer.backoff.initial = Duration::from_secs(30);
+    outer.backoff.max = Duration::from_secs(30);
+    let children = vec![ChildSpec::supervisor(
+        "sub",
+        spec(Strategy::OneForOne),
+        vec![workers.spec("x"), workers.spec("y")],
+    )];
+    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
+    let (root, _h) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: outer,
+            children,
+            probe,
+        },
+    )
+    .await
+    .unwrap();
+    let status = |p: &str| {
+        registry
+            .get(&ActorPath::parse(p).unwrap())
+            .map(|p| p.status())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || status("/t/sub/y")
+            == Some(Status::Running))
+        .await
+    );
+    // Killed, the nested supervisor runs no post_stop; its children die with it.
+    call!(root, SupervisorMsg::FailChild, "sub".to_owned())
+        .unwrap()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || status("/t/sub")
+            == Some(Status::Failed))
+        .await
+    );
+    assert_eq!(status("/t/sub/x"), Some(Status::Stopped));
+    assert_eq!(status("/t/sub/y"), Some(Status::Stopped));
+    assert!(
+        eventually(Duration::from_secs(60), || status("/t/sub/x")
+            == Some(Status::Running))
+        .await
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_restart_leaves_a_transient_child_that_finished_alone() {
+    let mut s = spec(Strategy::OneForOne);
+    s.backoff.initial = Duration::from_secs(5);
+    s.backoff.max = Duration::from_secs(5);
+    let t = Tree::start(s, |w| vec![w.spec("t").restart(Restart::Transient)]).await;
+    t.send("/t/t", TestMsg::Fail("boom".into()));
+    t.wait_status("/t/t", Status::Failed).await;
+    // An operator restarts it before its scheduled restart is due; then it finishes its work.
+    call!(t.sup, SupervisorMsg::RestartChild, "t".to_owned())
+        .unwrap()
+        .unwrap();
+    t.send("/t/t", TestMsg::Exit);
+    t.wait_status("/t/t", Status::Stopped).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(t.status("/t/t"), Some(Status::Stopped));
+    assert_eq!(t.restarts("/t/t"), 1);
+    assert_eq!(t.workers.alive("/t/t"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_write_that_reports_progress_is_not_stuck() {
+    let registry = Registry::new();
+    let sink = SinkControl::new(|_: &i64| false);
+    sink.set_mode(SinkMode::Trickle {
+        steps: 20,
+        step: Duration::from_secs(1),
+    });
+    let slot: Arc<Mutex<Option<ActorRef<WriterMsg<i64>>>>> = Arc::default();
+    let (factory, out) = (sink.factory(), slot.clone());
+    let writer = ChildSpec::worker("writer", move |ctx| {
+        let args = WriterArgs {
+            probe: ctx.probe,
+            sink: factory.clone(),
+            dlq: None,
+            retry: RetryPolicy::default(),
+        };
+        let out = out.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(
+                None,
+                Writer::<i64, RecordingSink<i64>>::default(),
+                args,
+                ctx.supervisor,
+            )
+            .await?;
+            *out.lock().unwrap() = Some(actor.clone());
+            Ok(actor.get_cell())
+        }
+    })
+    .stuck_after(Some(Duration::from_secs(5)));
+    let probe = registry.probe(&ActorPath::parse("/t").unwrap(), ActorKind::Supervisor);
+    let (_sup, _h) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            spec: spec(Strategy::OneForOne),
+            children: vec![writer],
+            probe,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || slot.lock().unwrap().is_some()).await);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let sink_acks = acked.clone();
+    let acker = Acker::new(move |o: Vec<Origin>| sink_acks.lock().unwrap().extend(o));
+    let items = (0..10)
+        .map(|n| {
+            let source = SourceRecord {
+                origin: Origin {
+                    topic: Topic::intern("t"),
+                    partition: 0,
+                    offset: n,
+                    epoch: 1,
+                },
+                key: None,
+                payload: None,
+                timestamp_ms: None,
+                headers: Vec::new(),
+            };
+            Item::Good(Envelope {
+                record: n,
+                bytes: 1,
+                source,
+                acker: acker.clone(),
+            })
+        })
+        .collect();
+    let writer = slot.lock().unwrap().clone().unwrap();
+    writer
+        .cast(WriterMsg::Write(Batch {
+            id: 1,
+            items,
+            bytes: 10,
+        }))
+        .unwrap();
+    // The write takes 20 s, four times `stuck_after`, moving all along.
+    assert!(
+        eventually(Duration::from_secs(60), || acked.lock().unwrap().len()
+            == 10)
+        .await
+    );
+    let w = registry
+        .get(&ActorPath::parse("/t/writer").unwrap())
+        .unwrap();
+    assert_eq!(w.restarts(), 0);
+    assert_eq!(sink.written().len(), 10);
+    assert_eq!(sink.attempts(), 1);
+}
+
+/// A worker blocked in synchronous code cannot be killed until it returns: the supervisor
+/// reports it and does not start a second incarnation beside it. Real time: the block holds a
+/// runtime thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_blocked_worker_is_not_replaced_while_it_still_runs() {
+    let mut s = spec(Strategy::OneForOne);
+    s.backoff = Backoff {
+        initial: ms(100),
+        max: Duration::from_secs(2),
+        factor: 2.0,
+    };
+    let t = Tree::start(s, |w| {
+        vec![w.spec("a"), w.spec("b").shutdown(Duration::from_secs(1))]
+    })
+    .await;
+    t.send("/t/b", TestMsg::Block(Duration::from_secs(7)));
+    tokio::time::sleep(ms(200)).await;
+    let began = std::time::Instant::now();
+    let sup = t.sup.clone();
+    let restart =
+        tokio::spawn(
+            async move { call!(sup, SupervisorMsg::RestartChild, "b".to_owned()).unwrap() },
+        );
+    let mut most = 0;
+    while began.elapsed() < Duration::from_secs(12) {
+        most = most.max(t.workers.alive("/t/b"));
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(most, 1, "two incarnations of /t/b ran at once");
+    assert_eq!(t.status("/t/b"), Some(Status::Running));
+    assert!(
+        restart.await.unwrap().is_err(),
+        "the first start is refused"
+    );
+    let err = t.last_error("/t/b");
+    assert!(err.contains("synchronous code"), "{err}");
+    assert_eq!(t.status("/t/a"), Some(Status::Running));
 }

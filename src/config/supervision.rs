@@ -214,6 +214,7 @@ impl Supervision {
                 factor: l.backoff_factor.unwrap_or(2.0),
             },
             stuck_check: Duration::from_secs(1),
+            concurrent_stop: false,
         }
     }
 

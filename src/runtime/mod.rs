@@ -90,6 +90,7 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
         within: Duration::from_secs(3600),
         backoff: Backoff::fixed(config.runtime.cool_down),
         stuck_check: Duration::from_secs(1),
+        concurrent_stop: false,
     };
     Ok(Plan {
         root,

@@ -35,6 +35,7 @@ async fn supervise(child: ChildSpec) -> Tree {
             factor: 2.0,
         },
         stuck_check: secs(1),
+        concurrent_stop: false,
     };
     let (sup, _) = Actor::spawn(
         None,
