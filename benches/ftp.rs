@@ -167,16 +167,17 @@ async fn actord(bootstrap: &str, topic: &str, src: &Ftp, dst: &Ftp, n: u64) -> D
             Arc::new(Server::new("DST", transport(dst, concurrency))),
         ),
     ]);
-    let transfers = Arc::new(Transfers {
+    let transfers = Arc::new(Transfers::new(
         servers,
-        settings: Settings {
+        Settings {
+            sweep_after: None,
             concurrency,
             max_retries: 3,
             backoff: Backoff::default(),
             breaker_threshold: 3,
             verify: Verify::Size,
         },
-    });
+    ));
     let roots: Arc<Roots> = Arc::new(BTreeMap::from([
         ("SRC".to_owned(), None),
         ("DST".to_owned(), None),

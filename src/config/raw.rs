@@ -148,6 +148,9 @@ pub struct RawFtpSync {
     /// Jobs read and not yet done (running, waiting for a retry or parked for a server) per
     /// process; reaching it pauses reading.
     pub max_in_flight: Option<u32>,
+    /// Staged uploads (`.<name>.<tag>.part`) older than this are removed under each server's
+    /// root at start, e.g. "24h"; "off" keeps them.
+    pub sweep_stale_after: Option<String>,
     /// Suffix of the dead-letter topic of each input topic (DLQ_TOPIC_SUFFIX).
     pub dlq_suffix: Option<String>,
     /// Attempts for a job whose failures are not explained by a server outage.
@@ -183,6 +186,12 @@ pub struct RawServer {
     /// Longest wait for any one network step (connect, banner, login, a reply, an idle read or
     /// write of the data), e.g. "30s".
     pub timeout: Option<String>,
+    /// How uploads reach their final name: "rename" (a temporary name, verified, renamed) or
+    /// "direct" (straight to the final name, for upload-only accounts).
+    pub staging: Option<String>,
+    /// Objects above this size are committed on an S3 server by streaming them into place
+    /// instead of a server-side copy (S3 copies at most 5 GiB at once), e.g. "5GiB".
+    pub copy_limit: Option<u64>,
     /// Where passive data connections go: "control" (the control connection's address, as
     /// Python's ftplib does; survives a server behind NAT) or "reply" (the PASV reply's).
     pub passive_address: Option<String>,

@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use serde_json::{json, Value};
 
 use crate::kafka::{end_offsets, read_until};
@@ -1125,4 +1127,151 @@ async fn paths_are_confined_and_relative_ones_use_the_login_directory() {
     assert_eq!(read(&ssh.root(), "rel/a.bin").unwrap(), content(50_000, 9));
     assert_eq!(files(&outside), BTreeSet::from(["secret.txt".to_owned()]));
     assert!(read(&dst_root, "ok/leak.txt").is_none());
+}
+
+/// Write modes and replays: an upload-only account that may not rename takes files with
+/// `staging = "direct"` (and refuses them with the default staging); over SFTP an existing file
+/// is replaced (OpenSSH offers `posix-rename@openssh.com`, which replaces it in one step); an S3
+/// object above the copy limit is streamed into place, nothing staged left behind.
+#[tokio::test]
+async fn write_modes_fit_the_server() {
+    let src = FtpServer::start(true);
+    let upload_only = FtpServer::start_upload_only();
+    let ssh = SshServer::start();
+    let s3 = S3Server::start("modes");
+    write(&src.root(), "in/m.bin", &content(3 << 20, 4));
+    std::fs::create_dir_all(ssh.root().join("out")).unwrap();
+    std::fs::write(ssh.root().join("out/m.bin"), b"the old version").unwrap();
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(upload_only.env("DIRECT_FTP"));
+    env.extend(upload_only.env("RENAME_FTP"));
+    env.extend(ssh.env("SFTP_DST"));
+    env.push(("LAKE_TYPE".into(), "s3".into()));
+    env.push(("LAKE_HOST".into(), "modes".into()));
+    for (k, v) in s3.env() {
+        if k.starts_with("AWS_") {
+            env.push((k.to_owned(), v));
+        }
+    }
+    let toml = config(
+        "[pipelines.ftp-sync.servers.DIRECT_FTP]\nstaging = \"direct\"\n\
+         [pipelines.ftp-sync.servers.LAKE]\ncopy_limit = 1048576\n",
+    );
+    let p = Process::start(&toml, &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "mem-dft-img",
+        vec![
+            job(
+                "direct",
+                ("SRC_FTP_SERVER1", "/in/m.bin"),
+                ("DIRECT_FTP", "/d/m.bin"),
+            ),
+            job(
+                "rename",
+                ("SRC_FTP_SERVER1", "/in/m.bin"),
+                ("RENAME_FTP", "/r/m.bin"),
+            ),
+            job(
+                "sftp",
+                ("SRC_FTP_SERVER1", "/in/m.bin"),
+                ("SFTP_DST", "out/m.bin"),
+            ),
+            job(
+                "lake",
+                ("SRC_FTP_SERVER1", "/in/m.bin"),
+                ("LAKE", "/big/m.bin"),
+            ),
+        ],
+    )
+    .await;
+    let store = s3.client();
+    until(
+        Duration::from_secs(60),
+        "the direct, SFTP and S3 copies",
+        || async {
+            let lake = object_store::path::Path::from("big/m.bin");
+            read(&upload_only.root(), "d/m.bin").is_some()
+                && read(&ssh.root(), "out/m.bin").is_some_and(|b| b.len() == 3 << 20)
+                && store.head(&lake).await.is_ok()
+        },
+    )
+    .await;
+    assert_eq!(
+        read(&upload_only.root(), "d/m.bin").unwrap(),
+        content(3 << 20, 4)
+    );
+    assert_eq!(read(&ssh.root(), "out/m.bin").unwrap(), content(3 << 20, 4));
+    let object = store
+        .get(&object_store::path::Path::from("big/m.bin"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(object.as_ref(), content(3 << 20, 4).as_slice());
+    // Nothing staged is left behind in the bucket.
+    let keys: Vec<String> = store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(keys, ["big/m.bin"], "{keys:?}");
+    // The rename the upload-only account refuses is the job's failure, in the DLQ.
+    let dlq = read_until(&bootstrap, "mem-dft-img-dlq", |r| !r.is_empty());
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].0["original_message"]["job_id"], "rename");
+}
+
+/// Staged uploads that a process killed mid-upload left behind are removed at start once
+/// they are older than `sweep_stale_after`; fresh ones, and every other file, stay.
+#[tokio::test]
+async fn stale_staged_uploads_are_swept_at_start() {
+    let ftp = FtpServer::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 24 * 3600);
+    let stale = [
+        ".a.bin.0123456789ab.part",
+        "deep/er/.b.bin.abcdef012345.part",
+    ];
+    let kept = [
+        ".c.bin.0123456789ab.part.keep",
+        "notes.part",
+        "deep/.fresh.bin.00112233aabb.part",
+    ];
+    for root in [ftp.root(), dir.path().to_owned()] {
+        for name in stale.iter().chain(kept.iter()) {
+            write(&root, name, b"partial");
+            if !name.contains("fresh") {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(root.join(name))
+                    .unwrap();
+                f.set_modified(old).unwrap();
+            }
+        }
+    }
+    let mut env = ftp.env("OLD_FTP");
+    env.push(("OLD_FTP_ROOT".into(), "/".into()));
+    env.push(("OLD_LOCAL_TYPE".into(), "file".into()));
+    env.push(("OLD_LOCAL_ROOT".into(), dir.path().display().to_string()));
+    let p = Process::start(&config("sweep_stale_after = \"1d\""), &[], &env_refs(&env));
+    wait_ready(&p.base).await;
+    let expected: BTreeSet<String> = kept.iter().map(|s| s.to_string()).collect();
+    for root in [ftp.root(), dir.path().to_owned()] {
+        until(
+            Duration::from_secs(30),
+            "the stale staged uploads gone",
+            || async { files(&root) == expected },
+        )
+        .await;
+    }
+    assert!(
+        p.log().contains("removed stale staged uploads"),
+        "{}",
+        p.log()
+    );
 }

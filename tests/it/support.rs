@@ -511,9 +511,24 @@ pub struct FtpServer {
     tls: bool,
     /// The address its PASV replies announce instead of its own (a server behind NAT).
     nat_address: Option<String>,
+    /// An upload-only account: it may list, make directories and store, never rename.
+    upload_only: bool,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
+
+/// pyftpdlib with one upload-only user: list, make directories and store, nothing else.
+const UPLOAD_ONLY_SERVER: &str = r#"
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+port, root, user, password = sys.argv[1:5]
+auth = DummyAuthorizer()
+auth.add_user(user, password, root, perm="elmw")
+FTPHandler.authorizer = auth
+FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
+"#;
 
 /// pyftpdlib with TLS required, a self-signed certificate and one user.
 const FTPS_SERVER: &str = r#"
@@ -536,6 +551,14 @@ impl FtpServer {
         Self::launch(writable, false, None)
     }
 
+    /// A server whose account may store files but not rename (or read or delete) them.
+    pub fn start_upload_only() -> FtpServer {
+        let mut server = Self::new(true, false, None);
+        server.upload_only = true;
+        server.resume();
+        server
+    }
+
     /// A writable server that requires explicit TLS, with a self-signed certificate.
     pub fn start_tls() -> FtpServer {
         Self::launch(true, true, None)
@@ -548,13 +571,20 @@ impl FtpServer {
     }
 
     fn launch(writable: bool, tls: bool, nat_address: Option<String>) -> FtpServer {
-        let mut server = FtpServer {
+        let mut server = Self::new(writable, tls, nat_address);
+        server.resume();
+        server
+    }
+
+    fn new(writable: bool, tls: bool, nat_address: Option<String>) -> FtpServer {
+        let server = FtpServer {
             port: free_port(),
             user: "actord".to_owned(),
             pass: "s3cr3t-Pa55".to_owned(),
             writable,
             tls,
             nat_address,
+            upload_only: false,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -574,7 +604,6 @@ impl FtpServer {
             assert!(status.success(), "openssl could not make a certificate");
         }
         std::fs::create_dir_all(server.root()).unwrap();
-        server.resume();
         server
     }
 
@@ -603,7 +632,11 @@ impl FtpServer {
             .open(self.dir.path().join("ftp.log"))
             .unwrap();
         let mut cmd = Command::new("python3");
-        if self.tls {
+        if self.upload_only {
+            cmd.args(["-c", UPLOAD_ONLY_SERVER, &self.port.to_string()])
+                .arg(self.root())
+                .args([&self.user, &self.pass]);
+        } else if self.tls {
             cmd.args(["-c", FTPS_SERVER, &self.port.to_string()])
                 .arg(self.root())
                 .args([&self.user, &self.pass])

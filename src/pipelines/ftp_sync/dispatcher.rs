@@ -67,6 +67,7 @@ impl Actor for Dispatcher {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, rx) = mpsc::unbounded_channel();
+        args.transfers.sweep_once();
         let engine = Engine::new(args.transfers, args.dlq.clone(), args.probe.clone());
         Ok(DispatcherState {
             jobs: tx,

@@ -29,7 +29,7 @@ use crate::sinks::files::ftp::{FtpSettings, FtpTransport};
 use crate::sinks::files::local::LocalTransport;
 use crate::sinks::files::s3::S3Transport;
 use crate::sinks::files::sftp::{SftpSettings, SftpTransport};
-use crate::sinks::files::Transport;
+use crate::sinks::files::{Staging, Transport};
 use crate::sinks::objects::store::{self, Location};
 use crate::sources::kafka::path::{DispatchPath, SpawnWriter};
 use crate::sources::kafka::SourceSettings;
@@ -132,6 +132,9 @@ pub struct ServerConfig {
     /// Passive data connections go to the PASV reply's address instead of the control
     /// connection's.
     pub passive_reply_address: bool,
+    pub staging: Staging,
+    /// Bytes above which an S3 commit streams the object instead of copying it.
+    pub copy_limit: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +143,8 @@ pub struct FtpSyncConfig {
     pub group: String,
     pub concurrency: usize,
     pub max_in_flight: usize,
+    /// Staged uploads older than this are swept at start; `None` turns the sweep off.
+    pub sweep_after: Option<Duration>,
     pub dlq_suffix: String,
     pub max_retries: u32,
     pub backoff: Backoff,
@@ -149,6 +154,9 @@ pub struct FtpSyncConfig {
     pub demo_rate: u32,
     pub servers: BTreeMap<String, ServerConfig>,
 }
+
+/// The largest object S3 copies in one request (5 GiB).
+const S3_COPY_LIMIT: u64 = 5 << 30;
 
 /// The demo's servers: two local directories.
 pub const DEMO_SOURCE: &str = "DEMO_SRC";
@@ -253,6 +261,25 @@ impl FtpSyncConfig {
                     false
                 }
             };
+            let staging = match s.staging.as_deref() {
+                None | Some("rename") => Staging::Rename,
+                Some("direct") => Staging::Direct,
+                Some(other) => {
+                    check.problem(
+                        &sk("staging"),
+                        format!("expected \"rename\" or \"direct\", found {other:?}"),
+                    );
+                    Staging::Rename
+                }
+            };
+            let copy_limit = match s.copy_limit {
+                Some(0) => {
+                    check.problem(&sk("copy_limit"), "expected a number of bytes above zero");
+                    S3_COPY_LIMIT
+                }
+                Some(n) => n,
+                None => S3_COPY_LIMIT,
+            };
             let root = s.root.clone().filter(|r| !r.trim().is_empty());
             if kind == ServerKind::File && root.is_none() {
                 check.problem(
@@ -283,6 +310,8 @@ impl FtpSyncConfig {
                     dead_letter_after,
                     timeout,
                     passive_reply_address,
+                    staging,
+                    copy_limit,
                 },
             );
         }
@@ -307,6 +336,8 @@ impl FtpSyncConfig {
                     dead_letter_after: None,
                     timeout: Duration::from_secs(30),
                     passive_reply_address: false,
+                    staging: Staging::Rename,
+                    copy_limit: S3_COPY_LIMIT,
                 });
             }
         }
@@ -317,6 +348,14 @@ impl FtpSyncConfig {
                 .clone()
                 .unwrap_or_else(|| "etl-worker-group".to_owned()),
             concurrency,
+            sweep_after: match raw.sweep_stale_after.as_deref().map(str::trim) {
+                Some("off") => None,
+                other => Some(check.positive_duration(
+                    &k("sweep_stale_after"),
+                    other,
+                    Duration::from_secs(24 * 3600),
+                )),
+            },
             max_in_flight: match raw.max_in_flight {
                 Some(n) if (n as usize) < concurrency => {
                     check.problem(
@@ -416,9 +455,16 @@ fn transport(name: &str, s: &ServerConfig, config: &Config) -> anyhow::Result<Ar
                 name: s.host.clone(),
                 region: None,
             };
-            let store = store::open(&location, &config.s3)
+            // No whole-request timeout: a large download streams as long as it moves, and the
+            // transport fails a chunk that does not come within the step timeout.
+            let store = store::open_with(&location, &config.s3, None)
                 .map_err(|e| anyhow::anyhow!("pipelines.ftp-sync.servers.{name}: {e}"))?;
-            Arc::new(S3Transport::new(store, location.describe(&config.s3)))
+            Arc::new(S3Transport::new(
+                store,
+                location.describe(&config.s3),
+                s.timeout,
+                s.copy_limit,
+            ))
         }
         ServerKind::File => {
             let dir = s.root.clone().unwrap_or_default();
@@ -453,18 +499,24 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     for (name, s) in &c.servers {
         let mut server = Server::new(name.clone(), transport(name, s, config)?);
         server.dead_letter_after = s.dead_letter_after;
+        server.staging = s.staging;
+        server.sweep_dir = match s.kind {
+            ServerKind::File => Some("/".to_owned()),
+            _ => s.root.clone(),
+        };
         servers.insert(name.clone(), Arc::new(server));
     }
-    let transfers = Arc::new(Transfers {
+    let transfers = Arc::new(Transfers::new(
         servers,
-        settings: Settings {
+        Settings {
+            sweep_after: c.sweep_after,
             concurrency: c.concurrency,
             max_retries: c.max_retries,
             backoff: c.backoff,
             breaker_threshold: c.breaker_threshold,
             verify: c.verify,
         },
-    });
+    ));
     let roots = Arc::new(c.roots());
     let mut source = SourceSettings::new(c.topics.clone(), c.group.clone());
     // Jobs running, waiting for a retry or parked for a server stay unacknowledged: this bound

@@ -20,7 +20,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{error, info, warn};
 
 use super::job::Job;
-use crate::sinks::files::{Staged, TransferError, Transport};
+use crate::sinks::files::{Staged, Staging, TransferError, Transport};
 use crate::telemetry::names;
 
 /// Verification after the bytes moved.
@@ -38,6 +38,11 @@ pub struct Server {
     pub transport: Arc<dyn Transport>,
     /// Jobs parked for this server longer than this are dead-lettered (off: they wait).
     pub dead_letter_after: Option<Duration>,
+    /// How uploads to this server reach their final name.
+    pub staging: Staging,
+    /// Where stale staged uploads are swept at start: the server's root, if it has one (a
+    /// server without one is not walked: its tree is not this pipeline's).
+    pub sweep_dir: Option<String>,
     failures: AtomicU32,
     open: AtomicBool,
     misconfigured: Mutex<Option<String>>,
@@ -57,6 +62,8 @@ impl Server {
             name,
             transport,
             dead_letter_after: None,
+            staging: Staging::Rename,
+            sweep_dir: None,
             failures: AtomicU32::new(0),
             open: AtomicBool::new(false),
             misconfigured: Mutex::new(None),
@@ -142,6 +149,8 @@ impl Server {
 }
 
 pub struct Settings {
+    /// Staged uploads older than this are removed at start (`None`: never).
+    pub sweep_after: Option<Duration>,
     pub concurrency: usize,
     pub max_retries: u32,
     pub backoff: Backoff,
@@ -153,9 +162,47 @@ pub struct Settings {
 pub struct Transfers {
     pub servers: BTreeMap<String, Arc<Server>>,
     pub settings: Settings,
+    /// The sweep of stale staged uploads has been started in this process.
+    pub swept: AtomicBool,
 }
 
 impl Transfers {
+    pub fn new(servers: BTreeMap<String, Arc<Server>>, settings: Settings) -> Self {
+        Transfers {
+            servers,
+            settings,
+            swept: AtomicBool::new(false),
+        }
+    }
+
+    /// Once per process: removes staged uploads older than `sweep_after` that a process which
+    /// died mid-upload left on the servers. In the background; failures are only logged.
+    pub fn sweep_once(self: &Arc<Self>) {
+        let Some(age) = self.settings.sweep_after else {
+            return;
+        };
+        if self.swept.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            for server in shared.servers.values() {
+                let Some(dir) = &server.sweep_dir else {
+                    continue;
+                };
+                match server.transport.sweep(dir, age).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(server = %server.name, dir = %dir, removed = n, "removed stale staged uploads")
+                    }
+                    Err(e) => {
+                        warn!(server = %server.name, dir = %dir, error = %e, "could not sweep stale staged uploads")
+                    }
+                }
+            }
+        });
+    }
+
     /// True when every server can be used.
     pub fn healthy(&self) -> bool {
         self.servers.values().all(|s| s.available())
@@ -191,6 +238,7 @@ pub async fn run(shared: &Transfers, job: &Job, topic: &str, progress: &Progress
         &job.source.path,
         dst.transport.as_ref(),
         &job.destination.path,
+        dst.staging,
         shared.settings.verify,
         progress,
     )
@@ -299,6 +347,7 @@ pub async fn transfer(
     src_path: &str,
     dst: &dyn Transport,
     dst_path: &str,
+    staging: Staging,
     verify: Verify,
     progress: &Progress,
 ) -> Result<u64, (TransferError, Side)> {
@@ -321,7 +370,7 @@ pub async fn transfer(
     // next write fail instead of waiting forever for room in a full pipe.
     let upload = async move {
         let mut pipe_out = pipe_out;
-        dst.upload(dst_path, &mut pipe_out).await
+        dst.upload(dst_path, &mut pipe_out, staging).await
     };
     let (down, up) = tokio::join!(download, upload);
     let staged: Staged = match (down, up) {
@@ -359,6 +408,9 @@ pub async fn transfer(
                 format!("{dst_path}: the destination's SHA-256 differs from the source stream's"),
             )));
         }
+    }
+    if staging == Staging::Direct {
+        return Ok(staged.bytes);
     }
     if let Err(e) = dst.commit(&staged, dst_path).await {
         dst.discard(&staged).await;

@@ -13,7 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::pool::{Lease, Pool};
-use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
+use super::{
+    is_staged_name, split, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
+};
 use crate::config::Secret;
 
 /// How a pooled FTP server is reached.
@@ -383,9 +385,10 @@ impl Transport for FtpTransport {
         &'a self,
         path: &'a str,
         input: Reader<'a>,
+        staging: Staging,
     ) -> BoxFuture<'a, Result<Staged, TransferError>> {
         async move {
-            let temp = temp_name(path);
+            let temp = staging.name(path);
             let mut lease = self.lease().await?;
             let result = async {
                 let conn = &mut lease.conn;
@@ -480,6 +483,61 @@ impl Transport for FtpTransport {
                 Err(e) if e.permanent => Ok(()),
                 Err(e) => Err(e),
             }
+        }
+        .boxed()
+    }
+
+    /// Walks `dir` with `MLSD` (machine-readable listings with modification times).
+    fn sweep<'a>(
+        &'a self,
+        dir: &'a str,
+        age: Duration,
+    ) -> BoxFuture<'a, Result<usize, TransferError>> {
+        async move {
+            let cutoff = std::time::SystemTime::now() - age;
+            let mut lease = self.lease().await?;
+            let mut removed = 0;
+            let mut stack = vec![(dir.trim_end_matches('/').to_owned(), 0usize)];
+            let mut result = Ok(());
+            while let Some((at, depth)) = stack.pop() {
+                let listing = if at.is_empty() { "/" } else { at.as_str() };
+                let lines = match self
+                    .step(listing, "MLSD", lease.conn.mlsd(Some(listing)))
+                    .await
+                {
+                    Ok(Ok(lines)) => lines,
+                    // A directory that cannot be listed is skipped, not an error of the sweep.
+                    Ok(Err(_)) => continue,
+                    Err(timeout) => {
+                        result = Err(timeout);
+                        break;
+                    }
+                };
+                for line in lines {
+                    let Ok(entry) = suppaftp::list::ListParser::parse_mlsd(&line) else {
+                        continue;
+                    };
+                    let name = entry.name();
+                    if name == "." || name == ".." {
+                        continue;
+                    }
+                    let path = format!("{at}/{name}");
+                    if entry.is_directory() && depth < SWEEP_DEPTH {
+                        stack.push((path, depth + 1));
+                    } else if entry.is_file()
+                        && is_staged_name(name)
+                        && entry.modified() < cutoff
+                        && matches!(
+                            self.step(&path, "DELE", lease.conn.rm(&path)).await,
+                            Ok(Ok(()))
+                        )
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+            self.settle(lease, &result);
+            result.map(|()| removed)
         }
         .boxed()
     }

@@ -8,7 +8,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{temp_name, Reader, Staged, TransferError, Transport, Writer};
+use super::{
+    is_staged_name, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
+};
 
 pub struct LocalTransport {
     root: PathBuf,
@@ -115,9 +117,10 @@ impl Transport for LocalTransport {
         &'a self,
         path: &'a str,
         input: Reader<'a>,
+        staging: Staging,
     ) -> BoxFuture<'a, Result<Staged, TransferError>> {
         async move {
-            let temp = temp_name(path);
+            let temp = staging.name(path);
             let real = self.real(&temp);
             if let Some(dir) = real.parent() {
                 self.confined(dir, path).await?;
@@ -127,9 +130,12 @@ impl Transport for LocalTransport {
                 // Checked again: a link may have appeared while the directories were made.
                 self.confined(dir, path).await?;
             }
-            let mut file = tokio::fs::File::create_new(&real)
-                .await
-                .map_err(|e| io_error(e, path))?;
+            // A staged name is new by construction; a direct upload replaces what is there.
+            let created = match staging {
+                Staging::Rename => tokio::fs::File::create_new(&real).await,
+                Staging::Direct => tokio::fs::File::create(&real).await,
+            };
+            let mut file = created.map_err(|e| io_error(e, path))?;
             let copied = async {
                 let n = tokio::io::copy(input, &mut file).await?;
                 file.sync_all().await?;
@@ -186,6 +192,44 @@ impl Transport for LocalTransport {
                     format!("{} is not a directory", self.root.display()),
                 ))
             }
+        }
+        .boxed()
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        dir: &'a str,
+        age: std::time::Duration,
+    ) -> BoxFuture<'a, Result<usize, TransferError>> {
+        async move {
+            let cutoff = std::time::SystemTime::now() - age;
+            let mut removed = 0;
+            let mut stack = vec![(self.real(dir), 0usize)];
+            while let Some((at, depth)) = stack.pop() {
+                let Ok(mut entries) = tokio::fs::read_dir(&at).await else {
+                    continue;
+                };
+                while let Ok(Some(entry)) = entries.next_entry().await {
+                    // The entry's own type: a symbolic link is neither walked nor removed.
+                    let Ok(kind) = entry.file_type().await else {
+                        continue;
+                    };
+                    if kind.is_dir() && depth < SWEEP_DEPTH {
+                        stack.push((entry.path(), depth + 1));
+                    } else if kind.is_file()
+                        && is_staged_name(&entry.file_name().to_string_lossy())
+                        && entry
+                            .metadata()
+                            .await
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|m| m < cutoff)
+                        && tokio::fs::remove_file(entry.path()).await.is_ok()
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
         }
         .boxed()
     }

@@ -9,6 +9,7 @@ pub mod s3;
 pub mod sftp;
 
 use std::fmt;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -64,6 +65,29 @@ impl fmt::Display for TransferError {
 
 impl std::error::Error for TransferError {}
 
+/// How an upload reaches its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Staging {
+    /// Under a hidden temporary name, verified, then renamed into place: readers never see a
+    /// partial file.
+    #[default]
+    Rename,
+    /// Straight to the final name, as the original service wrote: for upload-only accounts and
+    /// servers that refuse renames. A failed transfer can leave a partial file until it is
+    /// retried.
+    Direct,
+}
+
+impl Staging {
+    /// The name an upload of `path` is written under.
+    pub fn name(self, path: &str) -> String {
+        match self {
+            Staging::Rename => temp_name(path),
+            Staging::Direct => path.to_owned(),
+        }
+    }
+}
+
 /// An upload written under a temporary name, not yet visible under its final one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {
@@ -91,11 +115,13 @@ pub trait Transport: Send + Sync {
         out: Writer<'a>,
     ) -> BoxFuture<'a, Result<u64, TransferError>>;
 
-    /// Writes `input` under a temporary name next to `path`, creating directories as needed.
+    /// Writes `input` under a temporary name next to `path` (or under `path` itself with
+    /// [`Staging::Direct`]), creating directories as needed.
     fn upload<'a>(
         &'a self,
         path: &'a str,
         input: Reader<'a>,
+        staging: Staging,
     ) -> BoxFuture<'a, Result<Staged, TransferError>>;
 
     /// Moves a staged upload to its final name, replacing what is there.
@@ -110,7 +136,37 @@ pub trait Transport: Send + Sync {
 
     /// Checks that the server answers and accepts the credentials.
     fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>>;
+
+    /// Removes staged uploads ([`is_staged_name`]) under `dir` last modified more than `age`
+    /// ago: what a process that died mid-upload left behind. Returns how many it removed.
+    fn sweep<'a>(
+        &'a self,
+        dir: &'a str,
+        age: Duration,
+    ) -> BoxFuture<'a, Result<usize, TransferError>>;
 }
+
+/// Whether `name` (the last segment of a path) is an upload staged by [`temp_name`]:
+/// `.<name>.<12 hex digits>.part`.
+pub fn is_staged_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part")) else {
+        return false;
+    };
+    match rest.rsplit_once('.') {
+        Some((base, tag)) => {
+            !base.is_empty()
+                && tag.len() == 12
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        None => false,
+    }
+}
+
+/// How deep a sweep walks below its directory: deep enough for date trees, bounded so a
+/// directory loop on a server cannot keep it going.
+pub const SWEEP_DEPTH: usize = 16;
 
 /// Normalises a job path: `.` and `..` resolved, duplicate slashes removed. With a `root`, a
 /// relative path is taken under it, and the result must stay strictly inside it. Without one, an
@@ -215,6 +271,22 @@ pub fn temp_name(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staged_names_are_recognised() {
+        let temp = temp_name("/out/day/file.bin");
+        assert!(is_staged_name(split(&temp).1), "{temp}");
+        for other in [
+            "file.bin",
+            ".file.bin.part",
+            ".file.bin.0123456789ab",
+            "..0123456789ab.part",
+            ".file.bin.0123456789AB.part",
+            ".file.bin.0123456789a.part",
+        ] {
+            assert!(!is_staged_name(other), "{other}");
+        }
+    }
 
     #[test]
     fn paths_are_normalised() {

@@ -11,12 +11,14 @@ use futures::FutureExt;
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::StatusCode;
+use russh_sftp::client::{RawSftpSession, SftpSession};
+use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use super::pool::{Lease, Pool};
-use super::{split, temp_name, Reader, Staged, TransferError, Transport, Writer};
+use super::{
+    is_staged_name, split, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
+};
 use crate::config::Secret;
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,22 @@ impl client::Handler for Client {
 struct Conn {
     _ssh: Handle<Client>,
     sftp: SftpSession,
+    /// A second SFTP channel for the server's extensions; set when it offers
+    /// `posix-rename@openssh.com`, which replaces the target in one step.
+    posix_rename: Option<RawSftpSession>,
+}
+
+/// OpenSSH's rename that replaces an existing target atomically.
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
+
+/// Two SSH strings (length-prefixed), the request data of `posix-rename@openssh.com`.
+fn rename_request(from: &str, to: &str) -> Vec<u8> {
+    let mut data = Vec::with_capacity(8 + from.len() + to.len());
+    for s in [from, to] {
+        data.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        data.extend_from_slice(s.as_bytes());
+    }
+    data
 }
 
 pub struct SftpTransport {
@@ -173,7 +191,27 @@ impl SftpTransport {
             .await
             .map_err(|e| sftp_error(&addr, e))?;
         sftp.set_timeout(s.timeout.as_secs().max(1));
-        Ok(Conn { _ssh: ssh, sftp })
+        let posix_rename = self.extensions_channel(&ssh).await;
+        Ok(Conn {
+            _ssh: ssh,
+            sftp,
+            posix_rename,
+        })
+    }
+
+    /// A raw SFTP session for `posix-rename@openssh.com`, if the server offers it. Without it
+    /// a replay's rename has to remove the old file first.
+    async fn extensions_channel(&self, ssh: &Handle<Client>) -> Option<RawSftpSession> {
+        let channel = ssh.channel_open_session().await.ok()?;
+        channel.request_subsystem(true, "sftp").await.ok()?;
+        let raw = RawSftpSession::new(channel.into_stream());
+        raw.set_timeout(self.settings.timeout.as_secs().max(1));
+        let version = raw.init().await.ok()?;
+        version
+            .extensions
+            .get(POSIX_RENAME)
+            .is_some_and(|v| v == "1")
+            .then_some(raw)
     }
 
     async fn lease(&self) -> Result<Lease<Conn>, TransferError> {
@@ -250,9 +288,10 @@ impl Transport for SftpTransport {
         &'a self,
         path: &'a str,
         input: Reader<'a>,
+        staging: Staging,
     ) -> BoxFuture<'a, Result<Staged, TransferError>> {
         async move {
-            let temp = temp_name(path);
+            let temp = staging.name(path);
             let lease = self.lease().await?;
             let result = async {
                 let sftp = &lease.conn.sftp;
@@ -296,15 +335,30 @@ impl Transport for SftpTransport {
     ) -> BoxFuture<'a, Result<(), TransferError>> {
         async move {
             let lease = self.lease().await?;
-            let sftp = &lease.conn.sftp;
-            // SFTP's rename does not replace an existing file: remove it first (a replay).
-            if sftp.try_exists(path).await.unwrap_or(false) {
-                let _ = sftp.remove_file(path).await;
-            }
-            let result = sftp
-                .rename(staged.temp.as_str(), path)
-                .await
-                .map_err(|e| sftp_error(path, e));
+            let result = match &lease.conn.posix_rename {
+                Some(raw) => {
+                    let request = rename_request(&staged.temp, path);
+                    match raw.extended(POSIX_RENAME, request).await {
+                        Ok(Packet::Status(st)) if st.status_code == StatusCode::Ok => Ok(()),
+                        Ok(Packet::Status(st)) => Err(sftp_error(path, SftpError::Status(st))),
+                        Ok(_) => Err(TransferError::transient(
+                            "SftpError",
+                            format!("{path}: unexpected answer to {POSIX_RENAME}"),
+                        )),
+                        Err(e) => Err(sftp_error(path, e)),
+                    }
+                }
+                None => {
+                    let sftp = &lease.conn.sftp;
+                    // Plain SFTP rename does not replace an existing file: remove it first.
+                    if sftp.try_exists(path).await.unwrap_or(false) {
+                        let _ = sftp.remove_file(path).await;
+                    }
+                    sftp.rename(staged.temp.as_str(), path)
+                        .await
+                        .map_err(|e| sftp_error(path, e))
+                }
+            };
             self.settle(lease, &result);
             result
         }
@@ -331,6 +385,46 @@ impl Transport for SftpTransport {
             let conn = self.connect().await?;
             let _ = conn.sftp.close().await;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        dir: &'a str,
+        age: Duration,
+    ) -> BoxFuture<'a, Result<usize, TransferError>> {
+        async move {
+            let cutoff = std::time::SystemTime::now() - age;
+            let lease = self.lease().await?;
+            let sftp = &lease.conn.sftp;
+            let mut removed = 0;
+            let mut stack = vec![(dir.trim_end_matches('/').to_owned(), 0usize)];
+            while let Some((at, depth)) = stack.pop() {
+                let listing = if at.is_empty() { "/" } else { at.as_str() };
+                let Ok(entries) = sftp.read_dir(listing).await else {
+                    continue;
+                };
+                for entry in entries {
+                    let name = entry.file_name();
+                    if name == "." || name == ".." {
+                        continue;
+                    }
+                    let path = format!("{at}/{name}");
+                    let meta = entry.metadata();
+                    if meta.is_dir() && depth < SWEEP_DEPTH {
+                        stack.push((path, depth + 1));
+                    } else if meta.is_regular()
+                        && is_staged_name(&name)
+                        && meta.modified().is_ok_and(|m| m < cutoff)
+                        && sftp.remove_file(path.as_str()).await.is_ok()
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+            self.settle(lease, &Ok::<(), TransferError>(()));
+            Ok(removed)
         }
         .boxed()
     }

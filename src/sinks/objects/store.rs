@@ -42,6 +42,16 @@ impl Location {
 /// Opens the store. Nothing is contacted yet: an unreachable server shows up at the first
 /// request, where the writer's retries handle it.
 pub fn open(location: &Location, s3: &S3Config) -> Result<Arc<dyn ObjectStore>, String> {
+    open_with(location, s3, Some(Duration::from_secs(120)))
+}
+
+/// [`open`] with a whole-request timeout of `request_timeout`, or none: a download of a large
+/// object streams for as long as it takes, and its caller watches it for stalls instead.
+pub fn open_with(
+    location: &Location,
+    s3: &S3Config,
+    request_timeout: Option<Duration>,
+) -> Result<Arc<dyn ObjectStore>, String> {
     match location {
         Location::Dir(dir) => {
             std::fs::create_dir_all(dir)
@@ -61,8 +71,11 @@ pub fn open(location: &Location, s3: &S3Config) -> Result<Arc<dyn ObjectStore>, 
             };
             let client = ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(120))
                 .with_allow_http(s3.allow_http);
+            let client = match request_timeout {
+                Some(t) => client.with_timeout(t),
+                None => client.with_timeout_disabled(),
+            };
             let mut b = AmazonS3Builder::new()
                 .with_bucket_name(name)
                 .with_region(region.as_deref().unwrap_or(&s3.region))
