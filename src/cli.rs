@@ -61,20 +61,24 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Loads `--env-file`, then reads the configuration with the process environment.
+    /// Reads the configuration with the process environment, plus `--env-file` read as the
+    /// original services read theirs (variables already set win).
     pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
         if let Some(path) = &self.env_file {
-            if let Err(e) = dotenvy::from_path(path) {
-                return Err(ConfigError {
-                    problems: vec![config::Problem::new(
-                        path.display().to_string(),
-                        "",
-                        format!("cannot load the env file: {e}"),
-                    )],
-                });
-            }
+            let fail = |message: String| ConfigError {
+                problems: vec![config::Problem::new(
+                    path.display().to_string(),
+                    "",
+                    message,
+                )],
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read the env file: {e}")))?;
+            let vars = config::envfile::parse(&text, &env)
+                .map_err(|e| fail(format!("line {}: {}", e.line, e.message)))?;
+            env.extend(vars);
         }
-        let env: BTreeMap<String, String> = std::env::vars().collect();
         config::load(&Sources {
             config_path: self.config.clone(),
             env,

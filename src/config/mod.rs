@@ -2,6 +2,7 @@
 //! settings. Every problem is reported with where it came from and its TOML key.
 
 mod env;
+pub mod envfile;
 pub(crate) mod raw;
 pub mod schedule;
 mod supervision;
