@@ -100,12 +100,17 @@ pub fn render_plan(config: &Config) -> anyhow::Result<String> {
     };
     let resources = crate::pipelines::Resources::new(runtime::connection(config, &bootstrap));
     let plan = runtime::plan(config, &resources)?;
-    let mut out = format!(
+    let mut out: String = plan
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {w}\n"))
+        .collect();
+    out.push_str(&format!(
         "config: {}\nadmin: http://{}\n/ (root) {}\n",
         config.source,
         config.admin.listen,
         describe_sup(&plan.root)
-    );
+    ));
     for spec in &plan.pipelines {
         render_child(spec, 1, &mut out);
     }
@@ -118,8 +123,13 @@ fn describe_sup(s: &SupervisorSpec) -> String {
     } else {
         format!("max {} restarts in {:?}", s.max_restarts, s.within)
     };
+    let stop = if s.concurrent_stop {
+        ", children stop together"
+    } else {
+        ""
+    };
     format!(
-        "{:?}, {budget}, backoff {:?}..{:?} x{}",
+        "{:?}, {budget}, backoff {:?}..{:?} x{}{stop}",
         s.strategy, s.backoff.initial, s.backoff.max, s.backoff.factor
     )
 }

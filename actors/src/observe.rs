@@ -372,6 +372,12 @@ impl Probe {
         *self.inner.stop_deadline.lock().expect("probe lock") = deadline;
     }
 
+    /// When the stop under way must be over, if its parent set a deadline: an actor with a
+    /// long `post_stop` (a consumer's drain) fits its work into it.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        *self.inner.stop_deadline.lock().expect("probe lock")
+    }
+
     pub(crate) fn take_stop_deadline(&self) -> Option<Instant> {
         self.inner.stop_deadline.lock().expect("probe lock").take()
     }

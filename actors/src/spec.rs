@@ -80,7 +80,7 @@ impl SupervisorSpec {
 }
 
 /// What a supervisor adds to its children's stop times: its own bookkeeping.
-pub const STOP_MARGIN: Duration = Duration::from_secs(1);
+pub const STOP_MARGIN: Duration = Duration::from_millis(500);
 
 /// How long a child's start (`pre_start` included) may take by default before it counts as a
 /// failed start.

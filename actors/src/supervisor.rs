@@ -295,6 +295,7 @@ impl SupervisorState {
         let id = child.spec.id.clone();
         child.probe.set_status(Status::Starting);
         child.probe.clear_pending();
+        child.probe.set_stop_deadline(None);
         child.kill = None;
         // Counted from the attempt, so repeated start failures keep growing the backoff.
         child.started_at = Instant::now();
@@ -816,9 +817,7 @@ fn kill(myself: &ActorRef<SupervisorMsg>, id: &str, cell: &ActorCell) {
 /// then is remembered on its probe, so no new incarnation starts while it runs.
 async fn stop_cell(cell: ActorCell, probe: &Probe, kind: ActorKind, timeout: Duration) {
     probe.set_status(Status::Stopping);
-    if kind == ActorKind::Supervisor {
-        probe.set_stop_deadline(Some(Instant::now() + timeout));
-    }
+    probe.set_stop_deadline(Some(Instant::now() + timeout));
     let stopped = cell
         .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
         .await

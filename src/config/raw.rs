@@ -114,10 +114,14 @@ pub struct RawSupervision {
     pub backoff_factor: Option<f64>,
     /// "permanent", "transient" or "temporary": when this actor is restarted.
     pub restart: Option<String>,
-    /// How long a graceful stop may take before the actor is killed, e.g. "10s".
+    /// How long a graceful stop may take before the actor is killed, e.g. "10s"; for a
+    /// supervisor (set in its own table), the time its whole subtree may take.
     pub shutdown_timeout: Option<String>,
     /// Restart a worker that holds work without progress for this long, e.g. "2m"; "off" disables.
     pub stuck_after: Option<String>,
+    /// How long a start (the actor's set-up: connecting, migrating) may take before it counts
+    /// as a failed start, e.g. "60s".
+    pub start_timeout: Option<String>,
     /// Overrides for actors below this level, keyed by path relative to the pipeline
     /// ("timescale", "timescale/writer"); only valid under a pipeline.
     #[serde(default)]

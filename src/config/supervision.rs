@@ -1,5 +1,12 @@
 //! Supervision settings cascade: built-in defaults, `[supervision]`, the pipeline's table,
 //! then each `paths` entry on the way down to an actor. The most specific value wins.
+//!
+//! `shutdown_timeout` is the exception: it belongs to the actor its level names. Set in
+//! `[supervision]` it is every worker's graceful stop; set in a pipeline's table or a `paths`
+//! entry that names a supervisor, it is that supervisor's budget for stopping its whole
+//! subtree, which its children share (each within its own timeout, or what is left).
+//! Unset, a worker keeps the timeout its wiring gives it and a supervisor takes what its
+//! children need.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +29,7 @@ pub struct Level {
     pub shutdown_timeout: Option<Duration>,
     /// `Some(None)` is an explicit "off".
     pub stuck_after: Option<Option<Duration>>,
+    pub start_timeout: Option<Duration>,
 }
 
 impl Level {
@@ -38,8 +46,26 @@ impl Level {
             backoff_factor,
             restart,
             shutdown_timeout,
-            stuck_after
+            stuck_after,
+            start_timeout
         );
+    }
+
+    /// Whether this level sets the field named `field` (a TOML key).
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "strategy" => self.strategy.is_some(),
+            "max_restarts" => self.max_restarts.is_some(),
+            "within" => self.within.is_some(),
+            "backoff_initial" => self.backoff_initial.is_some(),
+            "backoff_max" => self.backoff_max.is_some(),
+            "backoff_factor" => self.backoff_factor.is_some(),
+            "restart" => self.restart.is_some(),
+            "shutdown_timeout" => self.shutdown_timeout.is_some(),
+            "stuck_after" => self.stuck_after.is_some(),
+            "start_timeout" => self.start_timeout.is_some(),
+            _ => false,
+        }
     }
 
     fn validate(raw: &RawSupervision, key: &str, check: &mut Check<'_>) -> Level {
@@ -90,6 +116,7 @@ impl Level {
             restart,
             shutdown_timeout: dur(check, "shutdown_timeout", &raw.shutdown_timeout),
             stuck_after,
+            start_timeout: dur(check, "start_timeout", &raw.start_timeout),
         };
         if let (Some(i), Some(m)) = (level.backoff_initial, level.backoff_max) {
             if i > m {
@@ -114,8 +141,10 @@ fn builtin() -> Level {
         backoff_max: Some(Duration::from_secs(30)),
         backoff_factor: Some(2.0),
         restart: Some(Restart::Permanent),
-        shutdown_timeout: Some(Duration::from_secs(10)),
+        // Each actor's wiring knows what its stop involves (a consumer's drain, a final flush).
+        shutdown_timeout: None,
         stuck_after: Some(Some(Duration::from_secs(120))),
+        start_timeout: Some(actord_actors::spec::DEFAULT_START_TIMEOUT),
     }
 }
 
@@ -200,12 +229,79 @@ impl Supervision {
         level
     }
 
+    /// The levels on the way down to `path` with their TOML tables, most general first.
+    fn levels(&self, path: &ActorPath) -> Vec<(String, &Level)> {
+        let mut out = vec![("supervision".to_owned(), &self.defaults)];
+        let mut segments = path.segments();
+        let Some(name) = segments.next() else {
+            return out;
+        };
+        let Some(levels) = self.pipelines.get(name) else {
+            return out;
+        };
+        let base = format!("pipelines.{name}.supervision");
+        out.push((base.clone(), &levels.own));
+        let mut rel = String::new();
+        for seg in segments {
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(seg);
+            if let Some(l) = levels.paths.get(&rel) {
+                out.push((format!("{base}.paths.\"{rel}\""), l));
+            }
+        }
+        out
+    }
+
+    /// The TOML key that sets `field` for the actor at `path` (the most specific level that
+    /// sets it), `None` when it is built in.
+    pub fn key_of(&self, path: &ActorPath, field: &str) -> Option<String> {
+        self.levels(path)
+            .into_iter()
+            .rev()
+            .find(|(_, l)| l.sets(field))
+            .map(|(table, _)| format!("{table}.{field}"))
+    }
+
+    /// The level that names exactly the actor at `path`: the pipeline's table for `/<name>`,
+    /// the `paths` entry for a path below it.
+    fn own_level(&self, path: &ActorPath) -> Option<(String, &Level)> {
+        let depth = path.segments().count();
+        if depth == 0 {
+            return None;
+        }
+        let levels = self.levels(path);
+        let (table, level) = levels.last()?;
+        let expected = if depth == 1 {
+            format!("pipelines.{}.supervision", path.pipeline()?)
+        } else {
+            let rel: Vec<&str> = path.segments().skip(1).collect();
+            format!(
+                "pipelines.{}.supervision.paths.\"{}\"",
+                path.pipeline()?,
+                rel.join("/")
+            )
+        };
+        (*table == expected).then(|| (table.clone(), *level))
+    }
+
+    /// The shutdown timeout configured for exactly the actor at `path`, with its key.
+    pub fn own_shutdown_timeout(&self, path: &ActorPath) -> Option<(String, Duration)> {
+        let (table, level) = self.own_level(path)?;
+        level
+            .shutdown_timeout
+            .map(|d| (format!("{table}.shutdown_timeout"), d))
+    }
+
     /// The supervisor spec for the supervisor at `path`; `natural` is the strategy its
-    /// children's dependencies call for when none is configured.
+    /// children's dependencies call for when none is configured. Children of a
+    /// `one_for_one` supervisor are independent, so they stop at the same time.
     pub fn supervisor_spec(&self, path: &ActorPath, natural: Strategy) -> SupervisorSpec {
         let l = self.resolve(path);
+        let strategy = l.strategy.unwrap_or(natural);
         SupervisorSpec {
-            strategy: l.strategy.unwrap_or(natural),
+            strategy,
             max_restarts: l.max_restarts.unwrap_or(5),
             within: l.within.unwrap_or(Duration::from_secs(60)),
             backoff: Backoff {
@@ -214,19 +310,33 @@ impl Supervision {
                 factor: l.backoff_factor.unwrap_or(2.0),
             },
             stuck_check: Duration::from_secs(1),
-            concurrent_stop: false,
+            concurrent_stop: strategy == Strategy::OneForOne,
         }
     }
 
-    /// Applies restart type, shutdown timeout and stuck threshold to a child at `path`.
+    /// Applies restart type, start timeout, shutdown timeout and stuck threshold to a child at
+    /// `path`. A worker's shutdown timeout comes from its own `paths` entry, else
+    /// `[supervision]`, else its wiring; a supervisor's from its own level only, else what its
+    /// children need.
     pub fn child(&self, path: &ActorPath, spec: ChildSpec) -> ChildSpec {
         let l = self.resolve(path);
         let mut spec = spec.restart(l.restart.unwrap_or(Restart::Permanent));
-        // A supervisor's own timeout already covers its children's, one after another.
-        if spec.kind == actord_actors::ActorKind::Worker {
-            spec = spec
-                .shutdown(l.shutdown_timeout.unwrap_or(Duration::from_secs(10)))
-                .stuck_after(l.stuck_after.flatten());
+        if let Some(t) = l.start_timeout {
+            spec = spec.start_timeout(t);
+        }
+        let own = self.own_shutdown_timeout(path).map(|(_, d)| d);
+        match spec.kind {
+            actord_actors::ActorKind::Worker => {
+                if let Some(d) = own.or(self.defaults.shutdown_timeout) {
+                    spec = spec.shutdown(d);
+                }
+                spec = spec.stuck_after(l.stuck_after.flatten());
+            }
+            actord_actors::ActorKind::Supervisor => {
+                if let Some(d) = own {
+                    spec = spec.shutdown(d);
+                }
+            }
         }
         spec
     }

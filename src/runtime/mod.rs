@@ -5,6 +5,9 @@
 //! cool-down, and never counts one pipeline's failures against another. A pipeline that exhausts
 //! its own budget shows `failed` until then. With `fail_fast` the root has no budget, so the
 //! first pipeline failure ends the process with a non-zero status instead.
+//!
+//! On shutdown the pipelines stop at the same time, each within its own budget or what is left
+//! of `runtime.shutdown_timeout`, so one slow pipeline cannot eat another's time to flush.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,6 +30,8 @@ use crate::pipelines::{self, Health, Resources, TopicSpec};
 use crate::sources::kafka::embedded::EmbeddedKafka;
 use crate::sources::kafka::KafkaConnection;
 
+mod check;
+
 /// The planned tree: one child spec per enabled pipeline and their health components.
 pub struct Plan {
     pub root: SupervisorSpec,
@@ -34,6 +39,14 @@ pub struct Plan {
     pub health: BTreeMap<String, Health>,
     /// Schedulers of the pipelines that have scheduled entries.
     pub schedules: BTreeMap<String, SchedulerHandle>,
+    /// Settings that work but may not do what was meant (shutdown budgets that do not fit).
+    pub warnings: Vec<String>,
+}
+
+/// What the root keeps of `runtime.shutdown_timeout` for killing what overran and for
+/// its own bookkeeping; the pipelines share the rest.
+pub fn stop_reserve(shutdown_timeout: Duration) -> Duration {
+    (shutdown_timeout / 10).min(Duration::from_secs(2))
 }
 
 /// Topics the enabled pipelines use.
@@ -90,13 +103,16 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
         within: Duration::from_secs(3600),
         backoff: Backoff::fixed(config.runtime.cool_down),
         stuck_check: Duration::from_secs(1),
-        concurrent_stop: false,
+        // Pipelines are independent: each flushes within its own budget, at the same time.
+        concurrent_stop: true,
     };
+    let warnings = check::plan(config, &specs)?;
     Ok(Plan {
         root,
         pipelines: specs,
         health,
         schedules: resources.schedules.all(),
+        warnings,
     })
 }
 
@@ -171,6 +187,9 @@ pub async fn run(
     };
     let kafka = connection(&config, &bootstrap);
     let plan = plan(&config, &Resources::new(kafka.clone()))?;
+    for w in &plan.warnings {
+        warn!(warning = %w, "configuration warning");
+    }
     let registry = Registry::new();
     let root_probe = registry.probe(&ActorPath::root(), ActorKind::Supervisor);
     let (root, root_task) = Actor::spawn(
@@ -213,14 +232,19 @@ pub async fn run(
     let mut root_task = root_task;
     let outcome = tokio::select! {
         _ = shutdown => {
-            info!(timeout = ?config.runtime.shutdown_timeout, "shutting down: stopping pipelines in reverse order");
+            let timeout = config.runtime.shutdown_timeout;
+            info!(timeout = ?timeout, "shutting down: stopping the pipelines together");
             root_probe.set_status(Status::Stopping);
-            if root.stop_and_wait(Some("shutdown".into()), Some(config.runtime.shutdown_timeout)).await.is_err() {
-                warn!("graceful shutdown timed out, killing the remaining actors");
+            let began = tokio::time::Instant::now();
+            root_probe.set_stop_deadline(Some(began + timeout - stop_reserve(timeout)));
+            if root.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                warn!(timeout = ?timeout, "graceful shutdown timed out, killing the remaining actors");
                 root.kill();
             }
             let _ = (&mut root_task).await;
+            registry.mark_stopped_below(&ActorPath::root());
             root_probe.set_status(Status::Stopped);
+            info!(took = ?began.elapsed(), "pipelines stopped");
             Outcome::Clean
         }
         _ = &mut root_task => {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::support::{actor, config, get, post, run_to_end, tree, until, wait_ready, Process};
+use crate::support::{
+    actor, config, get, post, run_to_end, tree, unique, until, wait_ready, Process, Proxy,
+};
 
 #[tokio::test]
 async fn an_injected_fault_restarts_only_that_subtree() {
@@ -434,4 +436,112 @@ async fn json_logs_carry_time_level_message_and_the_actor_path() {
             "every line is JSON: {raw}"
         );
     }
+}
+
+/// Pipelines stop together: one that cannot drain (its database went away) does not eat the
+/// time another needs to flush and commit, and the whole stop fits in runtime.shutdown_timeout.
+#[tokio::test]
+async fn sigterm_stops_pipelines_together_within_the_shutdown_timeout() {
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let schema = unique("shutdown").replace('-', "_");
+    let toml = format!(
+        r#"[runtime]
+enable = ["heartbeat", "recorder"]
+shutdown_timeout = "8s"
+[pipelines.heartbeat]
+interval = "100ms"
+[pipelines.recorder]
+demo = true
+demo_rate = 200
+batch_size = 50
+batch_timeout = "200ms"
+[pipelines.recorder.s3]
+enabled = false
+[pipelines.recorder.timescale]
+host = "127.0.0.1"
+port = {port}
+user = "postgres"
+database = "postgres"
+schema = "{schema}"
+"#,
+        port = proxy.port
+    );
+    let mut p = Process::start(&toml, &["-v"], &[]);
+    wait_ready(&p.base).await;
+    until(Duration::from_secs(30), "rows written", || async {
+        actor(&tree(&p.base).await, "/recorder/timescale/writer-0")["counters"]["records"].as_u64()
+            > Some(0)
+    })
+    .await;
+    // The database goes away: the recorder's writers retry and its consumer cannot drain.
+    proxy.down();
+    until(
+        Duration::from_secs(20),
+        "the recorder to hold unwritten batches",
+        || {
+            let log = p.log();
+            async move { log.contains("sink write failed, retrying") }
+        },
+    )
+    .await;
+    let began = std::time::Instant::now();
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(30));
+    let took = began.elapsed();
+    let log = p.log();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert!(
+        took < Duration::from_millis(9_500),
+        "took {took:?}; log:\n{log}"
+    );
+    // The heartbeat drained and committed although the recorder could not.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("consumer stopped") && l.contains("/heartbeat/beats/consumer-0")),
+        "log:\n{log}"
+    );
+    let _ = crate::support::pg()
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await;
+}
+
+#[test]
+fn check_refuses_a_budget_that_never_escalates_and_a_strategy_that_breaks_a_path() {
+    let toml = "[pipelines.heartbeat.supervision]\nwithin = \"10s\"\n[pipelines.heartbeat.supervision.paths.beats]\nstrategy = \"one_for_all\"\n";
+    let (code, out, err) = run_to_end(&["check"], Some(toml), &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("pipelines.heartbeat.supervision.within: at /heartbeat the restart budget can never be spent"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipelines.heartbeat.supervision.paths.\"beats\".strategy: one_for_all breaks the wiring of /heartbeat/beats"),
+        "{err}"
+    );
+    // A run refuses it too.
+    let (code, _, err) = run_to_end(&[], Some(toml), &[]);
+    assert_ne!(code, 0, "{err}");
+}
+
+#[test]
+fn check_honours_a_supervisor_shutdown_timeout_and_warns_when_budgets_cannot_fit() {
+    let toml = "[runtime]\nshutdown_timeout = \"10s\"\n[pipelines.heartbeat.supervision]\nshutdown_timeout = \"7s\"\n";
+    let (code, out, err) = run_to_end(&["check"], Some(toml), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("heartbeat supervisor [Permanent, shutdown 7s]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: pipelines.heartbeat.supervision.shutdown_timeout = 7s is less than"),
+        "{out}"
+    );
+    let toml = "[runtime]\nshutdown_timeout = \"10s\"\n";
+    let (code, out, _) = run_to_end(&["check"], Some(toml), &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("warning: pipeline heartbeat: stopping may take up to"),
+        "{out}"
+    );
 }

@@ -172,7 +172,9 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             let (actor, _) = Actor::spawn_linked(None, Ticker, args, ctx.supervisor).await?;
             Ok(actor.get_cell())
         }
-    });
+    })
+    // Stopping a ticker cancels a timer, nothing more.
+    .shutdown(Duration::from_secs(1));
     let mut source = SourceSettings::new(vec![hb.topic.clone()], hb.group.clone());
     source.max_in_flight_records = 10_000;
     let beats = KafkaPath::<Beat, BeatSink> {

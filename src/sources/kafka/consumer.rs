@@ -67,6 +67,9 @@ pub struct ConsumerState {
     full_since: Option<Instant>,
 }
 
+/// What a stopping consumer keeps of its stop deadline for the final commit.
+const COMMIT_RESERVE: Duration = Duration::from_secs(1);
+
 /// How long one poll waits for the first record.
 const POLL_WAIT: Duration = Duration::from_millis(20);
 
@@ -407,11 +410,16 @@ impl ConsumerState {
         }
     }
 
-    /// Graceful stop: flush downstream, wait for acks, commit.
+    /// Graceful stop: flush downstream, wait for acks, commit. The wait ends at the drain
+    /// timeout, or earlier when the supervisor's stop deadline leaves less, so that the commit
+    /// still happens before the consumer is killed.
     async fn drain(&mut self) {
         let _ = self.consumer.pause(&self.assignment());
         let _ = self.broadcast(|| SourceMsg::FlushNow);
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let mut deadline = Instant::now() + self.settings.drain_timeout;
+        if let Some(stop) = self.probe.stop_deadline() {
+            deadline = deadline.min(stop.checked_sub(COMMIT_RESERVE).unwrap_or(stop));
+        }
         loop {
             self.drain_acks();
             let left = self

@@ -5,8 +5,13 @@
 //! when it starts; when a downstream actor restarts, everything started after it restarts too
 //! and picks up the new address. Each partition is pinned to one lane (decoder, buffer, writer), so its
 //! batches are written and acknowledged in offset order.
+//!
+//! Children stop in reverse: the consumer first, whose drain flushes the buffers and waits for
+//! the writers' acknowledgements, so what stops after it has little left to do. Their natural
+//! shutdown timeouts say so (see [`STOP_QUICK`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
 use actord_actors::decoder::{DecodeFn, Decoder, DecoderArgs};
@@ -23,6 +28,15 @@ use super::{KafkaConnection, SourceSettings};
 use crate::config::Supervision;
 
 type Slot<T> = Arc<Mutex<Option<ActorRef<T>>>>;
+
+/// The graceful stop of a decoder or buffer: handing on what it holds, no I/O.
+pub const STOP_QUICK: Duration = Duration::from_secs(1);
+
+/// The graceful stop of the dead-letter producer once the consumer has drained.
+pub const STOP_DLQ: Duration = Duration::from_secs(2);
+
+/// What a consumer's stop adds to its drain timeout: the final commit and leaving the group.
+pub const STOP_AFTER_DRAIN: Duration = Duration::from_secs(2);
 
 fn slot<T>() -> Slot<T> {
     Arc::new(Mutex::new(None))
@@ -181,7 +195,8 @@ fn assemble<R: Send + Sync + 'static>(
                 fill(&out, &actor);
                 Ok(actor.get_cell())
             }
-        });
+        })
+        .shutdown(STOP_DLQ);
         children.push(supervision.child(&root.child("dlq"), spec));
     }
     for (i, out) in writer_slots.iter().enumerate() {
@@ -216,7 +231,8 @@ fn assemble<R: Send + Sync + 'static>(
                 fill(&out, &actor);
                 Ok(actor.get_cell())
             }
-        });
+        })
+        .shutdown(STOP_QUICK);
         children.push(supervision.child(&root.child(&id), spec));
     }
     for (i, out) in decoder_slots.iter().enumerate() {
@@ -238,9 +254,11 @@ fn assemble<R: Send + Sync + 'static>(
                 fill(&out, &actor);
                 Ok(actor.get_cell())
             }
-        });
+        })
+        .shutdown(STOP_QUICK);
         children.push(supervision.child(&root.child(&id), spec));
     }
+    let consumer_stop = this.source.drain_timeout + STOP_AFTER_DRAIN;
     for i in 0..this.source.consumers.max(1) {
         let id = format!("consumer-{i}");
         let (decoders, connection, settings) = (
@@ -263,9 +281,15 @@ fn assemble<R: Send + Sync + 'static>(
                     Actor::spawn_linked(None, KafkaConsumer, args, ctx.supervisor).await?;
                 Ok(actor.get_cell())
             }
-        });
+        })
+        .shutdown(consumer_stop);
         children.push(supervision.child(&root.child(&id), spec));
     }
     let spec = supervision.supervisor_spec(&root, Strategy::RestForOne);
-    supervision.child(&root, ChildSpec::supervisor(this.id, spec, children))
+    // Upstream actors hold their downstream's address from their start: a restart of one must
+    // restart those started after it.
+    supervision.child(
+        &root,
+        ChildSpec::supervisor(this.id, spec, children).wiring(Strategy::RestForOne),
+    )
 }
