@@ -155,6 +155,9 @@ pub struct RawFtpSync {
     /// Staged uploads (`.<name>.<tag>.part`) older than this are removed under each server's
     /// root at start, e.g. "24h"; "off" keeps them.
     pub sweep_stale_after: Option<String>,
+    /// Where a consumer group without committed offsets starts: "earliest" (every job still
+    /// in the topic) or "latest" (only jobs published from now on, as kafka-python's default).
+    pub start_from: Option<String>,
     /// Suffix of the dead-letter topic of each input topic (DLQ_TOPIC_SUFFIX).
     pub dlq_suffix: Option<String>,
     /// Attempts for a job whose failures are not explained by a server outage.

@@ -599,3 +599,22 @@ fn the_seeds_container_flags_set_the_one_kafka_pipeline() {
         p[0].message
     );
 }
+
+#[test]
+fn ftp_sync_start_position_for_a_group_without_offsets() {
+    let f = file("[runtime]\nenable = [\"ftp-sync\"]\n");
+    assert!(
+        load(&sources(&f, &[]))
+            .unwrap()
+            .pipelines
+            .ftp_sync
+            .start_earliest
+    );
+    let c = load(&sources(&f, &[("ACTORD_FTP_SYNC_START_FROM", "latest")])).unwrap();
+    assert!(!c.pipelines.ftp_sync.start_earliest);
+    let p = problems(load(&sources(
+        &f,
+        &[("ACTORD_FTP_SYNC_START_FROM", "middle")],
+    )));
+    assert_eq!(p[0].key, "pipelines.ftp-sync.start_from");
+}

@@ -32,7 +32,7 @@ use crate::sinks::files::sftp::{SftpSettings, SftpTransport};
 use crate::sinks::files::{Staging, Transport};
 use crate::sinks::objects::store::{self, Location};
 use crate::sources::kafka::path::{DispatchPath, SpawnWriter};
-use crate::sources::kafka::SourceSettings;
+use crate::sources::kafka::{SourceSettings, StartFrom};
 use dispatcher::{Dispatcher, DispatcherArgs};
 use job::{Job, Roots};
 use transfer::{Server, Settings, Transfers, Verify};
@@ -47,6 +47,7 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::new("KAFKA_GROUP_ID", "group", Unit::Str),
         EnvKey::seed("DLQ_TOPIC_SUFFIX", "dlq_suffix", Unit::Str),
         EnvKey::seed("FTP_PASSIVE_MODE", "passive", Unit::Bool),
+        EnvKey::new("START_FROM", "start_from", Unit::Str),
         EnvKey::new("CONCURRENCY", "concurrency", Unit::Int),
         EnvKey::new("MAX_RETRIES", "max_retries", Unit::Int),
         EnvKey::new("VERIFY", "verify", Unit::Str),
@@ -145,6 +146,8 @@ pub struct FtpSyncConfig {
     pub max_in_flight: usize,
     /// Staged uploads older than this are swept at start; `None` turns the sweep off.
     pub sweep_after: Option<Duration>,
+    /// A group without committed offsets starts at the earliest job (else at the latest).
+    pub start_earliest: bool,
     pub dlq_suffix: String,
     pub max_retries: u32,
     pub backoff: Backoff,
@@ -348,6 +351,17 @@ impl FtpSyncConfig {
                 .clone()
                 .unwrap_or_else(|| "etl-worker-group".to_owned()),
             concurrency,
+            start_earliest: match raw.start_from.as_deref() {
+                None | Some("earliest") => true,
+                Some("latest") => false,
+                Some(other) => {
+                    check.problem(
+                        &k("start_from"),
+                        format!("expected \"earliest\" or \"latest\", found {other:?}"),
+                    );
+                    true
+                }
+            },
             sweep_after: match raw.sweep_stale_after.as_deref().map(str::trim) {
                 Some("off") => None,
                 other => Some(check.positive_duration(
@@ -522,6 +536,9 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     // Jobs running, waiting for a retry or parked for a server stay unacknowledged: this bound
     // is what keeps their number, and the memory they hold, finite.
     source.max_in_flight_records = c.max_in_flight;
+    source.start = StartFrom::Committed {
+        earliest: c.start_earliest,
+    };
     source.chunk = c.concurrency.max(1);
     let path = DispatchPath::<Job> {
         id: "jobs".into(),
