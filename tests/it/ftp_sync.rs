@@ -53,6 +53,19 @@ fn job(id: &str, src: (&str, &str), dst: (&str, &str)) -> String {
     .to_string()
 }
 
+/// A server's variables with a password the server refuses.
+fn with_wrong_password(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    env.into_iter()
+        .map(|(k, v)| {
+            if k.ends_with("_PASS") {
+                (k, "not-the-password".into())
+            } else {
+                (k, v)
+            }
+        })
+        .collect()
+}
+
 fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
     owned
         .iter()
@@ -579,13 +592,7 @@ async fn uploads_refused_before_reading_end_multi_mib_transfers() {
     let mut env = src.env("SRC_FTP_SERVER1");
     env.extend(dst.env("DST_FTP_SERVER1"));
     env.extend(read_only.env("RO_FTP_SERVER"));
-    env.extend(locked.env("LOCKED_FTP_SERVER").into_iter().map(|(k, v)| {
-        if k.ends_with("_PASS") {
-            (k, "not-the-password".into())
-        } else {
-            (k, v)
-        }
-    }));
+    env.extend(with_wrong_password(locked.env("LOCKED_FTP_SERVER")));
     let p = Process::start(
         &config("max_retries = 2\nbreaker_threshold = 2"),
         &[],
@@ -699,13 +706,7 @@ async fn one_bad_server_never_holds_back_jobs_between_healthy_servers() {
     let mut env = src.env("SRC_FTP_SERVER1");
     env.extend(dst.env("DST_FTP_SERVER1"));
     env.extend(down.env("DOWN_FTP_SERVER"));
-    env.extend(locked.env("LOCKED_FTP_SERVER").into_iter().map(|(k, v)| {
-        if k.ends_with("_PASS") {
-            (k, "not-the-password".into())
-        } else {
-            (k, v)
-        }
-    }));
+    env.extend(with_wrong_password(locked.env("LOCKED_FTP_SERVER")));
     let toml = config(
         "max_retries = 2\nbreaker_threshold = 2\n\
          [pipelines.ftp-sync.servers.LOCKED_FTP_SERVER]\ndead_letter_after = \"3s\"\n",

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use super::pool::{Lease, Pool};
 use super::{
-    is_staged_name, split, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
+    split, sweep_tree, Listed, Reader, Staged, Staging, TransferError, Transport, Tree, Writer,
 };
 use crate::config::Secret;
 
@@ -494,50 +494,65 @@ impl Transport for FtpTransport {
         age: Duration,
     ) -> BoxFuture<'a, Result<usize, TransferError>> {
         async move {
-            let cutoff = std::time::SystemTime::now() - age;
             let mut lease = self.lease().await?;
-            let mut removed = 0;
-            let mut stack = vec![(dir.trim_end_matches('/').to_owned(), 0usize)];
-            let mut result = Ok(());
-            while let Some((at, depth)) = stack.pop() {
-                let listing = if at.is_empty() { "/" } else { at.as_str() };
-                let lines = match self
-                    .step(listing, "MLSD", lease.conn.mlsd(Some(listing)))
-                    .await
-                {
-                    Ok(Ok(lines)) => lines,
-                    // A directory that cannot be listed is skipped, not an error of the sweep.
-                    Ok(Err(_)) => continue,
-                    Err(timeout) => {
-                        result = Err(timeout);
-                        break;
-                    }
-                };
-                for line in lines {
-                    let Ok(entry) = suppaftp::list::ListParser::parse_mlsd(&line) else {
-                        continue;
-                    };
-                    let name = entry.name();
-                    if name == "." || name == ".." {
-                        continue;
-                    }
-                    let path = format!("{at}/{name}");
-                    if entry.is_directory() && depth < SWEEP_DEPTH {
-                        stack.push((path, depth + 1));
-                    } else if entry.is_file()
-                        && is_staged_name(name)
-                        && entry.modified() < cutoff
-                        && matches!(
-                            self.step(&path, "DELE", lease.conn.rm(&path)).await,
-                            Ok(Ok(()))
-                        )
-                    {
-                        removed += 1;
-                    }
-                }
-            }
+            let result = sweep_tree(
+                &mut FtpTree {
+                    transport: self,
+                    conn: &mut lease.conn,
+                },
+                dir,
+                age,
+            )
+            .await;
             self.settle(lease, &result);
-            result.map(|()| removed)
+            result
+        }
+        .boxed()
+    }
+}
+
+/// An FTP control connection as a [`Tree`] for sweeps.
+struct FtpTree<'c> {
+    transport: &'c FtpTransport,
+    conn: &'c mut Conn,
+}
+
+impl Tree for FtpTree<'_> {
+    fn list<'a>(
+        &'a mut self,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<Listed>>, TransferError>> {
+        async move {
+            // A directory that cannot be listed is skipped, not an error of the sweep.
+            let Ok(lines) = self
+                .transport
+                .step(dir, "MLSD", self.conn.mlsd(Some(dir)))
+                .await?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(
+                lines
+                    .iter()
+                    .filter_map(|line| suppaftp::list::ListParser::parse_mlsd(line).ok())
+                    .map(|f| Listed {
+                        name: f.name().to_owned(),
+                        is_dir: f.is_directory(),
+                        is_file: f.is_file(),
+                        modified: Some(f.modified()),
+                    })
+                    .collect(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a mut self, path: &'a str) -> BoxFuture<'a, bool> {
+        async move {
+            matches!(
+                self.transport.step(path, "DELE", self.conn.rm(path)).await,
+                Ok(Ok(()))
+            )
         }
         .boxed()
     }

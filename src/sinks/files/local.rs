@@ -8,9 +8,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    is_staged_name, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
-};
+use super::{sweep_tree, Listed, Reader, Staged, Staging, TransferError, Transport, Tree, Writer};
 
 pub struct LocalTransport {
     root: PathBuf,
@@ -201,36 +199,41 @@ impl Transport for LocalTransport {
         dir: &'a str,
         age: std::time::Duration,
     ) -> BoxFuture<'a, Result<usize, TransferError>> {
+        async move { sweep_tree(&mut LocalTree(self), dir, age).await }.boxed()
+    }
+}
+
+/// The served directory as a [`Tree`] for sweeps.
+struct LocalTree<'t>(&'t LocalTransport);
+
+impl Tree for LocalTree<'_> {
+    fn list<'a>(
+        &'a mut self,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<Listed>>, TransferError>> {
         async move {
-            let cutoff = std::time::SystemTime::now() - age;
-            let mut removed = 0;
-            let mut stack = vec![(self.real(dir), 0usize)];
-            while let Some((at, depth)) = stack.pop() {
-                let Ok(mut entries) = tokio::fs::read_dir(&at).await else {
+            let Ok(mut entries) = tokio::fs::read_dir(self.0.real(dir)).await else {
+                return Ok(None);
+            };
+            let mut out = Vec::new();
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                // The entry's own type: a symbolic link is neither walked nor removed.
+                let Ok(kind) = entry.file_type().await else {
                     continue;
                 };
-                while let Ok(Some(entry)) = entries.next_entry().await {
-                    // The entry's own type: a symbolic link is neither walked nor removed.
-                    let Ok(kind) = entry.file_type().await else {
-                        continue;
-                    };
-                    if kind.is_dir() && depth < SWEEP_DEPTH {
-                        stack.push((entry.path(), depth + 1));
-                    } else if kind.is_file()
-                        && is_staged_name(&entry.file_name().to_string_lossy())
-                        && entry
-                            .metadata()
-                            .await
-                            .and_then(|m| m.modified())
-                            .is_ok_and(|m| m < cutoff)
-                        && tokio::fs::remove_file(entry.path()).await.is_ok()
-                    {
-                        removed += 1;
-                    }
-                }
+                out.push(Listed {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    is_dir: kind.is_dir(),
+                    is_file: kind.is_file(),
+                    modified: entry.metadata().await.and_then(|m| m.modified()).ok(),
+                });
             }
-            Ok(removed)
+            Ok(Some(out))
         }
         .boxed()
+    }
+
+    fn remove<'a>(&'a mut self, path: &'a str) -> BoxFuture<'a, bool> {
+        async move { tokio::fs::remove_file(self.0.real(path)).await.is_ok() }.boxed()
     }
 }

@@ -166,7 +166,60 @@ pub fn is_staged_name(name: &str) -> bool {
 
 /// How deep a sweep walks below its directory: deep enough for date trees, bounded so a
 /// directory loop on a server cannot keep it going.
-pub const SWEEP_DEPTH: usize = 16;
+const SWEEP_DEPTH: usize = 16;
+
+/// One entry of a directory listing, as a sweep needs it.
+pub struct Listed {
+    pub name: String,
+    pub is_dir: bool,
+    pub is_file: bool,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// What a sweep needs from a server: list a directory, remove a file.
+pub trait Tree: Send {
+    /// The entries of `dir`; `Ok(None)` when it cannot be listed (it is skipped).
+    fn list<'a>(
+        &'a mut self,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<Listed>>, TransferError>>;
+    /// Removes a file; false when the server refused.
+    fn remove<'a>(&'a mut self, path: &'a str) -> BoxFuture<'a, bool>;
+}
+
+/// Walks `tree` below `dir` (links are neither followed nor removed: a listing reports them as
+/// neither directory nor file) and removes staged uploads last modified more than `age` ago.
+pub async fn sweep_tree(
+    tree: &mut dyn Tree,
+    dir: &str,
+    age: Duration,
+) -> Result<usize, TransferError> {
+    let cutoff = std::time::SystemTime::now() - age;
+    let mut removed = 0;
+    let mut stack = vec![(dir.trim_end_matches('/').to_owned(), 0usize)];
+    while let Some((at, depth)) = stack.pop() {
+        let listing = if at.is_empty() { "/" } else { at.as_str() };
+        let Some(entries) = tree.list(listing).await? else {
+            continue;
+        };
+        for entry in entries {
+            if entry.name == "." || entry.name == ".." {
+                continue;
+            }
+            let path = format!("{at}/{}", entry.name);
+            if entry.is_dir && depth < SWEEP_DEPTH {
+                stack.push((path, depth + 1));
+            } else if entry.is_file
+                && is_staged_name(&entry.name)
+                && entry.modified.is_some_and(|m| m < cutoff)
+                && tree.remove(&path).await
+            {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
 
 /// Normalises a job path: `.` and `..` resolved, duplicate slashes removed. With a `root`, a
 /// relative path is taken under it, and the result must stay strictly inside it. Without one, an

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::pool::{Lease, Pool};
 use super::{
-    is_staged_name, split, Reader, Staged, Staging, TransferError, Transport, Writer, SWEEP_DEPTH,
+    split, sweep_tree, Listed, Reader, Staged, Staging, TransferError, Transport, Tree, Writer,
 };
 use crate::config::Secret;
 
@@ -395,37 +395,45 @@ impl Transport for SftpTransport {
         age: Duration,
     ) -> BoxFuture<'a, Result<usize, TransferError>> {
         async move {
-            let cutoff = std::time::SystemTime::now() - age;
             let lease = self.lease().await?;
-            let sftp = &lease.conn.sftp;
-            let mut removed = 0;
-            let mut stack = vec![(dir.trim_end_matches('/').to_owned(), 0usize)];
-            while let Some((at, depth)) = stack.pop() {
-                let listing = if at.is_empty() { "/" } else { at.as_str() };
-                let Ok(entries) = sftp.read_dir(listing).await else {
-                    continue;
-                };
-                for entry in entries {
-                    let name = entry.file_name();
-                    if name == "." || name == ".." {
-                        continue;
-                    }
-                    let path = format!("{at}/{name}");
-                    let meta = entry.metadata();
-                    if meta.is_dir() && depth < SWEEP_DEPTH {
-                        stack.push((path, depth + 1));
-                    } else if meta.is_regular()
-                        && is_staged_name(&name)
-                        && meta.modified().is_ok_and(|m| m < cutoff)
-                        && sftp.remove_file(path.as_str()).await.is_ok()
-                    {
-                        removed += 1;
-                    }
-                }
-            }
-            self.settle(lease, &Ok::<(), TransferError>(()));
-            Ok(removed)
+            let result = sweep_tree(&mut SftpTree(&lease.conn.sftp), dir, age).await;
+            self.settle(lease, &result);
+            result
         }
         .boxed()
+    }
+}
+
+/// An SFTP session as a [`Tree`] for sweeps.
+struct SftpTree<'s>(&'s SftpSession);
+
+impl Tree for SftpTree<'_> {
+    fn list<'a>(
+        &'a mut self,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<Listed>>, TransferError>> {
+        async move {
+            let Ok(entries) = self.0.read_dir(dir).await else {
+                return Ok(None);
+            };
+            Ok(Some(
+                entries
+                    .map(|e| {
+                        let meta = e.metadata();
+                        Listed {
+                            name: e.file_name(),
+                            is_dir: meta.is_dir(),
+                            is_file: meta.is_regular(),
+                            modified: meta.modified().ok(),
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a mut self, path: &'a str) -> BoxFuture<'a, bool> {
+        async move { self.0.remove_file(path).await.is_ok() }.boxed()
     }
 }
