@@ -75,14 +75,31 @@ async fn live() -> Response {
     text(StatusCode::OK, "OK\n".into())
 }
 
+/// Why a pipeline is not up, in one line: its supervisor's status, or the actors below it that
+/// are not running.
+fn not_up_line(h: &Handle, pipeline: &str) -> Option<String> {
+    let not_up = h.pipeline_not_up(pipeline);
+    if not_up.is_empty() {
+        return None;
+    }
+    let status = h.pipeline_status(pipeline);
+    if status != Status::Running {
+        return Some(format!("{pipeline}: {}", status.as_str()));
+    }
+    let actors: Vec<String> = not_up
+        .iter()
+        .map(|(path, status)| format!("{path} {}", status.as_str()))
+        .collect();
+    Some(format!("{pipeline}: degraded ({})", actors.join(", ")))
+}
+
 async fn ready(State(h): State<Handle>) -> Response {
     let failing: Vec<String> = h
         .config
         .runtime
         .enabled
         .iter()
-        .filter(|p| h.pipeline_status(p) != Status::Running)
-        .map(|p| format!("{p}: {}", h.pipeline_status(p).as_str()))
+        .filter_map(|p| not_up_line(&h, p))
         .collect();
     // Notes (such as the embedded broker) inform; they never make the process unready.
     let notes: String = notes(&h).iter().map(|n| format!("# {n}\n")).collect();
@@ -109,8 +126,10 @@ fn components(h: &Handle, pipeline: &str) -> Vec<(String, bool)> {
     }
 }
 
-fn health_body(lines: Vec<(String, bool)>, notes: Vec<String>) -> Response {
-    let ok = lines.iter().all(|(_, healthy)| *healthy);
+/// `up` is false when a pipeline is not up although its components look healthy (a worker
+/// backing off): the status line then says `DEGRADED`.
+fn health_body(up: bool, lines: Vec<(String, bool)>, notes: Vec<String>) -> Response {
+    let ok = up && lines.iter().all(|(_, healthy)| *healthy);
     let mut body = String::from(if ok { "OK\n" } else { "DEGRADED\n" });
     for (name, healthy) in lines {
         body.push_str(&format!(
@@ -149,16 +168,19 @@ fn notes(h: &Handle) -> Vec<String> {
 
 async fn health(State(h): State<Handle>) -> Response {
     let mut lines = Vec::new();
+    let mut not_up = Vec::new();
     for pipeline in &h.config.runtime.enabled {
         for (component, healthy) in components(&h, pipeline) {
             lines.push((format!("{pipeline}.{component}"), healthy));
         }
+        not_up.extend(not_up_line(&h, pipeline));
     }
-    let mut notes = notes(&h);
+    let mut notes: Vec<String> = not_up.iter().map(|l| format!("not up: {l}")).collect();
+    notes.extend(self::notes(&h));
     for health in h.health.values() {
         notes.extend((health.notes)());
     }
-    health_body(lines, notes)
+    health_body(not_up.is_empty(), lines, notes)
 }
 
 async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) -> Response {
@@ -169,7 +191,11 @@ async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) 
         );
     }
     // The seed's exact form: status, then one line per component, no notes.
-    health_body(components(&h, &pipeline), Vec::new())
+    health_body(
+        h.pipeline_up(&pipeline),
+        components(&h, &pipeline),
+        Vec::new(),
+    )
 }
 
 async fn metrics(State(h): State<Handle>) -> Response {
@@ -182,11 +208,7 @@ async fn metrics(State(h): State<Handle>) -> Response {
         metrics::gauge!(names::ACTOR_UP, "path" => snap.path.to_string()).set(up);
     }
     for pipeline in &h.config.runtime.enabled {
-        let up = if h.pipeline_status(pipeline) == Status::Running {
-            1.0
-        } else {
-            0.0
-        };
+        let up = if h.pipeline_up(pipeline) { 1.0 } else { 0.0 };
         metrics::gauge!(names::PIPELINE_UP, "pipeline" => pipeline.clone()).set(up);
     }
     let body = telemetry::prometheus().render();
@@ -243,7 +265,7 @@ async fn info(State(h): State<Handle>) -> Response {
         .runtime
         .enabled
         .iter()
-        .map(|p| json!({"name": p, "status": h.pipeline_status(p), "path": ActorPath::root().child(p)}))
+        .map(|p| json!({"name": p, "status": h.pipeline_status(p), "up": h.pipeline_up(p), "path": ActorPath::root().child(p)}))
         .collect();
     Json(json!({
         "name": "actord",

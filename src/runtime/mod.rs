@@ -138,6 +138,19 @@ impl Handle {
             .map(|p| p.status())
             .unwrap_or(Status::Stopped)
     }
+
+    /// The actors of an enabled pipeline that keep it from being up, its supervisor included:
+    /// failed, backing off, starting or stopping. Empty when the pipeline is up.
+    pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, Status)> {
+        self.registry.not_up(&ActorPath::root().child(name))
+    }
+
+    /// Whether a pipeline's supervisor and every actor below it run (or were stopped on
+    /// purpose: a transient actor that finished, an operator stop). A pipeline whose workers
+    /// crash-loop or back off is not up, whatever its supervisor's status.
+    pub fn pipeline_up(&self, name: &str) -> bool {
+        self.pipeline_not_up(name).is_empty()
+    }
 }
 
 fn bootstrap_or_embedded(config: &Config) -> &str {

@@ -2,12 +2,13 @@
 //! pipeline, path, sink, topic, error_kind.
 
 pub use actord_actors::names::{
-    ACTOR_RESTARTS_TOTAL, ACTOR_STUCK_TOTAL, ACTOR_UP, SUPERVISOR_BUDGET_EXHAUSTED_TOTAL,
+    ACTOR_KILL_FAILED_TOTAL, ACTOR_RESTARTS_TOTAL, ACTOR_START_TIMEOUTS_TOTAL, ACTOR_STUCK_TOTAL,
+    ACTOR_UP, SUPERVISOR_BUDGET_EXHAUSTED_TOTAL,
 };
 
 /// Gauge, always 1, labelled with the version.
 pub const BUILD_INFO: &str = "actord_build_info";
-/// Gauge: 1 while the pipeline's supervisor runs, else 0.
+/// Gauge: 1 while the pipeline's supervisor and every actor below it run, else 0.
 pub const PIPELINE_UP: &str = "actord_pipeline_up";
 /// Counter: market messages decoded by the recorder, by kind (tick, orderbook).
 pub const RECORDER_MESSAGES_TOTAL: &str = "actord_recorder_messages_total";
@@ -54,7 +55,7 @@ pub fn describe() {
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
     describe_gauge!(
         PIPELINE_UP,
-        "Whether the pipeline's supervisor is running (1) or not (0)."
+        "Whether the pipeline's supervisor and every actor below it are running (1) or not (0): a pipeline whose workers fail or back off is not up."
     );
     describe_gauge!(
         ACTOR_UP,
@@ -64,6 +65,14 @@ pub fn describe() {
     describe_counter!(
         ACTOR_STUCK_TOTAL,
         "Restarts of the worker at the path because it held work without progress."
+    );
+    describe_counter!(
+        ACTOR_START_TIMEOUTS_TOTAL,
+        "Starts of the actor at the path abandoned after its start timeout."
+    );
+    describe_counter!(
+        ACTOR_KILL_FAILED_TOTAL,
+        "Kills of the actor at the path that did not end it in time: a handler blocked in synchronous code."
     );
     describe_counter!(
         SUPERVISOR_BUDGET_EXHAUSTED_TOTAL,

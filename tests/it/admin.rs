@@ -377,3 +377,50 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     assert_eq!(r.status(), 401);
     rt.shutdown().await;
 }
+
+/// A pipeline is up only when its workers are: one backing off after a failure makes it not
+/// ready, degraded and `actord_pipeline_up` 0 although its supervisor runs.
+#[tokio::test]
+async fn a_pipeline_whose_worker_backs_off_is_not_up() {
+    let rt = InProcess::start(&config(
+        "[admin]\nfault_injection = true\ninsecure = true\n[pipelines.heartbeat.supervision]\nbackoff_initial = \"4s\"\nbackoff_max = \"4s\"\n",
+    ))
+    .await;
+    let (status, _) = post(&rt.base, "/api/actors/fail?path=/heartbeat/ticker", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = get(&rt.base, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("NOT READY\nheartbeat: degraded (/heartbeat/ticker failed)\n"),
+        "{body}"
+    );
+    let (status, body) = get(&rt.base, "/health").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("DEGRADED\n"), "{body}");
+    assert!(body.contains("# not up: heartbeat: degraded"), "{body}");
+    let (status, body) = get(&rt.base, "/health/heartbeat").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("DEGRADED\n"), "{body}");
+    let metrics = get(&rt.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_pipeline_up{pipeline=\"heartbeat\"} 0"),
+        "{metrics}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&get(&rt.base, "/api/info").await.1).unwrap();
+    assert_eq!(info["pipelines"][0]["status"], "running");
+    assert_eq!(info["pipelines"][0]["up"], false);
+    // Once the ticker is back the pipeline is up again.
+    until(
+        Duration::from_secs(20),
+        "the pipeline to be up again",
+        || async { get(&rt.base, "/ready").await.0 == 200 },
+    )
+    .await;
+    let metrics = get(&rt.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_pipeline_up{pipeline=\"heartbeat\"} 1"),
+        "{metrics}"
+    );
+    rt.shutdown().await;
+}
