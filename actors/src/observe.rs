@@ -148,21 +148,24 @@ impl Registry {
             .collect()
     }
 
-    /// The actors at or below `path` that keep it from being up: not running and not stopped
-    /// on purpose (a transient child that finished, an operator stop). A subtree whose
-    /// workers fail, back off or start again is not up, whatever its supervisor's status.
-    pub fn not_up(&self, path: &ActorPath) -> Vec<(ActorPath, Status)> {
+    /// The actors at or below `path` that keep it from being up, with why: not running and
+    /// not stopped on purpose (a transient child that finished, an operator stop), or running
+    /// but reporting that it cannot do its work. A subtree whose workers fail, back off or
+    /// start again is not up, whatever its supervisor's status.
+    pub fn not_up(&self, path: &ActorPath) -> Vec<(ActorPath, String)> {
         let Some(top) = self.get(path) else {
-            return vec![(path.clone(), Status::Stopped)];
+            return vec![(path.clone(), Status::Stopped.as_str().to_owned())];
         };
         let mut out = Vec::new();
-        if top.status() != Status::Running {
-            out.push((path.clone(), top.status()));
-        }
-        for probe in self.below(path) {
+        for probe in std::iter::once(top.clone()).chain(self.below(path)) {
             match probe.status() {
-                Status::Running | Status::Stopped => {}
-                other => out.push((probe.path().clone(), other)),
+                Status::Running => {
+                    if let Some(reason) = probe.unhealthy() {
+                        out.push((probe.path().clone(), format!("unhealthy: {reason}")));
+                    }
+                }
+                Status::Stopped if probe.path() != path => {}
+                other => out.push((probe.path().clone(), other.as_str().to_owned())),
             }
         }
         out
@@ -245,6 +248,9 @@ pub struct ActorSnapshot {
     pub status: Status,
     pub restarts: u64,
     pub last_error: Option<LastError>,
+    /// Why the running actor cannot do its work, if it said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
     pub counters: BTreeMap<String, u64>,
     /// RFC 3339 time of the last recorded progress, if any.
     pub last_progress: Option<String>,
@@ -281,6 +287,8 @@ struct ProbeInner {
     last_progress_ms: AtomicU64,
     busy_since_ms: AtomicU64,
     last_error: Mutex<Option<LastError>>,
+    /// Why a running actor cannot do its work (a topic it must write is missing), if so.
+    unhealthy: Mutex<Option<String>>,
     counters: Mutex<BTreeMap<String, u64>>,
     control: Mutex<Option<ActorRef<SupervisorMsg>>>,
     /// The incarnation bound handles must match to record anything.
@@ -311,6 +319,7 @@ impl Probe {
                 last_progress_ms: AtomicU64::new(0),
                 busy_since_ms: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                unhealthy: Mutex::new(None),
                 counters: Mutex::new(BTreeMap::new()),
                 control: Mutex::new(None),
                 incarnation: AtomicU64::new(0),
@@ -421,6 +430,19 @@ impl Probe {
             message: message.into(),
             at,
         });
+    }
+
+    /// Reports that the running actor cannot do its work, and why (`None`: it can again). The
+    /// pipeline is not up meanwhile; a new incarnation starts without it.
+    pub fn set_unhealthy(&self, reason: Option<String>) {
+        if !self.is_current() {
+            return;
+        }
+        *self.inner.unhealthy.lock().expect("probe lock") = reason;
+    }
+
+    pub fn unhealthy(&self) -> Option<String> {
+        self.inner.unhealthy.lock().expect("probe lock").clone()
     }
 
     pub fn last_error(&self) -> Option<LastError> {
@@ -567,6 +589,7 @@ impl Probe {
             status: self.status(),
             restarts: self.restarts(),
             last_error: self.last_error(),
+            unhealthy: self.unhealthy(),
             counters,
             last_progress: (progress > 0)
                 .then(|| chrono_like_rfc3339(self.inner.registry.wall_clock(progress))),

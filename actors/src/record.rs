@@ -206,9 +206,15 @@ pub struct DeadLetter {
 }
 
 /// Messages to a dead-letter queue actor.
+// Nearly every message is a `Send`; boxing the letter would cost an allocation each for the
+// sake of the rare `Failed`.
+#[allow(clippy::large_enum_variant)]
 pub enum DlqMsg {
     /// Write the record to the DLQ, ack it to its source, then answer `done` (if given).
     Send(DeadLetter, Option<ractor::RpcReplyPort<()>>),
+    /// Sent by a DLQ actor's own delivery task that gave up on a letter: the actor fails, so its
+    /// path restarts and the letter is read again.
+    Failed(String),
 }
 
 /// Messages from a source to its decoder.

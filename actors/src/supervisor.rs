@@ -296,6 +296,7 @@ impl SupervisorState {
         child.probe.set_status(Status::Starting);
         child.probe.clear_pending();
         child.probe.set_stop_deadline(None);
+        child.probe.set_unhealthy(None);
         child.kill = None;
         // Counted from the attempt, so repeated start failures keep growing the backoff.
         child.started_at = Instant::now();

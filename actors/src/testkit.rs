@@ -465,6 +465,7 @@ impl Actor for RecordingDlq {
                     let _ = done.send(());
                 }
             }
+            crate::record::DlqMsg::Failed(reason) => return Err(reason.into()),
         }
         Ok(())
     }

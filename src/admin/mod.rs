@@ -88,7 +88,7 @@ fn not_up_line(h: &Handle, pipeline: &str) -> Option<String> {
     }
     let actors: Vec<String> = not_up
         .iter()
-        .map(|(path, status)| format!("{path} {}", status.as_str()))
+        .map(|(path, why)| format!("{path} {why}"))
         .collect();
     Some(format!("{pipeline}: degraded ({})", actors.join(", ")))
 }

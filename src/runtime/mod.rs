@@ -139,9 +139,10 @@ impl Handle {
             .unwrap_or(Status::Stopped)
     }
 
-    /// The actors of an enabled pipeline that keep it from being up, its supervisor included:
-    /// failed, backing off, starting or stopping. Empty when the pipeline is up.
-    pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, Status)> {
+    /// The actors of an enabled pipeline that keep it from being up, its supervisor included,
+    /// with why: failed, backing off, starting, stopping, or running but unhealthy. Empty when
+    /// the pipeline is up.
+    pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, String)> {
         self.registry.not_up(&ActorPath::root().child(name))
     }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod binary;
+mod dlq;
 mod ftp_sync;
 mod kafka;
 mod leases;

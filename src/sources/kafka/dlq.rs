@@ -4,21 +4,59 @@
 //! The payload is the file-sync service's DLQ schema, `{"original_message", "error",
 //! "timestamp", "retry_count"}` (`original_message` is the original JSON when it parses, else
 //! a string). Headers follow Kafka Connect's `__connect.errors.*` names so existing DLQ tooling
-//! reads them. A write that fails is retried until it succeeds: the source offset stays
-//! uncommitted meanwhile, so nothing is lost while the DLQ is unreachable.
+//! reads them.
+//!
+//! Guarantees:
+//! - Each letter is written by one task at a time, retried with backoff after a failed attempt
+//!   only, at most `MAX_ATTEMPTS` times; then the producer fails, so its path restarts (the
+//!   writers with it) and the letter is read again. Deliveries in flight are bounded; a retry
+//!   never runs beside the attempt it repeats, and tasks of an ended incarnation stop retrying.
+//! - The DLQ topics of the path's source topics are made sure of at start, and a missing one
+//!   again before a letter is retried: created with the admin API (as many partitions as its
+//!   source topic, the broker's replication) where the broker allows it, otherwise reported as
+//!   a health error of this actor (the pipeline is not up) until it exists.
+//! - The source offset stays uncommitted until Kafka holds the letter, so nothing is lost while
+//!   the DLQ is unreachable; a letter whose last attempt timed out may still land, so a letter
+//!   is written at least once.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actord_actors::record::{DeadLetter, DlqMsg};
-use actord_actors::Probe;
+use actord_actors::{Backoff, Probe};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info, warn};
 
 use super::KafkaConnection;
 use crate::telemetry::names;
+
+/// Attempts per letter, the first included.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// How long one attempt may take (librdkafka's own retries included).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The wait between attempts of one letter.
+const RETRY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(8),
+    factor: 2.0,
+};
+
+/// Letters being written at once; more wait in the mailbox.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// How long a metadata look-up or a topic creation may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DlqProducer;
 
@@ -27,13 +65,37 @@ pub struct DlqArgs {
     pub connection: KafkaConnection,
     /// Appended to the source topic, `-dlq` by default (DLQ_TOPIC_SUFFIX).
     pub suffix: String,
+    /// The source topics of the path: their DLQ topics are made sure of at start.
+    pub topics: Vec<String>,
 }
 
 pub struct DlqState {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    /// Dropped with the state, however the incarnation ends: its tasks stop retrying.
+    alive: watch::Sender<()>,
+}
+
+/// What the delivery tasks of one incarnation share.
+struct Shared {
     producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    embedded: bool,
     suffix: String,
     probe: Probe,
     path: String,
+    /// The path, for the `connector.name` header.
+    connector: String,
+    /// DLQ topics known to exist, and the problem of each one that does not.
+    topics: Mutex<Topics>,
+    /// How long a metadata look-up or a topic creation may take.
+    admin_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Topics {
+    ready: std::collections::BTreeSet<String>,
+    problems: BTreeMap<String, String>,
 }
 
 /// The DLQ payload for a dead letter, at `now` (RFC 3339, seconds, UTC).
@@ -101,15 +163,178 @@ pub fn owned_headers(pairs: &[(String, Vec<u8>)], extra: usize) -> OwnedHeaders 
 pub fn idempotent_producer(
     connection: &KafkaConnection,
 ) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    producer_with(connection, &[])
+}
+
+fn producer_with(
+    connection: &KafkaConnection,
+    extra: &[(&str, &str)],
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut c = connection.client_config();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
     for (k, v) in &connection.properties {
         c.set(k, v);
     }
     c.create()
+}
+
+impl Shared {
+    fn is_ready(&self, topic: &str) -> bool {
+        self.embedded
+            || self
+                .topics
+                .lock()
+                .expect("topics lock")
+                .ready
+                .contains(topic)
+    }
+
+    fn forget(&self, topic: &str) {
+        self.topics.lock().expect("topics lock").ready.remove(topic);
+    }
+
+    /// Records the outcome for `topic` and reports the remaining problems on the probe.
+    fn settle(&self, topic: &str, outcome: Result<(), String>) {
+        let mut t = self.topics.lock().expect("topics lock");
+        match outcome {
+            Ok(()) => {
+                t.ready.insert(topic.to_owned());
+                t.problems.remove(topic);
+            }
+            Err(problem) => {
+                t.ready.remove(topic);
+                t.problems.insert(topic.to_owned(), problem);
+            }
+        }
+        let report = (!t.problems.is_empty())
+            .then(|| t.problems.values().cloned().collect::<Vec<_>>().join("; "));
+        self.probe.set_unhealthy(report);
+    }
+
+    /// Makes sure the DLQ topic of `source` exists, creating it where the broker allows it.
+    /// The embedded broker's topics are created with it.
+    async fn ensure(&self, source: &str) -> Result<(), String> {
+        let topic = format!("{source}{}", self.suffix);
+        if self.is_ready(&topic) {
+            return Ok(());
+        }
+        let outcome = self.make_sure(source, &topic).await;
+        if let Err(e) = &outcome {
+            warn!(path = %self.path, topic = %topic, error = %e, "dead-letter topic unavailable");
+        }
+        self.settle(&topic, outcome.clone());
+        outcome
+    }
+
+    async fn make_sure(&self, source: &str, topic: &str) -> Result<(), String> {
+        // A metadata look-up blocks its thread: it runs off the async workers.
+        let (producer, admin_timeout) = (self.producer.clone(), self.admin_timeout);
+        let names = (source.to_owned(), topic.to_owned());
+        let (source_partitions, exists) = tokio::task::spawn_blocking(move || {
+            let partitions = |name: &str| {
+                producer
+                    .client()
+                    .fetch_metadata(Some(name), admin_timeout)
+                    .ok()
+                    .and_then(|m| {
+                        m.topics()
+                            .iter()
+                            .find(|t| t.name() == name && t.error().is_none())
+                            .map(|t| t.partitions().len())
+                    })
+                    .filter(|n| *n > 0)
+            };
+            (partitions(&names.0), partitions(&names.1).is_some())
+        })
+        .await
+        .map_err(|e| format!("metadata look-up failed: {e}"))?;
+        if exists {
+            return Ok(());
+        }
+        let partitions = source_partitions.unwrap_or(1) as i32;
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        let options = AdminOptions::new()
+            .request_timeout(Some(self.admin_timeout))
+            .operation_timeout(Some(self.admin_timeout));
+        let created = tokio::time::timeout(
+            self.admin_timeout * 2,
+            self.admin.create_topics([&new], &options),
+        )
+        .await
+        .map_err(|_| "the broker did not answer the request to create it".to_owned())?;
+        match created.as_deref() {
+            Ok([Ok(_)]) => {
+                info!(path = %self.path, topic = %topic, partitions, "dead-letter topic created");
+                Ok(())
+            }
+            Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => Ok(()),
+            Ok([Err((_, code))]) => Err(format!(
+                "dead-letter topic {topic} does not exist and the broker refused to create it: {code}"
+            )),
+            Ok(_) => Err(format!("unexpected answer creating dead-letter topic {topic}")),
+            Err(e) => Err(format!(
+                "dead-letter topic {topic} does not exist and cannot be created: {e}"
+            )),
+        }
+    }
+
+    /// Writes one letter, retrying failed attempts with backoff; `Err` when it gave up.
+    async fn deliver(
+        &self,
+        letter: &DeadLetter,
+        mut alive: watch::Receiver<()>,
+    ) -> Result<(), String> {
+        let source = letter.source.origin.topic.to_string();
+        let topic = format!("{source}{}", self.suffix);
+        let body = serde_json::to_vec(&payload(letter, chrono::Utc::now()))
+            .map_err(|e| format!("cannot encode the letter: {e}"))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.ensure(&source).await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut record = FutureRecord::to(&topic)
+                        .payload(&body)
+                        .headers(headers(letter, &self.connector));
+                    if let Some(key) = &letter.source.key {
+                        record = record.key(key);
+                    }
+                    self.producer
+                        .send(record, Timeout::After(ATTEMPT_TIMEOUT))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| {
+                            // A topic removed or never there: look again before the next try.
+                            self.forget(&topic);
+                            e.to_string()
+                        })
+                }
+            };
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => self.path.clone()).increment(1);
+            if attempt >= MAX_ATTEMPTS {
+                return Err(format!(
+                    "dead letter for {topic} not written after {attempt} attempts: {err}"
+                ));
+            }
+            let delay = RETRY_BACKOFF.delay(attempt - 1);
+            warn!(path = %self.path, topic = %topic, attempt, delay = ?delay, error = %err, "DLQ write failed, retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = alive.changed() => return Err("the dead-letter producer stopped".to_owned()),
+            }
+        }
+    }
 }
 
 impl Actor for DlqProducer {
@@ -119,19 +344,70 @@ impl Actor for DlqProducer {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer = idempotent_producer(&args.connection)
+        let timeout = ATTEMPT_TIMEOUT.as_millis().to_string();
+        let producer = producer_with(&args.connection, &[("message.timeout.ms", &timeout)])
             .map_err(|e| format!("cannot create the DLQ producer: {e}"))?;
+        let admin: AdminClient<DefaultClientContext> = args
+            .connection
+            .client_config()
+            .create()
+            .map_err(|e| format!("cannot create the DLQ admin client: {e}"))?;
         let path = args.probe.path().to_string();
-        info!(path = %path, suffix = %args.suffix, "dead-letter producer started");
-        Ok(DlqState {
+        let connector = args
+            .probe
+            .path()
+            .parent()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let shared = Arc::new(Shared {
             producer,
+            admin,
+            embedded: args.connection.embedded,
             suffix: args.suffix,
             probe: args.probe,
-            path,
+            path: path.clone(),
+            connector,
+            topics: Mutex::new(Topics::default()),
+            admin_timeout: ADMIN_TIMEOUT,
+        });
+        // The DLQ topics are made sure of at once, not when the first letter needs them.
+        let (early, topics) = (shared.clone(), args.topics);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            for source in topics {
+                if me.get_status() >= ractor::ActorStatus::Stopping {
+                    return;
+                }
+                let _ = early.ensure(&source).await;
+            }
+        });
+        info!(path = %path, suffix = %shared.suffix, "dead-letter producer started");
+        Ok(DlqState {
+            shared,
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            alive: watch::channel(()).0,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Letters in flight land or fail within the stop budget; unacknowledged ones are read
+        // again by the path.
+        let wait = state
+            .shared
+            .probe
+            .stop_deadline()
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(Duration::from_secs(1));
+        let all = MAX_IN_FLIGHT as u32;
+        let _ = tokio::time::timeout(wait, state.permits.acquire_many(all)).await;
+        Ok(())
     }
 
     async fn handle(
@@ -140,59 +416,89 @@ impl Actor for DlqProducer {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let DlqMsg::Send(letter, done) = message;
-        let topic = format!("{}{}", letter.source.origin.topic, state.suffix);
-        let body = serde_json::to_vec(&payload(&letter, chrono::Utc::now()))?;
-        let connector = state
-            .probe
-            .path()
-            .parent()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let mut record = FutureRecord::to(&topic)
-            .payload(&body)
-            .headers(headers(&letter, &connector));
-        if let Some(key) = &letter.source.key {
-            record = record.key(key);
-        }
-        let retry =
-            |myself: &ActorRef<DlqMsg>, letter: DeadLetter, done: Option<RpcReplyPort<()>>| {
-                myself.send_after(Duration::from_secs(1), move || DlqMsg::Send(letter, done));
-            };
-        match state.producer.send_result(record) {
-            Ok(delivery) => {
-                state.probe.hold(1);
-                let probe = state.probe.clone();
-                let path = state.path.clone();
-                tokio::spawn(async move {
-                    let delivered = delivery.await;
-                    // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
-                    probe.release(1);
-                    match delivered {
-                        Ok(Ok(_)) => {
-                            metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
-                            probe.progress(1, letter.source.size() as u64);
-                            letter.acker.ack(vec![letter.source.origin]);
-                            if let Some(done) = done {
-                                let _ = done.send(());
-                            }
-                        }
-                        Ok(Err((e, _))) => {
-                            warn!(path = %path, error = %e, "DLQ write failed, retrying");
-                            metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => path).increment(1);
-                            retry(&myself, letter, done);
-                        }
-                        Err(_) => retry(&myself, letter, done),
-                    }
-                });
+        let (letter, done) = match message {
+            DlqMsg::Send(letter, done) => (letter, done),
+            DlqMsg::Failed(reason) => return Err(reason.into()),
+        };
+        // Bounded: at the limit the handler waits, and new letters wait in the mailbox.
+        let permit = state.permits.clone().acquire_owned().await?;
+        let (shared, alive) = (state.shared.clone(), state.alive.subscribe());
+        // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
+        shared.probe.hold(1);
+        tokio::spawn(async move {
+            let outcome = shared.deliver(&letter, alive).await;
+            shared.probe.release(1);
+            drop(permit);
+            match outcome {
+                Ok(()) => {
+                    metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => shared.path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
+                    shared.probe.progress(1, letter.source.size() as u64);
+                    letter.acker.ack(vec![letter.source.origin]);
+                    reply(done);
+                }
+                Err(reason) => {
+                    error!(path = %shared.path, error = %reason, "dead-letter producer giving up, restarting its path");
+                    let _ = myself.cast(DlqMsg::Failed(reason));
+                }
             }
-            Err((e, _)) => {
-                warn!(path = %state.path, error = %e, "DLQ producer refused the record, retrying");
-                metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => state.path.clone())
-                    .increment(1);
-                retry(&myself, letter, done);
-            }
-        }
+        });
         Ok(())
+    }
+}
+
+fn reply(done: Option<RpcReplyPort<()>>) {
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actord_actors::{ActorKind, ActorPath, Registry};
+
+    use super::*;
+
+    /// Against a broker that does not answer, the DLQ topic can be neither found nor created:
+    /// the producer says so as its health, which keeps its pipeline from being up.
+    #[tokio::test]
+    async fn a_dlq_topic_that_cannot_be_made_sure_of_is_a_health_error() {
+        let registry = Registry::new();
+        let pipeline = registry.probe(&ActorPath::parse("/p").unwrap(), ActorKind::Supervisor);
+        pipeline.set_status(actord_actors::Status::Running);
+        let path = ActorPath::parse("/p/path/dlq").unwrap();
+        let probe = registry.probe(&path, ActorKind::Worker);
+        probe.set_status(actord_actors::Status::Running);
+        // A port nothing listens on: every request fails or times out.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let connection = KafkaConnection::new(format!("127.0.0.1:{port}"));
+        let shared = Shared {
+            producer: producer_with(&connection, &[]).unwrap(),
+            admin: connection.client_config().create().unwrap(),
+            embedded: false,
+            suffix: "-dlq".into(),
+            probe: probe.clone(),
+            path: path.to_string(),
+            connector: "/p/path".into(),
+            topics: Mutex::new(Topics::default()),
+            admin_timeout: Duration::from_millis(500),
+        };
+        let err = shared.ensure("src").await.unwrap_err();
+        assert!(err.contains("src-dlq"), "{err}");
+        let reason = probe.unhealthy().expect("reported");
+        assert!(reason.contains("src-dlq"), "{reason}");
+        let not_up = registry.not_up(&ActorPath::parse("/p").unwrap());
+        assert!(
+            not_up
+                .iter()
+                .any(|(p, why)| *p == path && why.starts_with("unhealthy")),
+            "{not_up:?}"
+        );
+        // Once the topic is there the report goes away.
+        shared.settle("src-dlq", Ok(()));
+        assert_eq!(probe.unhealthy(), None);
     }
 }

@@ -182,11 +182,13 @@ fn assemble<R: Send + Sync + 'static>(
     if let Some(suffix) = this.dlq_suffix.clone() {
         let connection = this.connection.clone();
         let out = dlq_slot.clone();
+        let topics = this.source.topics.clone();
         let spec = ChildSpec::worker("dlq", move |ctx| {
             let args = DlqArgs {
                 probe: ctx.probe,
                 connection: connection.clone(),
                 suffix: suffix.clone(),
+                topics: topics.clone(),
             };
             let out = out.clone();
             async move {

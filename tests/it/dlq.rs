@@ -1,0 +1,69 @@
+//! The dead-letter producer against a real Kafka-protocol broker (tansu), whose DLQ topics do
+//! not exist and are not created by the broker on first use.
+
+use std::time::Duration;
+
+use crate::kafka::{end_offsets, produce_raw, read_until};
+use crate::support::{actor, get, tree, unique, until, wait_ready, Process, Tansu};
+
+#[tokio::test]
+async fn a_missing_dlq_topic_is_created_and_each_letter_written_once() {
+    let tansu = Tansu::start();
+    let topic = unique("beats");
+    tansu.create_topic(&topic, 1);
+    let dlq = format!("{topic}-dlq");
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\n[runtime]\nenable = [\"heartbeat\"]\n[pipelines.heartbeat]\ninterval = \"200ms\"\ntopic = \"{topic}\"\ngroup = \"{}\"\n",
+        tansu.bootstrap(),
+        unique("group")
+    );
+    let p = Process::start(&toml, &[], &[]);
+    wait_ready(&p.base).await;
+    // Beats flow before any poison arrives.
+    until(Duration::from_secs(60), "beats read back", || async {
+        actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            > Some(0)
+    })
+    .await;
+    produce_raw(
+        tansu.bootstrap(),
+        &topic,
+        &["not json 0", "not json 1", "not json 2"],
+    )
+    .await;
+    let bootstrap = tansu.bootstrap().to_owned();
+    let dlq_topic = dlq.clone();
+    let letters =
+        tokio::task::spawn_blocking(move || read_until(&bootstrap, &dlq_topic, |r| r.len() >= 3))
+            .await
+            .unwrap();
+    let originals: Vec<String> = letters
+        .iter()
+        .map(|(body, _)| body["original_message"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        originals,
+        ["not json 0", "not json 1", "not json 2"],
+        "log:\n{}",
+        p.log()
+    );
+    assert!(p.log().contains("dead-letter topic created"), "{}", p.log());
+    // Beats keep flowing, and nothing is written twice.
+    let beats = actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"]
+        .as_u64()
+        .unwrap();
+    until(Duration::from_secs(30), "more beats", || async {
+        actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            > Some(beats + 5)
+    })
+    .await;
+    let (bootstrap, dlq_topic) = (tansu.bootstrap().to_owned(), dlq.clone());
+    let ends = tokio::task::spawn_blocking(move || end_offsets(&bootstrap, &dlq_topic, 1))
+        .await
+        .unwrap();
+    assert_eq!(ends.values().sum::<i64>(), 3, "{ends:?}");
+    let t = tree(&p.base).await;
+    assert_eq!(actor(&t, "/heartbeat/beats/dlq")["counters"]["records"], 3);
+    assert_eq!(actor(&t, "/heartbeat/beats/dlq")["restarts"], 0);
+    assert_eq!(get(&p.base, "/ready").await.0, 200);
+}
