@@ -202,6 +202,8 @@ impl<R: Send + 'static> Actor for Buffer<R> {
             BufferMsg::FlushTick { .. } => {} // that batch already left by size
             BufferMsg::FlushNow => state.flush("forced")?,
             BufferMsg::Discard(revoked) => {
+                // The writer may hold records of these partitions beyond its current batch.
+                let _ = state.args.writer.cast(WriterMsg::Revoked(revoked.clone()));
                 let before = state.pending.len();
                 state.pending.retain(|item| {
                     let o = item.origin();

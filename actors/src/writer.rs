@@ -23,7 +23,7 @@ use crate::backoff::Backoff;
 use crate::error::ErrorKind;
 use crate::names;
 use crate::observe::Probe;
-use crate::record::{Acker, Batch, DeadLetter, DlqMsg, Envelope, Item, Origin, Poison};
+use crate::record::{Acker, Batch, DeadLetter, DlqMsg, Envelope, Item, Origin, Poison, Topic};
 use crate::sink::{Progress, Sink, SinkError, SinkFactory};
 
 pub struct Writer<R, S>(std::marker::PhantomData<fn() -> (R, S)>);
@@ -66,6 +66,9 @@ pub struct WriterArgs<S> {
 
 pub enum WriterMsg<R> {
     Write(Batch<R>),
+    /// Partitions taken away (up to each assignment epoch). A writer that holds records
+    /// beyond the batch it is writing drops theirs: their new owner handles them.
+    Revoked(Vec<(Topic, i32, u64)>),
 }
 
 pub struct WriterState<R, S> {
@@ -311,6 +314,9 @@ where
                 state.probe.release(n);
                 result
             }
+            // Batches are written one at a time, so nothing of a revoked partition waits here;
+            // the revoke callback waits for the batch in flight.
+            WriterMsg::Revoked(_) => Ok(()),
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn parse(
                 };
                 let inner = &body[..close];
                 if q == '\'' {
-                    inner.to_owned()
+                    inner.replace("\\\\", "\\").replace("\\'", "'")
                 } else {
                     expand(&unescape(inner), &lookup)
                 }
@@ -99,7 +99,7 @@ fn closing_quote(s: &str, q: char) -> Option<usize> {
     let mut escaped = false;
     for (i, c) in s.char_indices() {
         match c {
-            '\\' if q == '"' && !escaped => escaped = true,
+            '\\' if !escaped => escaped = true,
             c if c == q && !escaped => return Some(i),
             _ => escaped = false,
         }
@@ -144,8 +144,9 @@ fn expand(s: &str, lookup: &impl Fn(&str) -> Option<String>) -> String {
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        let value = lookup(name).filter(|v| !v.is_empty() || default.is_none());
-        out.push_str(&value.or(default.map(str::to_owned)).unwrap_or_default());
+        // As python-dotenv: the default stands in for a variable that is not set at all.
+        let value = lookup(name).or(default.map(str::to_owned));
+        out.push_str(&value.unwrap_or_default());
         rest = &rest[at + 2 + end + 1..];
     }
     out.push_str(rest);
@@ -191,6 +192,9 @@ mod tests {
         assert_eq!(v["E"], "fallback");
         assert_eq!(v["F"], "multi\nline");
         assert_eq!(v["G"], "a#b");
+        let v = vars("H='it\\'s'\nI=${EMPTY:-default}\n", &[("EMPTY", "")]);
+        assert_eq!(v["H"], "it's");
+        assert_eq!(v["I"], "", "a variable set to empty is set");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actord_actors::record::{DeadLetter, DlqMsg, Envelope, Item, Poison};
+use actord_actors::record::{Acker, DeadLetter, DlqMsg, Envelope, Item, Poison, Topic};
 use actord_actors::writer::WriterMsg;
 use actord_actors::Probe;
 use futures::future::BoxFuture;
@@ -49,8 +49,15 @@ pub struct DispatcherArgs {
     pub dlq: Option<ActorRef<DlqMsg>>,
 }
 
+/// What the actor hands its engine.
+enum Input {
+    Job(Box<Envelope<Job>>),
+    /// Partitions taken away, up to each assignment epoch.
+    Revoked(Vec<(Topic, i32, u64)>),
+}
+
 pub struct DispatcherState {
-    jobs: mpsc::UnboundedSender<Envelope<Job>>,
+    jobs: mpsc::UnboundedSender<Input>,
     engine: JoinHandle<()>,
     dlq: Option<ActorRef<DlqMsg>>,
     probe: Probe,
@@ -83,14 +90,22 @@ impl Actor for Dispatcher {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let WriterMsg::Write(batch) = message;
+        let batch = match message {
+            WriterMsg::Write(batch) => batch,
+            WriterMsg::Revoked(revoked) => {
+                return state
+                    .jobs
+                    .send(Input::Revoked(revoked))
+                    .map_err(|_| "the transfer engine stopped".into());
+            }
+        };
         for item in batch.items {
             match item {
                 // The DLQ acknowledges it once it holds it; later jobs of its partition cannot
                 // be committed past it before then.
                 Item::Poison(letter) => dead_letter(&state.dlq, &state.probe, letter),
                 Item::Good(envelope) => {
-                    if state.jobs.send(envelope).is_err() {
+                    if state.jobs.send(Input::Job(Box::new(envelope))).is_err() {
                         return Err("the transfer engine stopped".into());
                     }
                 }
@@ -156,6 +171,12 @@ struct Engine {
     plans: Vec<ProbePlan>,
     /// Attempts under way per server name.
     attempts: HashMap<String, u32>,
+    /// The acknowledger of the consumer that reads now; jobs read by an earlier consumer
+    /// (it restarted) are read again by this one and dropped here.
+    reader: Option<Acker>,
+    /// The latest assignment epoch revoked per partition: jobs read under it belong to
+    /// another member now and are dropped, never acknowledged or dead-lettered here.
+    revoked: HashMap<(Topic, i32), u64>,
 }
 
 type Running = FuturesUnordered<BoxFuture<'static, (Pending, Outcome)>>;
@@ -174,10 +195,57 @@ impl Engine {
             delayed: Vec::new(),
             plans: Vec::new(),
             attempts: HashMap::new(),
+            reader: None,
+            revoked: HashMap::new(),
         }
     }
 
-    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Envelope<Job>>) {
+    /// The job was read by a consumer that is gone, or under an assignment that was revoked.
+    fn stale(&self, e: &Envelope<Job>) -> bool {
+        let o = &e.source.origin;
+        self.reader.as_ref().is_some_and(|r| !r.same(&e.acker))
+            || self
+                .revoked
+                .get(&(o.topic, o.partition))
+                .is_some_and(|epoch| o.epoch <= *epoch)
+    }
+
+    /// Drops every queued job that is stale (see [`Engine::stale`]); running ones are
+    /// dropped when they finish.
+    fn drop_stale(&mut self) {
+        let before = self.ready.len() + self.delayed.len() + self.parked.len();
+        let ready: Vec<Pending> = std::mem::take(&mut self.ready).into();
+        let mut held = 0;
+        for p in ready {
+            if self.stale(&p.envelope) {
+                held += 1;
+            } else {
+                self.ready.push_back(p);
+            }
+        }
+        let delayed = std::mem::take(&mut self.delayed);
+        for (at, p) in delayed {
+            if self.stale(&p.envelope) {
+                held += 1;
+            } else {
+                self.delayed.push((at, p));
+            }
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            if !self.stale(&p.envelope) {
+                self.parked.push(p);
+            }
+        }
+        // Parked jobs hold no work; the others do.
+        self.probe.release(held);
+        let dropped = before - (self.ready.len() + self.delayed.len() + self.parked.len());
+        if dropped > 0 {
+            info!(path = %self.path, jobs = dropped, "dropped jobs of partitions this process no longer reads");
+        }
+    }
+
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Input>) {
         let mut running: Running = FuturesUnordered::new();
         let mut probing: Probing = FuturesUnordered::new();
         let concurrency = self.transfers.settings.concurrency.max(1);
@@ -225,8 +293,14 @@ impl Engine {
                 Some((server, result)) = probing.next(), if !probing.is_empty() => {
                     self.probed(&server, result);
                 }
-                job = jobs.recv() => match job {
-                    Some(envelope) => {
+                input = jobs.recv() => match input {
+                    Some(Input::Job(envelope)) => {
+                        let envelope = *envelope;
+                        if !self.reader.as_ref().is_some_and(|r| r.same(&envelope.acker)) {
+                            // A new consumer: what the old one read comes again through it.
+                            self.reader = Some(envelope.acker.clone());
+                            self.drop_stale();
+                        }
                         self.probe.hold(1);
                         self.ready.push_back(Pending {
                             envelope,
@@ -234,6 +308,13 @@ impl Engine {
                             last_error: None,
                             parked_at: None,
                         });
+                    }
+                    Some(Input::Revoked(revoked)) => {
+                        for (topic, partition, epoch) in revoked {
+                            let at = self.revoked.entry((topic, partition)).or_insert(epoch);
+                            *at = (*at).max(epoch);
+                        }
+                        self.drop_stale();
                     }
                     None => return,
                 },
@@ -301,6 +382,12 @@ impl Engine {
     }
 
     fn finished(&mut self, mut p: Pending, outcome: Outcome) {
+        if self.stale(&p.envelope) {
+            // Its partition's new owner transfers it (again, to the same name) and answers
+            // for it; an acknowledgement or a dead letter from here would be a second one.
+            self.probe.release(1);
+            return;
+        }
         let settings = &self.transfers.settings;
         let job_id = p.envelope.record.id.clone();
         match outcome {
@@ -328,11 +415,19 @@ impl Engine {
                     self.park(p);
                     return;
                 }
+                // Whether a transfer succeeded on this server since its last failure: until one
+                // does, a failure says nothing about the job.
+                let proven = server.trusted();
                 let opened = server.failed(settings.breaker_threshold, &err);
                 // Failures that open the circuit, or meet it open, are the server's: the job
                 // waits for it without spending its attempts.
                 if opened || server.is_open() {
                     self.park(p);
+                    return;
+                }
+                if !proven {
+                    let at = Instant::now() + settings.backoff.delay(0);
+                    self.delayed.push((at, p));
                     return;
                 }
                 p.failures += 1;
@@ -377,7 +472,7 @@ impl Engine {
         };
         match result {
             Ok(()) => {
-                server.succeeded();
+                server.probe_succeeded();
                 self.plans.swap_remove(i);
                 // Everything that waited for this server goes back in line, oldest first.
                 let (back, still): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.parked)

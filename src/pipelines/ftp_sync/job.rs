@@ -67,6 +67,16 @@ pub fn decode(r: &SourceRecord, servers: &Roots) -> Result<Job, Poison> {
     };
     let source = endpoint("source", raw.source, servers)?;
     let destination = endpoint("destination", raw.destination, servers)?;
+    // Writing a file onto itself would truncate the source before it is read.
+    if source == destination {
+        return Err(Poison::new(
+            "SameFile",
+            format!(
+                "source and destination are the same file ({} on {})",
+                source.path, source.hostname
+            ),
+        ));
+    }
     Ok(Job {
         id,
         source,
@@ -187,6 +197,10 @@ mod tests {
             (
                 r#"{"source": {"hostname": "SRC", "path": "/a"}, "destination": {"hostname": "DST", "path": "/data"}}"#,
                 "InvalidPath",
+            ),
+            (
+                r#"{"source": {"hostname": "DST", "path": "x.csv"}, "destination": {"hostname": "DST", "path": "/data/./x.csv"}}"#,
+                "SameFile",
             ),
         ];
         for (payload, class) in cases {

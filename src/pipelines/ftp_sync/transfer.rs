@@ -121,6 +121,27 @@ impl Server {
         }
     }
 
+    /// A probe got through: jobs may try again. The server is not trusted yet, and its failure
+    /// count stays: only a transfer that succeeds proves it well, so the first failure after a
+    /// probe opens the circuit again instead of costing jobs their attempts.
+    pub fn probe_succeeded(&self) {
+        if self.open.swap(false, Ordering::AcqRel) {
+            info!(server = %self.name, "circuit half-open: a probe got through, jobs try again");
+            metrics::gauge!(names::FTP_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
+        }
+        if self
+            .misconfigured
+            .lock()
+            .expect("server state lock")
+            .take()
+            .is_some()
+        {
+            info!(server = %self.name, "the server accepts the configuration again");
+            metrics::gauge!(names::FTP_SERVER_MISCONFIGURED, "server" => self.name.clone())
+                .set(0.0);
+        }
+    }
+
     /// Marks the server misconfigured; true when it was not already.
     pub fn set_misconfigured(&self, error: &TransferError) -> bool {
         self.trusted.store(false, Ordering::Release);

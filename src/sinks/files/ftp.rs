@@ -57,11 +57,20 @@ async fn within<T, E>(
     })
 }
 
-/// Copies `from` into `to` like `tokio::io::copy`, but fails when a read or a write makes no
+/// Which side of a copy is the server's data connection: only that side is timed, so a slow
+/// peer on the other side of the pipe is not blamed on this server.
+#[derive(Clone, Copy)]
+enum Server {
+    Reads,
+    Writes,
+}
+
+/// Copies `from` into `to` like `tokio::io::copy`, but fails when the server's side makes no
 /// progress for `idle`: a stalled data connection ends instead of holding a slot forever.
 async fn copy_idle(
     from: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
     to: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    server: Server,
     idle: Duration,
     context: &str,
 ) -> Result<u64, TransferError> {
@@ -69,22 +78,20 @@ async fn copy_idle(
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
     loop {
-        let n = within(
-            idle,
-            || format!("{context}: reading data"),
-            from.read(&mut buf),
-        )
-        .await?
+        let read = from.read(&mut buf);
+        let n = match server {
+            Server::Reads => within(idle, || format!("{context}: reading data"), read).await?,
+            Server::Writes => read.await,
+        }
         .map_err(|e| connection_error(context, e))?;
         if n == 0 {
             return Ok(total);
         }
-        within(
-            idle,
-            || format!("{context}: writing data"),
-            to.write_all(&buf[..n]),
-        )
-        .await?
+        let write = to.write_all(&buf[..n]);
+        match server {
+            Server::Writes => within(idle, || format!("{context}: writing data"), write).await?,
+            Server::Reads => write.await,
+        }
         .map_err(|e| connection_error(context, e))?;
         total += n as u64;
     }
@@ -195,11 +202,13 @@ impl FtpTransport {
 
     /// Creates `dir` and its parents, one level at a time (FTP has no `mkdir -p`).
     async fn make_dirs(&self, conn: &mut Conn, dir: &str) -> Result<(), TransferError> {
-        for at in self.pool.dirs_to_make(dir) {
+        let levels = self.pool.dirs_to_make(dir);
+        for at in &levels {
             // An error here usually means the directory exists; a real problem shows up as
             // the upload's own error.
-            let _ = self.step(&at, "MKD", conn.mkdir(&at)).await?;
+            let _ = self.step(at, "MKD", conn.mkdir(at)).await?;
         }
+        self.pool.made(levels);
         Ok(())
     }
 
@@ -361,7 +370,7 @@ impl Transport for FtpTransport {
                 let mut stream = self
                     .step(path, "RETR", lease.conn.retr_as_stream(path))
                     .await??;
-                let copied = copy_idle(&mut stream, out, limit, path).await;
+                let copied = copy_idle(&mut stream, out, Server::Reads, limit, path).await;
                 let finished = self.step(path, "end of RETR", stream.finish()).await;
                 let n = copied?;
                 finished??;
@@ -394,12 +403,19 @@ impl Transport for FtpTransport {
                 let conn = &mut lease.conn;
                 let limit = self.settings.timeout;
                 self.make_dirs(conn, split(path).0).await?;
-                let opened = self.step(path, "STOR", conn.put_with_stream(&temp)).await?;
-                let mut stream = opened.inspect_err(|_| {
-                    // The directory may have gone since it was made: make it again next time.
-                    self.pool.forget(split(path).0);
-                })?;
-                let copied = copy_idle(input, &mut stream, limit, path).await;
+                let mut stream = match self.step(path, "STOR", conn.put_with_stream(&temp)).await? {
+                    Ok(stream) => stream,
+                    Err(e) if !e.permanent => return Err(e),
+                    // The directory may have gone since it was made here: make it again and
+                    // try once more before the refusal counts.
+                    Err(_) => {
+                        self.pool.forget(split(path).0);
+                        self.make_dirs(conn, split(path).0).await?;
+                        self.step(path, "STOR", conn.put_with_stream(&temp))
+                            .await??
+                    }
+                };
+                let copied = copy_idle(input, &mut stream, Server::Writes, limit, path).await;
                 let finished = self.step(path, "end of STOR", stream.finish()).await;
                 let bytes = copied?;
                 finished??;
@@ -474,14 +490,21 @@ impl Transport for FtpTransport {
     fn probe(&self) -> BoxFuture<'_, Result<(), TransferError>> {
         async move {
             let mut conn = self.connect().await?;
-            let listed = self.step("/", "NLST", conn.nlst(None)).await?;
-            let _ = within(self.settings.timeout, || "QUIT".to_owned(), conn.quit()).await;
+            let limit = self.settings.timeout;
+            let listed = within(limit, || "NLST".to_owned(), conn.nlst(None)).await?;
+            let _ = within(limit, || "QUIT".to_owned(), conn.quit()).await;
             match listed {
                 Ok(_) => Ok(()),
-                // The server answered the listing itself with a refusal: the data connection
-                // was not the problem, and jobs name their own paths.
-                Err(e) if e.permanent => Ok(()),
-                Err(e) => Err(e),
+                // 421, 425 and 426: the data connection (or the server) is not there.
+                Err(FtpError::UnexpectedResponse(r))
+                    if matches!(r.status.code(), 421 | 425 | 426) =>
+                {
+                    Err(ftp_error(&self.addr(), FtpError::UnexpectedResponse(r)))
+                }
+                // Any other answer to the listing itself ("450 No files found" on an empty
+                // directory, a refusal): the server and its data connections answer.
+                Err(FtpError::UnexpectedResponse(_)) => Ok(()),
+                Err(e) => Err(ftp_error(&self.addr(), e)),
             }
         }
         .boxed()
@@ -539,7 +562,9 @@ impl Tree for FtpTree<'_> {
                         name: f.name().to_owned(),
                         is_dir: f.is_directory(),
                         is_file: f.is_file(),
-                        modified: Some(f.modified()),
+                        // Without a `modify` fact the parser says 1970: unknown, so kept.
+                        modified: Some(f.modified())
+                            .filter(|m| *m != std::time::SystemTime::UNIX_EPOCH),
                     })
                     .collect(),
             ))

@@ -128,6 +128,18 @@ impl Transport for LocalTransport {
                 // Checked again: a link may have appeared while the directories were made.
                 self.confined(dir, path).await?;
             }
+            // A direct upload writes the final name: a link there would be followed out of the
+            // directory, so it is refused rather than written through.
+            if staging == Staging::Direct
+                && tokio::fs::symlink_metadata(&real)
+                    .await
+                    .is_ok_and(|m| m.file_type().is_symlink())
+            {
+                return Err(TransferError::permanent(
+                    "PathOutsideRoot",
+                    format!("{path:?} is a symbolic link"),
+                ));
+            }
             // A staged name is new by construction; a direct upload replaces what is there.
             let created = match staging {
                 Staging::Rename => tokio::fs::File::create_new(&real).await,

@@ -85,10 +85,11 @@ impl<C> Pool<C> {
             .retain(|d| d != dir && !d.starts_with(&below));
     }
 
-    /// The levels of `dir` not created yet (outermost first), now marked as created: these
-    /// protocols have no `mkdir -p`, and an error creating an existing level is harmless.
+    /// The levels of `dir` not known to exist (outermost first): these protocols have no
+    /// `mkdir -p`, and creating an existing level is harmless. Two uploads into a new directory
+    /// may both create it; neither skips it before it exists.
     pub fn dirs_to_make(&self, dir: &str) -> Vec<String> {
-        let mut made = self.made.lock().expect("dirs lock");
+        let made = self.made.lock().expect("dirs lock");
         let mut at = String::new();
         let mut out = Vec::new();
         let absolute = dir.starts_with('/');
@@ -97,11 +98,16 @@ impl<C> Pool<C> {
                 at.push('/');
             }
             at.push_str(part);
-            if made.insert(at.clone()) {
+            if !made.contains(&at) {
                 out.push(at.clone());
             }
         }
         out
+    }
+
+    /// Remembers that the levels of `dir` exist now.
+    pub fn made(&self, levels: Vec<String>) {
+        self.made.lock().expect("dirs lock").extend(levels);
     }
 }
 
@@ -112,7 +118,11 @@ mod tests {
     #[test]
     fn directories_are_created_once_level_by_level() {
         let pool: Pool<()> = Pool::new(1);
-        assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a", "/a/b", "/a/b/c"]);
+        let levels = pool.dirs_to_make("/a/b/c");
+        assert_eq!(levels, ["/a", "/a/b", "/a/b/c"]);
+        // Not remembered until made: a second upload creates them too rather than skip them.
+        assert_eq!(pool.dirs_to_make("/a/b/c").len(), 3);
+        pool.made(levels);
         assert_eq!(pool.dirs_to_make("/a/b/d"), ["/a/b/d"]);
         assert!(pool.dirs_to_make("/a/b").is_empty());
         assert!(pool.dirs_to_make("/").is_empty());
@@ -124,7 +134,7 @@ mod tests {
     #[test]
     fn a_forgotten_directory_is_created_again() {
         let pool: Pool<()> = Pool::new(1);
-        assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a", "/a/b", "/a/b/c"]);
+        pool.made(pool.dirs_to_make("/a/b/c"));
         pool.forget("/a/b");
         assert_eq!(pool.dirs_to_make("/a/b/c"), ["/a/b", "/a/b/c"]);
     }

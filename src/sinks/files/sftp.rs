@@ -228,10 +228,12 @@ impl SftpTransport {
     }
 
     async fn make_dirs(&self, sftp: &SftpSession, dir: &str) {
-        for at in self.pool.dirs_to_make(dir) {
+        let levels = self.pool.dirs_to_make(dir);
+        for at in &levels {
             // Fails when the directory exists; a real problem shows in the upload.
             let _ = sftp.create_dir(at.as_str()).await;
         }
+        self.pool.made(levels);
     }
 }
 
@@ -296,10 +298,18 @@ impl Transport for SftpTransport {
             let result = async {
                 let sftp = &lease.conn.sftp;
                 self.make_dirs(sftp, split(path).0).await;
-                let mut file = sftp
-                    .create(temp.as_str())
-                    .await
-                    .map_err(|e| sftp_error(path, e))?;
+                let mut file = match sftp.create(temp.as_str()).await {
+                    Ok(file) => file,
+                    // The directory may have gone since it was made here: make it again and
+                    // try once more before the refusal counts.
+                    Err(_) => {
+                        self.pool.forget(split(path).0);
+                        self.make_dirs(sftp, split(path).0).await;
+                        sftp.create(temp.as_str())
+                            .await
+                            .map_err(|e| sftp_error(path, e))?
+                    }
+                };
                 let bytes = tokio::io::copy(input, &mut file)
                     .await
                     .map_err(|e| io_error(path, e))?;

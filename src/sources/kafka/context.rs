@@ -118,7 +118,7 @@ impl PathContext {
             }
         }
         if let Some((group, config)) = &self.shared.migrate_from {
-            self.migrate(base, group, config, &mut out);
+            self.migrate(base, group, config, &mut out)?;
         }
         Ok(out)
     }
@@ -131,7 +131,7 @@ impl PathContext {
         group: &str,
         config: &ClientConfig,
         out: &mut TopicPartitionList,
-    ) {
+    ) -> Result<(), String> {
         let mut stored = TopicPartitionList::new();
         for e in out
             .elements()
@@ -141,15 +141,13 @@ impl PathContext {
             let _ = stored.add_partition(e.topic(), e.partition());
         }
         if stored.count() == 0 {
-            return;
+            return Ok(());
         }
-        let own = match base.committed_offsets(stored, LOOKUP_TIMEOUT) {
-            Ok(own) => own,
-            Err(e) => {
-                error!(path = %self.shared.path, error = %e, "cannot read this group's committed offsets; partitions without a sink offset start from the reset policy");
-                return;
-            }
-        };
+        // A failed look-up fails the assignment: guessing would replay what the replaced
+        // service wrote, or skip what it did not.
+        let own = base
+            .committed_offsets(stored, LOOKUP_TIMEOUT)
+            .map_err(|e| format!("cannot read this group's committed offsets: {e}"))?;
         let mut missing = TopicPartitionList::new();
         for e in own.elements() {
             if !matches!(e.offset(), Offset::Offset(_)) {
@@ -157,25 +155,21 @@ impl PathContext {
             }
         }
         if missing.count() == 0 {
-            return;
+            return Ok(());
         }
         let found = config
             .create::<BaseConsumer>()
             .and_then(|other| other.committed_offsets(missing, LOOKUP_TIMEOUT));
-        match found {
-            Ok(found) => {
-                for e in found.elements() {
-                    if let Offset::Offset(n) = e.offset() {
-                        let _ =
-                            out.set_partition_offset(e.topic(), e.partition(), Offset::Offset(n));
-                        info!(path = %self.shared.path, group = %group, topic = %e.topic(), partition = e.partition(), offset = n, "no offset of its own: starting from the committed offset of the group it replaces");
-                    }
-                }
-            }
-            Err(e) => {
-                error!(path = %self.shared.path, group = %group, error = %e, "cannot read the committed offsets of the group to migrate from; partitions without an offset start from the reset policy");
+        let found = found.map_err(|e| {
+            format!("cannot read the committed offsets of {group}, the group to migrate from: {e}")
+        })?;
+        for e in found.elements() {
+            if let Offset::Offset(n) = e.offset() {
+                let _ = out.set_partition_offset(e.topic(), e.partition(), Offset::Offset(n));
+                info!(path = %self.shared.path, group = %group, topic = %e.topic(), partition = e.partition(), offset = n, "no offset of its own: starting from the committed offset of the group it replaces");
             }
         }
+        Ok(())
     }
 
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
