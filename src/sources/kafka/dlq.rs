@@ -29,9 +29,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
@@ -284,43 +283,56 @@ impl Shared {
         }
     }
 
-    /// Writes one letter, retrying failed attempts with backoff; `Err` when it gave up.
+    /// Hands one attempt at `letter` to the producer's queue: what is enqueued in one order is
+    /// written in that order.
+    fn enqueue(&self, letter: &DeadLetter, body: &[u8]) -> Result<DeliveryFuture, String> {
+        let topic = format!("{}{}", letter.source.origin.topic, self.suffix);
+        let mut record = FutureRecord::to(&topic)
+            .payload(body)
+            .headers(headers(letter, &self.connector));
+        if let Some(key) = &letter.source.key {
+            record = record.key(key);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| e.to_string())
+    }
+
+    /// Waits for the first attempt, then retries failed attempts with backoff; `Err` when it
+    /// gave up.
     async fn deliver(
         &self,
         letter: &DeadLetter,
+        body: &[u8],
+        first: Result<DeliveryFuture, String>,
         mut alive: watch::Receiver<()>,
     ) -> Result<(), String> {
         let source = letter.source.origin.topic.to_string();
         let topic = format!("{source}{}", self.suffix);
-        let body = serde_json::to_vec(&payload(letter, chrono::Utc::now()))
-            .map_err(|e| format!("cannot encode the letter: {e}"))?;
-        let mut attempt = 0;
+        let mut attempt = 1;
+        let mut pending = Some(first);
         loop {
-            attempt += 1;
-            let result = match self.ensure(&source).await {
+            let queued = match pending.take() {
+                Some(queued) => queued,
+                None => match self.ensure(&source).await {
+                    Ok(()) => self.enqueue(letter, body),
+                    Err(e) => Err(e),
+                },
+            };
+            let result = match queued {
                 Err(e) => Err(e),
-                Ok(()) => {
-                    let mut record = FutureRecord::to(&topic)
-                        .payload(&body)
-                        .headers(headers(letter, &self.connector));
-                    if let Some(key) = &letter.source.key {
-                        record = record.key(key);
-                    }
-                    self.producer
-                        .send(record, Timeout::After(ATTEMPT_TIMEOUT))
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| {
-                            // A topic removed or never there: look again before the next try.
-                            self.forget(&topic);
-                            e.to_string()
-                        })
-                }
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("the producer was dropped".to_owned()),
+                },
             };
             let err = match result {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
+            // A topic removed or never there: look again before the next try.
+            self.forget(&topic);
             metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => self.path.clone()).increment(1);
             if attempt >= MAX_ATTEMPTS {
                 return Err(format!(
@@ -333,6 +345,7 @@ impl Shared {
                 _ = tokio::time::sleep(delay) => {}
                 _ = alive.changed() => return Err("the dead-letter producer stopped".to_owned()),
             }
+            attempt += 1;
         }
     }
 }
@@ -425,8 +438,16 @@ impl Actor for DlqProducer {
         let (shared, alive) = (state.shared.clone(), state.alive.subscribe());
         // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
         shared.probe.hold(1);
+        let body = serde_json::to_vec(&payload(&letter, chrono::Utc::now()))?;
+        // The first attempt is queued here, in arrival order; a missing topic is looked after
+        // first (a failure is retried by the task).
+        let source = letter.source.origin.topic.to_string();
+        let first = match shared.ensure(&source).await {
+            Ok(()) => shared.enqueue(&letter, &body),
+            Err(e) => Err(e),
+        };
         tokio::spawn(async move {
-            let outcome = shared.deliver(&letter, alive).await;
+            let outcome = shared.deliver(&letter, &body, first, alive).await;
             shared.probe.release(1);
             drop(permit);
             match outcome {
