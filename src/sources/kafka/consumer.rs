@@ -14,6 +14,9 @@
 //!   polling while paused so that it stays in the group.
 //! - A graceful stop stops reading, flushes the buffers, waits for acknowledgements (up to the
 //!   drain timeout) and commits before leaving the group.
+//! - librdkafka calls that block on the network (synchronous commits; the offset look-ups and
+//!   the commit of a rebalance, which runs inside a poll) go through [`off_worker`], so the
+//!   other tasks of the async worker keep running meanwhile.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -65,6 +68,19 @@ pub struct ConsumerState {
     paused: bool,
     /// Since when the in-flight bound has been reached without pausing the partitions.
     full_since: Option<Instant>,
+}
+
+/// Runs blocking librdkafka work without holding up the other tasks of the async worker it
+/// runs on: on a multi-threaded runtime the worker hands them to another thread first. The
+/// calling task itself waits, as it must (a rebalance callback has to finish before the poll
+/// returns). On a single-threaded runtime, where nothing can take over, the work just runs.
+pub(super) fn off_worker<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 /// What a stopping consumer keeps of its stop deadline for the final commit.
@@ -137,7 +153,8 @@ impl ConsumerState {
         for (topic, partition, next) in &commits {
             let _ = tpl.add_partition_offset(topic.as_str(), *partition, Offset::Offset(*next));
         }
-        match self.consumer.commit(&tpl, mode) {
+        let consumer = &self.consumer;
+        match off_worker(|| consumer.commit(&tpl, mode)) {
             Ok(()) => {
                 metrics::counter!(names::OFFSETS_COMMITTED_TOTAL, "path" => self.path.clone())
                     .increment(commits.len() as u64);
@@ -559,5 +576,101 @@ impl Actor for KafkaConsumer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    use actord_actors::{ActorKind, ActorPath, Registry};
+    use ractor::ActorProcessingErr;
+
+    use super::*;
+    use crate::sources::kafka::embedded::EmbeddedKafka;
+    use crate::sources::kafka::OffsetSource;
+
+    /// Start offsets from a sink whose look-up blocks its thread for a while, as a query to a
+    /// slow database does.
+    struct SlowSource {
+        took: Duration,
+        done: Arc<AtomicBool>,
+    }
+
+    impl OffsetSource for SlowSource {
+        fn next_offsets(&self, partitions: &[(&str, i32)]) -> Result<Vec<Option<i64>>, String> {
+            std::thread::sleep(self.took);
+            self.done.store(true, Ordering::Release);
+            Ok(vec![None; partitions.len()])
+        }
+    }
+
+    struct Ignore;
+
+    impl Actor for Ignore {
+        type Msg = SourceMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            _args: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// One async worker: a rebalance that blocks inside the consumer's poll must not stall the
+    /// other tasks of the process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_blocking_lookup_at_assignment_leaves_the_worker_to_other_tasks() {
+        let kafka = EmbeddedKafka::start().unwrap();
+        kafka.create_topic("slow-start", 1).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let mut settings = SourceSettings::new(vec!["slow-start".into()], "slow-start-group");
+        settings.session_timeout = Duration::from_secs(3);
+        settings.start = StartFrom::Sink(Arc::new(SlowSource {
+            took: Duration::from_secs(2),
+            done: done.clone(),
+        }));
+        // A task that should run every 10 ms; its longest gap shows a stalled worker.
+        let longest = Arc::new(AtomicU64::new(0));
+        let gap = longest.clone();
+        let watch_done = done.clone();
+        let ticker = tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
+            while !watch_done.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = std::time::Instant::now();
+                gap.fetch_max((now - last).as_millis() as u64, Ordering::Relaxed);
+                last = now;
+            }
+        });
+        let (ignore, _) = Actor::spawn(None, Ignore, ()).await.unwrap();
+        let registry = Registry::new();
+        let probe = registry.probe(
+            &ActorPath::parse("/t/consumer-0").unwrap(),
+            ActorKind::Worker,
+        );
+        let (consumer, _) = Actor::spawn(
+            None,
+            KafkaConsumer,
+            ConsumerArgs {
+                probe,
+                connection: KafkaConnection::new(kafka.bootstrap()),
+                settings,
+                downstream: vec![ignore],
+            },
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), ticker)
+            .await
+            .expect("the partitions were assigned")
+            .unwrap();
+        let longest = longest.load(Ordering::Relaxed);
+        assert!(longest < 1_000, "the worker stalled for {longest} ms");
+        consumer.stop(None);
     }
 }

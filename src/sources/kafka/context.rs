@@ -257,12 +257,16 @@ impl ConsumerContext for PathContext {
         tpl: &mut TopicPartitionList,
     ) {
         match err {
+            // Both block on the network (offset look-ups, a synchronous commit) inside the
+            // consumer's poll.
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Err(e) = self.on_assign(base, tpl) {
+                if let Err(e) = super::consumer::off_worker(|| self.on_assign(base, tpl)) {
                     error!(path = %self.shared.path, error = %e, "assigning partitions failed");
                 }
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                super::consumer::off_worker(|| self.on_revoke(base, tpl))
+            }
             other => {
                 error!(path = %self.shared.path, error = ?other, "rebalance error");
                 let _ = base.unassign();
