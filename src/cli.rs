@@ -206,6 +206,9 @@ fn render_node(node: &serde_json::Value, depth: usize, out: &mut String) {
     {
         line.push_str(&format!("  last_error={err:?}"));
     }
+    if let Some(why) = node.get("unhealthy").and_then(|u| u.as_str()) {
+        line.push_str(&format!("  unhealthy={why:?}"));
+    }
     out.push_str(&line);
     out.push('\n');
     for entry in node

@@ -222,4 +222,21 @@ mod tests {
         let beats = children.iter().find(|c| c.id == "beats").unwrap();
         assert_eq!(beats.shutdown, beats.stop_need());
     }
+
+    #[test]
+    fn start_timeouts_cascade_down_to_each_child() {
+        let config = load(
+            "[supervision]\nstart_timeout = \"20s\"\n[pipelines.heartbeat.supervision.paths.ticker]\nstart_timeout = \"5s\"\n",
+        );
+        let resources = crate::pipelines::Resources::new(super::super::connection(&config, ""));
+        let p = super::super::plan(&config, &resources).unwrap();
+        let (_, children) = p.pipelines[0].nested().unwrap();
+        let child = |id: &str| children.iter().find(|c| c.id == id).unwrap();
+        assert_eq!(child("ticker").start_timeout, Duration::from_secs(5));
+        assert_eq!(child("publisher").start_timeout, Duration::from_secs(20));
+        let (_, path) = child("beats").nested().unwrap();
+        assert!(path
+            .iter()
+            .all(|c| c.start_timeout == Duration::from_secs(20)));
+    }
 }
