@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actord_actors::record::Envelope;
-use actord_actors::sink::{Sink, SinkError, SinkFactory};
+use actord_actors::sink::{Progress, Sink, SinkError, SinkFactory};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
@@ -82,11 +82,20 @@ impl Objects {
         let shared = self.clone();
         Arc::new(move || {
             let shared = shared.clone();
-            Box::pin(async move { Ok(ParquetSink { shared }) })
+            Box::pin(async move {
+                Ok(ParquetSink {
+                    shared,
+                    progress: Progress::none(),
+                })
+            })
         })
     }
 
-    async fn write_batch(&self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
+    async fn write_batch(
+        &self,
+        records: &[Envelope<Market>],
+        progress: &Progress,
+    ) -> Result<(), SinkError> {
         let groups = keys::group(records);
         if groups.is_empty() {
             return Ok(());
@@ -95,7 +104,8 @@ impl Objects {
         self.remove_stale(&groups, &keys).await?;
         for (group, key) in groups.iter().zip(&keys) {
             let started = Instant::now();
-            let bytes = self.upload(group, key).await?;
+            let bytes = self.upload(group, key, progress).await?;
+            progress.advanced(0, bytes);
             metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
             metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
                 .increment(bytes);
@@ -155,9 +165,15 @@ impl Objects {
     }
 
     /// Streams one group into `key`: row groups are encoded and handed to a multipart upload
-    /// as they fill, so memory holds one row group and a few parts, not the file. Returns the
-    /// object's size.
-    async fn upload(&self, group: &Group<'_>, key: &str) -> Result<u64, SinkError> {
+    /// as they fill, so memory holds one row group and a few parts, not the file. Each row
+    /// group handed on is progress, so a long upload that moves is not taken for a stuck one.
+    /// Returns the object's size.
+    async fn upload(
+        &self,
+        group: &Group<'_>,
+        key: &str,
+        progress: &Progress,
+    ) -> Result<u64, SinkError> {
         let out = BufWriter::with_capacity(self.store.clone(), Path::from(key), PART_SIZE)
             .with_max_concurrency(PART_CONCURRENCY);
         let props = properties(self.row_group_rows);
@@ -168,6 +184,7 @@ impl Objects {
                 let rows = batch(group.kind, chunk)
                     .map_err(|e| SinkError::fatal(format!("cannot build a record batch: {e}")))?;
                 writer.write(&rows).await.map_err(parquet_error)?;
+                progress.advanced(chunk.len() as u64, 0);
             }
             writer.finish().await.map_err(parquet_error)?;
             Ok(writer.bytes_written() as u64)
@@ -202,11 +219,16 @@ fn parquet_error(e: parquet::errors::ParquetError) -> SinkError {
 /// One writer's handle on the shared state.
 pub struct ParquetSink {
     shared: Arc<Objects>,
+    progress: Progress,
 }
 
 impl Sink<Market> for ParquetSink {
+    fn attach_progress(&mut self, progress: Progress) {
+        self.progress = progress;
+    }
+
     async fn write(&mut self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
-        let result = self.shared.write_batch(records).await;
+        let result = self.shared.write_batch(records, &self.progress).await;
         let health = match &result {
             Ok(()) => HEALTH_OK,
             Err(_) => {
