@@ -53,6 +53,14 @@ fn job(id: &str, src: (&str, &str), dst: (&str, &str)) -> String {
     .to_string()
 }
 
+/// Waits until `/metrics` of `p` shows `series` (a whole line prefix with its value).
+async fn until_series(p: &Process, series: &str, within: Duration, what: &str) {
+    until(within, what, || async {
+        get(&p.base, "/metrics").await.1.contains(series)
+    })
+    .await;
+}
+
 /// A server's variables with a password the server refuses.
 fn with_wrong_password(env: Vec<(String, String)>) -> Vec<(String, String)> {
     env.into_iter()
@@ -624,15 +632,11 @@ async fn uploads_refused_before_reading_end_multi_mib_transfers() {
     )
     .await;
     // The refused connections come back as failures and open the circuit: nothing hangs.
-    until(
+    until_series(
+        &p,
+        "actord_ftp_circuit_open{server=\"DST_FTP_SERVER1\"} 1",
         Duration::from_secs(30),
         "the destination's open circuit",
-        || async {
-            get(&p.base, "/metrics")
-                .await
-                .1
-                .contains("actord_ftp_circuit_open{server=\"DST_FTP_SERVER1\"} 1")
-        },
     )
     .await;
     dst.resume();
@@ -670,15 +674,11 @@ async fn uploads_refused_before_reading_end_multi_mib_transfers() {
         )],
     )
     .await;
-    until(
+    until_series(
+        &p,
+        "actord_ftp_server_misconfigured{server=\"LOCKED_FTP_SERVER\"} 1",
         Duration::from_secs(30),
         "the locked server marked misconfigured",
-        || async {
-            get(&p.base, "/metrics")
-                .await
-                .1
-                .contains("actord_ftp_server_misconfigured{server=\"LOCKED_FTP_SERVER\"} 1")
-        },
     )
     .await;
     assert!(read(&locked.root(), "l.bin").is_none());
@@ -950,15 +950,11 @@ async fn a_silent_server_times_out_instead_of_hanging() {
         )],
     )
     .await;
-    until(
+    until_series(
+        &p,
+        "actord_ftp_circuit_open{server=\"SILENT_SERVER\"} 1",
         Duration::from_secs(20),
         "the silent server's open circuit",
-        || async {
-            get(&p.base, "/metrics")
-                .await
-                .1
-                .contains("actord_ftp_circuit_open{server=\"SILENT_SERVER\"} 1")
-        },
     )
     .await;
     assert!(
@@ -1010,15 +1006,11 @@ async fn passive_data_connections_go_to_the_control_address_by_default() {
     )
     .await;
     assert_eq!(read(&nat.root(), "a/n.bin").unwrap(), content(300_000, 5));
-    until(
+    until_series(
+        &p,
+        "actord_ftp_circuit_open{server=\"NAT_REPLY_SERVER\"} 1",
         Duration::from_secs(30),
         "the reply-address server's open circuit",
-        || async {
-            get(&p.base, "/metrics")
-                .await
-                .1
-                .contains("actord_ftp_circuit_open{server=\"NAT_REPLY_SERVER\"} 1")
-        },
     )
     .await;
     // Its probe opens a data connection too, so the circuit stays open.

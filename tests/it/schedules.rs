@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{actor, get, post, run_to_end, tree, unique, until, wait_ready, Process};
+use crate::support::{
+    actor, get, post, promtool_accepts, run_to_end, tree, unique, until, wait_ready, Process,
+};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -195,32 +197,6 @@ async fn a_schedule_without_a_lease_store_address_is_a_config_error() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("scheduler worker"), "{out}");
-}
-
-/// The scrape passes `promtool check metrics` (names, help texts, histogram buckets).
-fn promtool_accepts(metrics: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package prometheus; scripts/test.sh installs it)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `(started, skipped, ran elsewhere)` of the entry in one process.

@@ -101,24 +101,11 @@ impl Server {
         }
     }
 
+    /// A transfer succeeded: the server is proven again.
     pub fn succeeded(&self) {
         self.failures.store(0, Ordering::Release);
         self.trusted.store(true, Ordering::Release);
-        if self.open.swap(false, Ordering::AcqRel) {
-            info!(server = %self.name, "circuit closed: the server answers again");
-            metrics::gauge!(names::FTP_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
-        }
-        if self
-            .misconfigured
-            .lock()
-            .expect("server state lock")
-            .take()
-            .is_some()
-        {
-            info!(server = %self.name, "the server accepts the configuration again");
-            metrics::gauge!(names::FTP_SERVER_MISCONFIGURED, "server" => self.name.clone())
-                .set(0.0);
-        }
+        self.probe_succeeded();
     }
 
     /// A probe got through: jobs may try again. The server is not trusted yet, and its failure
@@ -126,7 +113,7 @@ impl Server {
     /// probe opens the circuit again instead of costing jobs their attempts.
     pub fn probe_succeeded(&self) {
         if self.open.swap(false, Ordering::AcqRel) {
-            info!(server = %self.name, "circuit half-open: a probe got through, jobs try again");
+            info!(server = %self.name, "circuit closed: the server answers again");
             metrics::gauge!(names::FTP_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
         }
         if self
