@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod decoder;
 pub mod error;
+pub mod fence;
 pub mod names;
 pub mod observe;
 pub mod offsets;
@@ -21,6 +22,7 @@ pub mod writer;
 
 pub use backoff::Backoff;
 pub use error::ErrorKind;
+pub use fence::Fence;
 pub use observe::{ActorKind, ActorSnapshot, Probe, Registry, Status};
 pub use path::ActorPath;
 pub use scheduler::{

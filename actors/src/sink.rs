@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::error::ErrorKind;
+use crate::fence::Fence;
 use crate::observe::Probe;
 use crate::record::Envelope;
 
@@ -41,6 +42,11 @@ impl SinkError {
 
     pub fn poison(class: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Poison, class, message)
+    }
+
+    /// The write was given up because a partition of its records was revoked.
+    pub fn fenced(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, "Fenced", message)
     }
 
     pub fn fatal(message: impl Into<String>) -> Self {
@@ -86,6 +92,12 @@ pub trait Sink<R>: Send + 'static {
     /// sink whose writes can take long (a large COPY, a multipart upload) keeps it and reports
     /// as the write moves, so stuck detection restarts only a write that truly stopped.
     fn attach_progress(&mut self, _progress: Progress) {}
+
+    /// Hands the sink its path's [`Fence`], once per incarnation before the first write. A sink
+    /// whose writes cannot be rolled back after the fact (an object upload) checks it before it
+    /// makes a write visible, and gives up the write with [`SinkError::fenced`] when a partition
+    /// of the records was revoked meanwhile.
+    fn attach_fence(&mut self, _fence: Fence) {}
 }
 
 /// Reports that a write in progress is moving (rows sent, bytes uploaded). Cheap to clone and

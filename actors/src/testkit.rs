@@ -302,6 +302,7 @@ pub enum SinkMode {
 pub struct RecordingSink<R> {
     control: SinkControl<R>,
     progress: crate::sink::Progress,
+    fence: crate::fence::Fence,
 }
 
 /// The handle a test keeps on its [`RecordingSink`]s.
@@ -362,6 +363,7 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
                 Ok(RecordingSink {
                     control,
                     progress: crate::sink::Progress::none(),
+                    fence: crate::fence::Fence::new(),
                 })
             })
         })
@@ -371,6 +373,10 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
 impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R> {
     fn attach_progress(&mut self, progress: crate::sink::Progress) {
         self.progress = progress;
+    }
+
+    fn attach_fence(&mut self, fence: crate::fence::Fence) {
+        self.fence = fence;
     }
 
     async fn write(
@@ -384,8 +390,20 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
             let mode = rx.borrow_and_update().clone();
             match mode {
                 SinkMode::Blocked => {
-                    if rx.changed().await.is_err() {
-                        return Err(SinkError::transient("sink control dropped"));
+                    // Like an upload in flight: given up when a partition of it is revoked.
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                return Err(SinkError::transient("sink control dropped"));
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                    if self
+                        .fence
+                        .any_fenced(records.iter().map(|e| &e.source.origin))
+                    {
+                        return Err(SinkError::fenced("a partition of the write was revoked"));
                     }
                 }
                 SinkMode::Down => return Err(SinkError::transient("connection refused")),

@@ -12,6 +12,11 @@
 //! - A poison error for a batch is narrowed down by splitting the batch until the rejected
 //!   records are isolated; those go to the DLQ and the rest is written.
 //! - A fatal error fails the writer at once.
+//! - Records of a revoked assignment are never written: a batch's fenced records are dropped
+//!   before each attempt (unacknowledged, so the partition's new owner reads them), and a sink
+//!   that watches the fence gives up a write in flight when one of its partitions is revoked.
+//!   Each write is registered in flight with the fence until its records are acknowledged, so a
+//!   revoke can wait for it before committing.
 
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ use tracing::{error, warn};
 
 use crate::backoff::Backoff;
 use crate::error::ErrorKind;
+use crate::fence::Fence;
 use crate::names;
 use crate::observe::Probe;
 use crate::record::{Acker, Batch, DeadLetter, DlqMsg, Envelope, Item, Origin, Poison, Topic};
@@ -62,6 +68,8 @@ pub struct WriterArgs<S> {
     /// acknowledged and counted as skipped).
     pub dlq: Option<ActorRef<DlqMsg>>,
     pub retry: RetryPolicy,
+    /// The path's fence: revoked assignments and writes in flight.
+    pub fence: Fence,
 }
 
 pub enum WriterMsg<R> {
@@ -79,6 +87,7 @@ pub struct WriterState<R, S> {
     probe: Probe,
     path: String,
     rng: u64,
+    fence: Fence,
 }
 
 enum Attempt {
@@ -134,10 +143,30 @@ where
     R: Send + Sync + 'static,
     S: Sink<R>,
 {
-    /// Writes `records`, retrying transient failures; stops at a poison error.
-    async fn attempt(&mut self, records: &[Envelope<R>]) -> Result<Attempt, ActorProcessingErr> {
+    /// Drops the records of revoked assignments; they are not acknowledged.
+    fn drop_fenced(&self, records: &mut Vec<Envelope<R>>) {
+        let before = records.len();
+        records.retain(|e| !self.fence.is_fenced(&e.source.origin));
+        let dropped = before - records.len();
+        if dropped > 0 {
+            self.probe.add_counter("fenced", dropped as u64);
+            warn!(path = %self.path, records = dropped, "dropped records of revoked partitions; their new owner writes them");
+        }
+    }
+
+    /// Writes `records`, retrying transient failures; stops at a poison error. Records whose
+    /// partition is revoked meanwhile are dropped before the next attempt, which does not count
+    /// against the retry budget.
+    async fn attempt(
+        &mut self,
+        records: &mut Vec<Envelope<R>>,
+    ) -> Result<Attempt, ActorProcessingErr> {
         let mut attempt = 0u32;
         loop {
+            self.drop_fenced(records);
+            if records.is_empty() {
+                return Ok(Attempt::Written);
+            }
             attempt += 1;
             let started = Instant::now();
             let result = self.sink.write(records).await;
@@ -147,6 +176,14 @@ where
                 Ok(()) => return Ok(Attempt::Written),
                 Err(e) => e,
             };
+            if self
+                .fence
+                .any_fenced(records.iter().map(|e| &e.source.origin))
+            {
+                // The sink gave up (or failed) while a partition of the batch went away.
+                attempt -= 1;
+                continue;
+            }
             match err.kind {
                 ErrorKind::Poison => return Ok(Attempt::Poison(err, attempt)),
                 ErrorKind::Fatal => {
@@ -172,9 +209,11 @@ where
     }
 
     async fn write_batch(&mut self, batch: Batch<R>) -> Result<(), ActorProcessingErr> {
+        // In flight until this returns, after the acknowledgements.
+        let (items, _in_flight) = self.fence.begin(batch.items, Item::origin);
         let mut poison = Vec::new();
-        let mut good = Vec::with_capacity(batch.items.len());
-        for item in batch.items {
+        let mut good = Vec::with_capacity(items.len());
+        for item in items {
             match item {
                 Item::Good(e) => good.push(e),
                 Item::Poison(d) => poison.push(d),
@@ -187,7 +226,7 @@ where
             if chunk.is_empty() {
                 continue;
             }
-            match self.attempt(&chunk).await? {
+            match self.attempt(&mut chunk).await? {
                 Attempt::Written => {
                     let bytes: usize = chunk.iter().map(|e| e.bytes).sum();
                     self.probe.progress(chunk.len() as u64, bytes as u64);
@@ -284,6 +323,7 @@ where
             .await
             .map_err(|e| format!("cannot open the sink: {e}"))?;
         sink.attach_progress(Progress::new(args.probe.clone()));
+        sink.attach_fence(args.fence.clone());
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -297,6 +337,7 @@ where
             probe: args.probe,
             path,
             rng: seed,
+            fence: args.fence,
         })
     }
 
@@ -314,8 +355,9 @@ where
                 state.probe.release(n);
                 result
             }
-            // Batches are written one at a time, so nothing of a revoked partition waits here;
-            // the revoke callback waits for the batch in flight.
+            // The fence already holds the revocation: batches still queued here drop the
+            // records of revoked partitions when their turn comes, and the write in flight gives
+            // up or finishes while the revoke callback waits for it.
             WriterMsg::Revoked(_) => Ok(()),
         }
     }

@@ -11,7 +11,7 @@ use actord_actors::testkit::{
     eventually, DeadLetters, RecordingDlq, RecordingSink, SinkControl, SinkMode,
 };
 use actord_actors::writer::{RetryPolicy, Writer, WriterArgs};
-use actord_actors::{ActorPath, Backoff};
+use actord_actors::{ActorPath, Backoff, Fence};
 use ractor::{Actor, ActorRef, ActorStatus};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +48,7 @@ struct Chain {
     dlq: DeadLetters,
     acked: Arc<Mutex<Vec<Origin>>>,
     acker: Acker,
+    fence: Fence,
 }
 
 impl Chain {
@@ -64,6 +65,7 @@ impl Chain {
         let (dlq, _) = Actor::spawn(None, RecordingDlq, dlq_letters.clone())
             .await
             .unwrap();
+        let fence = Fence::new();
         let (writer, _) = Actor::spawn(
             None,
             Writer::<Rec, RecordingSink<Rec>>::default(),
@@ -79,6 +81,7 @@ impl Chain {
                     },
                     max_attempts,
                 },
+                fence: fence.clone(),
             },
         )
         .await
@@ -117,6 +120,7 @@ impl Chain {
             dlq: dlq_letters,
             acked,
             acker,
+            fence,
         }
     }
 
@@ -363,4 +367,71 @@ async fn timers_of_batches_that_left_by_size_are_cancelled() {
         "{} tasks still alive after 200 batches, {before} before",
         after
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_partition_is_neither_written_nor_acked_and_its_upload_gives_up() {
+    let c = Chain::start(limits(4, 1), true, 3).await;
+    c.sink.set_mode(SinkMode::Blocked);
+    // The first batch is in flight (blocked), the second waits in the writer's mailbox.
+    let mut first = numbers(0, 0..2);
+    first.extend(numbers(1, 0..2));
+    c.send(first);
+    assert!(eventually(Duration::from_secs(1), || c.sink.attempts() == 1).await);
+    c.send(numbers(0, 2..6));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(c.fence.in_flight() > 0);
+    c.fence.revoke(&[(Topic::intern("t"), 0, 1)]);
+    // The write in flight gives up at once (no backoff, no attempt counted against the budget),
+    // and what is left of it, partition 1, is written by the retry.
+    c.sink.set_mode(SinkMode::Accept);
+    assert!(eventually(Duration::from_secs(1), || c.written() == vec![0, 1]).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written: Vec<(i32, i64)> = c
+        .sink
+        .written()
+        .iter()
+        .map(|(o, _)| (o.partition, o.offset))
+        .collect();
+    assert_eq!(
+        written,
+        vec![(1, 0), (1, 1)],
+        "records of partition 0 were written"
+    );
+    let acked: Vec<(i32, i64)> = c
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    assert_eq!(acked, vec![(1, 0), (1, 1)]);
+    assert_eq!(c.fence.in_flight(), 0);
+    assert_eq!(c.writer.get_status(), ActorStatus::Running);
+    // A later assignment of the same partition is not fenced.
+    let mut later = numbers(0, 6..10);
+    for r in &mut later {
+        r.origin.epoch = 2;
+    }
+    c.send(later);
+    assert!(eventually(Duration::from_secs(5), || c.written().len() == 6).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoke_waits_for_the_write_in_flight_and_finds_it_acknowledged() {
+    let c = Chain::start(limits(4, 1), true, 3).await;
+    c.sink.set_mode(SinkMode::Trickle {
+        steps: 5,
+        step: Duration::from_secs(1),
+    });
+    c.send(numbers(0, 0..4));
+    assert!(eventually(Duration::from_secs(1), || c.fence.in_flight() == 1).await);
+    let (fence, acked) = (c.fence.clone(), c.acked.clone());
+    // The revoke callback blocks its thread, as librdkafka's rebalance callback does.
+    let waiter = std::thread::spawn(move || {
+        let idle = fence.wait_idle(&[(Topic::intern("t"), 0, 1)], Duration::from_secs(60));
+        (idle, acked.lock().unwrap().len())
+    });
+    assert!(eventually(Duration::from_secs(30), || waiter.is_finished()).await);
+    assert_eq!(waiter.join().unwrap(), (true, 4));
 }

@@ -778,6 +778,7 @@ async fn a_long_write_that_reports_progress_is_not_stuck() {
             sink: factory.clone(),
             dlq: None,
             retry: RetryPolicy::default(),
+            fence: actord_actors::Fence::new(),
         };
         let out = out.clone();
         async move {

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use actord_actors::record::Envelope;
 use actord_actors::sink::{Progress, Sink, SinkError, SinkFactory};
+use actord_actors::Fence;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
@@ -86,6 +87,7 @@ impl Objects {
                 Ok(ParquetSink {
                     shared,
                     progress: Progress::none(),
+                    fence: Fence::new(),
                 })
             })
         })
@@ -95,6 +97,7 @@ impl Objects {
         &self,
         records: &[Envelope<Market>],
         progress: &Progress,
+        fence: &Fence,
     ) -> Result<(), SinkError> {
         let groups = keys::group(records);
         if groups.is_empty() {
@@ -104,7 +107,7 @@ impl Objects {
         self.remove_stale(&groups, &keys).await?;
         for (group, key) in groups.iter().zip(&keys) {
             let started = Instant::now();
-            let bytes = self.upload(group, key, progress).await?;
+            let bytes = self.upload(group, key, progress, fence).await?;
             progress.advanced(0, bytes);
             metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
             metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
@@ -173,6 +176,7 @@ impl Objects {
         group: &Group<'_>,
         key: &str,
         progress: &Progress,
+        fence: &Fence,
     ) -> Result<u64, SinkError> {
         let out = BufWriter::with_capacity(self.store.clone(), Path::from(key), PART_SIZE)
             .with_max_concurrency(PART_CONCURRENCY);
@@ -180,11 +184,18 @@ impl Objects {
         let mut writer = AsyncArrowWriter::try_new(out, schema(group.kind), Some(props))
             .map_err(|e| SinkError::fatal(format!("cannot start a Parquet file: {e}")))?;
         let written = async {
+            let origins = || group.records.iter().map(|e| &e.source.origin);
             for chunk in group.records.chunks(self.row_group_rows) {
+                if fence.any_fenced(origins()) {
+                    return Err(fenced(key));
+                }
                 let rows = batch(group.kind, chunk)
                     .map_err(|e| SinkError::fatal(format!("cannot build a record batch: {e}")))?;
                 writer.write(&rows).await.map_err(parquet_error)?;
                 progress.advanced(chunk.len() as u64, 0);
+            }
+            if fence.any_fenced(origins()) {
+                return Err(fenced(key));
             }
             writer.finish().await.map_err(parquet_error)?;
             Ok(writer.bytes_written() as u64)
@@ -208,6 +219,12 @@ fn store_error(e: object_store::Error) -> SinkError {
     )
 }
 
+fn fenced(key: &str) -> SinkError {
+    SinkError::fenced(format!(
+        "gave up {key}: a partition of its records was revoked"
+    ))
+}
+
 fn parquet_error(e: parquet::errors::ParquetError) -> SinkError {
     SinkError::new(
         actord_actors::ErrorKind::Transient,
@@ -220,6 +237,7 @@ fn parquet_error(e: parquet::errors::ParquetError) -> SinkError {
 pub struct ParquetSink {
     shared: Arc<Objects>,
     progress: Progress,
+    fence: Fence,
 }
 
 impl Sink<Market> for ParquetSink {
@@ -227,10 +245,18 @@ impl Sink<Market> for ParquetSink {
         self.progress = progress;
     }
 
+    fn attach_fence(&mut self, fence: Fence) {
+        self.fence = fence;
+    }
+
     async fn write(&mut self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
-        let result = self.shared.write_batch(records, &self.progress).await;
+        let result = self
+            .shared
+            .write_batch(records, &self.progress, &self.fence)
+            .await;
         let health = match &result {
             Ok(()) => HEALTH_OK,
+            Err(e) if e.class == "Fenced" => HEALTH_OK,
             Err(_) => {
                 metrics::counter!(names::S3_UPLOAD_ERRORS_TOTAL, "path" => self.shared.path.clone())
                     .increment(1);

@@ -7,7 +7,10 @@
 //! - Start offsets (committed, beginning, by time, or from the sink) are applied in the
 //!   rebalance callback when partitions are assigned, before anything is fetched.
 //! - Revoked partitions commit their acknowledged prefix and drop the rest, which the next
-//!   owner reads again; acks that arrive later for the old assignment are ignored.
+//!   owner reads again; acks that arrive later for the old assignment are ignored. Before it
+//!   commits, a revoke fences the partitions it gives up (writers drop their records and give up
+//!   uploads of them) and waits, bounded by `revoke_wait`, until no write of them is in flight,
+//!   so a write that completes in time is committed rather than written again by the next owner.
 //! - At most `max_in_flight_records` / `max_in_flight_bytes` are handed out and unacknowledged.
 //!   At the bound the consumer pauses its partitions (librdkafka then drops its prefetch) and
 //!   asks every buffer to flush, so a half-full batch cannot hold the bound closed. It keeps
@@ -25,13 +28,12 @@ use std::time::Duration;
 
 use actord_actors::decoder::lane_of;
 use actord_actors::record::{Acker, Origin, SourceMsg, SourceRecord, Topic};
-use actord_actors::Probe;
+use actord_actors::{Fence, Probe};
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -47,6 +49,8 @@ pub struct ConsumerArgs {
     pub settings: SourceSettings,
     /// One decoder per lane; a partition always goes to the same lane.
     pub downstream: Vec<ActorRef<SourceMsg>>,
+    /// The path's fence, shared with its writers.
+    pub fence: Fence,
 }
 
 pub enum ConsumerMsg {
@@ -56,7 +60,6 @@ pub enum ConsumerMsg {
 pub struct ConsumerState {
     consumer: StreamConsumer<PathContext>,
     shared: Arc<Shared>,
-    acks: mpsc::UnboundedReceiver<Vec<Origin>>,
     acker: Acker,
     settings: SourceSettings,
     downstream: Vec<ActorRef<SourceMsg>>,
@@ -96,16 +99,7 @@ const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
 impl ConsumerState {
     fn drain_acks(&mut self) {
-        let mut acked = 0u64;
-        let mut tracker = self.shared.tracker.lock().expect("tracker lock");
-        while let Ok(origins) = self.acks.try_recv() {
-            for o in &origins {
-                if tracker.ack(o) {
-                    acked += 1;
-                }
-            }
-        }
-        drop(tracker);
+        let acked = self.shared.drain_acks();
         if acked > 0 {
             metrics::counter!(names::RECORDS_ACKED_TOTAL, "path" => self.path.clone())
                 .increment(acked);
@@ -419,12 +413,8 @@ impl ConsumerState {
 
     /// Waits a little for acknowledgements to free room.
     async fn wait_for_acks(&mut self) {
-        if let Ok(Some(origins)) = tokio::time::timeout(POLL_WAIT, self.acks.recv()).await {
-            let mut t = self.shared.tracker.lock().expect("tracker lock");
-            for o in &origins {
-                t.ack(o);
-            }
-        }
+        let _ = tokio::time::timeout(POLL_WAIT, self.shared.acked.notified()).await;
+        self.drain_acks();
     }
 
     /// Graceful stop: flush downstream, wait for acks, commit. The wait ends at the drain
@@ -453,12 +443,7 @@ impl ConsumerState {
                 warn!(path = %self.path, in_flight = left, "stopping with unacknowledged records; they will be read again");
                 break;
             }
-            if let Ok(Some(origins)) = tokio::time::timeout(remaining, self.acks.recv()).await {
-                let mut t = self.shared.tracker.lock().expect("tracker lock");
-                for o in &origins {
-                    t.ack(o);
-                }
-            }
+            let _ = tokio::time::timeout(remaining, self.shared.acked.notified()).await;
         }
         self.commit(CommitMode::Sync);
         self.consumer.unsubscribe();
@@ -477,6 +462,8 @@ impl Actor for KafkaConsumer {
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
         let mut shared = Shared::new(args.settings.start.clone(), path.clone());
+        shared.fence = args.fence;
+        shared.revoke_wait = args.settings.revoke_wait;
         shared.migrate_from = args
             .settings
             .migrate_from_group
@@ -530,16 +517,17 @@ impl Actor for KafkaConsumer {
         consumer
             .subscribe(&topics)
             .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
-        let (tx, rx) = mpsc::unbounded_channel::<Vec<Origin>>();
+        let weak = Arc::downgrade(&shared);
         let acker = Acker::new(move |origins| {
-            let _ = tx.send(origins);
+            if let Some(shared) = weak.upgrade() {
+                shared.push_acks(origins);
+            }
         });
         info!(path = %path, group = %args.settings.group, topics = ?args.settings.topics, start = ?args.settings.start, "consumer started");
         myself.cast(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
             consumer,
             shared,
-            acks: rx,
             acker,
             settings: args.settings,
             downstream: args.downstream,
@@ -661,6 +649,7 @@ mod tests {
                 connection: KafkaConnection::new(kafka.bootstrap()),
                 settings,
                 downstream: vec![ignore],
+                fence: Fence::new(),
             },
         )
         .await

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actord_actors::offsets::Tracker;
-use actord_actors::record::Topic;
+use actord_actors::record::{Origin, Topic};
+use actord_actors::Fence;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
@@ -30,6 +31,14 @@ pub struct Shared {
     pub migrate_from: Option<(String, ClientConfig)>,
     /// Why an assignment could not be served; the actor fails with it on its next poll.
     pub failure: Mutex<Option<String>>,
+    /// Acknowledgements from the writers, not yet applied to the tracker.
+    acks: Mutex<Vec<Origin>>,
+    /// Woken when acknowledgements arrive.
+    pub acked: tokio::sync::Notify,
+    /// The path's fence: a revoke marks the partitions it gives up there.
+    pub fence: Fence,
+    /// How long a revoke waits for writes in flight of the partitions it gives up.
+    pub revoke_wait: Duration,
 }
 
 impl Shared {
@@ -42,7 +51,27 @@ impl Shared {
             path,
             migrate_from: None,
             failure: Mutex::new(None),
+            acks: Mutex::new(Vec::new()),
+            acked: tokio::sync::Notify::new(),
+            fence: Fence::new(),
+            revoke_wait: Duration::from_secs(10),
         }
+    }
+
+    /// Called by the writers' acker, from any task.
+    pub fn push_acks(&self, origins: Vec<Origin>) {
+        self.acks.lock().expect("acks lock").extend(origins);
+        self.acked.notify_one();
+    }
+
+    /// Applies the acknowledgements received so far; returns how many counted.
+    pub fn drain_acks(&self) -> u64 {
+        let origins = std::mem::take(&mut *self.acks.lock().expect("acks lock"));
+        if origins.is_empty() {
+            return 0;
+        }
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        origins.iter().filter(|o| tracker.ack(o)).count() as u64
     }
 }
 
@@ -204,6 +233,26 @@ impl PathContext {
     }
 
     fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        // Fence first: writers drop what they hold of these partitions and give up uploads of
+        // them; a write past its last check finishes. Wait (bounded) for those, so what they
+        // acknowledge is committed below rather than written again by the next owner.
+        let going: Vec<(Topic, i32, u64)> = {
+            let tracker = self.shared.tracker.lock().expect("tracker lock");
+            tpl.elements()
+                .iter()
+                .filter_map(|e| {
+                    let topic = Topic::intern(e.topic());
+                    tracker
+                        .epoch(topic, e.partition())
+                        .map(|epoch| (topic, e.partition(), epoch))
+                })
+                .collect()
+        };
+        self.shared.fence.revoke(&going);
+        if !self.shared.fence.wait_idle(&going, self.shared.revoke_wait) {
+            warn!(path = %self.shared.path, waited = ?self.shared.revoke_wait, "writes of revoked partitions still in flight; giving them up uncommitted");
+        }
+        self.shared.drain_acks();
         let mut commit = TopicPartitionList::new();
         {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");

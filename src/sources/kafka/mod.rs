@@ -102,6 +102,9 @@ pub struct SourceSettings {
     /// path's own group has an offset for: the group of the service this path replaces, so a
     /// switch neither rewrites what that service wrote nor skips what it did not.
     pub migrate_from_group: Option<String>,
+    /// How long a revoke waits for the writes in flight of the partitions it gives up before
+    /// it commits and lets them go (see the consumer).
+    pub revoke_wait: Duration,
 }
 
 impl SourceSettings {
@@ -118,6 +121,7 @@ impl SourceSettings {
             chunk: 2_000,
             drain_timeout: Duration::from_secs(8),
             migrate_from_group: None,
+            revoke_wait: Duration::from_secs(10),
         }
     }
 }

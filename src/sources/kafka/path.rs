@@ -18,7 +18,7 @@ use actord_actors::decoder::{DecodeFn, Decoder, DecoderArgs};
 use actord_actors::record::{DlqMsg, SourceMsg};
 use actord_actors::sink::{Sink, SinkFactory};
 use actord_actors::writer::{RetryPolicy, Writer, WriterArgs, WriterMsg};
-use actord_actors::{ActorPath, ChildSpec, Probe, Strategy};
+use actord_actors::{ActorPath, ChildSpec, Fence, Probe, Strategy};
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
@@ -109,6 +109,8 @@ impl<R: Send + Sync + 'static> DispatchPath<R> {
                 dlq_suffix: self.dlq_suffix,
             },
             self.writer,
+            // The caller's writer stage acknowledges job by job; it has no writes to fence.
+            Fence::new(),
             parent,
             supervision,
         )
@@ -123,12 +125,15 @@ where
     /// The supervised subtree at `<parent>/<id>`.
     pub fn child_spec(self, parent: &ActorPath, supervision: &Supervision) -> ChildSpec {
         let (sink, retry) = (self.sink, self.retry);
+        let fence = Fence::new();
+        let writer_fence = fence.clone();
         let writer: SpawnWriter<R> = Arc::new(move |probe, supervisor, dlq| {
             let args = WriterArgs {
                 probe,
                 sink: sink.clone(),
                 dlq,
                 retry,
+                fence: writer_fence.clone(),
             };
             Box::pin(async move {
                 let (actor, _) =
@@ -147,6 +152,7 @@ where
                 dlq_suffix: self.dlq_suffix,
             },
             writer,
+            fence,
             parent,
             supervision,
         )
@@ -167,6 +173,7 @@ struct Parts<R> {
 fn assemble<R: Send + Sync + 'static>(
     this: Parts<R>,
     writer: SpawnWriter<R>,
+    fence: Fence,
     parent: &ActorPath,
     supervision: &Supervision,
 ) -> ChildSpec {
@@ -263,21 +270,24 @@ fn assemble<R: Send + Sync + 'static>(
     let consumer_stop = this.source.drain_timeout + STOP_AFTER_DRAIN;
     for i in 0..this.source.consumers.max(1) {
         let id = format!("consumer-{i}");
-        let (decoders, connection, settings) = (
+        let (decoders, connection, settings, fence) = (
             decoder_slots.clone(),
             this.connection.clone(),
             this.source.clone(),
+            fence.clone(),
         );
         let spec = ChildSpec::worker(id.clone(), move |ctx| {
             let decoders: Result<Vec<_>, _> =
                 decoders.iter().map(|d| take(d, "a decoder")).collect();
-            let (connection, settings) = (connection.clone(), settings.clone());
+            let (connection, settings, fence) =
+                (connection.clone(), settings.clone(), fence.clone());
             async move {
                 let args = ConsumerArgs {
                     probe: ctx.probe,
                     connection,
                     settings,
                     downstream: decoders?,
+                    fence,
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, KafkaConsumer, args, ctx.supervisor).await?;
