@@ -1,3 +1,5 @@
 //! Sources: where records come from.
 
 pub mod kafka;
+pub mod redis;
+pub(crate) mod slot;

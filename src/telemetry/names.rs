@@ -84,7 +84,10 @@ pub fn describe() {
         "Beats of the heartbeat's scheduled entry read back."
     );
     actord_actors::names::describe_scheduler();
-    describe_counter!(RECORDS_CONSUMED_TOTAL, "Records read from Kafka.");
+    describe_counter!(
+        RECORDS_CONSUMED_TOTAL,
+        "Records read from Kafka or a Redis stream."
+    );
     describe_counter!(
         RECORDER_MESSAGES_TOTAL,
         "Market messages decoded by the recorder, by kind."
@@ -175,6 +178,25 @@ pub fn describe() {
         "Failed dead-letter writes; each is retried."
     );
     describe_counter!(RECORDS_PRODUCED_TOTAL, "Records published by a pipeline.");
+    describe_gauge!(
+        REDIS_IN_FLIGHT_RECORDS,
+        "Stream entries handed downstream and not yet acknowledged."
+    );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        "Failed rounds of a Redis consumer (Redis unreachable or failing); each is retried."
+    );
+    describe_counter!(
+        REDIS_CLAIMED_TOTAL,
+        "Stream entries taken over from a consumer that left them idle."
+    );
+    describe_gauge!(REDIS_STREAM_LENGTH, "Entries in the stream (XLEN).");
+    describe_gauge!(
+        REDIS_STREAM_PENDING,
+        "Entries delivered to the group and not acknowledged."
+    );
+    describe_gauge!(REDIS_STREAM_LAG, "Entries not yet delivered to the group.");
+    describe_gauge!(REDIS_STREAM_CONSUMERS, "Consumers the group knows.");
     describe_counter!(BUFFER_PUSHED_RECORDS_TOTAL, "Records pushed into a buffer.");
     describe_counter!(BUFFER_PUSHED_BYTES_TOTAL, "Bytes pushed into a buffer.");
     describe_counter!(
@@ -233,3 +255,17 @@ pub const DLQ_RECORDS_TOTAL: &str = "actord_dlq_records_total";
 pub const DLQ_ERRORS_TOTAL: &str = "actord_dlq_errors_total";
 /// Counter: records published by a pipeline's producer.
 pub const RECORDS_PRODUCED_TOTAL: &str = "actord_records_produced_total";
+/// Gauge: stream entries handed downstream and not yet acknowledged, per Redis consumer.
+pub const REDIS_IN_FLIGHT_RECORDS: &str = "actord_redis_in_flight_records";
+/// Counter: failed rounds of a Redis consumer (Redis unreachable or failing); each is retried.
+pub const REDIS_ERRORS_TOTAL: &str = "actord_redis_errors_total";
+/// Counter: stream entries taken over from a consumer that left them idle.
+pub const REDIS_CLAIMED_TOTAL: &str = "actord_redis_claimed_total";
+/// Gauge: entries in a stream (XLEN), by path and stream.
+pub const REDIS_STREAM_LENGTH: &str = "actord_redis_stream_length";
+/// Gauge: entries delivered to the path's group and not acknowledged, by path and stream.
+pub const REDIS_STREAM_PENDING: &str = "actord_redis_stream_pending";
+/// Gauge: entries not yet delivered to the path's group, by path and stream.
+pub const REDIS_STREAM_LAG: &str = "actord_redis_stream_lag";
+/// Gauge: consumers the path's group knows, by path and stream.
+pub const REDIS_STREAM_CONSUMERS: &str = "actord_redis_stream_consumers";

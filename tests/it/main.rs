@@ -9,5 +9,6 @@ mod kafka;
 mod leases;
 mod recorder;
 mod recorder_s3;
+mod redis_streams;
 mod schedules;
 mod support;

@@ -10,7 +10,7 @@
 //! the writers' acknowledgements, so what stops after it has little left to do. Their natural
 //! shutdown timeouts say so (see [`STOP_QUICK`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
@@ -26,8 +26,7 @@ use super::consumer::{ConsumerArgs, KafkaConsumer};
 use super::dlq::{DlqArgs, DlqProducer};
 use super::{KafkaConnection, SourceSettings};
 use crate::config::Supervision;
-
-type Slot<T> = Arc<Mutex<Option<ActorRef<T>>>>;
+use crate::sources::slot::{fill, slot, take, Slot};
 
 /// The graceful stop of a decoder or buffer: handing on what it holds, no I/O.
 pub const STOP_QUICK: Duration = Duration::from_secs(1);
@@ -37,23 +36,6 @@ pub const STOP_DLQ: Duration = Duration::from_secs(2);
 
 /// What a consumer's stop adds to its drain timeout: the final commit and leaving the group.
 pub const STOP_AFTER_DRAIN: Duration = Duration::from_secs(2);
-
-fn slot<T>() -> Slot<T> {
-    Arc::new(Mutex::new(None))
-}
-
-fn fill<T>(slot: &Slot<T>, actor: &ActorRef<T>) {
-    *slot.lock().expect("slot lock") = Some(actor.clone());
-}
-
-/// The address in `slot`, if that actor still runs (a stale address would fail the first send).
-fn take<T>(slot: &Slot<T>, what: &str) -> Result<ActorRef<T>, SpawnErr> {
-    slot.lock()
-        .expect("slot lock")
-        .clone()
-        .filter(|a| a.get_status() < ractor::ActorStatus::Stopping)
-        .ok_or_else(|| SpawnErr::StartupFailed(format!("{what} is not running").into()))
-}
 
 /// Everything one consumer path needs.
 pub struct KafkaPath<R, S> {

@@ -1,0 +1,183 @@
+//! `RedisDlq`: writes dead letters to `<stream><suffix>` (`<stream>:dlq` by default) and acks
+//! them to their source once Redis holds them.
+//!
+//! A dead-letter entry keeps every field of the original entry and adds `error` (class and
+//! message), `error_class`, `stage` (`decode`, `sink` or `source` for the delivery limit),
+//! `retry_count`, `original_id` and `failed_at` (RFC 3339, UTC); an original field of the same
+//! name as one of these is left out.
+//!
+//! Guarantees: letters are written one at a time in arrival order; a failed XADD is retried
+//! with backoff, at most `MAX_ATTEMPTS` times, then the writer fails so its path restarts and
+//! the entry, still pending, is read again. A letter whose ack was lost may be written twice.
+
+use std::time::Duration;
+
+use actord_actors::record::{DeadLetter, DlqMsg};
+use actord_actors::{Backoff, Probe};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use redis::aio::MultiplexedConnection;
+use tracing::{error, info, warn};
+
+use super::{describe, RedisConnection};
+use crate::telemetry::names;
+
+/// Attempts per letter, the first included.
+const MAX_ATTEMPTS: u32 = 6;
+
+const RETRY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(8),
+    factor: 2.0,
+};
+
+/// Fields a dead-letter entry adds to the original's.
+pub const ADDED_FIELDS: [&str; 6] = [
+    "error",
+    "error_class",
+    "stage",
+    "retry_count",
+    "original_id",
+    "failed_at",
+];
+
+pub struct RedisDlq;
+
+pub struct DlqArgs {
+    pub probe: Probe,
+    pub connection: RedisConnection,
+    /// Appended to the source stream: `:dlq` by default.
+    pub suffix: String,
+}
+
+pub struct DlqState {
+    probe: Probe,
+    path: String,
+    connection: RedisConnection,
+    addr: String,
+    conn: Option<MultiplexedConnection>,
+    suffix: String,
+}
+
+/// The fields of the dead-letter entry for `letter`, at `now`.
+pub fn fields(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = letter
+        .source
+        .headers
+        .iter()
+        .filter(|(k, _)| !ADDED_FIELDS.contains(&k.as_str()) && k != "x-delivery-count")
+        .cloned()
+        .collect();
+    let id = letter
+        .source
+        .key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let added = [
+        letter.poison.to_string(),
+        letter.poison.class.clone(),
+        letter.stage.to_owned(),
+        letter.retry_count.to_string(),
+        id,
+        now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    ];
+    for (k, v) in ADDED_FIELDS.iter().zip(added) {
+        out.push(((*k).to_owned(), v.into_bytes()));
+    }
+    out
+}
+
+impl DlqState {
+    async fn write(&mut self, stream: &str, fields: &[(String, Vec<u8>)]) -> Result<(), String> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connection.connect(Duration::from_secs(5)).await?);
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v.as_slice());
+        }
+        let written: Result<String, _> = cmd.query_async(conn).await;
+        written.map(|_| ()).map_err(|e| {
+            self.conn = None;
+            describe(&self.addr, &e)
+        })
+    }
+}
+
+impl Actor for RedisDlq {
+    type Msg = DlqMsg;
+    type State = DlqState;
+    type Arguments = DlqArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: DlqArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.connection.client()?;
+        let path = args.probe.path().to_string();
+        info!(path = %path, suffix = %args.suffix, "dead-letter stream writer started");
+        Ok(DlqState {
+            probe: args.probe,
+            path,
+            addr: args.connection.addr(),
+            connection: args.connection,
+            conn: None,
+            suffix: args.suffix,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (letter, done) = match message {
+            DlqMsg::Send(letter, done) => (letter, done),
+            DlqMsg::Failed(reason) => return Err(reason.into()),
+        };
+        let stream = format!("{}{}", letter.source.origin.topic, state.suffix);
+        let body = fields(&letter, chrono::Utc::now());
+        // Held until Redis answers, so a writer that cannot deliver looks stuck.
+        state.probe.hold(1);
+        let mut attempt = 1;
+        let outcome = loop {
+            match state.write(&stream, &body).await {
+                Ok(()) => break Ok(()),
+                Err(e) if attempt >= MAX_ATTEMPTS => break Err(e),
+                Err(e) => {
+                    metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => state.path.clone())
+                        .increment(1);
+                    let delay = RETRY_BACKOFF.delay(attempt - 1);
+                    warn!(path = %state.path, stream = %stream, attempt, delay = ?delay, error = %e, "dead-letter write failed, retrying");
+                    state.probe.set_unhealthy(Some(e));
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        };
+        state.probe.release(1);
+        match outcome {
+            Ok(()) => {
+                state.probe.set_unhealthy(None);
+                metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => state.path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
+                state.probe.progress(1, letter.source.size() as u64);
+                letter.acker.ack(vec![letter.source.origin]);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                error!(path = %state.path, stream = %stream, error = %e, "dead-letter writer giving up, restarting its path");
+                Err(
+                    format!("dead letter for {stream} not written after {attempt} attempts: {e}")
+                        .into(),
+                )
+            }
+        }
+    }
+}
