@@ -24,3 +24,19 @@ impl ErrorKind {
         }
     }
 }
+
+/// The mark of a failure that no restart can mend: a configuration fault found at run time
+/// (a table whose columns do not take what the sink writes, a refused login). A supervisor
+/// that sees it in a child's failure stops that child's siblings too and keeps them stopped,
+/// reported unhealthy, until an operator restarts the subtree (see the supervisor).
+pub const MISCONFIGURED: &str = "misconfigured: ";
+
+/// `message` marked as a misconfiguration.
+pub fn misconfigured(message: impl std::fmt::Display) -> String {
+    format!("{MISCONFIGURED}{message}")
+}
+
+/// Whether a failure's reason carries the misconfiguration mark, anywhere in its chain.
+pub fn is_misconfigured(reason: &str) -> bool {
+    reason.contains(MISCONFIGURED)
+}

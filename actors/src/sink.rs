@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use crate::error::ErrorKind;
 use crate::fence::Fence;
 use crate::observe::Probe;
-use crate::record::Envelope;
+use crate::record::{DeadLetter, Envelope};
 
 /// Why a write failed; the kind decides between retry, dead-lettering and escalation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,6 +51,16 @@ impl SinkError {
 
     pub fn fatal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Fatal, "Fatal", message)
+    }
+
+    /// A fatal error that no restart can mend (see [`crate::error::MISCONFIGURED`]): the path
+    /// stops and stays stopped until an operator restarts it.
+    pub fn misconfigured(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorKind::Fatal,
+            "Misconfigured",
+            crate::error::misconfigured(message),
+        )
     }
 
     pub fn new(kind: ErrorKind, class: impl Into<String>, message: impl Into<String>) -> Self {
@@ -98,6 +108,15 @@ pub trait Sink<R>: Send + 'static {
     /// makes a write visible, and gives up the write with [`SinkError::fenced`] when a partition
     /// of the records was revoked meanwhile.
     fn attach_fence(&mut self, _fence: Fence) {}
+
+    /// The writer is about to dead-letter `letters`, records of the batch that never reach the
+    /// sink because they could not be decoded (on a path that does not own the DLQ, to skip
+    /// them). A sink that judges how much of its input is refused (a rejection breaker) counts
+    /// them here; an error fails the writer before any of them is dead-lettered or
+    /// acknowledged.
+    fn undecodable(&mut self, _letters: &[DeadLetter]) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Reports that a write in progress is moving (rows sent, bytes uploaded). Cheap to clone and

@@ -19,6 +19,11 @@
 //!   treated as failed.
 //! - A kill that does not take effect (a handler blocked in synchronous code) is reported, and
 //!   no new incarnation starts while the old one may still run.
+//! - A child failure marked as a misconfiguration ([`crate::error::MISCONFIGURED`]) is not
+//!   restarted and not charged to the budget: restarting cannot mend it, and a restart loop
+//!   would only end in a failed pipeline that the root retries for ever. The supervisor stops
+//!   every child, keeps them stopped and reports itself unhealthy with the reason (so the
+//!   pipeline is not ready) until an operator restarts or starts them.
 //! - Children are spawned without global names, so any number of trees can run in one process;
 //!   they are known by path through the [`Registry`](crate::observe::Registry).
 
@@ -571,6 +576,15 @@ impl SupervisorState {
             }
             None => info!(path = %path, "actor exited"),
         }
+        if let Some(reason) = failure
+            .as_deref()
+            .filter(|r| crate::error::is_misconfigured(r))
+        {
+            let reason = reason.to_owned();
+            self.park(idx, &reason).await;
+            return Ok(());
+        }
+        let child = &mut self.children[idx];
         let restart = match child.spec.restart {
             Restart::Permanent => !child.held,
             Restart::Transient => failure.is_some() && !child.held,
@@ -664,6 +678,23 @@ impl SupervisorState {
     }
 
     /// Stops every child and returns the error that fails this supervisor upward.
+    /// A child failed with a misconfiguration: stops every child and keeps them stopped (held,
+    /// as after an operator stop), reporting why, until an operator starts them again.
+    async fn park(&mut self, idx: usize, reason: &str) {
+        let path = self.path().to_string();
+        let child = self.children[idx].probe.path().to_string();
+        error!(path = %path, child = %child, error = %reason, "misconfigured: stopping every child and keeping them stopped until an operator restarts them");
+        self.stop_all().await;
+        for c in &mut self.children {
+            c.held = true;
+            c.token = 0;
+        }
+        self.children[idx].probe.set_status(Status::Failed);
+        self.probe.set_unhealthy(Some(format!(
+            "{child} is misconfigured and stays stopped until an operator restarts {path}: {reason}"
+        )));
+    }
+
     async fn exhausted(&mut self, err: SupervisorError) -> ActorProcessingErr {
         let path = self.path().to_string();
         error!(path = %path, max_restarts = self.spec.max_restarts, within = ?self.spec.within, error = %err, "restart budget exhausted, stopping children and failing upward");
@@ -751,6 +782,10 @@ impl SupervisorState {
             kind: JobKind::Operator,
         };
         self.enqueue(myself, job);
+        if self.children.iter().all(|c| !c.held) {
+            // The operator started what a misconfiguration had stopped.
+            self.probe.set_unhealthy(None);
+        }
     }
 
     /// An operator restart of child `idx`: it and the siblings its strategy ties to it are
@@ -856,6 +891,8 @@ impl Actor for Supervisor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.probe.set_control(Some(myself));
+        // A misconfiguration reported by an earlier incarnation is what the restart is for.
+        args.probe.set_unhealthy(None);
         let mut state = SupervisorState {
             spec: args.spec,
             probe: args.probe,

@@ -325,6 +325,9 @@ impl<R> Clone for SinkControl<R> {
 struct SinkInner<R> {
     written: Vec<(crate::record::Origin, R)>,
     attempts: u64,
+    /// Undecodable records shown to the sink, and whether it refuses them.
+    undecodable: u64,
+    refuse_undecodable: bool,
 }
 
 impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
@@ -334,6 +337,8 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
             inner: Arc::new(Mutex::new(SinkInner {
                 written: Vec::new(),
                 attempts: 0,
+                undecodable: 0,
+                refuse_undecodable: false,
             })),
             mode: Arc::new(tokio::sync::watch::channel(SinkMode::Accept).0),
             poison: Arc::new(poison),
@@ -347,6 +352,16 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
     /// Every record written, in write order.
     pub fn written(&self) -> Vec<(crate::record::Origin, R)> {
         self.inner.lock().expect("sink lock").written.clone()
+    }
+
+    /// Makes the sink refuse (a fatal error) undecodable records it is shown.
+    pub fn refuse_undecodable(&self, refuse: bool) {
+        self.inner.lock().expect("sink lock").refuse_undecodable = refuse;
+    }
+
+    /// Undecodable records the writer showed the sink.
+    pub fn undecodable(&self) -> u64 {
+        self.inner.lock().expect("sink lock").undecodable
     }
 
     /// Write attempts so far, failed ones included.
@@ -377,6 +392,20 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
 
     fn attach_fence(&mut self, fence: crate::fence::Fence) {
         self.fence = fence;
+    }
+
+    fn undecodable(
+        &mut self,
+        letters: &[crate::record::DeadLetter],
+    ) -> Result<(), crate::sink::SinkError> {
+        let mut inner = self.control.inner.lock().expect("sink lock");
+        inner.undecodable += letters.len() as u64;
+        if inner.refuse_undecodable {
+            return Err(crate::sink::SinkError::fatal(
+                "too many undecodable records",
+            ));
+        }
+        Ok(())
     }
 
     async fn write(

@@ -17,6 +17,9 @@
 //!   that watches the fence gives up a write in flight when one of its partitions is revoked.
 //!   Each write is registered in flight with the fence until its records are acknowledged, so a
 //!   revoke can wait for it before committing.
+//! - Undecodable records are shown to the sink before they are dead-lettered
+//!   ([`Sink::undecodable`]), so a sink that keeps a rejection breaker counts them too; its
+//!   refusal fails the writer with nothing of the batch dead-lettered or acknowledged.
 
 use std::time::Duration;
 
@@ -217,6 +220,12 @@ where
             match item {
                 Item::Good(e) => good.push(e),
                 Item::Poison(d) => poison.push(d),
+            }
+        }
+        if !poison.is_empty() {
+            if let Err(err) = self.sink.undecodable(&poison) {
+                error!(path = %self.path, records = poison.len(), error = %err, "the sink refuses to let undecodable records go by");
+                return Err(Box::new(err));
             }
         }
         dead_letter(self.dlq.clone(), &self.path, poison).await?;

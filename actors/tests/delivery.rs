@@ -285,6 +285,39 @@ async fn poison_rows_are_isolated_and_the_rest_is_written_in_order() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn undecodable_records_are_shown_to_the_sink_before_they_are_dead_lettered() {
+    let c = Chain::start(limits(4, 1), true, 3).await;
+    c.send(vec![
+        source(0, 0, "1"),
+        source(0, 1, "bad"),
+        source(0, 2, "worse"),
+        source(0, 3, "3"),
+    ]);
+    assert!(eventually(Duration::from_secs(5), || c.acked_offsets().len() == 4).await);
+    assert_eq!(c.sink.undecodable(), 2);
+    assert_eq!(c.dlq.lock().unwrap().len(), 2);
+
+    // A sink that refuses them (its rejection breaker is open) stops the writer: nothing of
+    // the batch is dead-lettered, written or acknowledged.
+    c.sink.refuse_undecodable(true);
+    c.send(vec![
+        source(0, 4, "4"),
+        source(0, 5, "bad"),
+        source(0, 6, "6"),
+        source(0, 7, "7"),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(5), || c.writer.get_status()
+            == ActorStatus::Stopped)
+        .await
+    );
+    assert_eq!(c.sink.undecodable(), 3);
+    assert_eq!(c.dlq.lock().unwrap().len(), 2);
+    assert_eq!(c.acked_offsets().len(), 4);
+    assert_eq!(c.written(), vec![1, 3]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_path_without_the_dlq_skips_poison_and_acks_it() {
     let c = Chain::start(limits(4, 1), false, 3).await;
     c.send(vec![

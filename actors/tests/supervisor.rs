@@ -485,6 +485,44 @@ async fn operator_stop_start_restart_and_fault_injection() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_misconfigured_child_stops_its_siblings_until_an_operator_starts_them() {
+    let t = Tree::start(spec(Strategy::RestForOne), abc).await;
+    let reason =
+        actord_actors::error::misconfigured("column t.v has type integer, expected bigint");
+    t.send(
+        "/t/b",
+        TestMsg::Fail(format!("cannot open the sink: {reason}")),
+    );
+    t.wait_status("/t/b", Status::Failed).await;
+    t.settle().await;
+    t.settle().await;
+    // Not restarted, not charged, nothing left running, the supervisor itself up but unhealthy.
+    assert_eq!(t.restarts("/t/b"), 0);
+    assert_eq!(t.status("/t/b"), Some(Status::Failed));
+    assert_eq!(t.status("/t/a"), Some(Status::Stopped));
+    assert_eq!(t.status("/t/c"), Some(Status::Stopped));
+    let top = t.registry.get(&ActorPath::parse("/t").unwrap()).unwrap();
+    let why = top.unhealthy().unwrap_or_default();
+    assert!(
+        why.starts_with("/t/b is misconfigured") && why.contains("expected bigint"),
+        "{why}"
+    );
+    assert_eq!(t.sup.get_status(), ActorStatus::Running);
+    assert_eq!(t.workers.events(), vec!["stop /t/c", "stop /t/a"]);
+
+    // The operator fixed the table and starts the children again.
+    for id in ["a", "b", "c"] {
+        call!(t.sup, SupervisorMsg::StartChild, id.to_owned())
+            .unwrap()
+            .unwrap();
+    }
+    for id in ["a", "b", "c"] {
+        t.wait_status(&format!("/t/{id}"), Status::Running).await;
+    }
+    assert_eq!(top.unhealthy(), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_child_that_cannot_start_is_retried_with_backoff() {
     let t = Tree::spawn(spec(Strategy::OneForOne), |w| {
         w.fail_next_starts("a", 2);

@@ -4,6 +4,14 @@
 //! The share is taken over the last `window` records, counting a window that is not yet full as
 //! full of accepted records: one rejected record among the first few never opens the breaker,
 //! while a table that rejects everything opens it after `share × window` dead letters.
+//!
+//! It counts every record the path would dead-letter, whatever refused it: the database (a
+//! record isolated as poison) or the decoder (a message that cannot be read). A flood of
+//! undecodable messages (a producer writing another format, a topic setting pointing at the
+//! wrong topic) empties the topic into the DLQ as surely as a table that rejects every row,
+//! and is as much a fault to fix rather than a stream of bad records to set aside. Records
+//! written count as accepted, including those dropped as already written below the stored
+//! offset (a replay is not a rejection).
 
 use std::collections::VecDeque;
 
@@ -25,13 +33,26 @@ impl Default for BreakerSettings {
     }
 }
 
+/// What became of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Accepted,
+    /// Rejected by the database.
+    Rejected,
+    /// Could not be decoded.
+    Undecodable,
+}
+
 /// The outcomes of the last `window` records.
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,
-    /// True for a rejected record, newest last.
-    outcomes: VecDeque<bool>,
+    /// Newest last.
+    outcomes: VecDeque<Outcome>,
+    /// Rejected or undecodable records in the window.
     rejected: usize,
+    /// Of those, undecodable.
+    undecodable: usize,
 }
 
 impl Breaker {
@@ -43,15 +64,26 @@ impl Breaker {
             },
             outcomes: VecDeque::new(),
             rejected: 0,
+            undecodable: 0,
         }
     }
 
-    fn push(&mut self, rejected: bool) {
-        if self.outcomes.len() == self.settings.window && self.outcomes.pop_front() == Some(true) {
-            self.rejected -= 1;
+    fn push(&mut self, outcome: Outcome) {
+        if self.outcomes.len() == self.settings.window {
+            match self.outcomes.pop_front() {
+                Some(Outcome::Rejected) => self.rejected -= 1,
+                Some(Outcome::Undecodable) => {
+                    self.rejected -= 1;
+                    self.undecodable -= 1;
+                }
+                _ => {}
+            }
         }
-        self.outcomes.push_back(rejected);
-        self.rejected += usize::from(rejected);
+        self.outcomes.push_back(outcome);
+        if outcome != Outcome::Accepted {
+            self.rejected += 1;
+        }
+        self.undecodable += usize::from(outcome == Outcome::Undecodable);
     }
 
     /// `n` records written.
@@ -59,15 +91,24 @@ impl Breaker {
         if n >= self.settings.window {
             self.outcomes.clear();
             self.rejected = 0;
+            self.undecodable = 0;
         }
         for _ in 0..n.min(self.settings.window) {
-            self.push(false);
+            self.push(Outcome::Accepted);
         }
     }
 
-    /// One record rejected; returns whether the breaker is now open.
+    /// One record rejected by the database; returns whether the breaker is now open.
     pub fn rejected(&mut self) -> bool {
-        self.push(true);
+        self.push(Outcome::Rejected);
+        self.is_open()
+    }
+
+    /// `n` records that could not be decoded; returns whether the breaker is now open.
+    pub fn undecodable(&mut self, n: usize) -> bool {
+        for _ in 0..n {
+            self.push(Outcome::Undecodable);
+        }
         self.is_open()
     }
 
@@ -78,9 +119,11 @@ impl Breaker {
     /// The state in words, for errors and /health.
     pub fn describe(&self) -> String {
         format!(
-            "{} of the last {} records were rejected by the database (the limit is {:.0}%)",
+            "{} of the last {} records were rejected ({} by the database, {} undecodable; the limit is {:.0}%)",
             self.rejected,
             self.settings.window,
+            self.rejected - self.undecodable,
+            self.undecodable,
             self.settings.share * 100.0
         )
     }
@@ -106,6 +149,36 @@ mod tests {
         }
         assert!(b.rejected(), "501 of 1000");
         assert!(b.describe().starts_with("501 of the last 1000"));
+    }
+
+    #[test]
+    fn undecodable_records_count_with_rejected_ones() {
+        let mut b = Breaker::new(BreakerSettings {
+            window: 10,
+            share: 0.5,
+        });
+        assert!(!b.undecodable(3));
+        b.accepted(4);
+        assert!(!b.rejected());
+        assert!(!b.rejected(), "5 of 10");
+        assert!(b.undecodable(1), "6 of 10");
+        assert_eq!(
+            b.describe(),
+            "6 of the last 10 records were rejected (2 by the database, 4 undecodable; the limit is 50%)"
+        );
+        // Undecodable records slide out like the others.
+        b.accepted(7);
+        assert!(!b.is_open());
+        assert!(
+            b.describe().starts_with("3 of the last 10"),
+            "{}",
+            b.describe()
+        );
+        assert!(
+            b.describe().contains("(2 by the database, 1 undecodable"),
+            "{}",
+            b.describe()
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub(super) async fn migrate(shared: &Shared) -> Result<(Mode, String), SinkError
         for problem in &problems {
             error!(schema = %schema_name, problem = %problem, "a table does not take what the recorder writes");
         }
-        return Err(SinkError::fatal(mismatch_message(&problems)));
+        // No restart mends a table: the path stops and stays stopped until an operator fixes
+        // the table and restarts it.
+        return Err(SinkError::misconfigured(mismatch_message(&problems)));
     }
 
     let extension = extension_name();
@@ -115,6 +117,7 @@ pub(super) async fn migrate(shared: &Shared) -> Result<(Mode, String), SinkError
             )
             .await
             .map_err(pg)?;
+        shared.ledger.forget();
         if gone > 0 {
             info!(group = %shared.group, partitions = gone, "embedded broker: offsets stored by an earlier run no longer apply, forgotten");
         }

@@ -8,8 +8,8 @@
 //!   that moved to another consumer, can never write a row twice.
 //! - The consumer starts each partition from the offsets table, read when the partition is
 //!   assigned, never from a cache ([`offsets`]). A stored offset found behind what this process
-//!   wrote (the database lost commits) stops the writer instead of writing past the hole, and
-//!   the partition starts again from the table's offset.
+//!   wrote or saw there in this run (the database lost commits) stops the writer instead of
+//!   writing past the hole, and the partition starts again from the table's offset.
 //! - Existing tables are checked at start-up against what the COPY writes ([`migrate`]): a
 //!   mismatch stops the path with a message naming the table, the column and both types, before
 //!   a single row is dead-lettered.
@@ -321,6 +321,9 @@ impl OffsetSource for Shared {
                 }
                 if self.ledger.in_hole(topic, *partition) {
                     return Some(from);
+                }
+                if let Some(n) = found {
+                    self.ledger.observed(topic, *partition, n);
                 }
                 found
             })

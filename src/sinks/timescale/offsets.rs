@@ -8,11 +8,23 @@
 //!   thread of its own, with its own small runtime and a fresh connection, so it works under
 //!   any runtime the consumer runs on and never waits for the writers' pool; it is bounded by
 //!   [`LOOKUP_TIMEOUT`], and a failure fails the consumer instead of guessing an offset.
-//! - The table's offsets only grow. One found below what this process committed for the same
-//!   partition means the database lost commits (a failover to a standby that lacked them, a
-//!   restore): the writer refuses to write past the hole (a fatal error, logged, counted and
-//!   shown on /health), and the next assignment starts from the table's offset, so the lost
-//!   rows are read from Kafka again and written once.
+//! - The table's offsets only grow (every commit stores the larger of the batch's next offset
+//!   and the stored one). So one found below the highest value this process has seen for the
+//!   partition within this run, whoever wrote it, means the database lost commits (a failover
+//!   to a standby that lacked them, a restore): the writer refuses to write past the hole (a
+//!   fatal error, logged, counted and shown on /health), and the next assignment starts from
+//!   the table's offset, so the lost rows are read from Kafka again and written once. "Seen"
+//!   covers this process's own commits, the values it read at each assignment and the values
+//!   it locked before each batch, so a partition written by another member in between is
+//!   covered as soon as this process has looked at it.
+//!
+//! Limits: the marks live in memory for one run. A loss that happened before this process
+//! first looked at a partition, or while it ran without looking (another member owned the
+//! partition and this process neither held nor read it), is invisible here; so is everything
+//! after a restart. Lowering a stored offset by hand while the path runs (to replay) reads as
+//! a regression too: the path reports it and re-reads from the lowered offset, which is what
+//! the replay asks for. With `forget_offsets` (the embedded broker) the marks are dropped with
+//! the rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -37,7 +49,8 @@ struct Hole {
     at: chrono::DateTime<chrono::Utc>,
 }
 
-/// What this process committed per partition, and the regressions found.
+/// The highest next offset this process saw per partition (committed itself, or read from the
+/// table), and the regressions found.
 #[derive(Default)]
 pub struct Ledger {
     written: Mutex<HashMap<(String, i32), i64>>,
@@ -60,7 +73,22 @@ impl Ledger {
         }
     }
 
-    /// What this process committed last for the partition, if it is above `stored`.
+    /// The table held `stored` for the partition (read at an assignment or locked before a
+    /// batch): the table never goes below it again unless it loses commits. Call it after
+    /// [`Ledger::ahead_of`] found no regression.
+    pub fn observed(&self, topic: &str, partition: i32, stored: i64) {
+        if stored >= 0 {
+            self.wrote(topic, partition, stored);
+        }
+    }
+
+    /// The marks are void: this process deleted the group's stored offsets.
+    pub fn forget(&self) {
+        self.written.lock().expect("ledger lock").clear();
+        self.holes.lock().expect("ledger lock").clear();
+    }
+
+    /// The highest offset this process saw for the partition, if it is above `stored`.
     pub fn ahead_of(&self, topic: &str, partition: i32, stored: i64) -> Option<i64> {
         self.written
             .lock()
@@ -73,7 +101,7 @@ impl Ledger {
     /// Logs, counts and records a regression. `then` says what happens next.
     pub fn report(&self, topic: &str, partition: i32, stored: i64, written: i64, then: &str) {
         let at = chrono::Utc::now();
-        error!(topic = %topic, partition, stored, written, then = %then, "offset regression: the offsets table is behind what this process wrote there (the database lost commits: a failover to a standby that lacked them, or a restore)");
+        error!(topic = %topic, partition, stored, written, then = %then, "offset regression: the offsets table is behind what this process saw or wrote there (the database lost commits: a failover to a standby that lacked them, or a restore)");
         metrics::counter!(names::TIMESCALE_OFFSET_REGRESSIONS_TOTAL).increment(1);
         self.holes.lock().expect("ledger lock").insert(
             (topic.to_owned(), partition),
@@ -120,7 +148,7 @@ impl Ledger {
             .iter()
             .map(|((t, p), h)| {
                 format!(
-                    "timescaledb: offset regression on {t}[{p}] since {}: the table said {}, this process had written up to {}; re-reading from the table's offset",
+                    "timescaledb: offset regression on {t}[{p}] since {}: the table said {}, this process had seen or written up to {}; re-reading from the table's offset",
                     h.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     h.stored,
                     h.written
@@ -206,6 +234,19 @@ mod tests {
         ledger.wrote("t", 0, 120);
         assert!(!ledger.has_holes());
         assert!(ledger.notes()[0].contains("t[0] stored 60, written 100 (refilled)"));
+    }
+
+    #[test]
+    fn a_table_below_a_value_seen_there_is_a_regression() {
+        let ledger = Ledger::default();
+        // Another member wrote the partition up to 200; this process read it at assignment.
+        assert_eq!(ledger.ahead_of("t", 0, 200), None);
+        ledger.observed("t", 0, 200);
+        assert_eq!(ledger.ahead_of("t", 0, 150), Some(200));
+        ledger.observed("t", 0, -1);
+        assert_eq!(ledger.ahead_of("t", 0, 199), Some(200), "-1 is no value");
+        ledger.forget();
+        assert_eq!(ledger.ahead_of("t", 0, 0), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use actord_actors::record::Envelope;
+use actord_actors::record::{DeadLetter, Envelope};
 use actord_actors::sink::{Sink, SinkError};
 use actord_actors::ErrorKind;
 use futures::pin_mut;
@@ -67,8 +67,8 @@ impl TimescaleSink {
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
-        // The table's offsets only grow: one behind what this process committed means the
-        // database lost commits. Writing on would leave the lost rows out for good.
+        // The table's offsets only grow: one behind what this process committed or saw there
+        // means the database lost commits. Writing on would leave the lost rows out for good.
         for ((topic, partition), n) in &stored {
             if let Some(wrote) = self.shared.ledger.ahead_of(topic, *partition, *n) {
                 self.shared.ledger.report(
@@ -80,9 +80,10 @@ impl TimescaleSink {
                 );
                 self.shared.ledger.restart_from(topic, *partition, *n);
                 return Err(SinkError::fatal(format!(
-                    "offset regression on {topic}[{partition}]: the offsets table says {n}, this process wrote up to {wrote}"
+                    "offset regression on {topic}[{partition}]: the offsets table says {n}, this process saw or wrote up to {wrote}"
                 )));
             }
+            self.shared.ledger.observed(topic, *partition, *n);
         }
         let fresh = |e: &&Envelope<Market>| {
             let o = &e.source.origin;
@@ -178,6 +179,23 @@ impl TimescaleSink {
 }
 
 impl Sink<Market> for TimescaleSink {
+    /// Undecodable records count as refused, so a topic of unreadable messages stops the
+    /// path like a table that rejects every row (see [`super::breaker`]).
+    fn undecodable(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+        let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+        let was_open = breaker.is_open();
+        let open = breaker.undecodable(letters.len());
+        drop(breaker);
+        if !open {
+            return Ok(());
+        }
+        let last = letters
+            .last()
+            .map(|l| format!("last undecodable record: {}", l.poison))
+            .unwrap_or_default();
+        Err(self.tripped(was_open, &last))
+    }
+
     async fn write(&mut self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
         let err = match self.write_batch(records).await {
             Ok(rows) => {
@@ -216,18 +234,21 @@ impl TimescaleSink {
         } else {
             breaker.is_open()
         };
+        drop(breaker);
         if !open {
             return Err(err);
         }
-        let state = breaker.describe();
-        drop(breaker);
+        Err(self.tripped(was_open, &format!("last rejection: {}", err.message)))
+    }
+
+    /// The error that stops the path once the breaker is open; logged and counted when it
+    /// opens now.
+    fn tripped(&self, was_open: bool, last: &str) -> SinkError {
+        let state = self.shared.breaker.lock().expect("breaker lock").describe();
         if !was_open {
-            error!(rejections = %state, last = %err.message, "rejection breaker open: the database rejects most records, stopping the path instead of dead-lettering the topic");
+            error!(rejections = %state, last = %last, "rejection breaker open: most records are refused, stopping the path instead of dead-lettering the topic");
             metrics::counter!(names::TIMESCALE_REJECTION_BREAKER_TRIPS_TOTAL).increment(1);
         }
-        Err(SinkError::fatal(format!(
-            "rejection breaker open: {state}; last rejection: {}",
-            err.message
-        )))
+        SinkError::fatal(format!("rejection breaker open: {state}; {last}"))
     }
 }

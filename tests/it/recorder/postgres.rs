@@ -237,6 +237,81 @@ async fn an_offsets_table_behind_what_this_process_wrote_fails_loudly_and_is_ref
     drop_schema(&schema).await;
 }
 
+/// The table lost commits that another member made (this process never wrote the partition,
+/// it only read the table's offset when the partition was assigned): the writer must not step
+/// over the hole either.
+#[tokio::test]
+async fn an_offsets_table_behind_what_this_process_read_there_is_a_regression_too() {
+    let schema = fresh_schema();
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    let (status, body) = crate::support::post(&p.base, "/api/pipelines/recorder/stop", None).await;
+    assert_eq!(status, 200, "{body}");
+    // Another member wrote offsets 0..100 of partition 0 and committed its offset.
+    produce_to(&bootstrap, 0, 0..100).await;
+    let rows: Vec<String> = (0..100)
+        .map(|i| format!("(to_timestamp({i}), 'S', 1.0, {i}, 0.0, 0.0)"))
+        .collect();
+    pg().await
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".tick_data VALUES {}; \
+             INSERT INTO \"{schema}\".actord_offsets (consumer_group, topic, partition, next_offset) \
+             VALUES ('{GROUP}', 'market.tick', 0, 100)",
+            rows.join(", ")
+        ))
+        .await
+        .unwrap();
+    let before = assignments(&p.log()).len();
+    let (status, body) = crate::support::post(&p.base, "/api/pipelines/recorder/start", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        Duration::from_secs(60),
+        "partition 0 assigned at 100",
+        || {
+            let log = p.log();
+            let all = assignments(&log);
+            let done = all.len() > before
+                && all[before..]
+                    .iter()
+                    .any(|l| l.contains("market.tick[0]@Offset(100)"));
+            async move { done }
+        },
+    )
+    .await;
+    // The database loses the other member's last commits.
+    pg().await
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM \"{schema}\".tick_data WHERE volume >= 60; \
+             UPDATE \"{schema}\".actord_offsets SET next_offset = 60 \
+             WHERE consumer_group = '{GROUP}' AND topic = 'market.tick' AND partition = 0; COMMIT"
+        ))
+        .await
+        .unwrap();
+    produce_to(&bootstrap, 0, 100..150).await;
+    until(
+        Duration::from_secs(60),
+        "the regression in the log",
+        || async { p.log().contains("offset regression") },
+    )
+    .await;
+    until(Duration::from_secs(90), "the hole refilled", || async {
+        count(&schema, "tick_data").await == 150
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&schema, "tick_data").await, 150);
+    assert_eq!(
+        distinct_volumes(&schema).await,
+        150,
+        "no duplicates, no hole"
+    );
+    assert_eq!(stored_offset(&schema, GROUP, 0).await, Some(150));
+    assert_eq!(dlq_records(&bootstrap), 0);
+    drop(p);
+    drop_schema(&schema).await;
+}
+
 /// A table whose `volume` column is INTEGER where the COPY writes BIGINT.
 async fn create_mismatched_schema(schema: &str) {
     pg().await
@@ -301,6 +376,59 @@ async fn a_mismatch_found_after_start_up_stops_the_path_without_dead_letters() {
     assert!(p.log().contains("tick_data.volume"), "{}", p.log());
     assert_eq!(dlq_records(&bootstrap), 0, "no dead letters");
     assert_eq!(count(&schema, "tick_data").await, 0);
+
+    // A misconfiguration is not restarted under the budget: the path stays stopped, the
+    // pipeline is not ready and says why, and the check ran once.
+    let restarts = |t: &serde_json::Value| {
+        [
+            "/recorder/timescale",
+            "/recorder/timescale/writer-0",
+            "/recorder/timescale/writer-1",
+        ]
+        .map(|a| crate::support::actor(t, a)["restarts"].as_u64().unwrap())
+    };
+    let before = restarts(&crate::support::tree(&p.base).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = crate::support::tree(&p.base).await;
+    assert_eq!(restarts(&t), before, "{t:#}");
+    let ready = get(&p.base, "/ready").await;
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(
+        ready.1.contains("/recorder/timescale") && ready.1.contains("misconfigured"),
+        "{}",
+        ready.1
+    );
+    let checks = p
+        .log()
+        .lines()
+        .filter(|l| l.contains("a table does not take what"))
+        .count();
+    assert_eq!(checks, 1, "{}", p.log());
+
+    // Fixed by hand and restarted by the operator, the path writes everything once.
+    pg().await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".tick_data ALTER COLUMN volume TYPE BIGINT"
+        ))
+        .await
+        .unwrap();
+    let (status, body) = crate::support::post(
+        &p.base,
+        "/api/actors/restart?path=/recorder/timescale",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    until(Duration::from_secs(60), "the 300 ticks", || async {
+        count(&schema, "tick_data").await == 300
+    })
+    .await;
+    assert_eq!(distinct_volumes(&schema).await, 300);
+    until(Duration::from_secs(30), "ready again", || async {
+        get(&p.base, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(dlq_records(&bootstrap), 0);
     drop(p);
     drop_schema(&schema).await;
 }
@@ -341,6 +469,48 @@ async fn a_rejection_storm_stops_the_path_instead_of_draining_the_topic() {
     );
     assert!(p.log().contains("rejection breaker"), "{}", p.log());
     assert_eq!(get(&p.base, "/health").await.0, 503);
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+/// A topic of messages that cannot be decoded (a producer writing another format) trips the
+/// same breaker: about half the window is dead-lettered, then the path stops.
+#[tokio::test]
+async fn a_flood_of_undecodable_messages_trips_the_rejection_breaker() {
+    let schema = fresh_schema();
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce_to(&bootstrap, 0, 0..10).await;
+    until(Duration::from_secs(60), "the first ticks", || async {
+        count(&schema, "tick_data").await == 10
+    })
+    .await;
+    let garbage: Vec<String> = (0..3000).map(|i| format!("<tick n=\"{i}\"/>")).collect();
+    super::produce(&bootstrap, "market.tick", garbage).await;
+    until(
+        Duration::from_secs(120),
+        "the breaker on /health",
+        || async {
+            get(&p.base, "/health")
+                .await
+                .1
+                .contains("rejection breaker")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Undecodable records are judged a batch (200) at a time, before any is dead-lettered: the
+    // batch that would pass half the window (500) is refused whole.
+    let dead = dlq_records(&bootstrap);
+    assert!(
+        (300..=500).contains(&dead),
+        "at most half the window dead-lettered, then the path stopped: {dead}"
+    );
+    let health = get(&p.base, "/health").await;
+    assert_eq!(health.0, 503, "{}", health.1);
+    assert!(health.1.contains("undecodable"), "{}", health.1);
+    assert!(p.log().contains("rejection breaker open"), "{}", p.log());
     drop(p);
     drop_schema(&schema).await;
 }
