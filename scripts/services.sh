@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (once per machine) and starts (when not running) what actord's tests, benchmarks and
-# demo use: PostgreSQL, Redis, promtool, kcat, the tansu broker and the s3s-fs object store. Idempotent: does nothing
-# when everything is in place.
+# demo use: PostgreSQL, Redis, promtool, kcat, Chromium with chromedriver (the live page test),
+# the tansu broker and the s3s-fs object store. Idempotent: does nothing when everything is in
+# place.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -17,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -66,4 +69,4 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool"
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool, chromium"

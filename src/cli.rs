@@ -56,8 +56,30 @@ pub enum Command {
     Run,
     /// Validate the configuration and print the tree it would start.
     Check,
-    /// Print the live tree of a running instance.
-    Tree,
+    /// Print the live tree of a running instance (its admin port: --admin, else the config's).
+    Tree(TreeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TreeArgs {
+    /// Redraw the tree every --interval until interrupted.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+    /// Seconds between redraws in watch mode.
+    #[arg(long, default_value = "2", value_name = "SECONDS")]
+    pub interval: f64,
+    /// Print the live view as JSON (one line per redraw in watch mode).
+    #[arg(long)]
+    pub json: bool,
+    /// Show only actors that are not running as they should (with their ancestors).
+    #[arg(long)]
+    pub failed: bool,
+    /// Seconds to wait for the admin port before giving up.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Never colour the states (colours are used only on a terminal anyway).
+    #[arg(long)]
+    pub no_color: bool,
 }
 
 impl Cli {
@@ -162,77 +184,6 @@ fn render_child(spec: &ChildSpec, depth: usize, out: &mut String) {
     }
 }
 
-/// Fetches `/api/tree` from a running instance and renders it as an indented list.
-pub async fn render_live_tree(base: &str) -> anyhow::Result<String> {
-    let url = format!("{}/api/tree", base.trim_end_matches('/'));
-    let tree: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
-    let info_url = format!("{}/api/info", base.trim_end_matches('/'));
-    let info: serde_json::Value = reqwest::get(&info_url)
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let mut out = String::new();
-    let bootstrap = info
-        .pointer("/kafka/bootstrap")
-        .and_then(|b| b.as_str())
-        .unwrap_or("");
-    if info.pointer("/kafka/mode").and_then(|m| m.as_str()) == Some("embedded")
-        && !bootstrap.is_empty()
-    {
-        out.push_str(&format!("# {}\n", crate::admin::embedded_note(bootstrap)));
-    }
-    render_node(&tree, 0, &mut out);
-    Ok(out)
-}
-
-fn render_node(node: &serde_json::Value, depth: usize, out: &mut String) {
-    let get = |k: &str| node.get(k).and_then(|v| v.as_str()).unwrap_or("");
-    let name = if get("path") == "/" { "/" } else { get("name") };
-    let mut line = format!(
-        "{}{name}  {}  {}  restarts={}  records={}",
-        "  ".repeat(depth),
-        get("kind"),
-        get("status"),
-        node.get("restarts").and_then(|v| v.as_u64()).unwrap_or(0),
-        node.pointer("/counters/records")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0)
-    );
-    if let Some(err) = node
-        .get("last_error")
-        .and_then(|e| e.get("message"))
-        .and_then(|m| m.as_str())
-    {
-        line.push_str(&format!("  last_error={err:?}"));
-    }
-    if let Some(why) = node.get("unhealthy").and_then(|u| u.as_str()) {
-        line.push_str(&format!("  unhealthy={why:?}"));
-    }
-    out.push_str(&line);
-    out.push('\n');
-    for entry in node
-        .get("schedules")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-    {
-        out.push_str(&format!(
-            "{}{}\n",
-            "  ".repeat(depth + 1),
-            render_entry(entry)
-        ));
-    }
-    for child in node
-        .get("children")
-        .and_then(|c| c.as_array())
-        .into_iter()
-        .flatten()
-    {
-        render_node(child, depth + 1, out);
-    }
-}
-
 /// The admin base URL for `tree`: `--admin` (with or without scheme), else the config's address.
 pub fn admin_url(cli: &Cli, config: Option<&Config>) -> String {
     match (&cli.admin, config) {
@@ -244,7 +195,7 @@ pub fn admin_url(cli: &Cli, config: Option<&Config>) -> String {
 }
 
 /// One scheduled entry: what and when, then how its last run went and what runs now.
-fn render_entry(e: &serde_json::Value) -> String {
+pub(crate) fn render_entry(e: &serde_json::Value) -> String {
     let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-");
     let mut line = format!(
         "schedule {}: {} ({}), lease {}  next={}",

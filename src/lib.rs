@@ -9,3 +9,4 @@ pub mod runtime;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;
+pub mod tree_view;

@@ -1,10 +1,12 @@
 //! The actord binary: parses flags, sets up logging and runs the tree until a signal.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use actord::cli::{self, Cli, Command};
 use actord::runtime::{self, Outcome};
 use actord::telemetry;
+use actord::tree_view::{self, TreeOptions};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -31,23 +33,45 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Tree => {
-            let config = if cli.admin.is_none() {
-                cli.load_config().ok()
-            } else {
-                None
-            };
-            let url = cli::admin_url(&cli, config.as_ref());
-            match cli::render_live_tree(&url).await {
-                Ok(tree) => {
-                    print!("{tree}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: cannot read the tree from {url}: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Tree(args) => tree(&cli, args).await,
+    }
+}
+
+/// `actord tree`: exit 1 with one clear line when the admin port cannot be read.
+async fn tree(cli: &Cli, args: &cli::TreeArgs) -> ExitCode {
+    let config = if cli.admin.is_none() {
+        cli.load_config().ok()
+    } else {
+        None
+    };
+    let seconds = |s: f64, what: &str| match Duration::try_from_secs_f64(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "error: --{what} expects a positive number of seconds, found {s}"
+        )),
+    };
+    let (timeout, interval) = match (
+        seconds(args.timeout, "timeout"),
+        seconds(args.interval, "interval"),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = TreeOptions {
+        base: cli::admin_url(cli, config.as_ref()),
+        json: args.json,
+        failed: args.failed,
+        timeout,
+        color: !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    match tree_view::run(&opts, args.watch.then_some(interval)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod record;
 pub mod scheduler;
 pub mod sink;
 pub mod spec;
+pub mod supervision;
 pub mod supervisor;
 pub mod testkit;
 pub mod writer;
@@ -30,4 +31,5 @@ pub use scheduler::{
     SchedulerMsg,
 };
 pub use spec::{ChildContext, ChildSpec, Restart, Strategy, SupervisorSpec};
+pub use supervision::State;
 pub use supervisor::{Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg};

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::path::ActorPath;
+use crate::supervision::{Supervision, SupervisionSnapshot};
 use crate::supervisor::SupervisorMsg;
 
 /// Lifecycle of an actor as the admin tree shows it.
@@ -256,6 +257,9 @@ pub struct ActorSnapshot {
     pub last_progress: Option<String>,
     /// Units of work the actor holds and has not finished.
     pub pending: u64,
+    /// State, backoff, progress age and budget, as the supervisor and the clock see them.
+    #[serde(flatten)]
+    pub supervision: SupervisionSnapshot,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -300,6 +304,8 @@ struct ProbeInner {
     stop_budget_ms: AtomicU64,
     /// When the stop under way must be over, set by the parent before it stops a supervisor.
     stop_deadline: Mutex<Option<Instant>>,
+    /// What the supervisor tells observers: a scheduled restart, the stuck threshold, a budget.
+    supervision: Mutex<Supervision>,
 }
 
 impl Probe {
@@ -326,6 +332,7 @@ impl Probe {
                 lingering: Mutex::new(None),
                 stop_budget_ms: AtomicU64::new(0),
                 stop_deadline: Mutex::new(None),
+                supervision: Mutex::new(Supervision::default()),
             }),
             bound: None,
         }
@@ -393,6 +400,10 @@ impl Probe {
 
     pub fn path(&self) -> &ActorPath {
         &self.inner.path
+    }
+
+    pub(crate) fn supervision(&self) -> std::sync::MutexGuard<'_, Supervision> {
+        self.inner.supervision.lock().expect("probe lock")
     }
 
     pub fn kind(&self) -> ActorKind {
@@ -594,6 +605,7 @@ impl Probe {
             last_progress: (progress > 0)
                 .then(|| chrono_like_rfc3339(self.inner.registry.wall_clock(progress))),
             pending: self.pending(),
+            supervision: self.supervision_snapshot(),
         }
     }
 }

@@ -233,6 +233,7 @@ impl SupervisorState {
     fn new_child(&self, spec: ChildSpec) -> Child {
         let path = self.path().child(&spec.id);
         let probe = self.probe.registry().probe(&path, spec.kind);
+        probe.set_stuck_after(spec.stuck_after);
         Child {
             spec,
             probe,
@@ -535,6 +536,8 @@ impl SupervisorState {
                 break;
             }
         }
+        self.probe
+            .set_budget(self.spec.max_restarts, self.spec.within, &self.restarts);
         self.restarts.len() as u64 <= u64::from(self.spec.max_restarts)
     }
 
@@ -664,6 +667,7 @@ impl SupervisorState {
         }
         let delay = self.spec.backoff.delay(child.attempt);
         child.attempt = child.attempt.saturating_add(1);
+        child.probe.set_backoff(delay);
         self.next_token += 1;
         let token = self.next_token;
         let ids: Vec<String> = group
@@ -893,6 +897,8 @@ impl Actor for Supervisor {
         args.probe.set_control(Some(myself));
         // A misconfiguration reported by an earlier incarnation is what the restart is for.
         args.probe.set_unhealthy(None);
+        args.probe
+            .set_budget(args.spec.max_restarts, args.spec.within, &VecDeque::new());
         let mut state = SupervisorState {
             spec: args.spec,
             probe: args.probe,

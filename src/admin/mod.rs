@@ -3,6 +3,7 @@
 
 mod actions;
 mod guard;
+pub mod live_view;
 
 pub use guard::REQUEST_HEADER;
 
@@ -21,9 +22,15 @@ use crate::config::Brokers;
 use crate::runtime::Handle;
 use crate::telemetry::{self, names};
 
-const PAGE: &str = include_str!("page.html");
+const PAGE: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/live.js");
+const STYLE: &str = include_str!("assets/live.css");
 
 pub fn router(handle: Handle) -> Router {
+    router_with(handle, live_view::Live::new())
+}
+
+fn router_with(handle: Handle, view: live_view::Live) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/live", get(live))
@@ -40,6 +47,9 @@ pub fn router(handle: Handle) -> Router {
             "/api/pipelines/{name}/{action}",
             post(actions::pipeline_action),
         )
+        .merge(live_view::routes())
+        .route("/assets/{name}", get(asset))
+        .layer(axum::Extension(view))
         .layer(axum::middleware::from_fn_with_state(
             handle.clone(),
             guard::guard,
@@ -53,8 +63,15 @@ pub async fn serve(
     handle: Handle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(shutdown)
+    let live = live_view::Live::new();
+    live.start(&handle);
+    let closing = live.clone();
+    axum::serve(listener, router_with(handle, live))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Open event streams end, or the graceful shutdown would wait for their readers.
+            closing.close();
+        })
         .await
 }
 
@@ -69,6 +86,23 @@ fn text(status: StatusCode, body: String) -> Response {
 
 async fn page() -> Html<&'static str> {
     Html(PAGE)
+}
+
+/// The page's script and style, embedded in the binary: the page needs nothing from outside.
+async fn asset(Path(name): Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "live.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "live.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return text(StatusCode::NOT_FOUND, format!("no asset {name:?}\n")),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn live() -> Response {

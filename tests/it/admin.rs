@@ -58,7 +58,7 @@ async fn liveness_readiness_health_and_info() {
 
     let (status, page) = get(&rt.base, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("/api/tree"));
+    assert!(page.contains("/assets/live.js"), "{page}");
     assert_eq!(rt.shutdown().await, Outcome::Clean);
 }
 

@@ -246,15 +246,16 @@ async fn tree_command_prints_the_live_tree() {
         "the embedded broker is named first: {out}"
     );
     let lines = &lines[1..];
-    assert!(lines[0].starts_with("/  supervisor  running"), "{out}");
+    assert!(lines[0].starts_with("pipeline heartbeat  up"), "{out}");
+    assert!(lines[1].starts_with("/  supervisor  running"), "{out}");
     assert!(
-        lines[1].starts_with("  heartbeat  supervisor  running"),
+        lines[2].starts_with("└─ heartbeat  supervisor  running"),
         "{out}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("    ticker  worker  running")),
+            .any(|l| l.starts_with("   └─ ticker  worker  running")),
         "{out}"
     );
 }

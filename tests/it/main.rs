@@ -7,6 +7,7 @@ mod dlq;
 mod ftp_sync;
 mod kafka;
 mod leases;
+mod live_view;
 mod recorder;
 mod recorder_s3;
 mod redis_streams;
