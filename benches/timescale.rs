@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actord::pipelines::recorder::model;
-use actord::sinks::timescale::{DbSettings, Shared, TimescaleSink};
+use actord::pipelines::recorder::timescale::{MarketCopy, RecorderTables};
+use actord::sinks::postgres::{Classifier, Database, DbSettings, PostgresSink};
 use actord::sources::kafka::embedded::EmbeddedKafka;
 use actord::sources::kafka::path::KafkaPath;
 use actord::sources::kafka::{KafkaConnection, SourceSettings, StartFrom};
@@ -111,7 +112,7 @@ async fn main() {
 
         // actord: Kafka → decode → buffer → binary COPY with offsets, exactly once.
         let group = format!("bench-timescale-{round}");
-        let db = Shared::new(
+        let db = Database::kafka(
             DbSettings {
                 host: "127.0.0.1".into(),
                 port: 5432,
@@ -123,17 +124,20 @@ async fn main() {
                 forget_offsets: false,
                 ..DbSettings::default()
             },
+            "timescaledb",
+            Arc::new(RecorderTables::default()),
+            Classifier::default(),
             group.clone(),
         );
         let mut source = SourceSettings::new(vec![TOPIC.into()], group);
         source.max_in_flight_records = 100_000;
         source.start = StartFrom::Sink(db.clone());
-        let path = KafkaPath::<model::Market, TimescaleSink> {
+        let path = KafkaPath::<model::Market, PostgresSink<model::Market, MarketCopy>> {
             id: "timescale".into(),
             connection: KafkaConnection::new(kafka.bootstrap()),
             source,
             decode: Arc::new(model::decode),
-            sink: db.factory(),
+            sink: db.factory(Arc::new(MarketCopy::default())),
             lanes: 1,
             buffer: BufferLimits {
                 max_records: 10_000,

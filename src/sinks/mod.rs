@@ -2,4 +2,4 @@
 
 pub mod files;
 pub mod objects;
-pub mod timescale;
+pub mod postgres;

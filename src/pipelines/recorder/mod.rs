@@ -8,6 +8,7 @@
 mod generator;
 pub mod model;
 mod refresher;
+pub mod timescale;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use crate::config::raw::{RawRecorder, RawRecorderS3};
 use crate::config::{Check, Config, ConfigError, EnvKey, Problem, Secret, Unit};
 use crate::sinks::objects::sink::{Objects, ParquetSink};
 use crate::sinks::objects::store::{self, Location};
-use crate::sinks::timescale::{self, BreakerSettings, DbSettings, TimescaleSink};
+use crate::sinks::postgres::{BreakerSettings, Classifier, Database, DbSettings, PostgresSink};
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
@@ -31,6 +32,7 @@ use crate::telemetry::names;
 use generator::{Generator, GeneratorArgs};
 use model::Market;
 use refresher::{Refresher, RefresherArgs};
+use timescale::{MarketCopy, RecorderTables};
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "recorder",
@@ -343,9 +345,22 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let sup = &config.supervision;
     let mut children = Vec::new();
 
+    let group = format!("{}-timescale", rc.group);
+    let settings = DbSettings {
+        forget_offsets: resources.kafka.embedded,
+        ..rc.db.clone()
+    };
+    let tables = Arc::new(RecorderTables::default());
+    let db = Database::kafka(
+        settings,
+        "timescaledb",
+        tables.clone(),
+        Classifier::default(),
+        group.clone(),
+    );
     // Tables that cannot take what the COPY writes are a configuration fault: found at start-up,
     // they stop the process with exit 2 like any other.
-    if let Err(problems) = timescale::preflight(&rc.db) {
+    if let Err(problems) = db.preflight() {
         let origin = format!(
             "database {} on {}:{}",
             rc.db.database, rc.db.host, rc.db.port
@@ -363,23 +378,17 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
                 .collect(),
         }));
     }
-    let group = format!("{}-timescale", rc.group);
-    let settings = DbSettings {
-        forget_offsets: resources.kafka.embedded,
-        ..rc.db.clone()
-    };
-    let db = timescale::Shared::new(settings, group.clone());
     let mut source = SourceSettings::new(rc.topics.clone(), group);
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;
     source.start = StartFrom::Sink(db.clone());
     source.migrate_from_group = rc.migrate_from_group.clone();
-    let path = KafkaPath::<Market, TimescaleSink> {
+    let path = KafkaPath::<Market, PostgresSink<Market, MarketCopy>> {
         id: "timescale".into(),
         connection: resources.kafka.clone(),
         source,
         decode: Arc::new(decode),
-        sink: db.factory(),
+        sink: db.factory(Arc::new(MarketCopy::default())),
         lanes: rc.db_write_workers,
         buffer: BufferLimits {
             max_records: rc.batch_size,
@@ -400,12 +409,14 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     };
 
     let (refresh_db, interval) = (db.clone(), rc.refresh_interval);
+    let refresh_tables = tables.clone();
     let refresher = ChildSpec::worker("aggregates", move |ctx| {
-        let db = refresh_db.clone();
+        let (db, tables) = (refresh_db.clone(), refresh_tables.clone());
         async move {
             let args = RefresherArgs {
                 probe: ctx.probe,
                 db,
+                tables,
                 interval,
             };
             let (actor, _) = Actor::spawn_linked(None, Refresher, args, ctx.supervisor).await?;

@@ -8,13 +8,15 @@ use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
-use crate::sinks::timescale::{describe, schema, Mode, Shared};
+use super::timescale::{refresh as refresh_statements, Mode, RecorderTables};
+use crate::sinks::postgres::{describe, Database};
 
 pub struct Refresher;
 
 pub struct RefresherArgs {
     pub probe: Probe,
-    pub db: Arc<Shared>,
+    pub db: Arc<Database>,
+    pub tables: Arc<RecorderTables>,
     pub interval: Duration,
 }
 
@@ -43,7 +45,7 @@ impl Actor for Refresher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let RefresherMsg::Refresh = message;
-        if state.db.mode() == Mode::Plain {
+        if state.tables.mode() == Mode::Plain {
             match refresh(&state.db).await {
                 Ok(()) => {
                     state.probe.progress(1, 0);
@@ -60,13 +62,13 @@ impl Actor for Refresher {
     }
 }
 
-async fn refresh(db: &Shared) -> Result<(), String> {
+async fn refresh(db: &Database) -> Result<(), String> {
     let pool = db.pool().await.map_err(|e| e.to_string())?;
     let mut conn = pool.get().await.map_err(|e| match e {
         bb8::RunError::User(e) => describe(&e),
         bb8::RunError::TimedOut => "timed out waiting for a database connection".to_owned(),
     })?;
-    for stmt in schema::refresh(db.schema()) {
+    for stmt in refresh_statements(db.schema()) {
         // A refresh reads the whole table: the writers' statement timeout does not apply.
         let tx = conn.transaction().await.map_err(|e| describe(&e))?;
         tx.batch_execute(&format!("SET LOCAL statement_timeout = 0; {stmt}"))

@@ -33,9 +33,31 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tracing::error;
 
+use super::check::{col, ident, Table, INT4, INT8, TEXT};
 use super::error::describe;
-use super::schema;
 use crate::telemetry::names;
+
+/// The offsets table's columns as the sink reads and writes them.
+pub const TABLE: Table = Table {
+    name: "actord_offsets",
+    columns: &[
+        col("consumer_group", TEXT, "text"),
+        col("topic", TEXT, "text"),
+        col("partition", INT4, "integer"),
+        col("next_offset", INT8, "bigint"),
+    ],
+    strict: false,
+};
+
+/// Creates the offsets table in `schema`.
+pub fn create(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.actord_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, \
+         partition INT NOT NULL, next_offset BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+         PRIMARY KEY (consumer_group, topic, partition))",
+        ident(schema)
+    )
+}
 
 /// How long an assignment may wait for its start offsets.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,8 +161,8 @@ impl Ledger {
         !self.holes.lock().expect("ledger lock").is_empty()
     }
 
-    /// /health lines: open holes, then the last regression.
-    pub fn notes(&self) -> Vec<String> {
+    /// /health lines under `component`: open holes, then the last regression.
+    pub fn notes(&self, component: &str) -> Vec<String> {
         let mut out: Vec<String> = self
             .holes
             .lock()
@@ -148,7 +170,7 @@ impl Ledger {
             .iter()
             .map(|((t, p), h)| {
                 format!(
-                    "timescaledb: offset regression on {t}[{p}] since {}: the table said {}, this process had seen or written up to {}; re-reading from the table's offset",
+                    "{component}: offset regression on {t}[{p}] since {}: the table said {}, this process had seen or written up to {}; re-reading from the table's offset",
                     h.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     h.stored,
                     h.written
@@ -157,7 +179,7 @@ impl Ledger {
             .collect();
         if out.is_empty() {
             if let Some(last) = self.last.lock().expect("ledger lock").clone() {
-                out.push(format!("timescaledb: {last} (refilled)"));
+                out.push(format!("{component}: {last} (refilled)"));
             }
         }
         out
@@ -177,7 +199,7 @@ pub fn read_blocking(
     let sql = format!(
         "SELECT topic, partition, next_offset FROM {}.actord_offsets \
          WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[]))",
-        schema::ident(schema_name)
+        ident(schema_name)
     );
     std::thread::scope(|scope| {
         let lookup = scope.spawn(|| {
@@ -233,7 +255,7 @@ mod tests {
         assert!(ledger.has_holes(), "not yet back at 100");
         ledger.wrote("t", 0, 120);
         assert!(!ledger.has_holes());
-        assert!(ledger.notes()[0].contains("t[0] stored 60, written 100 (refilled)"));
+        assert!(ledger.notes("timescaledb")[0].contains("t[0] stored 60, written 100 (refilled)"));
     }
 
     #[test]

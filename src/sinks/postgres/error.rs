@@ -1,9 +1,66 @@
 //! PostgreSQL errors: what a SQLSTATE means for a batch, and how an error reads in a log line
 //! or on /health (the server's message, SQLSTATE and detail, never a bare "db error").
 
+use std::sync::Arc;
+
 use actord_actors::sink::SinkError;
 use actord_actors::ErrorKind;
 use tokio_postgres::error::DbError;
+
+/// A pipeline's own reading of some SQLSTATEs, consulted before [`classify_code`]; `None` leaves
+/// the code to the default. Commerce, whose orders may arrive before the customer they name,
+/// makes a foreign-key violation (23503) transient.
+pub type Override = Arc<dyn Fn(&str) -> Option<ErrorKind> + Send + Sync>;
+
+/// How a path's sink reads errors: the default classes, with a pipeline's override first.
+#[derive(Clone, Default)]
+pub struct Classifier {
+    over: Option<Override>,
+}
+
+impl Classifier {
+    /// `over` is asked first for every SQLSTATE.
+    pub fn with_override(over: impl Fn(&str) -> Option<ErrorKind> + Send + Sync + 'static) -> Self {
+        Classifier {
+            over: Some(Arc::new(over)),
+        }
+    }
+
+    pub fn code(&self, code: &str) -> ErrorKind {
+        self.over
+            .as_ref()
+            .and_then(|f| f(code))
+            .unwrap_or_else(|| classify_code(code))
+    }
+
+    /// The kind of a client error; one that never reached the server is transient.
+    pub fn kind(&self, err: &tokio_postgres::Error) -> ErrorKind {
+        match err.as_db_error() {
+            Some(db) => self.code(db.code().code()),
+            None => ErrorKind::Transient,
+        }
+    }
+
+    /// A write or query error as a writer sees it: its kind, a class for the DLQ
+    /// (`SqlState23514`) and the described message.
+    pub fn sink_error(&self, err: &tokio_postgres::Error) -> SinkError {
+        let class = err
+            .as_db_error()
+            .map(|d| format!("SqlState{}", d.code().code()))
+            .unwrap_or_else(|| "ConnectionError".to_owned());
+        SinkError::new(self.kind(err), class, describe(err))
+    }
+
+    /// A failure to get a pooled connection.
+    pub fn run_error(&self, err: bb8::RunError<tokio_postgres::Error>) -> SinkError {
+        match err {
+            bb8::RunError::User(e) => self.sink_error(&e),
+            bb8::RunError::TimedOut => {
+                SinkError::transient("timed out waiting for a database connection")
+            }
+        }
+    }
+}
 
 /// What an error with this SQLSTATE means for the batch that met it.
 ///
@@ -70,24 +127,9 @@ fn describe_db(db: &DbError) -> String {
     out
 }
 
-/// A write or query error as the writer sees it: its kind, a class for the DLQ
-/// (`SqlState23514`) and the described message.
+/// A set-up or query error with the default classes (see [`Classifier::sink_error`]).
 pub fn pg(err: tokio_postgres::Error) -> SinkError {
-    let class = err
-        .as_db_error()
-        .map(|d| format!("SqlState{}", d.code().code()))
-        .unwrap_or_else(|| "ConnectionError".to_owned());
-    SinkError::new(classify(&err), class, describe(&err))
-}
-
-/// A failure to get a pooled connection.
-pub fn run_error(err: bb8::RunError<tokio_postgres::Error>) -> SinkError {
-    match err {
-        bb8::RunError::User(e) => pg(e),
-        bb8::RunError::TimedOut => {
-            SinkError::transient("timed out waiting for a database connection")
-        }
-    }
+    Classifier::default().sink_error(&err)
 }
 
 #[cfg(test)]
@@ -102,6 +144,14 @@ mod tests {
         assert_eq!(classify_code("22003"), ErrorKind::Poison);
         assert_eq!(classify_code("23514"), ErrorKind::Poison);
         assert_eq!(classify_code("42P01"), ErrorKind::Fatal);
+    }
+
+    #[test]
+    fn a_pipeline_override_comes_first() {
+        let c = Classifier::with_override(|code| (code == "23503").then_some(ErrorKind::Transient));
+        assert_eq!(c.code("23503"), ErrorKind::Transient);
+        assert_eq!(Classifier::default().code("23503"), ErrorKind::Fatal);
+        assert_eq!(c.code("23514"), ErrorKind::Poison, "the rest as by default");
     }
 
     #[test]
