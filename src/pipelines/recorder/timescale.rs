@@ -255,9 +255,39 @@ impl Setup for RecorderTables {
     }
 }
 
-/// The recorder's batch: ticks and order books by binary COPY.
-#[derive(Default)]
-pub struct MarketCopy {}
+/// Rows sent to a COPY between two progress reports.
+pub const PROGRESS_EVERY: usize = 10_000;
+
+/// The recorder's batch: ticks and order books by binary COPY, reporting progress every
+/// `progress_every` rows sent, so a long COPY that moves is not taken for a stuck one.
+pub struct MarketCopy {
+    pub progress_every: usize,
+}
+
+impl Default for MarketCopy {
+    fn default() -> Self {
+        MarketCopy {
+            progress_every: PROGRESS_EVERY,
+        }
+    }
+}
+
+/// Counts rows sent and reports every `every` of them.
+struct Sent<'a> {
+    progress: &'a Progress,
+    every: u64,
+    pending: u64,
+}
+
+impl Sent<'_> {
+    fn one(&mut self) {
+        self.pending += 1;
+        if self.pending >= self.every {
+            self.progress.advanced(self.pending, 0);
+            self.pending = 0;
+        }
+    }
+}
 
 impl Writes<Market> for MarketCopy {
     async fn write(
@@ -265,11 +295,16 @@ impl Writes<Market> for MarketCopy {
         tx: &Transaction<'_>,
         schema: &str,
         records: &[&Envelope<Market>],
-        _progress: &Progress,
+        progress: &Progress,
         errors: &Classifier,
     ) -> Result<u64, SinkError> {
         let pg = |e: tokio_postgres::Error| errors.sink_error(&e);
         let s = ident(schema);
+        let mut sent = Sent {
+            progress,
+            every: self.progress_every.max(1) as u64,
+            pending: 0,
+        };
         let mut written = 0u64;
         {
             let copy = tx
@@ -304,6 +339,7 @@ impl Writes<Market> for MarketCopy {
                         .await
                         .map_err(pg)?;
                     written += 1;
+                    sent.one();
                 }
             }
             w.finish().await.map_err(pg)?;
@@ -327,9 +363,13 @@ impl Writes<Market> for MarketCopy {
                         .await
                         .map_err(pg)?;
                     written += 1;
+                    sent.one();
                 }
             }
             w.finish().await.map_err(pg)?;
+        }
+        if sent.pending > 0 {
+            progress.advanced(sent.pending, 0);
         }
         Ok(written)
     }

@@ -695,3 +695,103 @@ async fn timescaledb_installed_but_not_preloaded_falls_back_to_plain_tables_once
     drop(p);
     drop_schema(&schema).await;
 }
+
+/// A long COPY reports progress through the writer's hook while rows move, before the batch is
+/// written: a trigger holds the batch's last row on a lock the test holds, and the probe shows
+/// progress while the write waits.
+#[tokio::test]
+async fn a_long_copy_reports_progress_while_rows_move() {
+    use actord::pipelines::recorder::model;
+    use actord::pipelines::recorder::timescale::{MarketCopy, RecorderTables};
+    use actord::sinks::postgres::{Classifier, Database, DbSettings};
+    use actord_actors::observe::{ActorKind, Registry};
+    use actord_actors::record::{Acker, Envelope, Origin, SourceRecord, Topic};
+    use actord_actors::sink::{Progress, Sink};
+    use actord_actors::ActorPath;
+
+    let schema = fresh_schema();
+    let db = Database::kafka(
+        DbSettings {
+            host: "127.0.0.1".into(),
+            schema: schema.clone(),
+            ..DbSettings::default()
+        },
+        "timescaledb",
+        std::sync::Arc::new(RecorderTables::default()),
+        Classifier::default(),
+        unique("progress"),
+    );
+    let factory = db.factory(std::sync::Arc::new(MarketCopy {
+        progress_every: 100,
+    }));
+    let mut sink = factory().await.unwrap();
+    let key: i64 = 0x5eed_0000 + (std::process::id() as i64);
+    pg().await
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{schema}\".hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM pg_advisory_lock_shared({key}); PERFORM pg_advisory_unlock_shared({key}); RETURN NEW; END $$; \
+             CREATE TRIGGER hold BEFORE INSERT ON \"{schema}\".tick_data FOR EACH ROW \
+             WHEN (NEW.symbol = 'LAST') EXECUTE FUNCTION \"{schema}\".hold()"
+        ))
+        .await
+        .unwrap();
+    let holder = pg().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+
+    let registry = Registry::new();
+    let probe = registry.probe(
+        &ActorPath::parse("/recorder/timescale/writer-0").unwrap(),
+        ActorKind::Worker,
+    );
+    sink.attach_progress(Progress::new(probe.clone()));
+    let n = 2000i64;
+    let records: Vec<Envelope<model::Market>> = (0..n)
+        .map(|i| {
+            let mut payload: serde_json::Value = serde_json::from_str(&tick(i, BASE)).unwrap();
+            if i == n - 1 {
+                payload["symbol"] = "LAST".into();
+            }
+            let source = SourceRecord {
+                origin: Origin {
+                    topic: Topic::intern("market.tick"),
+                    partition: 0,
+                    offset: i,
+                    epoch: 1,
+                },
+                key: None,
+                payload: Some(payload.to_string().into_bytes()),
+                timestamp_ms: None,
+                headers: Vec::new(),
+            };
+            Envelope {
+                record: model::decode(&source).unwrap(),
+                source,
+                acker: Acker::new(|_| {}),
+                bytes: 100,
+            }
+        })
+        .collect();
+    assert!(probe.since_progress(tokio::time::Instant::now()).is_none());
+    let write = tokio::spawn(async move { sink.write(&records).await });
+    until(Duration::from_secs(30), "progress during the COPY", || {
+        let moved = probe.since_progress(tokio::time::Instant::now()).is_some();
+        async move { moved }
+    })
+    .await;
+    assert!(!write.is_finished(), "the last row is still held");
+    assert_eq!(
+        count(&schema, "tick_data").await,
+        0,
+        "nothing committed yet"
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+    write.await.unwrap().unwrap();
+    assert_eq!(count(&schema, "tick_data").await, n);
+    drop_schema(&schema).await;
+}
