@@ -107,8 +107,7 @@ impl<R: Send + 'static> BufferState<R> {
         metrics::counter!(names::BUFFER_FLUSHED_BYTES_TOTAL, "path" => self.path.clone())
             .increment(bytes as u64);
         metrics::counter!(names::BUFFER_FLUSHES_TOTAL, "path" => self.path.clone(), "reason" => reason).increment(1);
-        metrics::gauge!(names::BUFFER_RECORDS, "path" => self.path.clone())
-            .set(self.pending.len() as f64);
+        self.report_fill();
         self.args.probe.progress(records, bytes as u64);
         self.args
             .writer
@@ -125,6 +124,17 @@ impl<R: Send + 'static> BufferState<R> {
         self.pending.len() >= self.args.limits.max_records
             || self.bytes >= self.args.limits.max_bytes
     }
+
+    /// Items waiting, and how full the batch is against its size limits (1 flushes it).
+    fn report_fill(&self) {
+        metrics::gauge!(names::BUFFER_RECORDS, "path" => self.path.clone())
+            .set(self.pending.len() as f64);
+        let limits = &self.args.limits;
+        let fill = (self.pending.len() as f64 / limits.max_records.max(1) as f64)
+            .max(self.bytes as f64 / limits.max_bytes.max(1) as f64)
+            .min(1.0);
+        metrics::gauge!(names::BUFFER_FILL_RATIO, "path" => self.path.clone()).set(fill);
+    }
 }
 
 impl<R: Send + 'static> Actor for Buffer<R> {
@@ -138,14 +148,17 @@ impl<R: Send + 'static> Actor for Buffer<R> {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
-        Ok(BufferState {
+        let state = BufferState {
             args,
             pending: Vec::new(),
             bytes: 0,
             batch_id: 0,
             path,
             timer: None,
-        })
+        };
+        // Present at 0 from the start, so a dashboard sees an empty buffer, not a missing one.
+        state.report_fill();
+        Ok(state)
     }
 
     async fn post_stop(
@@ -179,8 +192,7 @@ impl<R: Send + 'static> Actor for Buffer<R> {
                     .increment(bytes as u64);
                 state.bytes += bytes;
                 state.pending.extend(items);
-                metrics::gauge!(names::BUFFER_RECORDS, "path" => state.path.clone())
-                    .set(state.pending.len() as f64);
+                state.report_fill();
                 // Batches hold at most `max_records`, however large the pushes.
                 let max = state.args.limits.max_records.max(1);
                 let mut cut = false;

@@ -26,6 +26,8 @@ pub const BUFFER_FLUSHED_BYTES_TOTAL: &str = "actord_buffer_flushed_bytes_total"
 pub const BUFFER_FLUSHES_TOTAL: &str = "actord_buffer_flushes_total";
 /// Gauge: items waiting in a buffer.
 pub const BUFFER_RECORDS: &str = "actord_buffer_records";
+/// Gauge: how full the buffer's current batch is against its record and byte limits (0..1).
+pub const BUFFER_FILL_RATIO: &str = "actord_buffer_fill_ratio";
 /// Histogram: time one sink write took.
 pub const FLUSH_DURATION_SECONDS: &str = "actord_flush_duration_seconds";
 /// Counter: sink write retries by error kind.

@@ -4,6 +4,7 @@
 mod actions;
 mod guard;
 pub mod live_view;
+mod scrape;
 
 pub use guard::REQUEST_HEADER;
 
@@ -20,7 +21,6 @@ use tokio::net::TcpListener;
 
 use crate::config::Brokers;
 use crate::runtime::Handle;
-use crate::telemetry::{self, names};
 
 const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/live.js");
@@ -50,6 +50,9 @@ fn router_with(handle: Handle, view: live_view::Live) -> Router {
         .merge(live_view::routes())
         .route("/assets/{name}", get(asset))
         .layer(axum::Extension(view))
+        .layer(axum::Extension(std::sync::Arc::new(
+            scrape::Scrape::default(),
+        )))
         .layer(axum::middleware::from_fn_with_state(
             handle.clone(),
             guard::guard,
@@ -232,20 +235,11 @@ async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) 
     )
 }
 
-async fn metrics(State(h): State<Handle>) -> Response {
-    for snap in h.registry.snapshots() {
-        let up = if snap.status == Status::Running {
-            1.0
-        } else {
-            0.0
-        };
-        metrics::gauge!(names::ACTOR_UP, "path" => snap.path.to_string()).set(up);
-    }
-    for pipeline in &h.config.runtime.enabled {
-        let up = if h.pipeline_up(pipeline) { 1.0 } else { 0.0 };
-        metrics::gauge!(names::PIPELINE_UP, "pipeline" => pipeline.clone()).set(up);
-    }
-    let body = telemetry::prometheus().render();
+async fn metrics(
+    State(h): State<Handle>,
+    axum::Extension(scrape): axum::Extension<std::sync::Arc<scrape::Scrape>>,
+) -> Response {
+    let body = scrape.render(&h);
     (
         [(
             header::CONTENT_TYPE,

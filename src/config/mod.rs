@@ -232,6 +232,8 @@ pub struct KafkaConfig {
     pub brokers: Brokers,
     /// Extra librdkafka properties; values may hold credentials, so Debug hides them.
     pub properties: BTreeMap<String, String>,
+    /// Export the consumer lag of each partition as well as each topic's.
+    pub lag_per_partition: bool,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -239,6 +241,7 @@ impl fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("lag_per_partition", &self.lag_per_partition)
             .finish()
     }
 }
@@ -701,6 +704,7 @@ fn validate(
         kafka: KafkaConfig {
             brokers,
             properties: raw.kafka.properties,
+            lag_per_partition: raw.kafka.lag_per_partition.unwrap_or(false),
         },
         s3,
         supervision,

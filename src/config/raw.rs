@@ -75,6 +75,9 @@ pub struct RawKafka {
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Also export the consumer lag of each partition (`actord_kafka_partition_consumer_lag`);
+    /// off by default to keep the label set bounded.
+    pub lag_per_partition: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -73,6 +73,7 @@ pub fn connection(config: &Config, bootstrap: &str) -> KafkaConnection {
         bootstrap: bootstrap.to_owned(),
         properties: config.kafka.properties.clone(),
         embedded: config.kafka.brokers == Brokers::Embedded,
+        lag_per_partition: config.kafka.lag_per_partition,
     }
 }
 

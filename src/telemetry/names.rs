@@ -8,6 +8,15 @@ pub use actord_actors::names::{
 
 /// Gauge, always 1, labelled with the version.
 pub const BUILD_INFO: &str = "actord_build_info";
+/// Gauge: 1 for the actor's current state, 0 for the others, by path and state (starting,
+/// running, backing_off, stuck, failed, stopping, stopped).
+pub const ACTOR_STATE: &str = "actord_actor_state";
+/// Gauge: units of work a worker holds and has not finished (records buffered, transfers…).
+pub const ACTOR_PENDING: &str = "actord_actor_pending_work";
+/// Gauge: seconds since a worker last recorded progress (absent before its first).
+pub const ACTOR_PROGRESS_AGE_SECONDS: &str = "actord_actor_progress_age_seconds";
+/// Gauge: consumer lag of one partition (only with `kafka.lag_per_partition = true`).
+pub const KAFKA_PARTITION_LAG: &str = "actord_kafka_partition_consumer_lag";
 /// Gauge: 1 while the pipeline's supervisor and every actor below it run, else 0.
 pub const PIPELINE_UP: &str = "actord_pipeline_up";
 /// Counter: market messages decoded by the recorder, by kind (tick, orderbook).
@@ -62,6 +71,23 @@ pub fn describe() {
         "Whether the actor at the path is running (1) or not (0)."
     );
     describe_counter!(ACTOR_RESTARTS_TOTAL, "Restarts of the actor at the path.");
+    describe_gauge!(
+        ACTOR_STATE,
+        "1 for the actor's current state, 0 for the others: starting, running, backing_off (failed, restart scheduled), stuck (holding work without progress past its threshold), failed, stopping, stopped."
+    );
+    describe_gauge!(
+        ACTOR_PENDING,
+        "Units of work the worker holds and has not finished."
+    );
+    describe_gauge!(
+        ACTOR_PROGRESS_AGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Seconds since the worker last recorded progress."
+    );
+    describe_gauge!(
+        KAFKA_PARTITION_LAG,
+        "Consumer lag of one assigned partition (kafka.lag_per_partition = true)."
+    );
     describe_counter!(
         ACTOR_STUCK_TOTAL,
         "Restarts of the worker at the path because it held work without progress."
@@ -212,6 +238,10 @@ pub fn describe() {
         "Buffer flushes by reason (size, age, forced, shutdown)."
     );
     describe_gauge!(BUFFER_RECORDS, "Records waiting in a buffer.");
+    describe_gauge!(
+        BUFFER_FILL_RATIO,
+        "How full the buffer's current batch is against its record and byte limits (1 flushes it)."
+    );
     metrics::describe_histogram!(
         FLUSH_DURATION_SECONDS,
         metrics::Unit::Seconds,
@@ -230,9 +260,10 @@ pub fn describe() {
 }
 
 pub use actord_actors::names::{
-    BUFFER_FLUSHED_BYTES_TOTAL, BUFFER_FLUSHED_RECORDS_TOTAL, BUFFER_FLUSHES_TOTAL,
-    BUFFER_PUSHED_BYTES_TOTAL, BUFFER_PUSHED_RECORDS_TOTAL, BUFFER_RECORDS, FLUSH_DURATION_SECONDS,
-    RECORDS_POISON_TOTAL, RECORDS_SKIPPED_TOTAL, RECORDS_WRITTEN_TOTAL, SINK_RETRIES_TOTAL,
+    BUFFER_FILL_RATIO, BUFFER_FLUSHED_BYTES_TOTAL, BUFFER_FLUSHED_RECORDS_TOTAL,
+    BUFFER_FLUSHES_TOTAL, BUFFER_PUSHED_BYTES_TOTAL, BUFFER_PUSHED_RECORDS_TOTAL, BUFFER_RECORDS,
+    FLUSH_DURATION_SECONDS, RECORDS_POISON_TOTAL, RECORDS_SKIPPED_TOTAL, RECORDS_WRITTEN_TOTAL,
+    SINK_RETRIES_TOTAL,
 };
 
 /// Counter: records read from Kafka, by path and topic.

@@ -586,3 +586,61 @@ fn tree_names_an_unreachable_admin_port_and_fails() {
     assert!(err.contains("no answer within the timeout"), "{err}");
     drop(silent);
 }
+
+#[tokio::test]
+async fn every_dashboard_series_is_there_at_the_first_scrape() {
+    let p = Process::start(&config(""), &[], &[]);
+    wait_ready(&p.base).await;
+    let (status, body) = get(&p.base, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "actord_pipeline_up{pipeline=\"heartbeat\"} 1",
+        "actord_actor_state{path=\"/heartbeat/ticker\",state=\"running\"} 1",
+        "actord_actor_state{path=\"/heartbeat/ticker\",state=\"backing_off\"} 0",
+        "actord_actor_state{path=\"/heartbeat/ticker\",state=\"stuck\"} 0",
+        "actord_actor_state{path=\"/heartbeat/ticker\",state=\"failed\"} 0",
+        "actord_actor_state{path=\"/heartbeat/ticker\",state=\"stopped\"} 0",
+        "actord_actor_restarts_total{path=\"/heartbeat/ticker\"} 0",
+        "actord_actor_restarts_total{path=\"/heartbeat/beats\"} 0",
+        "actord_supervisor_budget_exhausted_total{path=\"/heartbeat\"} 0",
+        "actord_supervisor_budget_exhausted_total{path=\"/heartbeat/beats\"} 0",
+        "actord_dlq_records_total{path=\"/heartbeat/beats/dlq\",topic=\"actord.heartbeat\"} 0",
+        "actord_dlq_errors_total{path=\"/heartbeat/beats/dlq\"} 0",
+        "actord_actor_pending_work{path=\"/heartbeat/beats/buffer-0\"}",
+        "actord_buffer_fill_ratio{path=\"/heartbeat/beats/buffer-0\"}",
+        "actord_buffer_records{path=\"/heartbeat/beats/buffer-0\"}",
+    ] {
+        assert!(body.contains(series), "missing {series} in\n{body}");
+    }
+    crate::support::promtool_accepts(&body);
+}
+
+#[tokio::test]
+async fn consumer_lag_shows_per_topic_in_the_summary_and_per_partition_when_asked() {
+    let p = Process::start(&config("[kafka]\nlag_per_partition = true\n"), &[], &[]);
+    wait_ready(&p.base).await;
+    // librdkafka reports statistics every 5 s.
+    let base = p.base.clone();
+    until(Duration::from_secs(30), "per-partition lag", || {
+        let base = base.clone();
+        async move {
+            get(&base, "/metrics").await.1.contains(
+                "actord_kafka_partition_consumer_lag{path=\"/heartbeat/beats/consumer-0\",topic=\"actord.heartbeat\",partition=\"0\"}",
+            )
+        }
+    })
+    .await;
+    let (_, body) = get(&p.base, "/metrics").await;
+    assert!(
+        body.contains("actord_kafka_consumer_lag{path=\"/heartbeat/beats/consumer-0\",topic=\"actord.heartbeat\"}"),
+        "{body}"
+    );
+    crate::support::promtool_accepts(&body);
+    let (_, live) = get(&p.base, "/api/live").await;
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert!(
+        live["pipelines"][0]["consumer_lag"].is_u64(),
+        "the summary carries the lag: {}",
+        live["pipelines"][0]
+    );
+}

@@ -462,6 +462,8 @@ impl Actor for KafkaConsumer {
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
         let mut shared = Shared::new(args.settings.start.clone(), path.clone());
+        shared.probe = Some(args.probe.clone());
+        shared.lag_per_partition = args.connection.lag_per_partition;
         shared.fence = args.fence;
         shared.revoke_wait = args.settings.revoke_wait;
         shared.migrate_from = args

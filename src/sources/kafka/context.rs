@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actord_actors::offsets::Tracker;
 use actord_actors::record::{Origin, Topic};
-use actord_actors::Fence;
+use actord_actors::{Fence, Probe};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
@@ -27,6 +27,10 @@ pub struct Shared {
     pub paused: AtomicBool,
     pub start: StartFrom,
     pub path: String,
+    /// The consumer's probe: its `lag` counter is the summary's consumer lag.
+    pub probe: Option<Probe>,
+    /// Export each partition's lag as well as each topic's.
+    pub lag_per_partition: bool,
     /// The client config of the group to migrate from (see `SourceSettings::migrate_from_group`).
     pub migrate_from: Option<(String, ClientConfig)>,
     /// Why an assignment could not be served; the actor fails with it on its next poll.
@@ -49,6 +53,8 @@ impl Shared {
             paused: AtomicBool::new(false),
             start,
             path,
+            probe: None,
+            lag_per_partition: false,
             migrate_from: None,
             failure: Mutex::new(None),
             acks: Mutex::new(Vec::new()),
@@ -84,14 +90,25 @@ pub struct PathContext {
 
 impl ClientContext for PathContext {
     fn stats(&self, stats: Statistics) {
+        let mut total = 0;
         for (name, topic) in &stats.topics {
-            let lag: i64 = topic
+            let assigned = topic
                 .partitions
                 .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0);
+            let mut lag = 0;
+            for p in assigned {
+                lag += p.consumer_lag;
+                if self.shared.lag_per_partition {
+                    metrics::gauge!(names::KAFKA_PARTITION_LAG, "path" => self.shared.path.clone(), "topic" => name.clone(), "partition" => p.partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+            total += lag;
             metrics::gauge!(names::KAFKA_CONSUMER_LAG, "path" => self.shared.path.clone(), "topic" => name.clone()).set(lag as f64);
+        }
+        if let Some(probe) = &self.shared.probe {
+            probe.set_counter("lag", u64::try_from(total).unwrap_or(0));
         }
     }
 }

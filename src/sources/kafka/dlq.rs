@@ -386,6 +386,13 @@ impl Actor for DlqProducer {
             topics: Mutex::new(Topics::default()),
             admin_timeout: ADMIN_TIMEOUT,
         });
+        // Present at 0 from the start: a dashboard's DLQ panel and alert need the series before
+        // the first letter.
+        metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => path.clone()).increment(0);
+        for source in &args.topics {
+            metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => path.clone(), "topic" => source.clone())
+                .increment(0);
+        }
         // The DLQ topics are made sure of at once, not when the first letter needs them.
         let (early, topics) = (shared.clone(), args.topics);
         let me = myself.clone();
@@ -458,6 +465,8 @@ impl Actor for DlqProducer {
                     reply(done);
                 }
                 Err(reason) => {
+                    metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => shared.path.clone())
+                        .increment(1);
                     error!(path = %shared.path, error = %reason, "dead-letter producer giving up, restarting its path");
                     let _ = myself.cast(DlqMsg::Failed(reason));
                 }

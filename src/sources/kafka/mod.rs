@@ -22,6 +22,8 @@ pub struct KafkaConnection {
     pub properties: BTreeMap<String, String>,
     /// True when `bootstrap` is the in-process mock cluster.
     pub embedded: bool,
+    /// Consumers export each partition's lag as well as each topic's.
+    pub lag_per_partition: bool,
 }
 
 impl KafkaConnection {
@@ -30,6 +32,7 @@ impl KafkaConnection {
             bootstrap: bootstrap.into(),
             properties: BTreeMap::new(),
             embedded: false,
+            lag_per_partition: false,
         }
     }
 

@@ -118,6 +118,8 @@ impl Actor for RedisDlq {
     ) -> Result<Self::State, ActorProcessingErr> {
         args.connection.client()?;
         let path = args.probe.path().to_string();
+        // Present at 0 from the start, for the dashboards.
+        metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => path.clone()).increment(0);
         info!(path = %path, suffix = %args.suffix, "dead-letter stream writer started");
         Ok(DlqState {
             probe: args.probe,
