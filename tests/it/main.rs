@@ -8,6 +8,7 @@ mod ftp_sync;
 mod kafka;
 mod leases;
 mod live_view;
+mod postgres_sink;
 mod recorder;
 mod recorder_s3;
 mod redis_streams;
