@@ -251,6 +251,7 @@ pub struct PipelinesConfig {
     pub heartbeat: pipelines::heartbeat::HeartbeatConfig,
     pub recorder: pipelines::recorder::RecorderConfig,
     pub ftp_sync: pipelines::ftp_sync::FtpSyncConfig,
+    pub adaptive_card: pipelines::adaptive_card::AdaptiveCardConfig,
 }
 
 /// Reads, overrides and validates the configuration.
@@ -686,11 +687,18 @@ fn validate(
     pipeline_levels.insert("recorder".to_owned(), recorder_raw.supervision.clone());
     let ftp_sync_raw = raw.pipelines.ftp_sync.unwrap_or_default();
     pipeline_levels.insert("ftp-sync".to_owned(), ftp_sync_raw.supervision.clone());
+    let adaptive_card_raw = raw.pipelines.adaptive_card.unwrap_or_default();
+    pipeline_levels.insert(
+        "adaptive-card".to_owned(),
+        adaptive_card_raw.supervision.clone(),
+    );
     let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
     let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
     let recorder = pipelines::recorder::RecorderConfig::validate(&recorder_raw, &mut check);
     let s3 = S3Config::validate(&raw.s3, &mut check);
     let ftp_sync = pipelines::ftp_sync::FtpSyncConfig::validate(&ftp_sync_raw, &mut check);
+    let adaptive_card =
+        pipelines::adaptive_card::AdaptiveCardConfig::validate(&adaptive_card_raw, &mut check);
     Some(Config {
         source: file.to_owned(),
         admin: AdminConfig {
@@ -712,6 +720,7 @@ fn validate(
             heartbeat,
             recorder,
             ftp_sync,
+            adaptive_card,
         },
     })
 }

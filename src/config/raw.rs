@@ -141,6 +141,9 @@ pub struct RawPipelines {
     /// File-transfer jobs from Kafka, between FTP/FTPS/S3/local servers.
     #[serde(rename = "ftp-sync")]
     pub ftp_sync: Option<RawFtpSync>,
+    /// Sales-org and per-user Adaptive Card jobs through Redis Streams, on a cron.
+    #[serde(rename = "adaptive-card")]
+    pub adaptive_card: Option<crate::pipelines::adaptive_card::RawAdaptiveCard>,
 }
 
 #[derive(Debug, Default, Deserialize)]

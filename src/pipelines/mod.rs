@@ -1,5 +1,6 @@
 //! The pipelines actord can run, each a supervised subtree under the root.
 
+pub mod adaptive_card;
 pub mod ftp_sync;
 pub mod heartbeat;
 pub mod recorder;
@@ -157,7 +158,12 @@ pub fn demo_subtree(
 /// Finds variables whose names carry data: (key under the pipeline, unit, variable name).
 pub type EnvScan = fn(&BTreeMap<String, String>) -> Vec<(String, Unit, String)>;
 
-pub const PIPELINES: &[PipelineDef] = &[heartbeat::DEF, recorder::DEF, ftp_sync::DEF];
+pub const PIPELINES: &[PipelineDef] = &[
+    heartbeat::DEF,
+    recorder::DEF,
+    ftp_sync::DEF,
+    adaptive_card::DEF,
+];
 
 pub fn find(name: &str) -> Option<&'static PipelineDef> {
     PIPELINES.iter().find(|p| p.name == name)

@@ -223,6 +223,11 @@ pub fn describe() {
     );
     describe_gauge!(REDIS_STREAM_LAG, "Entries not yet delivered to the group.");
     describe_gauge!(REDIS_STREAM_CONSUMERS, "Consumers the group knows.");
+    describe_counter!(
+        ADAPTIVE_CARD_JOBS_TOTAL,
+        "Adaptive-card jobs by stage and outcome (done, failed attempt, unavailable)."
+    );
+    describe_counter!(ADAPTIVE_CARD_CARDS_TOTAL, "Adaptive Cards upserted.");
     describe_counter!(BUFFER_PUSHED_RECORDS_TOTAL, "Records pushed into a buffer.");
     describe_counter!(BUFFER_PUSHED_BYTES_TOTAL, "Bytes pushed into a buffer.");
     describe_counter!(
@@ -300,3 +305,8 @@ pub const REDIS_STREAM_PENDING: &str = "actord_redis_stream_pending";
 pub const REDIS_STREAM_LAG: &str = "actord_redis_stream_lag";
 /// Gauge: consumers the path's group knows, by path and stream.
 pub const REDIS_STREAM_CONSUMERS: &str = "actord_redis_stream_consumers";
+/// Counter: adaptive-card jobs by stage (sales_org, adaptive_card) and outcome (done, failed
+/// attempt, unavailable).
+pub const ADAPTIVE_CARD_JOBS_TOTAL: &str = "actord_adaptive_card_jobs_total";
+/// Counter: Adaptive Cards upserted.
+pub const ADAPTIVE_CARD_CARDS_TOTAL: &str = "actord_adaptive_card_cards_total";

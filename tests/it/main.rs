@@ -1,6 +1,7 @@
 //! Integration tests: the runtime in-process and the actord binary, driven from outside
 //! through the admin port as an operator would.
 
+mod adaptive_card;
 mod admin;
 mod binary;
 mod dlq;

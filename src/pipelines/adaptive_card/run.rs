@@ -1,0 +1,269 @@
+//! The scheduled entry `run`: one run of both stages, driven by the process holding the run's
+//! lease (workers in every process take the jobs).
+//!
+//! 1. Enqueue one sales-org job per organisation into `sales_org_queue` (field `data`).
+//! 2. Wait until the stage is drained: the group has no pending entry and no undelivered one
+//!    (`XINFO GROUPS` pending and lag; XLEN does not shrink on XACK, so the seed's
+//!    `xlen == 0 and pending == 0` test would never fire). Dead-lettered jobs are acked, so they
+//!    count as done.
+//! 3. Merge the run's per-organisation files into `Material.csv` and `GSCM.csv` (at the top of
+//!    the output and under `runs/<run_id>/`).
+//! 4. Enqueue one job per user (from the users table) into `adaptive_card_queue` and wait
+//!    until that stage is drained.
+//! 5. Trim both streams up to the last delivered entry (`XTRIM MINID`), which the drained group
+//!    no longer needs: no pending or undelivered job is ever trimmed, and Redis memory stays
+//!    bounded.
+//!
+//! The run id is the due time in Unix milliseconds: the same in every process for one due time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actord_actors::scheduler::{Job, RunContext, RunSummary};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use redis::aio::MultiplexedConnection;
+use tracing::info;
+
+use super::csv::Table;
+use super::t2a::DATASETS;
+use super::{
+    card, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE, SALES_ORG_GROUP,
+    SALES_ORG_QUEUE,
+};
+use crate::sources::redis::{monitor, parse_id, RedisConnection};
+
+/// The entry's name: its lease key is `adaptive-card/run`.
+pub const ENTRY: &str = "run";
+
+pub fn job(
+    config: Arc<AdaptiveCardConfig>,
+    connection: RedisConnection,
+    store: Arc<dyn ObjectStore>,
+) -> Job {
+    Job::new(move |ctx| {
+        let (config, connection, store) = (config.clone(), connection.clone(), store.clone());
+        async move { run(ctx, &config, &connection, store).await }
+    })
+}
+
+fn redis_err(e: redis::RedisError) -> String {
+    format!("redis: {e}")
+}
+
+async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> Result<(), String> {
+    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(redis_err(e)),
+        _ => Ok(()),
+    }
+}
+
+async fn enqueue(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    jobs: &[serde_json::Value],
+) -> Result<(), String> {
+    for chunk in jobs.chunks(500) {
+        let mut pipe = redis::pipe();
+        for j in chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("data")
+                .arg(j.to_string())
+                .ignore();
+        }
+        let () = pipe.query_async(conn).await.map_err(redis_err)?;
+    }
+    Ok(())
+}
+
+/// Waits until the group holds nothing pending or undelivered; reports progress as it shrinks.
+async fn drained(
+    ctx: &RunContext,
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    timeout: Duration,
+) -> Result<monitor::StreamStatus, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = u64::MAX;
+    loop {
+        let s = monitor::read(conn, stream, group)
+            .await
+            .map_err(redis_err)?;
+        let left = s.pending + s.lag.unwrap_or(u64::MAX / 2);
+        if s.group_exists && left == 0 {
+            return Ok(s);
+        }
+        if left < last {
+            if last != u64::MAX {
+                ctx.progress(last - left, 0);
+            }
+            last = left;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{stream} not drained within {timeout:?}: {} pending, {:?} undelivered",
+                s.pending, s.lag
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = ctx.stopped() => return Err("the scheduler is stopping".to_owned()),
+        }
+    }
+}
+
+/// Removes entries up to the group's last delivered one (the group has none pending).
+async fn trim(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    status: &monitor::StreamStatus,
+) -> Result<u64, String> {
+    let Some((ms, seq)) = status.last_delivered_id.as_deref().and_then(parse_id) else {
+        return Ok(0);
+    };
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(format!("{ms}-{}", seq + 1))
+        .query_async(conn)
+        .await
+        .map_err(redis_err)
+}
+
+/// Merges the run's per-organisation files of each dataset; returns the rows merged.
+async fn merge(store: &Arc<dyn ObjectStore>, run_id: i64) -> Result<u64, String> {
+    let mut rows = 0u64;
+    for (dataset, file) in DATASETS {
+        let prefix = ObjectPath::from(format!("runs/{run_id}/{dataset}"));
+        let mut metas: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| format!("listing {prefix}: {e}"))?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut tables = Vec::with_capacity(metas.len());
+        for m in metas {
+            let bytes = store
+                .get(&m.location)
+                .await
+                .map_err(|e| format!("reading {}: {e}", m.location))?
+                .bytes()
+                .await
+                .map_err(|e| format!("reading {}: {e}", m.location))?;
+            tables.push(
+                Table::parse(&String::from_utf8_lossy(&bytes))
+                    .map_err(|e| format!("{}: {e}", m.location))?,
+            );
+        }
+        let merged = Table::merge(&tables);
+        rows += merged.rows.len() as u64;
+        let text = merged.render().into_bytes();
+        for path in [card::merged_file(run_id, file), ObjectPath::from(file)] {
+            store
+                .put(&path, PutPayload::from(text.clone()))
+                .await
+                .map_err(|e| format!("writing {path}: {e}"))?;
+        }
+    }
+    Ok(rows)
+}
+
+async fn run(
+    ctx: RunContext,
+    config: &AdaptiveCardConfig,
+    connection: &RedisConnection,
+    store: Arc<dyn ObjectStore>,
+) -> Result<RunSummary, String> {
+    let run_id = ctx.due.timestamp_millis();
+    let mut conn = connection.connect(Duration::from_secs(10)).await?;
+    ensure_group(&mut conn, SALES_ORG_QUEUE, SALES_ORG_GROUP).await?;
+    ensure_group(&mut conn, ADAPTIVE_CARD_QUEUE, ADAPTIVE_CARD_GROUP).await?;
+
+    let jobs: Vec<serde_json::Value> = config
+        .sales_orgs
+        .iter()
+        .map(|o| serde_json::json!({"run_id": run_id, "sales_org": o}))
+        .collect();
+    enqueue(&mut conn, SALES_ORG_QUEUE, &jobs).await?;
+    info!(
+        run_id,
+        sales_orgs = jobs.len(),
+        "adaptive-card run: stage 1 enqueued"
+    );
+    let s1 = drained(
+        &ctx,
+        &mut conn,
+        SALES_ORG_QUEUE,
+        SALES_ORG_GROUP,
+        config.stage_timeout,
+    )
+    .await?;
+    let rows = merge(&store, run_id).await?;
+    ctx.progress(rows, 0);
+    info!(
+        run_id,
+        rows, "adaptive-card run: stage 1 drained, files merged"
+    );
+
+    let db = card::connect(config).await.map_err(|e| e.message)?;
+    card::ensure_schema(&db, &config.results_table, &config.users_table)
+        .await
+        .map_err(|e| format!("creating the tables: {e}"))?;
+    let users = db
+        .query(
+            &format!(
+                "SELECT user_id, sales_org FROM {} ORDER BY user_id",
+                config.users_table
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| format!("reading users from {}: {e}", config.users_table))?;
+    let jobs: Vec<serde_json::Value> = users
+        .iter()
+        .map(|r| {
+            serde_json::json!({"run_id": run_id, "user_id": r.get::<_, String>(0), "sales_org": r.get::<_, String>(1)})
+        })
+        .collect();
+    enqueue(&mut conn, ADAPTIVE_CARD_QUEUE, &jobs).await?;
+    info!(
+        run_id,
+        users = jobs.len(),
+        "adaptive-card run: stage 2 enqueued"
+    );
+    let s2 = drained(
+        &ctx,
+        &mut conn,
+        ADAPTIVE_CARD_QUEUE,
+        ADAPTIVE_CARD_GROUP,
+        config.stage_timeout,
+    )
+    .await?;
+    let trimmed = trim(&mut conn, SALES_ORG_QUEUE, &s1).await?
+        + trim(&mut conn, ADAPTIVE_CARD_QUEUE, &s2).await?;
+    Ok(RunSummary {
+        records: (config.sales_orgs.len() + jobs.len()) as u64,
+        bytes: 0,
+        note: Some(format!(
+            "run {run_id}: {} sales orgs, {rows} merged rows, {} users; {trimmed} stream entries trimmed",
+            config.sales_orgs.len(),
+            jobs.len()
+        )),
+    })
+}

@@ -1,0 +1,143 @@
+//! Stage 1: a sales-org job fetches the organisation's rows of each dataset from the T2A API
+//! and writes them as `runs/<run_id>/<dataset>/<sales_org>.csv`.
+//!
+//! The job is the stream field `data`: `{"run_id": 1733450400000, "sales_org": "1000"}`. A
+//! failure of the job itself (an organisation the API does not know, a body that is not rows) is
+//! retried with backoff up to `max_retries` attempts, then the job goes to `sales_org_queue:dlq`.
+//! An API that is down (refused, timeout, 5xx, 429) is the writer's transient failure: retried,
+//! then the stage restarts and waits; such a job is never dead-lettered.
+
+use std::sync::Arc;
+
+use actord_actors::record::{Envelope, Poison, SourceRecord};
+use actord_actors::sink::{Progress, Rejection, Sink, SinkError, SinkFactory};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::csv::Table;
+use super::t2a::{FetchError, T2a, DATASETS};
+use super::AdaptiveCardConfig;
+use crate::telemetry::names;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SalesOrgJob {
+    pub run_id: i64,
+    pub sales_org: String,
+}
+
+pub fn decode(r: &SourceRecord) -> Result<SalesOrgJob, Poison> {
+    let job: SalesOrgJob = serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("JsonError", e.to_string()))?;
+    if job.sales_org.is_empty() || job.sales_org.contains('/') {
+        return Err(Poison::new("BadSalesOrg", format!("{:?}", job.sales_org)));
+    }
+    Ok(job)
+}
+
+/// Where a job's file of one dataset goes.
+pub fn org_file(run_id: i64, dataset: &str, sales_org: &str) -> ObjectPath {
+    ObjectPath::from(format!("runs/{run_id}/{dataset}/{sales_org}.csv"))
+}
+
+pub struct SalesOrgSink {
+    config: Arc<AdaptiveCardConfig>,
+    t2a: T2a,
+    store: Arc<dyn ObjectStore>,
+    progress: Progress,
+}
+
+enum Failure {
+    Unavailable(String),
+    Job { class: String, message: String },
+}
+
+impl SalesOrgSink {
+    pub fn factory(
+        config: Arc<AdaptiveCardConfig>,
+        store: Arc<dyn ObjectStore>,
+    ) -> SinkFactory<SalesOrgSink> {
+        Arc::new(move || {
+            let (config, store) = (config.clone(), store.clone());
+            Box::pin(async move {
+                let t2a = T2a::new(config.t2a.clone()).map_err(SinkError::fatal)?;
+                Ok(SalesOrgSink {
+                    config,
+                    t2a,
+                    store,
+                    progress: Progress::none(),
+                })
+            })
+        })
+    }
+
+    async fn process(&self, job: &SalesOrgJob) -> Result<u64, Failure> {
+        let mut bytes = 0u64;
+        for (dataset, _) in DATASETS {
+            let rows = self
+                .t2a
+                .fetch(dataset, &job.sales_org)
+                .await
+                .map_err(|e| match e {
+                    FetchError::Unavailable(m) => Failure::Unavailable(m),
+                    FetchError::Job { class, message } => Failure::Job { class, message },
+                })?;
+            let text = Table::from_json(&job.sales_org, &rows).render();
+            bytes += text.len() as u64;
+            let path = org_file(job.run_id, dataset, &job.sales_org);
+            self.store
+                .put(&path, PutPayload::from(text.into_bytes()))
+                .await
+                .map_err(|e| Failure::Unavailable(format!("writing {path}: {e}")))?;
+            self.progress.advanced(rows.len() as u64, 0);
+        }
+        Ok(bytes)
+    }
+}
+
+impl Sink<SalesOrgJob> for SalesOrgSink {
+    fn attach_progress(&mut self, progress: Progress) {
+        self.progress = progress;
+    }
+
+    async fn write(&mut self, records: &[Envelope<SalesOrgJob>]) -> Result<(), SinkError> {
+        let mut rejected = Vec::new();
+        for (index, e) in records.iter().enumerate() {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                match self.process(&e.record).await {
+                    Ok(_) => {
+                        metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "done").increment(1);
+                        break;
+                    }
+                    Err(Failure::Unavailable(m)) => {
+                        metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "unavailable").increment(1);
+                        return Err(SinkError::transient(m));
+                    }
+                    Err(Failure::Job { class, message }) => {
+                        metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "failed").increment(1);
+                        if attempt >= self.config.max_retries {
+                            rejected.push(Rejection {
+                                index,
+                                class,
+                                message,
+                                attempts: attempt,
+                            });
+                            break;
+                        }
+                        let delay = self.config.retry.delay(attempt - 1);
+                        warn!(sales_org = %e.record.sales_org, attempt, delay = ?delay, error = %message, "sales-org job failed, retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::rejected(rejected))
+        }
+    }
+}

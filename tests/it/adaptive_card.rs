@@ -1,0 +1,256 @@
+//! The adaptive-card pipeline in-process against real Redis and PostgreSQL, with the T2A
+//! stand-in on a loopback port. Each test has a Redis database of its own (the seed's stream
+//! names are fixed) and tables of its own.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use actord::pipelines::adaptive_card::standin;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::redis_streams::{conn, entries};
+use crate::support::{actor, pg, post, tree, unique, until, InProcess};
+
+/// A Redis database of this test's own, emptied.
+async fn redis_db(db: u8) -> String {
+    let url = format!("redis://127.0.0.1:6379/{db}");
+    let () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn(&url).await)
+        .await
+        .unwrap();
+    url
+}
+
+/// The T2A stand-in on a free port; `fail_first` requests answer 500 first.
+async fn t2a(fail_first: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(fail_first));
+    let app = standin::router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let failures = failures.clone();
+            async move {
+                use std::sync::atomic::Ordering;
+                let left = failures.load(Ordering::SeqCst);
+                if left > 0 {
+                    failures.store(left - 1, Ordering::SeqCst);
+                    return axum::response::IntoResponse::into_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                    );
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+struct Setup {
+    users: String,
+    results: String,
+    out: tempfile::TempDir,
+}
+
+/// Users `u-<org>-<i>` for each organisation, in a table of the test's own.
+async fn setup(orgs: &[&str], per_org: usize) -> Setup {
+    let users = unique("ac_users").replace('-', "_");
+    let results = unique("ac_results").replace('-', "_");
+    let db = pg().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {users} (user_id text PRIMARY KEY, sales_org text NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    for org in orgs {
+        for i in 0..per_org {
+            db.execute(
+                &format!("INSERT INTO {users} VALUES ($1, $2)"),
+                &[&format!("u-{org}-{i}"), org],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    Setup {
+        users,
+        results,
+        out: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn config(redis: &str, t2a: &str, s: &Setup, orgs: &[&str]) -> String {
+    let orgs: Vec<String> = orgs.iter().map(|o| format!("\"{o}\"")).collect();
+    format!(
+        "[pipelines.adaptive-card]\nredis_url = \"{redis}\"\nsales_orgs = [{}]\n\
+         max_workers_sales = 2\nmax_workers_adaptive = 2\nretry_backoff = \"50ms\"\n\
+         output = \"{}\"\nusers_table = \"{}\"\nresults_table = \"{}\"\nstage_timeout = \"60s\"\n\
+         [pipelines.adaptive-card.t2a]\nurl = \"{t2a}\"\ntimeout = \"5s\"\n\
+         [pipelines.adaptive-card.db]\nhost = \"127.0.0.1\"\nname = \"postgres\"\n\
+         [pipelines.adaptive-card.schedule]\ncron = \"0 0 1 1 *\"\n\
+         [runtime]\nenable = [\"adaptive-card\"]\ncool_down = \"1s\"\nshutdown_timeout = \"10s\"\n",
+        orgs.join(", "),
+        s.out.path().display(),
+        s.users,
+        s.results,
+    )
+}
+
+async fn run_entry(base: &str) -> Value {
+    let tree = tree(base).await;
+    let node = actor(&tree, "/adaptive-card");
+    node["schedules"]
+        .as_array()
+        .and_then(|s| s.iter().find(|e| e["name"] == "run"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry run on /adaptive-card: {node:#}"))
+}
+
+/// Starts a run and waits for its outcome.
+async fn run_once(base: &str, runs_before: u64) -> Value {
+    let (status, body) = post(base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(Duration::from_secs(90), "the run to end", || async {
+        let e = run_entry(base).await;
+        let ended = e["runs"]["succeeded"].as_u64().unwrap_or(0)
+            + e["runs"]["failed"].as_u64().unwrap_or(0);
+        ended > runs_before
+    })
+    .await;
+    run_entry(base).await["last_outcome"].clone()
+}
+
+async fn cards(results: &str) -> Vec<(String, String, Value)> {
+    pg().await
+        .query(
+            &format!("SELECT user_id, scenario_id, card FROM {results} ORDER BY 1, 2"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_rerun_updates_them()
+{
+    let orgs = ["1000", "2000", "3000"];
+    let redis = redis_db(11).await;
+    let api = t2a(0).await;
+    let s = setup(&orgs, 2).await;
+    let actord = InProcess::start(&config(&redis, &api, &s, &orgs)).await;
+    let outcome = run_once(&actord.base, 0).await;
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+
+    let material = std::fs::read_to_string(s.out.path().join("Material.csv")).unwrap();
+    let lines: Vec<&str> = material.lines().collect();
+    assert_eq!(lines[0], "sales_org,description,material,stock");
+    assert_eq!(lines.len(), 1 + 3 * orgs.len());
+    for org in orgs {
+        assert!(material.contains(&format!("{org},material 1 of {org},{org}-M1,4")));
+    }
+    let gscm = std::fs::read_to_string(s.out.path().join("GSCM.csv")).unwrap();
+    assert_eq!(
+        gscm.lines().next().unwrap(),
+        "sales_org,eta,material,order,status"
+    );
+    assert_eq!(gscm.lines().count(), 1 + 2 * orgs.len());
+
+    let first = cards(&s.results).await;
+    assert_eq!(first.len(), 6 * 2, "one card per user and scenario");
+    let keys: BTreeSet<(String, String)> = first
+        .iter()
+        .map(|(u, sc, _)| (u.clone(), sc.clone()))
+        .collect();
+    assert!(keys.contains(&("u-2000-1".into(), "low_stock".into())));
+    assert!(keys.contains(&("u-3000-0".into(), "delayed_delivery".into())));
+    let card = &first
+        .iter()
+        .find(|c| c.0 == "u-1000-0" && c.1 == "low_stock")
+        .unwrap()
+        .2;
+    assert_eq!(card["version"], "1.5");
+    assert_eq!(card["body"][1]["facts"][0]["value"], "1000-M1");
+
+    // The seed's monitoring: every job acknowledged, consumers named after the stage.
+    let mut c = conn(&redis).await;
+    let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("sales_org_queue")
+        .arg("sales_org_group")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(consumers
+        .consumers
+        .iter()
+        .all(|c| c.name.starts_with("sales_org_worker-") && c.pending == 0));
+    assert!(entries(&mut c, "sales_org_queue:dlq").await.is_empty());
+    // The stage's stream, pending entries and consumers in the tree, as the seed's monitor.
+    until(
+        Duration::from_secs(20),
+        "the monitor in the tree",
+        || async {
+            let t = tree(&actord.base).await;
+            let monitor = actor(&t, "/adaptive-card/adaptive-card/consumer-0");
+            let c = &monitor["counters"];
+            c["stream_consumers"].as_u64().unwrap_or(0) >= 1
+                && c["stream_pending"] == 0
+                && c["stream_length"].is_u64()
+        },
+    )
+    .await;
+
+    // A rerun updates the rows instead of duplicating them.
+    let outcome = run_once(&actord.base, 1).await;
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    let second = cards(&s.results).await;
+    assert_eq!(second.len(), first.len());
+    let run_ids: BTreeSet<i64> = pg()
+        .await
+        .query(&format!("SELECT DISTINCT run_id FROM {}", s.results), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(run_ids.len(), 1, "every row carries the second run");
+    actord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_answering_500s_dead_letters_nothing_and_an_unknown_org_is_dead_lettered_after_three_attempts(
+) {
+    let orgs = ["1000", "unknown-9"];
+    let redis = redis_db(12).await;
+    // The first requests fail as a server outage would.
+    let api = t2a(6).await;
+    let s = setup(&["1000"], 1).await;
+    let actord = InProcess::start(&config(&redis, &api, &s, &orgs)).await;
+    let outcome = run_once(&actord.base, 0).await;
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    let mut c = conn(&redis).await;
+    let letters = entries(&mut c, "sales_org_queue:dlq").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    let job: Value = serde_json::from_str(&letter["data"]).unwrap();
+    assert_eq!(job["sales_org"], "unknown-9");
+    assert_eq!(letter["retry_count"], "3");
+    assert_eq!(letter["error_class"], "Http404");
+    assert!(letter["error"].contains("404"), "{letter:?}");
+    assert_eq!(cards(&s.results).await.len(), 2);
+    // The outage was seen, and waited out rather than dead-lettered.
+    let (_, metrics) = crate::support::get(&actord.base, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("actord_adaptive_card_jobs_total")
+                && l.contains("outcome=\"unavailable\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    actord.shutdown().await;
+}
