@@ -58,6 +58,20 @@ pub enum Command {
     Check,
     /// Print the live tree of a running instance (its admin port: --admin, else the config's).
     Tree(TreeArgs),
+    /// Operations on the adaptive-card pipeline's Redis streams.
+    #[command(name = "adaptive-card", subcommand)]
+    AdaptiveCard(AdaptiveCardCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdaptiveCardCommand {
+    /// Delete sales_org_queue and adaptive_card_queue with their groups (refused while a run
+    /// is active).
+    Reset {
+        /// Delete their dead-letter streams (`<stream>:dlq`) too.
+        #[arg(long)]
+        dlq: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -34,6 +34,30 @@ async fn main() -> ExitCode {
             }
         },
         Command::Tree(args) => tree(&cli, args).await,
+        Command::AdaptiveCard(cli::AdaptiveCardCommand::Reset { dlq }) => {
+            let config = match cli.load_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let ac = &config.pipelines.adaptive_card;
+            match actord::pipelines::adaptive_card::reset::reset(ac, *dlq).await {
+                Ok(deleted) => {
+                    println!(
+                        "deleted {} stream(s): {}",
+                        deleted.len(),
+                        deleted.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::redis_streams::{conn, entries};
-use crate::support::{actor, pg, post, tree, unique, until, InProcess};
+use crate::support::{actor, pg, post, run_to_end, tree, unique, until, InProcess};
 
 /// A Redis database of this test's own, emptied.
 async fn redis_db(db: u8) -> String {
@@ -218,7 +218,43 @@ async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_r
         .map(|r| r.get(0))
         .collect();
     assert_eq!(run_ids.len(), 1, "every row carries the second run");
+    // Drained streams were trimmed: what the groups delivered and acked is gone.
+    for q in ["sales_org_queue", "adaptive_card_queue"] {
+        let len: u64 = redis::cmd("XLEN").arg(q).query_async(&mut c).await.unwrap();
+        assert_eq!(len, 0, "{q}");
+    }
     actord.shutdown().await;
+
+    // The seed's queue reset: refused while a run is active, then both streams are gone.
+    let toml = config(&redis, &api, &s, &orgs);
+    let () = redis::cmd("SET")
+        .arg("adaptive_card:active_run")
+        .arg("42")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (code, _, err) = run_to_end(&["adaptive-card", "reset"], Some(&toml), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("run 42 is active"), "{err}");
+    let () = redis::cmd("DEL")
+        .arg("adaptive_card:active_run")
+        .query_async::<i64>(&mut c)
+        .await
+        .map(|_| ())
+        .unwrap();
+    let (code, out, err) = run_to_end(&["adaptive-card", "reset"], Some(&toml), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("sales_org_queue") && out.contains("adaptive_card_queue"),
+        "{out}"
+    );
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("sales_org_queue")
+        .arg("adaptive_card_queue")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 
 mod card;
 mod csv;
+pub mod reset;
 mod run;
 mod sales_org;
 pub mod standin;

@@ -192,23 +192,45 @@ async fn run(
 ) -> Result<RunSummary, String> {
     let run_id = ctx.due.timestamp_millis();
     let mut conn = connection.connect(Duration::from_secs(10)).await?;
-    ensure_group(&mut conn, SALES_ORG_QUEUE, SALES_ORG_GROUP).await?;
-    ensure_group(&mut conn, ADAPTIVE_CARD_QUEUE, ADAPTIVE_CARD_GROUP).await?;
+    // Both stages may take their whole timeout; the mark expires after that.
+    let ttl = config.stage_timeout * 2 + Duration::from_secs(60);
+    if !reset::mark_active(&mut conn, run_id, ttl)
+        .await
+        .map_err(redis_err)?
+    {
+        return Err("another run is active (adaptive_card:active_run is set)".to_owned());
+    }
+    let outcome = stages(&ctx, config, &mut conn, store, run_id).await;
+    let cleared = reset::clear_active(&mut conn, run_id).await;
+    let summary = outcome?;
+    cleared.map_err(redis_err)?;
+    Ok(summary)
+}
+
+async fn stages(
+    ctx: &RunContext,
+    config: &AdaptiveCardConfig,
+    conn: &mut MultiplexedConnection,
+    store: Arc<dyn ObjectStore>,
+    run_id: i64,
+) -> Result<RunSummary, String> {
+    ensure_group(conn, SALES_ORG_QUEUE, SALES_ORG_GROUP).await?;
+    ensure_group(conn, ADAPTIVE_CARD_QUEUE, ADAPTIVE_CARD_GROUP).await?;
 
     let jobs: Vec<serde_json::Value> = config
         .sales_orgs
         .iter()
         .map(|o| serde_json::json!({"run_id": run_id, "sales_org": o}))
         .collect();
-    enqueue(&mut conn, SALES_ORG_QUEUE, &jobs).await?;
+    enqueue(conn, SALES_ORG_QUEUE, &jobs).await?;
     info!(
         run_id,
         sales_orgs = jobs.len(),
         "adaptive-card run: stage 1 enqueued"
     );
     let s1 = drained(
-        &ctx,
-        &mut conn,
+        ctx,
+        conn,
         SALES_ORG_QUEUE,
         SALES_ORG_GROUP,
         config.stage_timeout,
@@ -241,22 +263,22 @@ async fn run(
             serde_json::json!({"run_id": run_id, "user_id": r.get::<_, String>(0), "sales_org": r.get::<_, String>(1)})
         })
         .collect();
-    enqueue(&mut conn, ADAPTIVE_CARD_QUEUE, &jobs).await?;
+    enqueue(conn, ADAPTIVE_CARD_QUEUE, &jobs).await?;
     info!(
         run_id,
         users = jobs.len(),
         "adaptive-card run: stage 2 enqueued"
     );
     let s2 = drained(
-        &ctx,
-        &mut conn,
+        ctx,
+        conn,
         ADAPTIVE_CARD_QUEUE,
         ADAPTIVE_CARD_GROUP,
         config.stage_timeout,
     )
     .await?;
-    let trimmed = trim(&mut conn, SALES_ORG_QUEUE, &s1).await?
-        + trim(&mut conn, ADAPTIVE_CARD_QUEUE, &s2).await?;
+    let trimmed =
+        trim(conn, SALES_ORG_QUEUE, &s1).await? + trim(conn, ADAPTIVE_CARD_QUEUE, &s2).await?;
     Ok(RunSummary {
         records: (config.sales_orgs.len() + jobs.len()) as u64,
         bytes: 0,

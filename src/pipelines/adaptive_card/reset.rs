@@ -1,0 +1,82 @@
+//! `actord adaptive-card reset`: deletes the job streams with their groups (the seed's test
+//! tool, option 2), refusing while a run is active.
+
+use redis::aio::MultiplexedConnection;
+
+use super::{AdaptiveCardConfig, ADAPTIVE_CARD_QUEUE, SALES_ORG_QUEUE};
+use crate::sources::redis::RedisConnection;
+
+/// The key a run holds while it lasts: its run id, expiring after the stage timeouts, so a run
+/// whose process died does not block a reset for ever.
+pub const ACTIVE_RUN_KEY: &str = "adaptive_card:active_run";
+
+/// Marks a run active; `false` when another run already is.
+pub async fn mark_active(
+    conn: &mut MultiplexedConnection,
+    run_id: i64,
+    ttl: std::time::Duration,
+) -> Result<bool, redis::RedisError> {
+    let set: Option<String> = redis::cmd("SET")
+        .arg(ACTIVE_RUN_KEY)
+        .arg(run_id)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(conn)
+        .await?;
+    Ok(set.is_some())
+}
+
+/// Clears the mark of `run_id` (and only of it).
+pub async fn clear_active(
+    conn: &mut MultiplexedConnection,
+    run_id: i64,
+) -> Result<(), redis::RedisError> {
+    let current: Option<String> = redis::cmd("GET")
+        .arg(ACTIVE_RUN_KEY)
+        .query_async(conn)
+        .await?;
+    if current.as_deref() == Some(run_id.to_string().as_str()) {
+        let _: i64 = redis::cmd("DEL")
+            .arg(ACTIVE_RUN_KEY)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes both job streams (their groups go with them); with `dlq`, their dead-letter
+/// streams too. Returns the streams deleted.
+pub async fn reset(config: &AdaptiveCardConfig, dlq: bool) -> Result<Vec<String>, String> {
+    let connection = RedisConnection::new(config.redis_url.clone());
+    let mut conn = connection
+        .connect(std::time::Duration::from_secs(5))
+        .await?;
+    let active: Option<String> = redis::cmd("GET")
+        .arg(ACTIVE_RUN_KEY)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("redis {}: {e}", connection.addr()))?;
+    if let Some(run) = active {
+        return Err(format!(
+            "run {run} is active; wait for it to end (or for {ACTIVE_RUN_KEY} to expire)"
+        ));
+    }
+    let mut streams = vec![SALES_ORG_QUEUE.to_owned(), ADAPTIVE_CARD_QUEUE.to_owned()];
+    if dlq {
+        streams.push(format!("{SALES_ORG_QUEUE}:dlq"));
+        streams.push(format!("{ADAPTIVE_CARD_QUEUE}:dlq"));
+    }
+    let mut deleted = Vec::new();
+    for s in streams {
+        let n: i64 = redis::cmd("DEL")
+            .arg(&s)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("redis {}: {e}", connection.addr()))?;
+        if n > 0 {
+            deleted.push(s);
+        }
+    }
+    Ok(deleted)
+}
