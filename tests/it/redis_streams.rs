@@ -609,6 +609,21 @@ async fn a_redis_restart_mid_run_loses_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.up();
+    // The port opens before the append-only file is loaded: wait until Redis answers.
+    until(Duration::from_secs(20), "redis loaded", || async {
+        match redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        {
+            Ok(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
     let mut c = conn(&url).await;
     add_jobs(&mut c, &stream, 300..400).await;
     sink.set_mode(SinkMode::Accept);

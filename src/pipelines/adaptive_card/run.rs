@@ -29,7 +29,7 @@ use tracing::info;
 use super::csv::Table;
 use super::t2a::DATASETS;
 use super::{
-    card, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE, SALES_ORG_GROUP,
+    card, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE, SALES_ORG_GROUP,
     SALES_ORG_QUEUE,
 };
 use crate::sources::redis::{monitor, parse_id, RedisConnection};
