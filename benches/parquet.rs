@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actord::config::S3Config;
 use actord::pipelines::recorder::model;
-use actord::sinks::objects::sink::{Objects, ParquetSink};
+use actord::sinks::objects::sink::{Objects, ParquetSink, Target};
 use actord::sinks::objects::store::{self, Location};
 use actord::sources::kafka::embedded::EmbeddedKafka;
 use actord::sources::kafka::path::KafkaPath;
@@ -37,8 +37,9 @@ fn tick(i: u64) -> String {
     )
 }
 
-async fn run(bootstrap: &str, store: Arc<dyn ObjectStore>, group: &str, n: u64) -> f64 {
-    let objects = Objects::new(store.clone(), "market-data", 65_536, "/bench/s3", None);
+async fn run(bootstrap: &str, target: Target, group: &str, n: u64) -> f64 {
+    let store: Arc<dyn ObjectStore> = target.store.clone();
+    let objects = Objects::new(target, "market-data", 65_536, "/bench/s3", None);
     let mut source = SourceSettings::new(vec![TOPIC.into()], group);
     source.max_in_flight_records = 200_000;
     source.max_in_flight_bytes = 256 << 20;
@@ -61,7 +62,10 @@ async fn run(bootstrap: &str, store: Arc<dyn ObjectStore>, group: &str, n: u64) 
     let rate = common::records_per_second(path, n).await;
     let listing: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut rows = 0;
-    for meta in &listing {
+    for meta in listing
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+    {
         let bytes = store
             .get(&meta.location)
             .await
@@ -114,7 +118,7 @@ async fn main() {
     let raw = common::kcat(kafka.bootstrap(), TOPIC, n);
 
     let local_dir = tempfile::tempdir().unwrap();
-    let local = store::open(
+    let local = store::open_target(
         &Location::Dir(local_dir.path().to_owned()),
         &S3Config::default(),
     )
@@ -139,7 +143,7 @@ async fn main() {
             };
             let rate = run(
                 kafka.bootstrap(),
-                store::open(&bucket, &conn).unwrap(),
+                store::open_target(&bucket, &conn).unwrap(),
                 "bench-s3",
                 n,
             )

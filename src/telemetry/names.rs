@@ -40,6 +40,8 @@ pub const S3_UPLOAD_ERRORS_TOTAL: &str = "actord_s3_upload_errors_total";
 pub const S3_UPLOADED_BYTES_TOTAL: &str = "actord_s3_uploaded_bytes_total";
 /// Counter: objects of uncommitted batches removed before their records were rewritten.
 pub const S3_OBJECTS_REPLACED_TOTAL: &str = "actord_s3_objects_replaced_total";
+/// Counter: object writes given up because a newer owner of the partition exists in the store.
+pub const S3_FENCED_TOTAL: &str = "actord_s3_fenced_total";
 /// Counter: transfer jobs by topic and outcome (done, failed attempt, dlq).
 pub const FTP_JOBS_TOTAL: &str = "actord_ftp_jobs_total";
 /// Counter: bytes transferred, by topic.
@@ -170,6 +172,10 @@ pub fn describe() {
     describe_counter!(
         S3_OBJECTS_REPLACED_TOTAL,
         "Objects of uncommitted batches removed before their records were rewritten."
+    );
+    describe_counter!(
+        S3_FENCED_TOTAL,
+        "Object writes given up because a newer owner of the partition exists in the store."
     );
     describe_counter!(
         RECORDS_ACKED_TOTAL,

@@ -9,6 +9,7 @@ mod ftp_sync;
 mod kafka;
 mod leases;
 mod live_view;
+mod objects;
 mod postgres_sink;
 mod recorder;
 mod recorder_s3;

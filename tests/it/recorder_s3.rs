@@ -54,7 +54,11 @@ async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<Row>> {
         .await
         .unwrap_or_default();
     let mut out = BTreeMap::new();
-    for meta in listing {
+    // The ownership ledger lives under `market-data/_fence/`; queries read `*.parquet`.
+    for meta in listing
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+    {
         let Ok(got) = store.get(&meta.location).await else {
             continue; // replaced between the listing and the read
         };
@@ -159,7 +163,8 @@ fn assert_every_tick_once(objects: &BTreeMap<String, Vec<Row>>, n: i64) {
 }
 
 /// Keys follow the seed's layout: the hour directory is the hour of every record inside, and
-/// the name carries the first record's time, its partition and its offset.
+/// the name carries the first record's time, its partition and its offset, then the writer's
+/// ownership generation (`data_<time>_<partition>_<offset>.g<generation>.parquet`).
 fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
     for (key, rows) in objects {
         let first = DateTime::<Utc>::from_timestamp_nanos(rows[0].nanos());
@@ -178,9 +183,12 @@ fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
         );
         assert!(key.starts_with(&dir), "{key} does not start with {dir}");
         let tail = key[dir.len()..].strip_suffix(".parquet").unwrap();
+        let (tail, generation) = tail.rsplit_once(".g").unwrap();
         let (partition, offset) = tail.split_once('_').unwrap();
         assert!(
-            partition.parse::<i32>().is_ok() && offset.parse::<i64>().is_ok(),
+            partition.parse::<i32>().is_ok()
+                && offset.parse::<i64>().is_ok()
+                && generation.parse::<u64>().is_ok_and(|g| g > 0),
             "{key}"
         );
         for row in rows {

@@ -481,11 +481,11 @@ fn s3_path(
     resources: &Resources,
 ) -> anyhow::Result<(ChildSpec, Arc<Objects>)> {
     let rc = &config.pipelines.recorder;
-    let store = store::open(&rc.s3.location, &config.s3)
+    let target = store::open_target(&rc.s3.location, &config.s3)
         .map_err(|e| anyhow::anyhow!("pipelines.recorder.s3: {e}"))?;
     let replay_since = resources.kafka.embedded.then(chrono::Utc::now);
     let objects = Objects::new(
-        store,
+        target,
         rc.s3.prefix.clone(),
         rc.s3.row_group_size,
         root.child("s3").to_string(),

@@ -1,7 +1,10 @@
 //! Object keys: `market-data/<kind>/year=YYYY/month=MM/day=DD/hour=HH/
-//! data_<YYYYMMDDHHMMSS of the first record>_<partition>_<first offset>.parquet`, partitioned by
-//! record time in UTC. Keys are deterministic, so a replay of the same records writes the same
-//! keys; a batch that spans hours becomes one object per hour (and per partition).
+//! data_<YYYYMMDDHHMMSS of the first record>_<partition>_<first offset>.g<generation>.parquet`,
+//! partitioned by record time in UTC. The generation is the writer's ownership generation of
+//! the partition (see `ledger`): two owners of a partition never write the same key, and a
+//! replay by the same owner writes the same keys. A batch that spans hours becomes one object
+//! per hour (and per partition). Names without a generation (written before generations
+//! existed) read as generation 0.
 
 use std::collections::BTreeMap;
 
@@ -45,30 +48,56 @@ pub fn hour_prefix(root: &str, kind: Kind, time: DateTime<Utc>) -> String {
     )
 }
 
-/// The key of the object whose first record is at `first` (time, partition, offset).
+/// The key of the object whose first record is at `first` (time, partition, offset), written
+/// by the owner of generation `generation`.
 pub fn object_key(
     root: &str,
     kind: Kind,
     first_time: DateTime<Utc>,
     partition: i32,
     first_offset: i64,
+    generation: u64,
 ) -> String {
     format!(
-        "{}data_{}_{partition}_{first_offset}.parquet",
+        "{}data_{}_{partition}_{first_offset}.g{generation}.parquet",
         hour_prefix(root, kind, first_time),
-        first_time.format("%Y%m%d%H%M%S")
+        stamp(first_time)
     )
 }
 
-/// The partition and first offset in an object's file name
-/// (`data_20251119161234_2_1234.parquet` → `(2, 1234)`); `None` for any other name.
-pub fn parse_object_name(name: &str) -> Option<(i32, i64)> {
+/// The record time as it appears in object names, to the second.
+pub fn stamp(time: DateTime<Utc>) -> String {
+    time.format("%Y%m%d%H%M%S").to_string()
+}
+
+/// What an object's file name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectName {
+    /// `YYYYMMDDHHMMSS` of the first record.
+    pub stamp: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub generation: u64,
+}
+
+/// Parses `data_20251119161234_2_1234.g7.parquet` (or the name without `.g7`); `None` for any
+/// other name.
+pub fn parse_object_name(name: &str) -> Option<ObjectName> {
     let stem = name.strip_prefix("data_")?.strip_suffix(".parquet")?;
+    let (stem, generation) = match stem.rsplit_once(".g") {
+        Some((s, g)) => (s, g.parse().ok()?),
+        None => (stem, 0),
+    };
     let mut parts = stem.rsplitn(3, '_');
     let offset = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     let time = parts.next()?;
-    (time.len() == 14 && time.bytes().all(|b| b.is_ascii_digit())).then_some((partition, offset))
+    (time.len() == 14 && time.bytes().all(|b| b.is_ascii_digit())).then(|| ObjectName {
+        stamp: time.to_owned(),
+        partition,
+        offset,
+        generation,
+    })
 }
 
 /// One object's worth of records: same kind, same partition, same hour.
@@ -81,7 +110,7 @@ pub struct Group<'a> {
 
 impl Group<'_> {
     /// The key of this group's object (named after its first record in offset order).
-    pub fn key(&self, root: &str) -> String {
+    pub fn key(&self, root: &str, generation: u64) -> String {
         let first = self.records[0];
         object_key(
             root,
@@ -89,7 +118,21 @@ impl Group<'_> {
             first.record.time(),
             self.partition,
             first.source.origin.offset,
+            generation,
         )
+    }
+
+    pub fn first_offset(&self) -> i64 {
+        self.records[0].source.origin.offset
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.records[self.records.len() - 1].source.origin.offset
+    }
+
+    /// The assignment epoch of the group's records (a batch holds one per partition).
+    pub fn epoch(&self) -> u64 {
+        self.records[0].source.origin.epoch
     }
 }
 
@@ -159,8 +202,8 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(
-            object_key("market-data", Kind::Tick, t, 2, 1234),
-            "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119161234_2_1234.parquet"
+            object_key("market-data", Kind::Tick, t, 2, 1234, 7),
+            "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119161234_2_1234.g7.parquet"
         );
         assert_eq!(
             hour_prefix("market-data", Kind::OrderBook, t),
@@ -169,10 +212,25 @@ mod tests {
     }
 
     #[test]
-    fn object_names_parse_back_to_partition_and_offset() {
+    fn object_names_parse_back_to_partition_offset_and_generation() {
+        let parsed = |n: &str| parse_object_name(n).map(|o| (o.partition, o.offset, o.generation));
         assert_eq!(
-            parse_object_name("data_20251119161234_2_1234.parquet"),
-            Some((2, 1234))
+            parsed("data_20251119161234_2_1234.g7.parquet"),
+            Some((2, 1234, 7))
+        );
+        assert_eq!(
+            parsed("data_20251119161234_2_1234.parquet"),
+            Some((2, 1234, 0))
+        );
+        assert_eq!(
+            parse_object_name("data_20251119161234_2_1234.g7.parquet")
+                .unwrap()
+                .stamp,
+            "20251119161234"
+        );
+        assert_eq!(
+            parse_object_name("data_20251119161234_2_1234.gx.parquet"),
+            None
         );
         assert_eq!(parse_object_name("data_20251119161234.parquet"), None);
         assert_eq!(parse_object_name("data_2025_2_1234.parquet"), None);
@@ -188,13 +246,16 @@ mod tests {
             tick(0, 11, "2025-11-19T17:00:00Z"),
             tick(0, 12, "2025-11-19T17:00:01Z"),
         ];
-        let keys: Vec<String> = group(&batch).iter().map(|g| g.key("market-data")).collect();
+        let keys: Vec<String> = group(&batch)
+            .iter()
+            .map(|g| g.key("market-data", 1))
+            .collect();
         assert_eq!(
             keys,
             vec![
-                "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119165959_0_10.parquet",
-                "market-data/tick/year=2025/month=11/day=19/hour=17/data_20251119170000_0_11.parquet",
-                "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119163000_1_3.parquet",
+                "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119165959_0_10.g1.parquet",
+                "market-data/tick/year=2025/month=11/day=19/hour=17/data_20251119170000_0_11.g1.parquet",
+                "market-data/tick/year=2025/month=11/day=19/hour=16/data_20251119163000_1_3.g1.parquet",
             ]
         );
         let sizes: Vec<usize> = group(&batch).iter().map(|g| g.records.len()).collect();

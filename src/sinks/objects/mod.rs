@@ -2,6 +2,8 @@
 //! partitions, in an S3 bucket or a local directory.
 
 pub mod keys;
+pub mod ledger;
 pub mod parquet;
 pub mod sink;
 pub mod store;
+pub mod upload;

@@ -9,6 +9,7 @@ use actord_actors::record::Envelope;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use super::keys::Kind;
@@ -36,9 +37,15 @@ pub fn schema(kind: Kind) -> SchemaRef {
 
 /// Snappy, with row groups of at most `row_group_rows` rows (which bounds writer memory).
 pub fn properties(row_group_rows: usize) -> WriterProperties {
+    properties_with(row_group_rows, Vec::new())
+}
+
+/// [`properties`] with key-value metadata in the file footer.
+pub fn properties_with(row_group_rows: usize, metadata: Vec<KeyValue>) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
         .build()
 }
 
