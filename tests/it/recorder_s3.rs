@@ -665,3 +665,112 @@ async fn the_recorder_seed_env_writes_exactly_the_produced_ticks_into_public() {
         ))
         .await;
 }
+
+/// A container credentials endpoint on a loopback port, as the EKS Pod Identity agent (or an
+/// ECS agent) serves it: answers a GET carrying the expected `Authorization` token with
+/// temporary credentials, and counts the answers.
+async fn credentials_endpoint(
+    token: &str,
+    key: &str,
+    secret: &str,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (token, count) = (token.to_owned(), served.clone());
+    let body = json!({
+        "AccessKeyId": key,
+        "SecretAccessKey": secret,
+        "Token": "session-token-from-the-endpoint",
+        "Expiration": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+    })
+    .to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (token, count, body) = (token.clone(), count.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = 0;
+                while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf[got..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let request = String::from_utf8_lossy(&buf[..got]).to_string();
+                let authorized = request.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("authorization") && v.trim() == token
+                    })
+                });
+                let reply = if request.starts_with("GET /creds ") && authorized {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, served)
+}
+
+/// No keys in the environment: the S3 connection takes its credentials from the container
+/// credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with the token of
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`) and writes the objects with them.
+#[tokio::test]
+async fn container_credentials_sign_the_uploads_when_no_keys_are_set() {
+    let s3 = S3Server::start("podidentity");
+    let schema = fresh_schema();
+    let (port, served) = credentials_endpoint(
+        "pod-identity-token",
+        crate::support::S3_ACCESS_KEY,
+        crate::support::S3_SECRET_KEY,
+    )
+    .await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, "pod-identity-token").unwrap();
+    let mut env: Vec<(&'static str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"))
+        .collect();
+    env.push((
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        format!("http://127.0.0.1:{port}/creds"),
+    ));
+    env.push((
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        token_file.display().to_string(),
+    ));
+    env.push(("S3_BATCH_SIZE", "50".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &env_of(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce(
+        &bootstrap,
+        "market.tick",
+        (0..100).map(|i| tick(i, BASE)).collect(),
+    )
+    .await;
+    let store = s3.client();
+    until(Duration::from_secs(60), "100 Parquet rows", || async {
+        total_rows(&objects(&store).await) == 100
+    })
+    .await;
+    assert_every_tick_once(&objects(&store).await, 100);
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    drop(p);
+    drop_schema(&schema).await;
+}
