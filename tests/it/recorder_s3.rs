@@ -774,3 +774,71 @@ async fn container_credentials_sign_the_uploads_when_no_keys_are_set() {
     drop(p);
     drop_schema(&schema).await;
 }
+
+/// Two processes in one group while partitions move between them (a second member joins
+/// mid-run, then the first leaves): afterwards every record is in exactly one object, whoever
+/// wrote it, and no object of a newer owner was removed by an older one.
+#[tokio::test]
+async fn two_processes_with_moving_partitions_write_every_record_once() {
+    let s3 = S3Server::start("group");
+    let schema = fresh_schema();
+    let broker = broker();
+    let n = 3000i64;
+    let part = |k: i64| {
+        (k * n / 3..(k + 1) * n / 3)
+            .map(|i| tick(i, BASE))
+            .collect()
+    };
+    produce(broker.bootstrap(), "market.tick", part(0)).await;
+    let mut env = s3.env();
+    env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
+    env.push(("S3_BATCH_SIZE", "97".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let toml = recorder_config(&schema, 5432, "");
+    let store = s3.client();
+    let mut first = Process::start(&toml, &[], &env_of(&env));
+    until(Duration::from_secs(60), "the first objects", || async {
+        !objects(&store).await.is_empty()
+    })
+    .await;
+    let second = Process::start(&toml, &[], &env_of(&env));
+    wait_ready(&second.base).await;
+    produce(broker.bootstrap(), "market.tick", part(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.signal("TERM");
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(40)).code(),
+        Some(0),
+        "{}",
+        first.log()
+    );
+    produce(broker.bootstrap(), "market.tick", part(2)).await;
+    let distinct = |o: &BTreeMap<String, Vec<Row>>| {
+        o.values()
+            .flatten()
+            .filter_map(|r| match r {
+                Row::Tick { volume, .. } => Some(*volume),
+                Row::Book { .. } => None,
+            })
+            .collect::<std::collections::BTreeSet<i64>>()
+            .len()
+    };
+    until(
+        Duration::from_secs(90),
+        "every record in an object",
+        || async { distinct(&objects(&store).await) == n as usize },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let objects = objects(&store).await;
+    assert_every_tick_once(&objects, n);
+    assert_key_layout(&objects);
+    // The partitions did change hands: some were written under more than one generation.
+    let generations: std::collections::BTreeSet<&str> = objects
+        .keys()
+        .filter_map(|k| k.rsplit_once(".g")?.1.strip_suffix(".parquet"))
+        .collect();
+    assert!(generations.len() > 1, "{:?}", objects.keys());
+    drop(second);
+    drop_schema(&schema).await;
+}
