@@ -43,12 +43,26 @@ impl Classifier {
 
     /// A write or query error as a writer sees it: its kind, a class for the DLQ
     /// (`SqlState23514`) and the described message.
+    ///
+    /// 22P03 and 42804 say the table holds columns of other types than the pipeline writes
+    /// (altered while the path ran): a misconfiguration, so the path stops and stays stopped
+    /// instead of failing every batch alike under its restart budget.
     pub fn sink_error(&self, err: &tokio_postgres::Error) -> SinkError {
-        let class = err
-            .as_db_error()
-            .map(|d| format!("SqlState{}", d.code().code()))
+        let code = err.as_db_error().map(|d| d.code().code());
+        let class = code
+            .map(|c| format!("SqlState{c}"))
             .unwrap_or_else(|| "ConnectionError".to_owned());
-        SinkError::new(self.kind(err), class, describe(err))
+        let kind = self.kind(err);
+        let message = match code {
+            Some(c) if kind == ErrorKind::Fatal && TABLE_MISMATCH.contains(&c) => {
+                actord_actors::error::misconfigured(format!(
+                    "the table does not take what the path writes: {}",
+                    describe(err)
+                ))
+            }
+            _ => describe(err),
+        };
+        SinkError::new(kind, class, message)
     }
 
     /// A failure to get a pooled connection.
@@ -61,6 +75,9 @@ impl Classifier {
         }
     }
 }
+
+/// SQLSTATEs that mean the table's columns are of other types than the pipeline writes.
+const TABLE_MISMATCH: [&str; 2] = ["22P03", "42804"];
 
 /// What an error with this SQLSTATE means for the batch that met it.
 ///

@@ -433,6 +433,49 @@ async fn a_mismatch_found_after_start_up_stops_the_path_without_dead_letters() {
     drop_schema(&schema).await;
 }
 
+/// A column altered to another type while the path runs: the COPY fails with 22P03, which is a
+/// misconfiguration: the path stops and stays stopped, nothing is dead-lettered.
+#[tokio::test]
+async fn a_table_altered_while_the_path_runs_parks_the_path() {
+    let schema = fresh_schema();
+    let p = Process::start(&recorder_config(&schema, 5432, ""), &[], &[]);
+    wait_ready(&p.base).await;
+    let bootstrap = bootstrap_of(&p).await;
+    produce_to(&bootstrap, 0, 0..10).await;
+    until(Duration::from_secs(60), "the first ticks", || async {
+        count(&schema, "tick_data").await == 10
+    })
+    .await;
+    pg().await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".tick_data ALTER COLUMN change TYPE REAL"
+        ))
+        .await
+        .unwrap();
+    produce_to(&bootstrap, 0, 10..20).await;
+    until(Duration::from_secs(60), "the path parked", || async {
+        let (status, body) = get(&p.base, "/ready").await;
+        status == 503 && body.contains("misconfigured") && body.contains("22P03")
+    })
+    .await;
+    let restarts = |t: &serde_json::Value| {
+        [
+            "/recorder/timescale",
+            "/recorder/timescale/writer-0",
+            "/recorder/timescale/writer-1",
+        ]
+        .map(|a| crate::support::actor(t, a)["restarts"].as_u64().unwrap())
+    };
+    let before = restarts(&crate::support::tree(&p.base).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = crate::support::tree(&p.base).await;
+    assert_eq!(restarts(&t), before, "{t:#}");
+    assert_eq!(dlq_records(&bootstrap), 0, "no dead letters");
+    assert_eq!(count(&schema, "tick_data").await, 10);
+    drop(p);
+    drop_schema(&schema).await;
+}
+
 /// A constraint every row breaks (as a bad migration would add): the breaker stops the path
 /// after about half the default window instead of emptying the topic into the DLQ.
 #[tokio::test]
