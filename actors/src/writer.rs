@@ -338,6 +338,10 @@ where
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9)
             | 1;
+        // Present from the start: a dashboard sees the sink's latency and written records
+        // before its first batch.
+        let _ = metrics::histogram!(names::FLUSH_DURATION_SECONDS, "path" => path.clone());
+        metrics::counter!(names::RECORDS_WRITTEN_TOTAL, "path" => path.clone()).increment(0);
         Ok(WriterState {
             sink,
             _records: std::marker::PhantomData,

@@ -609,6 +609,8 @@ async fn every_dashboard_series_is_there_at_the_first_scrape() {
         "actord_actor_pending_work{path=\"/heartbeat/beats/buffer-0\"}",
         "actord_buffer_fill_ratio{path=\"/heartbeat/beats/buffer-0\"}",
         "actord_buffer_records{path=\"/heartbeat/beats/buffer-0\"}",
+        "actord_records_written_total{path=\"/heartbeat/beats/writer-0\"}",
+        "actord_flush_duration_seconds_count{path=\"/heartbeat/beats/writer-0\"}",
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");
     }
