@@ -6,25 +6,31 @@
 //! The job is the stream field `data`: `{"run_id": 1733450400000, "user_id": "u1",
 //! "sales_org": "1000"}`.
 //!
-//! The writes of a batch are one transaction (the shared PostgreSQL sink takes this over when
-//! it lands): SQLSTATE classes 08, 40, 53 and 57P0x are transient (a restarting database never
-//! sends jobs to the DLQ), 22 and 23502/23514 poison, the rest fatal.
+//! The writes go through the shared PostgreSQL sink (`src/sinks/postgres`): its pool, error
+//! classes (an outage is retried, never dead-lettered), column check of an existing results
+//! table, and one transaction per batch of idempotent upserts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use actord_actors::record::{Envelope, Poison, SourceRecord};
-use actord_actors::sink::{Progress, Sink, SinkError, SinkFactory};
-use actord_actors::ErrorKind;
+use actord_actors::sink::{Progress, SinkError, SinkFactory};
+use futures::future::BoxFuture;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio_postgres::Transaction;
 use tracing::warn;
 
 use super::csv::Table;
 use super::t2a::DATASETS;
 use super::AdaptiveCardConfig;
+use crate::sinks::postgres::check::{col, Column, INT8, JSONB, TEXT};
+use crate::sinks::postgres::{
+    classify, ident, Classifier, Database, DbSettings as PgSettings, PostgresSink, Setup,
+    Table as PgTable, Writes,
+};
 use crate::telemetry::names;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,23 +200,6 @@ pub fn merged_file(run_id: i64, file: &str) -> ObjectPath {
     ObjectPath::from(format!("runs/{run_id}/{file}"))
 }
 
-pub fn classify(err: &tokio_postgres::Error) -> ErrorKind {
-    let Some(db) = err.as_db_error() else {
-        return ErrorKind::Transient;
-    };
-    match db.code().code() {
-        c if c.starts_with("08")
-            || c.starts_with("40")
-            || c.starts_with("53")
-            || c.starts_with("57P0") =>
-        {
-            ErrorKind::Transient
-        }
-        c if c.starts_with("22") || c == "23502" || c == "23514" => ErrorKind::Poison,
-        _ => ErrorKind::Fatal,
-    }
-}
-
 fn pg_error(context: &str, e: &tokio_postgres::Error) -> SinkError {
     let message = match e.as_db_error() {
         Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
@@ -278,43 +267,107 @@ pub async fn connect(config: &AdaptiveCardConfig) -> Result<tokio_postgres::Clie
 /// A run's merged rows, by dataset.
 type Merged = HashMap<String, Vec<BTreeMap<String, String>>>;
 
-pub struct CardSink {
+/// The results table as the cards are written into it.
+const RESULT_COLUMNS: &[Column] = &[
+    col("user_id", TEXT, "text"),
+    col("scenario_id", TEXT, "text"),
+    col("run_id", INT8, "bigint"),
+    col("card", JSONB, "jsonb"),
+];
+
+/// The pipeline's tables for the shared PostgreSQL sink.
+struct CardTables {
+    results: &'static str,
+    users: &'static str,
+}
+
+impl Setup for CardTables {
+    fn tables(&self, schema: &str) -> Vec<String> {
+        let s = ident(schema);
+        let (results, users) = (self.results, self.users);
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.{results} (user_id text NOT NULL, \
+                 scenario_id text NOT NULL, run_id bigint NOT NULL, card jsonb NOT NULL, \
+                 created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (user_id, scenario_id))"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS idx_user_id ON {s}.{results} (user_id)"),
+            format!("CREATE INDEX IF NOT EXISTS idx_created_at ON {s}.{results} (created_at)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.{users} (user_id text PRIMARY KEY, sales_org text NOT NULL)"
+            ),
+        ]
+    }
+
+    fn columns(&self) -> Vec<PgTable> {
+        vec![PgTable {
+            name: self.results,
+            columns: RESULT_COLUMNS,
+            strict: true,
+        }]
+    }
+
+    fn finish<'a>(
+        &'a self,
+        _settings: &'a PgSettings,
+        _client: tokio_postgres::Client,
+    ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What a batch of user jobs writes inside the shared sink's transaction: idempotent upserts,
+/// and the removal of the users' cards of scenarios that no longer apply.
+pub struct CardWrites {
+    results: &'static str,
+    store: Arc<dyn ObjectStore>,
+    scenarios: Arc<Vec<Scenario>>,
+    /// The merged rows of the last run read.
+    merged: tokio::sync::Mutex<Option<(i64, Arc<Merged>)>>,
+}
+
+/// The sink of stage 2: the shared PostgreSQL sink with the card writes.
+pub type CardSink = PostgresSink<UserJob, CardWrites>;
+
+/// The database settings of the shared sink.
+pub fn pg_settings(config: &AdaptiveCardConfig) -> PgSettings {
+    PgSettings {
+        host: config.db.host.clone(),
+        port: config.db.port,
+        user: config.db.user.clone(),
+        password: config.db.password.clone(),
+        database: config.db.name.clone(),
+        pool_size: config.max_workers_adaptive as u32 + 1,
+        ..PgSettings::default()
+    }
+}
+
+/// The writers' factory; table names live for the process (they name the checked tables).
+pub fn factory(
     config: Arc<AdaptiveCardConfig>,
     store: Arc<dyn ObjectStore>,
     scenarios: Arc<Vec<Scenario>>,
-    db: tokio_postgres::Client,
-    /// The merged rows of the last run read, by dataset.
-    merged: Option<(i64, Arc<Merged>)>,
-    progress: Progress,
+) -> SinkFactory<CardSink> {
+    let results: &'static str = Box::leak(config.results_table.clone().into_boxed_str());
+    let users: &'static str = Box::leak(config.users_table.clone().into_boxed_str());
+    let db = Database::new(
+        pg_settings(&config),
+        "postgres",
+        Arc::new(CardTables { results, users }),
+        Classifier::default(),
+    );
+    db.factory(Arc::new(CardWrites {
+        results,
+        store,
+        scenarios,
+        merged: tokio::sync::Mutex::new(None),
+    }))
 }
 
-impl CardSink {
-    pub fn factory(
-        config: Arc<AdaptiveCardConfig>,
-        store: Arc<dyn ObjectStore>,
-        scenarios: Arc<Vec<Scenario>>,
-    ) -> SinkFactory<CardSink> {
-        Arc::new(move || {
-            let (config, store, scenarios) = (config.clone(), store.clone(), scenarios.clone());
-            Box::pin(async move {
-                let db = connect(&config).await?;
-                ensure_schema(&db, &config.results_table, &config.users_table)
-                    .await
-                    .map_err(|e| pg_error("creating the tables", &e))?;
-                Ok(CardSink {
-                    config,
-                    store,
-                    scenarios,
-                    db,
-                    merged: None,
-                    progress: Progress::none(),
-                })
-            })
-        })
-    }
-
-    async fn merged(&mut self, run_id: i64) -> Result<Arc<Merged>, SinkError> {
-        if let Some((id, m)) = &self.merged {
+impl CardWrites {
+    async fn merged(&self, run_id: i64) -> Result<Arc<Merged>, SinkError> {
+        let mut cache = self.merged.lock().await;
+        if let Some((id, m)) = &*cache {
             if *id == run_id {
                 return Ok(m.clone());
             }
@@ -340,66 +393,55 @@ impl CardSink {
             out.insert(dataset.to_owned(), table.records());
         }
         let m = Arc::new(out);
-        self.merged = Some((run_id, m.clone()));
+        *cache = Some((run_id, m.clone()));
         Ok(m)
     }
 }
 
-impl Sink<UserJob> for CardSink {
-    fn attach_progress(&mut self, progress: Progress) {
-        self.progress = progress;
-    }
-
-    async fn write(&mut self, records: &[Envelope<UserJob>]) -> Result<(), SinkError> {
-        let mut cards: Vec<(&UserJob, Vec<(String, Value)>)> = Vec::new();
+impl Writes<UserJob> for CardWrites {
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &str,
+        records: &[&Envelope<UserJob>],
+        progress: &Progress,
+        errors: &Classifier,
+    ) -> Result<u64, SinkError> {
+        let table = format!("{}.{}", ident(schema), self.results);
+        let upsert = format!(
+            "INSERT INTO {table} (user_id, scenario_id, run_id, card, created_at) \
+             VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (user_id, scenario_id) \
+             DO UPDATE SET run_id = EXCLUDED.run_id, card = EXCLUDED.card, created_at = EXCLUDED.created_at"
+        );
+        let stale =
+            format!("DELETE FROM {table} WHERE user_id = $1 AND NOT (scenario_id = ANY($2))");
+        let mut written = 0u64;
         for e in records {
-            let merged = self.merged(e.record.run_id).await?;
-            let mut mine = Vec::new();
+            let job = &e.record;
+            let merged = self.merged(job.run_id).await?;
+            let mut ids: Vec<&str> = Vec::new();
             for s in self.scenarios.iter() {
                 let rows = merged
                     .get(&s.dataset)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                if let Some(card) = evaluate(s, &e.record, rows) {
-                    mine.push((s.id.clone(), card));
+                if let Some(card) = evaluate(s, job, rows) {
+                    tx.execute(&upsert, &[&job.user_id, &s.id, &job.run_id, &card])
+                        .await
+                        .map_err(|e| errors.sink_error(&e))?;
+                    ids.push(&s.id);
+                    written += 1;
                 }
             }
-            cards.push((&e.record, mine));
-        }
-        let results = &self.config.results_table;
-        let tx = self
-            .db
-            .transaction()
-            .await
-            .map_err(|e| pg_error("starting a transaction", &e))?;
-        let upsert = format!(
-            "INSERT INTO {results} (user_id, scenario_id, run_id, card, created_at)
-             VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (user_id, scenario_id)
-             DO UPDATE SET run_id = EXCLUDED.run_id, card = EXCLUDED.card, created_at = EXCLUDED.created_at"
-        );
-        let stale =
-            format!("DELETE FROM {results} WHERE user_id = $1 AND NOT (scenario_id = ANY($2))");
-        let mut written = 0u64;
-        for (job, mine) in &cards {
-            for (scenario, card) in mine {
-                tx.execute(&upsert, &[&job.user_id, scenario, &job.run_id, card])
-                    .await
-                    .map_err(|e| pg_error("upserting a card", &e))?;
-                written += 1;
-            }
-            let ids: Vec<&str> = mine.iter().map(|(s, _)| s.as_str()).collect();
             tx.execute(&stale, &[&job.user_id, &ids])
                 .await
-                .map_err(|e| pg_error("removing stale cards", &e))?;
+                .map_err(|e| errors.sink_error(&e))?;
+            progress.advanced(1, 0);
         }
-        tx.commit()
-            .await
-            .map_err(|e| pg_error("committing cards", &e))?;
-        self.progress.advanced(written.max(1), 0);
         metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "adaptive_card", "outcome" => "done").increment(records.len() as u64);
         metrics::counter!(names::ADAPTIVE_CARD_CARDS_TOTAL).increment(written);
-        Ok(())
+        Ok(written)
     }
 }
 

@@ -429,7 +429,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             "adaptive_card_worker",
         ),
         decode: Arc::new(card::decode),
-        sink: card::CardSink::factory(ac.clone(), store.clone(), scenarios),
+        sink: card::factory(ac.clone(), store.clone(), scenarios),
         lanes: ac.max_workers_adaptive,
         buffer: ONE_JOB,
         retry: RetryPolicy::default(),
