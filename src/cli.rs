@@ -61,6 +61,16 @@ pub enum Command {
     /// Operations on the adaptive-card pipeline's Redis streams.
     #[command(name = "adaptive-card", subcommand)]
     AdaptiveCard(AdaptiveCardCommand),
+    /// Ask a running instance's admin port for /live, /ready or /health: exits 0 on 200, 1
+    /// otherwise (a container health check that needs no HTTP client in the image).
+    Probe {
+        /// Which endpoint to ask.
+        #[arg(value_enum, default_value_t = ProbeEndpoint::Live)]
+        endpoint: ProbeEndpoint,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -94,6 +104,40 @@ pub struct TreeArgs {
     /// Never colour the states (colours are used only on a terminal anyway).
     #[arg(long)]
     pub no_color: bool,
+}
+
+/// The admin endpoints `actord probe` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeEndpoint {
+    /// The process serves (never depends on a pipeline's state).
+    Live,
+    /// Every enabled pipeline is up.
+    Ready,
+    /// The per-component health report.
+    Health,
+}
+
+impl ProbeEndpoint {
+    fn path(self) -> &'static str {
+        match self {
+            ProbeEndpoint::Live => "/live",
+            ProbeEndpoint::Ready => "/ready",
+            ProbeEndpoint::Health => "/health",
+        }
+    }
+}
+
+/// Asks `endpoint` of the admin port at `base`: the status code and the body.
+pub async fn probe(
+    base: &str,
+    endpoint: ProbeEndpoint,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(u16, String)> {
+    let url = format!("{}{}", base.trim_end_matches('/'), endpoint.path());
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let reply = client.get(&url).send().await?;
+    let status = reply.status().as_u16();
+    Ok((status, reply.text().await?))
 }
 
 impl Cli {
@@ -203,9 +247,23 @@ pub fn admin_url(cli: &Cli, config: Option<&Config>) -> String {
     match (&cli.admin, config) {
         (Some(a), _) if a.starts_with("http://") || a.starts_with("https://") => a.clone(),
         (Some(a), _) => format!("http://{a}"),
-        (None, Some(c)) => format!("http://{}", c.admin.listen),
+        (None, Some(c)) => format!("http://{}", reachable(&c.admin.listen)),
         (None, None) => "http://127.0.0.1:8080".to_owned(),
     }
+}
+
+/// The address a client on this host uses for a listen address: an unspecified address
+/// (`0.0.0.0`, `[::]`) is reached through the loopback of the same family.
+fn reachable(listen: &std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if !listen.ip().is_unspecified() {
+        return *listen;
+    }
+    let ip = match listen.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    std::net::SocketAddr::new(ip, listen.port())
 }
 
 /// One scheduled entry: what and when, then how its last run went and what runs now.

@@ -58,6 +58,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Probe { endpoint, timeout } => probe(&cli, *endpoint, *timeout).await,
     }
 }
 
@@ -95,6 +96,31 @@ async fn tree(cli: &Cli, args: &cli::TreeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `actord probe`: exit 0 when the endpoint answers 200, 1 otherwise.
+async fn probe(cli: &Cli, endpoint: cli::ProbeEndpoint, timeout: u64) -> ExitCode {
+    let config = if cli.admin.is_none() {
+        cli.load_config().ok()
+    } else {
+        None
+    };
+    let url = cli::admin_url(cli, config.as_ref());
+    match cli::probe(&url, endpoint, Duration::from_secs(timeout)).await {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: {url} answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the admin port at {url}: {e:#}");
             ExitCode::FAILURE
         }
     }

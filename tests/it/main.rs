@@ -4,6 +4,7 @@
 mod adaptive_card;
 mod admin;
 mod binary;
+mod deploy;
 mod dlq;
 mod ftp_sync;
 mod kafka;
