@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{free_port, get, until, wait_ready, Process};
+use crate::support::{config, free_port, get, run_to_end, until, wait_ready, Process};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -246,6 +246,29 @@ async fn every_dashboard_query_and_every_series_an_alert_reads_returns_data_in_p
         firing.is_empty(),
         "alerts on a healthy instance: {firing:?}"
     );
+}
+
+#[tokio::test]
+async fn probe_exits_zero_when_the_endpoint_answers_200_and_one_otherwise() {
+    let p = Process::start(&config(""), &[], &[]);
+    wait_ready(&p.base).await;
+    let admin = p.base.trim_start_matches("http://");
+    let (code, out, err) = run_to_end(&["probe", "--admin", admin], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "OK");
+    let (code, out, err) = run_to_end(&["probe", "health", "--admin", admin], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("heartbeat"), "{out}");
+    // The config's listen address when no --admin is given: 0.0.0.0 is asked on loopback.
+    let port = admin.rsplit(':').next().unwrap();
+    let toml = format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"t\"\n");
+    let (code, _, err) = run_to_end(&["probe", "ready"], Some(&toml), &[]);
+    assert_eq!(code, 0, "{err}");
+
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = run_to_end(&["probe", "--admin", &nobody, "--timeout", "2"], None, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the admin port"), "{err}");
 }
 
 /// The Docker daemon scripts/services.sh starts (bridge networking off) and its socket.
