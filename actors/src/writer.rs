@@ -328,6 +328,9 @@ where
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let path = args.probe.path().to_string();
+        // The retry counter exists from the start (at zero) for dashboards and alerts.
+        metrics::counter!(names::SINK_RETRIES_TOTAL, "path" => path.clone(), "error_kind" => "transient")
+            .increment(0);
         let mut sink = (args.sink)()
             .await
             .map_err(|e| format!("cannot open the sink: {e}"))?;

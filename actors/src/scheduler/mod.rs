@@ -279,6 +279,18 @@ impl Actor for Scheduler {
         let indices = args
             .handle
             .register(&args.config.pipeline, &args.config.entries);
+        // Run counters exist from the start (at zero), so a dashboard or an alert reading them
+        // finds the series before the first run.
+        for entry in &args.config.entries {
+            for name in [
+                crate::names::SCHEDULE_RUNS_STARTED_TOTAL,
+                crate::names::SCHEDULE_RUNS_SUCCEEDED_TOTAL,
+                crate::names::SCHEDULE_RUNS_FAILED_TOTAL,
+            ] {
+                metrics::counter!(name, "pipeline" => args.config.pipeline.clone(), "entry" => entry.name.clone())
+                    .increment(0);
+            }
+        }
         let now = args.config.clock.now();
         let seed = args.config.jitter_seed.unwrap_or_else(|| {
             now.timestamp_nanos_opt().unwrap_or_default() as u64 ^ fnv(&args.config.pipeline)
