@@ -18,6 +18,7 @@ pub mod sink;
 pub mod spec;
 pub mod supervision;
 pub mod supervisor;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod writer;
 
@@ -32,4 +33,4 @@ pub use scheduler::{
 };
 pub use spec::{ChildContext, ChildSpec, Restart, Strategy, SupervisorSpec};
 pub use supervision::State;
-pub use supervisor::{Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg};
+pub use supervisor::{Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg, Supervisors};

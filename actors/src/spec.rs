@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::Backoff;
 use crate::observe::{ActorKind, Probe};
 use crate::path::ActorPath;
-use crate::supervisor::{Supervisor, SupervisorArgs};
+use crate::supervisor::{Supervisor, SupervisorArgs, Supervisors};
 
 /// Which siblings restart with a failed child (OTP semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +96,8 @@ pub struct ChildContext {
     pub path: ActorPath,
     /// The child's probe: the same one across restarts.
     pub probe: Probe,
+    /// The tree's running supervisors; a nested supervisor enters itself here.
+    pub supervisors: Supervisors,
 }
 
 type StartFn =
@@ -170,6 +172,7 @@ impl ChildSpec {
                 spec: spec.clone(),
                 children: children.clone(),
                 probe: ctx.probe,
+                supervisors: ctx.supervisors,
             };
             async move {
                 let (actor, _) =

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::observe::{chrono_like_rfc3339, Probe, Status};
+use crate::observe::{rfc3339, Probe, Status};
 
 /// The supervisor's view of one actor, kept on its probe.
 #[derive(Default)]
@@ -182,7 +182,7 @@ impl Probe {
         let stuck_after = self.supervision().stuck_after;
         SupervisionSnapshot {
             state: self.state(now),
-            backing_off_until: self.backing_off_until(now).map(chrono_like_rfc3339),
+            backing_off_until: self.backing_off_until(now).map(rfc3339),
             progress_age_seconds: self.since_progress(now).map(secs),
             stalled_seconds: self.stalled_for(now).map(secs),
             stuck_after_seconds: stuck_after.map(secs),

@@ -25,9 +25,11 @@
 //!   every child, keeps them stopped and reports itself unhealthy with the reason (so the
 //!   pipeline is not ready) until an operator restarts or starts them.
 //! - Children are spawned without global names, so any number of trees can run in one process;
-//!   they are known by path through the [`Registry`](crate::observe::Registry).
+//!   they are known by path through the [`Registry`](crate::observe::Registry), and running
+//!   supervisors through [`Supervisors`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{
@@ -58,6 +60,50 @@ pub struct SupervisorArgs {
     pub children: Vec<ChildSpec>,
     /// This supervisor's own probe; its path is the parent of every child path.
     pub probe: Probe,
+    /// Where this supervisor and the ones below it make themselves reachable by path.
+    pub supervisors: Supervisors,
+}
+
+/// The running supervisors of one tree, by path: how an operator's call reaches the
+/// supervisor that owns an actor. A supervisor enters itself when it starts and leaves when it
+/// stops; a later incarnation's entry is never removed by an earlier one.
+#[derive(Clone, Default)]
+pub struct Supervisors {
+    inner: Arc<RwLock<BTreeMap<ActorPath, ActorRef<SupervisorMsg>>>>,
+}
+
+impl Supervisors {
+    /// The supervisor running at `path`, if any.
+    pub fn get(&self, path: &ActorPath) -> Option<ActorRef<SupervisorMsg>> {
+        self.inner
+            .read()
+            .expect("supervisors lock")
+            .get(path)
+            .cloned()
+    }
+
+    fn enter(&self, path: &ActorPath, actor: ActorRef<SupervisorMsg>) {
+        self.inner
+            .write()
+            .expect("supervisors lock")
+            .insert(path.clone(), actor);
+    }
+
+    /// Removes the entry at `path` if it is still `actor`'s.
+    fn leave(&self, path: &ActorPath, actor: ActorId) {
+        let mut map = self.inner.write().expect("supervisors lock");
+        if map.get(path).is_some_and(|a| a.get_id() == actor) {
+            map.remove(path);
+        }
+    }
+
+    /// Forgets every supervisor strictly below `path`: they ended with the one at `path`.
+    pub fn remove_below(&self, path: &ActorPath) {
+        self.inner
+            .write()
+            .expect("supervisors lock")
+            .retain(|p, _| !(p.starts_with(path) && p != path));
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -200,6 +246,9 @@ struct InFlight {
 pub struct SupervisorState {
     spec: SupervisorSpec,
     probe: Probe,
+    supervisors: Supervisors,
+    /// This incarnation, for leaving [`Supervisors`] without removing a later one.
+    me: ActorId,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     next_token: u64,
@@ -328,6 +377,7 @@ impl SupervisorState {
             supervisor: myself.get_cell(),
             path: child.probe.path().clone(),
             probe: child.probe.next_incarnation(),
+            supervisors: self.supervisors.clone(),
         };
         let start = child.spec.start_fn(ctx);
         let timeout = child.spec.start_timeout;
@@ -477,7 +527,14 @@ impl SupervisorState {
         let Some(cell) = child.cell.take() else {
             return;
         };
-        stop_cell(cell, &child.probe, child.spec.kind, timeout).await;
+        stop_cell(
+            cell,
+            &child.probe,
+            child.spec.kind,
+            timeout,
+            &self.supervisors,
+        )
+        .await;
     }
 
     /// Stops every child within this supervisor's stop deadline, if one was set: one after
@@ -513,7 +570,8 @@ impl SupervisorState {
                     let cell = c.cell.take()?;
                     let timeout = limit(c.spec.shutdown);
                     let (probe, kind) = (c.probe.clone(), c.spec.kind);
-                    Some(async move { stop_cell(cell, &probe, kind, timeout).await })
+                    let supervisors = self.supervisors.clone();
+                    Some(async move { stop_cell(cell, &probe, kind, timeout, &supervisors).await })
                 })
                 .collect();
             futures::future::join_all(stops).await;
@@ -562,13 +620,17 @@ impl SupervisorState {
         exit: Exit,
     ) -> Result<(), ActorProcessingErr> {
         let child = &mut self.children[idx];
-        child.cell = None;
+        let ended = child.cell.take().map(|c| c.get_id());
         child.kill = None;
         child.probe.clear_pending();
         let path = child.probe.path().clone();
         if child.spec.kind == ActorKind::Supervisor {
             // Whatever ran below it ended with it.
             self.probe.registry().mark_stopped_below(&path);
+            self.supervisors.remove_below(&path);
+            if let Some(ended) = ended {
+                self.supervisors.leave(&path, ended);
+            }
         }
         let child = &mut self.children[idx];
         let failure = exit.failure().map(str::to_owned);
@@ -704,7 +766,7 @@ impl SupervisorState {
         error!(path = %path, max_restarts = self.spec.max_restarts, within = ?self.spec.within, error = %err, "restart budget exhausted, stopping children and failing upward");
         metrics::counter!(names::SUPERVISOR_BUDGET_EXHAUSTED_TOTAL, "path" => path).increment(1);
         self.stop_all().await;
-        self.probe.set_control(None);
+        self.supervisors.leave(self.probe.path(), self.me);
         Box::new(err)
     }
 
@@ -855,7 +917,13 @@ fn kill(myself: &ActorRef<SupervisorMsg>, id: &str, cell: &ActorCell) {
 
 /// Stops `cell` gracefully within `timeout`, then kills it. An actor that does not end even
 /// then is remembered on its probe, so no new incarnation starts while it runs.
-async fn stop_cell(cell: ActorCell, probe: &Probe, kind: ActorKind, timeout: Duration) {
+async fn stop_cell(
+    cell: ActorCell,
+    probe: &Probe,
+    kind: ActorKind,
+    timeout: Duration,
+    supervisors: &Supervisors,
+) {
     probe.set_status(Status::Stopping);
     probe.set_stop_deadline(Some(Instant::now() + timeout));
     let stopped = cell
@@ -881,6 +949,7 @@ async fn stop_cell(cell: ActorCell, probe: &Probe, kind: ActorKind, timeout: Dur
     probe.set_status(Status::Stopped);
     if kind == ActorKind::Supervisor {
         probe.registry().mark_stopped_below(probe.path());
+        supervisors.remove_below(probe.path());
     }
 }
 
@@ -894,7 +963,9 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.probe.set_control(Some(myself));
+        if args.probe.is_current() {
+            args.supervisors.enter(args.probe.path(), myself.clone());
+        }
         // A misconfiguration reported by an earlier incarnation is what the restart is for.
         args.probe.set_unhealthy(None);
         args.probe
@@ -902,6 +973,8 @@ impl Actor for Supervisor {
         let mut state = SupervisorState {
             spec: args.spec,
             probe: args.probe,
+            supervisors: args.supervisors,
+            me: myself.get_id(),
             children: Vec::with_capacity(args.children.len()),
             restarts: VecDeque::new(),
             next_token: 0,
@@ -941,7 +1014,7 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.stop_all().await;
-        state.probe.set_control(None);
+        state.supervisors.leave(state.probe.path(), state.me);
         Ok(())
     }
 

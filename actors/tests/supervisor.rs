@@ -11,7 +11,7 @@ use actord_actors::testkit::{
 use actord_actors::writer::{RetryPolicy, Writer, WriterArgs, WriterMsg};
 use actord_actors::{
     ActorPath, Backoff, ChildSpec, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
-    SupervisorSpec,
+    SupervisorSpec, Supervisors,
 };
 use ractor::{call, Actor, ActorRef, ActorStatus};
 use tokio::task::JoinHandle;
@@ -73,6 +73,7 @@ impl Tree {
                 spec,
                 children,
                 probe,
+                supervisors: Supervisors::default(),
             },
         )
         .await
@@ -246,6 +247,7 @@ async fn a_failing_subtree_is_restarted_by_its_parent_alone() {
             spec: spec(Strategy::OneForOne),
             children,
             probe,
+            supervisors: Supervisors::default(),
         },
     )
     .await
@@ -748,6 +750,7 @@ async fn actors_that_died_with_their_supervisor_are_marked_stopped() {
             spec: outer,
             children,
             probe,
+            supervisors: Supervisors::default(),
         },
     )
     .await
@@ -840,6 +843,7 @@ async fn a_long_write_that_reports_progress_is_not_stuck() {
             spec: spec(Strategy::OneForOne),
             children: vec![writer],
             probe,
+            supervisors: Supervisors::default(),
         },
     )
     .await

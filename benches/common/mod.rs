@@ -6,7 +6,9 @@ use actord::config::{self, Sources};
 use actord::sources::kafka::path::KafkaPath;
 use actord_actors::observe::{ActorKind, Registry};
 use actord_actors::sink::Sink;
-use actord_actors::{ActorPath, ChildSpec, Supervisor, SupervisorArgs, SupervisorSpec};
+use actord_actors::{
+    ActorPath, ChildSpec, Supervisor, SupervisorArgs, SupervisorSpec, Supervisors,
+};
 use ractor::Actor;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -94,6 +96,7 @@ pub async fn spec_records_per_second(id: &str, lanes: usize, spec: ChildSpec, n:
             spec: SupervisorSpec::default(),
             children: vec![spec],
             probe: registry.probe(&root, ActorKind::Supervisor),
+            supervisors: Supervisors::default(),
         },
     )
     .await

@@ -55,16 +55,12 @@ fn owner(
     if h.registry.get(&path).is_none() {
         return Err(Reject(StatusCode::NOT_FOUND, format!("no actor at {path}")));
     }
-    let sup = h
-        .registry
-        .get(&parent)
-        .and_then(|p| p.control())
-        .ok_or_else(|| {
-            Reject(
-                StatusCode::CONFLICT,
-                format!("the supervisor of {path} is not running"),
-            )
-        })?;
+    let sup = h.supervisors.get(&parent).ok_or_else(|| {
+        Reject(
+            StatusCode::CONFLICT,
+            format!("the supervisor of {path} is not running"),
+        )
+    })?;
     Ok((sup, path.name().to_owned(), path))
 }
 

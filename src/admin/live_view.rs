@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use actord_actors::observe::{chrono_like_rfc3339, TreeNode};
+use actord_actors::observe::{rfc3339, TreeNode};
 use actord_actors::{ActorKind, ActorPath};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -161,7 +161,7 @@ pub fn build(h: &Handle, live: &Live) -> View {
         .map(|name| summary(h, name, &actors))
         .collect();
     View {
-        now: chrono_like_rfc3339(SystemTime::now()),
+        now: rfc3339(SystemTime::now()),
         pipelines,
         actors,
     }

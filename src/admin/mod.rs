@@ -10,7 +10,7 @@ pub use guard::REQUEST_HEADER;
 
 use std::future::Future;
 
-use actord_actors::{observe::chrono_like_rfc3339, ActorPath, Status};
+use actord_actors::{observe::rfc3339, ActorPath, Status};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -299,7 +299,7 @@ async fn info(State(h): State<Handle>) -> Response {
         "name": "actord",
         "version": env!("CARGO_PKG_VERSION"),
         "config": c.source,
-        "started_at": chrono_like_rfc3339(h.started),
+        "started_at": rfc3339(h.started),
         "uptime_seconds": h.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "admin": {"listen": c.admin.listen.to_string(), "token_required": c.admin.token.is_some(), "fault_injection": c.admin.fault_injection},
         "fail_fast": c.runtime.fail_fast,

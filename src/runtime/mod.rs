@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use actord_actors::scheduler::SchedulerHandle;
 use actord_actors::{
     ActorKind, ActorPath, Backoff, ChildSpec, Registry, Status, Strategy, Supervisor,
-    SupervisorArgs, SupervisorMsg, SupervisorSpec,
+    SupervisorArgs, SupervisorMsg, SupervisorSpec, Supervisors,
 };
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
@@ -122,6 +122,8 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
 pub struct Handle {
     pub config: Arc<Config>,
     pub registry: Registry,
+    /// The running supervisors by path, through which operator calls reach an actor's owner.
+    pub supervisors: Supervisors,
     pub root: ActorRef<SupervisorMsg>,
     pub health: Arc<BTreeMap<String, Health>>,
     pub started: SystemTime,
@@ -206,6 +208,7 @@ pub async fn run(
         warn!(warning = %w, "configuration warning");
     }
     let registry = Registry::new();
+    let supervisors = Supervisors::default();
     let root_probe = registry.probe(&ActorPath::root(), ActorKind::Supervisor);
     let (root, root_task) = Actor::spawn(
         None,
@@ -214,6 +217,7 @@ pub async fn run(
             spec: plan.root,
             children: plan.pipelines,
             probe: root_probe.clone(),
+            supervisors: supervisors.clone(),
         },
     )
     .await
@@ -222,6 +226,7 @@ pub async fn run(
     let handle = Handle {
         config: config.clone(),
         registry: registry.clone(),
+        supervisors: supervisors.clone(),
         root: root.clone(),
         health: Arc::new(plan.health),
         started: SystemTime::now(),
@@ -258,6 +263,7 @@ pub async fn run(
             }
             let _ = (&mut root_task).await;
             registry.mark_stopped_below(&ActorPath::root());
+            supervisors.remove_below(&ActorPath::root());
             root_probe.set_status(Status::Stopped);
             info!(took = ?began.elapsed(), "pipelines stopped");
             Outcome::Clean

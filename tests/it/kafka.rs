@@ -15,7 +15,7 @@ use actord_actors::record::{Poison, SourceRecord};
 use actord_actors::testkit::{RecordingSink, SinkControl, SinkMode};
 use actord_actors::writer::RetryPolicy;
 use actord_actors::{
-    ActorPath, Backoff, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec,
+    ActorPath, Backoff, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec, Supervisors,
 };
 use ractor::{Actor, ActorRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -160,6 +160,7 @@ pub fn read_until(bootstrap: &str, topic: &str, done: impl Fn(&Read) -> bool) ->
 pub struct TestPath {
     pub sink: SinkControl<Rec>,
     pub registry: Registry,
+    pub supervisors: Supervisors,
     pub root: ActorRef<SupervisorMsg>,
     pub group: String,
 }
@@ -245,6 +246,7 @@ impl TestPath {
             dlq_suffix: o.owns_dlq.then(|| "-dlq".to_owned()),
         };
         let registry = Registry::new();
+        let supervisors = Supervisors::default();
         let root_path = ActorPath::parse("/test").unwrap();
         let spec = path.child_spec(&root_path, &supervision());
         let probe = registry.probe(&root_path, ActorKind::Supervisor);
@@ -258,6 +260,7 @@ impl TestPath {
                 },
                 children: vec![spec],
                 probe,
+                supervisors: supervisors.clone(),
             },
         )
         .await
@@ -265,6 +268,7 @@ impl TestPath {
         TestPath {
             sink,
             registry,
+            supervisors,
             root,
             group: o.group,
         }
@@ -344,7 +348,10 @@ async fn nothing_is_lost_when_the_path_restarts_mid_batch() {
     })
     .await;
     // Fail the writer of lane 0 while it holds a batch: the path restarts from committed offsets.
-    let sup = p.probe("").control().unwrap();
+    let sup = p
+        .supervisors
+        .get(&ActorPath::parse("/test/path").unwrap())
+        .unwrap();
     ractor::call!(sup, SupervisorMsg::FailChild, "writer-0".to_owned())
         .unwrap()
         .unwrap();

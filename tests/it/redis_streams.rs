@@ -15,7 +15,7 @@ use actord_actors::record::{Poison, SourceRecord};
 use actord_actors::testkit::{RecordingSink, SinkControl, SinkMode};
 use actord_actors::writer::RetryPolicy;
 use actord_actors::{
-    ActorPath, Backoff, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec,
+    ActorPath, Backoff, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec, Supervisors,
 };
 use ractor::{Actor, ActorRef};
 use redis::aio::MultiplexedConnection;
@@ -205,6 +205,7 @@ impl TestPath {
                 },
                 children: vec![spec],
                 probe,
+                supervisors: Supervisors::default(),
             },
         )
         .await

@@ -10,7 +10,7 @@ use actord_actors::scheduler::{
 use actord_actors::testkit::{eventually, ManualClock, MemoryLease};
 use actord_actors::{
     ActorPath, Backoff, ChildSpec, Probe, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
-    SupervisorSpec,
+    SupervisorSpec, Supervisors,
 };
 use chrono::TimeDelta;
 use ractor::{call, Actor, ActorRef};
@@ -44,6 +44,7 @@ async fn supervise(child: ChildSpec) -> Tree {
             spec,
             children: vec![child],
             probe: registry.probe(&ActorPath::parse("/p").unwrap(), ActorKind::Supervisor),
+            supervisors: Supervisors::default(),
         },
     )
     .await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actord_actors::observe::chrono_like_rfc3339;
+use actord_actors::observe::rfc3339;
 use actord_actors::scheduler::{Job, RunSummary};
 use ractor::rpc::CallResult;
 
@@ -20,7 +20,7 @@ pub fn job(slot: PublisherSlot, topic: String, hold: Duration) -> Job {
             let publisher = publisher.map_err(|e| e.to_string())?;
             let payload = serde_json::json!({
                 "seq": ctx.run_id.0,
-                "at": chrono_like_rfc3339(std::time::SystemTime::now()),
+                "at": rfc3339(std::time::SystemTime::now()),
                 "scheduled": true,
             });
             let payload = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;

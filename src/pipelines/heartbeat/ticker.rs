@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actord_actors::observe::chrono_like_rfc3339;
+use actord_actors::observe::rfc3339;
 use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -49,7 +49,7 @@ impl Actor for Ticker {
         match message {
             TickerMsg::Tick => {
                 state.seq += 1;
-                let payload = serde_json::json!({"seq": state.seq, "at": chrono_like_rfc3339(std::time::SystemTime::now())});
+                let payload = serde_json::json!({"seq": state.seq, "at": rfc3339(std::time::SystemTime::now())});
                 let publication = Publication {
                     topic: state.args.topic.clone(),
                     key: None,
