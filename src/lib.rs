@@ -1,6 +1,7 @@
 //! actord: data pipelines as a supervision tree of actors, with an admin port.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod leases;

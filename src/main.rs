@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use actord::app;
 use actord::cli::{self, Cli, Command};
-use actord::runtime::{self, Outcome};
+use actord::runtime::Outcome;
 use actord::telemetry;
 use actord::tree_view::{self, TreeOptions};
 use clap::Parser;
@@ -147,7 +148,7 @@ async fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime::run(config, listener, shutdown_signal()).await {
+    match app::run(config, listener, shutdown_signal()).await {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::text;
-use crate::runtime::Handle;
+use super::Handle;
 
 #[derive(Deserialize)]
 pub struct PathQuery {

@@ -16,7 +16,7 @@ use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use super::text;
-use crate::runtime::Handle;
+use super::Handle;
 
 /// The request header a client without a token sends on every POST (any non-empty value).
 pub const REQUEST_HEADER: &str = "x-actord-request";

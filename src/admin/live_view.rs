@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::runtime::Handle;
+use super::Handle;
 
 /// How often the sampler reads the probes and the event stream looks for changes.
 const TICK: Duration = Duration::from_secs(1);

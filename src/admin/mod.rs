@@ -3,10 +3,12 @@
 
 mod actions;
 mod guard;
+mod handle;
 pub mod live_view;
 mod scrape;
 
 pub use guard::REQUEST_HEADER;
+pub use handle::Handle;
 
 use std::future::Future;
 
@@ -20,7 +22,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::Brokers;
-use crate::runtime::Handle;
 
 const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/live.js");

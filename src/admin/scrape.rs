@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use actord_actors::{ActorKind, State, Status};
 
-use crate::runtime::Handle;
+use super::Handle;
 use crate::telemetry::{self, names};
 
 /// The paths exported so far by this admin port.

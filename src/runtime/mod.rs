@@ -1,5 +1,4 @@
-//! The root of the tree: one supervisor over the enabled pipelines, the admin port beside it,
-//! and graceful shutdown.
+//! The root of the tree: one supervisor over the enabled pipelines, and graceful shutdown.
 //!
 //! The root isolates pipelines: it restarts only the pipeline that failed, after the configured
 //! cool-down, and never counts one pipeline's failures against another. A pipeline that exhausts
@@ -16,15 +15,13 @@ use std::time::{Duration, SystemTime};
 
 use actord_actors::scheduler::SchedulerHandle;
 use actord_actors::{
-    ActorKind, ActorPath, Backoff, ChildSpec, Registry, Status, Strategy, Supervisor,
+    ActorKind, ActorPath, Backoff, ChildSpec, Probe, Registry, Status, Strategy, Supervisor,
     SupervisorArgs, SupervisorMsg, SupervisorSpec, Supervisors,
 };
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
-use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::admin;
 use crate::config::{Brokers, Config};
 use crate::pipelines::{self, Health, Resources, TopicSpec};
 use crate::sources::kafka::embedded::EmbeddedKafka;
@@ -117,46 +114,6 @@ pub fn plan(config: &Config, resources: &Resources) -> anyhow::Result<Plan> {
     })
 }
 
-/// What the admin port and the CLI need from a running instance.
-#[derive(Clone)]
-pub struct Handle {
-    pub config: Arc<Config>,
-    pub registry: Registry,
-    /// The running supervisors by path, through which operator calls reach an actor's owner.
-    pub supervisors: Supervisors,
-    pub root: ActorRef<SupervisorMsg>,
-    pub health: Arc<BTreeMap<String, Health>>,
-    pub started: SystemTime,
-    /// The bootstrap servers in use, and whether they are the embedded broker.
-    pub kafka: KafkaConnection,
-    /// Schedulers by pipeline name, for the tree and "run now".
-    pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
-}
-
-impl Handle {
-    /// Status of an enabled pipeline's supervisor.
-    pub fn pipeline_status(&self, name: &str) -> Status {
-        self.registry
-            .get(&ActorPath::root().child(name))
-            .map(|p| p.status())
-            .unwrap_or(Status::Stopped)
-    }
-
-    /// The actors of an enabled pipeline that keep it from being up, its supervisor included,
-    /// with why: failed, backing off, starting, stopping, or running but unhealthy. Empty when
-    /// the pipeline is up.
-    pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, String)> {
-        self.registry.not_up(&ActorPath::root().child(name))
-    }
-
-    /// Whether a pipeline's supervisor and every actor below it run (or were stopped on
-    /// purpose: a transient actor that finished, an operator stop). A pipeline whose workers
-    /// crash-loop or back off is not up, whatever its supervisor's status.
-    pub fn pipeline_up(&self, name: &str) -> bool {
-        self.pipeline_not_up(name).is_empty()
-    }
-}
-
 fn bootstrap_or_embedded(config: &Config) -> &str {
     match &config.kafka.brokers {
         Brokers::Embedded => "embedded",
@@ -173,15 +130,30 @@ pub enum Outcome {
     Failed,
 }
 
-/// Starts the tree and the admin port, and runs until `shutdown` resolves or the root fails.
-pub async fn run(
-    config: Config,
-    admin_listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Outcome> {
+/// A started tree: what the admin port reads and drives, and what [`Running::until`] stops.
+pub struct Running {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    /// The running supervisors by path, through which operator calls reach an actor's owner.
+    pub supervisors: Supervisors,
+    pub root: ActorRef<SupervisorMsg>,
+    /// Health components and notes by pipeline name.
+    pub health: Arc<BTreeMap<String, Health>>,
+    pub started: SystemTime,
+    /// The bootstrap servers in use, and whether they are the embedded broker.
+    pub kafka: KafkaConnection,
+    /// Schedulers by pipeline name, for the tree and "run now".
+    pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
+    root_probe: Probe,
+    root_task: tokio::task::JoinHandle<()>,
+    /// The embedded broker lives as long as this value; it starts only if a pipeline needs it.
+    _embedded: Option<EmbeddedKafka>,
+}
+
+/// Starts the tree the configuration describes.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     crate::telemetry::prometheus();
-    // The embedded broker lives as long as this function; it starts only if a pipeline needs it.
     let wanted = topics(&config);
     let embedded = match (&config.kafka.brokers, wanted.is_empty()) {
         (Brokers::Embedded, false) => {
@@ -223,60 +195,65 @@ pub async fn run(
     .await
     .context("starting the root supervisor")?;
     root_probe.set_status(Status::Running);
-    let handle = Handle {
-        config: config.clone(),
-        registry: registry.clone(),
-        supervisors: supervisors.clone(),
-        root: root.clone(),
+    Ok(Running {
+        config,
+        registry,
+        supervisors,
+        root,
         health: Arc::new(plan.health),
         started: SystemTime::now(),
         kafka,
         schedules: Arc::new(plan.schedules),
-    };
-    let addr = admin_listener.local_addr()?;
-    info!(admin = %addr, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");
-    for name in &config.runtime.demos_off {
-        warn!(pipeline = %name, brokers = %bootstrap_or_embedded(&config), "demo generator off: kafka.brokers names a real cluster, and synthetic data is published only into the embedded broker (pass --demo-into-cluster to publish it there anyway)");
-    }
-    if config.runtime.demo_into_cluster && config.kafka.brokers != Brokers::Embedded {
-        warn!(brokers = %bootstrap_or_embedded(&config), "--demo-into-cluster: demo generators publish synthetic data into this cluster");
-    }
-    if config.admin.token.is_none() && config.admin.insecure {
-        warn!(admin = %addr, fault_injection = config.admin.fault_injection, "admin port runs without a token on purpose (admin.insecure = true)");
-    }
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(admin::serve(admin_listener, handle, async move {
-        let _ = admin_stopped.await;
-    }));
+        root_probe,
+        root_task,
+        _embedded: embedded,
+    })
+}
 
-    let mut root_task = root_task;
-    let outcome = tokio::select! {
-        _ = shutdown => {
-            let timeout = config.runtime.shutdown_timeout;
-            info!(timeout = ?timeout, "shutting down: stopping the pipelines together");
-            root_probe.set_status(Status::Stopping);
-            let began = tokio::time::Instant::now();
-            root_probe.set_stop_deadline(Some(began + timeout - stop_reserve(timeout)));
-            if root.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
-                warn!(timeout = ?timeout, "graceful shutdown timed out, killing the remaining actors");
-                root.kill();
+impl Running {
+    /// Logs what started and what an operator should know about it.
+    pub fn announce(&self, admin: std::net::SocketAddr) {
+        let config = &self.config;
+        info!(admin = %admin, pipelines = ?config.runtime.enabled, config = %config.source, "actord started");
+        for name in &config.runtime.demos_off {
+            warn!(pipeline = %name, brokers = %bootstrap_or_embedded(config), "demo generator off: kafka.brokers names a real cluster, and synthetic data is published only into the embedded broker (pass --demo-into-cluster to publish it there anyway)");
+        }
+        if config.runtime.demo_into_cluster && config.kafka.brokers != Brokers::Embedded {
+            warn!(brokers = %bootstrap_or_embedded(config), "--demo-into-cluster: demo generators publish synthetic data into this cluster");
+        }
+        if config.admin.token.is_none() && config.admin.insecure {
+            warn!(admin = %admin, fault_injection = config.admin.fault_injection, "admin port runs without a token on purpose (admin.insecure = true)");
+        }
+    }
+
+    /// Runs until `shutdown` resolves (then stops the pipelines together) or the root fails.
+    pub async fn until(&mut self, shutdown: impl Future<Output = ()>) -> Outcome {
+        let (root, root_probe) = (&self.root, &self.root_probe);
+        let config = &self.config;
+        let root_task = &mut self.root_task;
+        tokio::select! {
+            _ = shutdown => {
+                let timeout = config.runtime.shutdown_timeout;
+                info!(timeout = ?timeout, "shutting down: stopping the pipelines together");
+                root_probe.set_status(Status::Stopping);
+                let began = tokio::time::Instant::now();
+                root_probe.set_stop_deadline(Some(began + timeout - stop_reserve(timeout)));
+                if root.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                    warn!(timeout = ?timeout, "graceful shutdown timed out, killing the remaining actors");
+                    root.kill();
+                }
+                let _ = root_task.await;
+                self.registry.mark_stopped_below(&ActorPath::root());
+                self.supervisors.remove_below(&ActorPath::root());
+                root_probe.set_status(Status::Stopped);
+                info!(took = ?began.elapsed(), "pipelines stopped");
+                Outcome::Clean
             }
-            let _ = (&mut root_task).await;
-            registry.mark_stopped_below(&ActorPath::root());
-            supervisors.remove_below(&ActorPath::root());
-            root_probe.set_status(Status::Stopped);
-            info!(took = ?began.elapsed(), "pipelines stopped");
-            Outcome::Clean
+            _ = &mut *root_task => {
+                root_probe.set_status(Status::Failed);
+                error!("the root supervisor failed (fail_fast): exiting");
+                Outcome::Failed
+            }
         }
-        _ = &mut root_task => {
-            root_probe.set_status(Status::Failed);
-            error!("the root supervisor failed (fail_fast): exiting");
-            Outcome::Failed
-        }
-    };
-    let _ = stop_admin.send(());
-    let _ = server.await;
-    drop(embedded);
-    info!(?outcome, "actord stopped");
-    Ok(outcome)
+    }
 }

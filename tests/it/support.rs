@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use actord::app;
 use actord::config::{self, Config, Sources};
-use actord::runtime::{self, Outcome};
+use actord::runtime::Outcome;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -32,7 +33,7 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(runtime::run(config, listener, async move {
+        let task = tokio::spawn(app::run(config, listener, async move {
             let _ = stopped.await;
         }));
         let me = InProcess {
