@@ -43,7 +43,9 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let ac = &config.pipelines.adaptive_card;
+            let ac = config
+                .pipelines
+                .get::<actord::pipelines::adaptive_card::AdaptiveCardConfig>();
             match actord::pipelines::adaptive_card::reset::reset(ac, *dlq).await {
                 Ok(deleted) => {
                     println!(

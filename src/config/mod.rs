@@ -1,10 +1,11 @@
 //! Configuration: `supervision.toml`, then the environment, then CLI flags, validated into typed
 //! settings. Every problem is reported with where it came from and its TOML key.
 
-mod env;
+pub(crate) mod env;
 pub mod envfile;
 pub(crate) mod raw;
 pub mod schedule;
+mod section;
 mod supervision;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,9 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 pub use env::{prefixed, EnvKey, Unit};
+pub use raw::RawSupervision;
 pub use schedule::{RawSchedule, ScheduleSettings};
+pub use section::{PipelineConfig, PipelinesConfig, Section};
 pub use supervision::{Level, Supervision};
 
 use crate::pipelines::{self, PipelineDef};
@@ -246,14 +249,6 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct PipelinesConfig {
-    pub heartbeat: pipelines::heartbeat::HeartbeatConfig,
-    pub recorder: pipelines::recorder::RecorderConfig,
-    pub ftp_sync: pipelines::ftp_sync::FtpSyncConfig,
-    pub adaptive_card: pipelines::adaptive_card::AdaptiveCardConfig,
-}
-
 /// Reads, overrides and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let (origin, text) = read_source(sources.config_path.as_deref())?;
@@ -291,13 +286,22 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         Value::Array(enabled.iter().cloned().map(Value::String).collect()),
     );
     // Problems so far are kept and reported together with the ones validation finds.
+    section::take_failure();
     let raw: RawConfig = match serde_path_to_error::deserialize(Value::Table(table)) {
         Ok(raw) => raw,
         Err(e) => {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
+            let mut message = e.inner().to_string();
+            // A pipeline's section failed inside: its key goes down to the field.
+            if let Some((inner, inner_message)) = section::take_failure() {
+                if inner != "." {
+                    key = format!("{key}.{inner}");
+                }
+                message = inner_message;
+            }
             let from = origins.get(&key).cloned().unwrap_or_else(|| origin.clone());
             let key = if key == "." { String::new() } else { key };
-            problems.push(Problem::new(from, key, e.inner().to_string()));
+            problems.push(Problem::new(from, key, message));
             return Err(ConfigError { problems });
         }
     };
@@ -464,7 +468,13 @@ fn resolve_enabled(
                 ));
                 (Vec::new(), file.to_owned())
             }
-            None => (vec!["heartbeat".to_owned()], file.to_owned()),
+            None => (
+                pipelines::DEFAULT_ENABLED
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .collect(),
+                file.to_owned(),
+            ),
         },
     };
     let mut out: Vec<String> = Vec::new();
@@ -680,25 +690,24 @@ fn validate(
             Brokers::List(list.to_owned())
         }
     };
-    let mut pipeline_levels = BTreeMap::new();
-    let heartbeat_raw = raw.pipelines.heartbeat.unwrap_or_default();
-    pipeline_levels.insert("heartbeat".to_owned(), heartbeat_raw.supervision.clone());
-    let recorder_raw = raw.pipelines.recorder.unwrap_or_default();
-    pipeline_levels.insert("recorder".to_owned(), recorder_raw.supervision.clone());
-    let ftp_sync_raw = raw.pipelines.ftp_sync.unwrap_or_default();
-    pipeline_levels.insert("ftp-sync".to_owned(), ftp_sync_raw.supervision.clone());
-    let adaptive_card_raw = raw.pipelines.adaptive_card.unwrap_or_default();
-    pipeline_levels.insert(
-        "adaptive-card".to_owned(),
-        adaptive_card_raw.supervision.clone(),
-    );
+    // Every registered pipeline's section is validated, enabled or not; an absent one is empty.
+    let mut written = raw.pipelines.0;
+    let sections: Vec<_> = pipelines::PIPELINES
+        .iter()
+        .map(|def| {
+            let raw = written
+                .remove(def.name)
+                .unwrap_or_else(|| def.section.default_raw());
+            (def.name, def.section, raw)
+        })
+        .collect();
+    let pipeline_levels: BTreeMap<String, RawSupervision> = sections
+        .iter()
+        .map(|(name, section, raw)| ((*name).to_owned(), section.supervision(raw).clone()))
+        .collect();
     let supervision = Supervision::validate(&raw.supervision, &pipeline_levels, &mut check);
-    let heartbeat = pipelines::heartbeat::HeartbeatConfig::validate(&heartbeat_raw, &mut check);
-    let recorder = pipelines::recorder::RecorderConfig::validate(&recorder_raw, &mut check);
     let s3 = S3Config::validate(&raw.s3, &mut check);
-    let ftp_sync = pipelines::ftp_sync::FtpSyncConfig::validate(&ftp_sync_raw, &mut check);
-    let adaptive_card =
-        pipelines::adaptive_card::AdaptiveCardConfig::validate(&adaptive_card_raw, &mut check);
+    let pipelines = PipelinesConfig::validate(&sections, &mut check);
     Some(Config {
         source: file.to_owned(),
         admin: AdminConfig {
@@ -716,14 +725,6 @@ fn validate(
         },
         s3,
         supervision,
-        pipelines: PipelinesConfig {
-            heartbeat,
-            recorder,
-            ftp_sync,
-            adaptive_card,
-        },
+        pipelines,
     })
 }
-
-#[cfg(test)]
-mod tests;

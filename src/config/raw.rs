@@ -1,8 +1,14 @@
 //! `supervision.toml` as written: every field optional, checked later by validation.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+
+use super::section::{parse_section, RawSection, Section};
+use crate::pipelines::{self, PipelineDef};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,213 +137,67 @@ pub struct RawSupervision {
     pub paths: BTreeMap<String, RawSupervision>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPipelines {
-    /// The built-in heartbeat pipeline (a ticker; a smoke test of the runtime).
-    pub heartbeat: Option<RawHeartbeat>,
-    /// Market ticks and order books into TimescaleDB.
-    pub recorder: Option<RawRecorder>,
-    /// File-transfer jobs from Kafka, between FTP/FTPS/S3/local servers.
-    #[serde(rename = "ftp-sync")]
-    pub ftp_sync: Option<RawFtpSync>,
-    /// Sales-org and per-user Adaptive Card jobs through Redis Streams, on a cron.
-    #[serde(rename = "adaptive-card")]
-    pub adaptive_card: Option<crate::pipelines::adaptive_card::RawAdaptiveCard>,
+/// Per-pipeline tables, each typed by the pipeline that registered its name.
+#[derive(Default)]
+pub struct RawPipelines(pub BTreeMap<&'static str, RawSection>);
+
+impl fmt::Debug for RawPipelines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFtpSync {
-    /// Topics carrying transfer jobs (ACTORD_FTP_SYNC_KAFKA_TOPICS).
-    pub topics: Option<Vec<String>>,
-    /// Consumer group shared by every process doing this work (ACTORD_FTP_SYNC_KAFKA_GROUP_ID).
-    pub group: Option<String>,
-    /// Transfers in flight in this process.
-    pub concurrency: Option<u32>,
-    /// Jobs read and not yet done (running, waiting for a retry or parked for a server) per
-    /// process; reaching it pauses reading.
-    pub max_in_flight: Option<u32>,
-    /// Staged uploads (`.<name>.<tag>.part`) older than this are removed under each server's
-    /// root at start, e.g. "24h"; "off" keeps them.
-    pub sweep_stale_after: Option<String>,
-    /// Where a consumer group without committed offsets starts: "earliest" (every job still
-    /// in the topic) or "latest" (only jobs published from now on, as kafka-python's default).
-    pub start_from: Option<String>,
-    /// Suffix of the dead-letter topic of each input topic (DLQ_TOPIC_SUFFIX).
-    pub dlq_suffix: Option<String>,
-    /// Attempts for a job whose failures are not explained by a server outage.
-    pub max_retries: Option<u32>,
-    /// First delay between attempts of a job, e.g. "1s"; doubles up to `retry_backoff_max`.
-    pub retry_backoff: Option<String>,
-    /// Largest delay between attempts, e.g. "30s".
-    pub retry_backoff_max: Option<String>,
-    /// Consecutive failures on one server (across jobs) that open its circuit breaker.
-    pub breaker_threshold: Option<u32>,
-    /// "size" (always) or "sha256" (also hash the stream and re-read the destination).
-    pub verify: Option<String>,
-    /// Passive mode for FTP servers without their own setting (FTP_PASSIVE_MODE).
-    pub passive: Option<bool>,
-    /// Runs a generator of files and jobs between two local directories (for the demo).
-    pub demo: Option<bool>,
-    /// Demo jobs per second.
-    pub demo_rate: Option<u32>,
-    /// Servers by the hostname jobs use, e.g. `[pipelines.ftp-sync.servers.SRC_FTP_SERVER1]`.
-    #[serde(default)]
-    pub servers: BTreeMap<String, RawServer>,
-    /// Supervision overrides for this pipeline and its paths.
-    #[serde(default)]
-    pub supervision: RawSupervision,
+/// The registered names, as serde's unknown-field message lists them.
+fn names() -> &'static [&'static str] {
+    static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+    NAMES.get_or_init(|| Box::leak(pipelines::names().into_boxed_slice()))
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    /// Dead-letter jobs parked for this server longer than this, e.g. "1h" (off by default:
-    /// they wait for the server).
-    pub dead_letter_after: Option<String>,
-    /// Longest wait for any one network step (connect, banner, login, a reply, an idle read or
-    /// write of the data), e.g. "30s".
-    pub timeout: Option<String>,
-    /// How uploads reach their final name: "rename" (a temporary name, verified, renamed) or
-    /// "direct" (straight to the final name, for upload-only accounts).
-    pub staging: Option<String>,
-    /// Objects above this size are committed on an S3 server by streaming them into place
-    /// instead of a server-side copy (S3 copies at most 5 GiB at once), e.g. "5GiB".
-    pub copy_limit: Option<u64>,
-    /// Where passive data connections go: "control" (the control connection's address, as
-    /// Python's ftplib does; survives a server behind NAT) or "reply" (the PASV reply's).
-    pub passive_address: Option<String>,
-    /// "ftp", "ftps", "sftp", "s3" or "file" ({HOSTNAME}_TYPE).
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// Host name or address; the bucket for "s3"; unused for "file" ({HOSTNAME}_HOST).
-    pub host: Option<String>,
-    /// Port ({HOSTNAME}_PORT); 21 by default, 22 for "sftp".
-    pub port: Option<u16>,
-    /// User ({HOSTNAME}_USER).
-    pub user: Option<String>,
-    /// Password ({HOSTNAME}_PASS); use "${VAR}" rather than writing it here.
-    pub pass: Option<String>,
-    /// Directory jobs are confined to; the local directory itself for "file" ({HOSTNAME}_ROOT).
-    pub root: Option<String>,
-    /// Passive mode for this server; FTP_PASSIVE_MODE otherwise.
-    pub passive: Option<bool>,
-    /// Accept any TLS certificate ("ftps" against self-signed test servers only).
-    pub insecure_tls: Option<bool>,
-    /// Private key file for "sftp" ({HOSTNAME}_KEY); the password is used when unset.
-    pub key_file: Option<String>,
-    /// The "sftp" server's host key fingerprint, "SHA256:..." as `ssh-keygen -lf` prints it.
-    pub host_key: Option<String>,
-    /// Accept any "sftp" host key (test servers only).
-    pub insecure_host_key: Option<bool>,
-    /// Connections kept to this server at most; 2 x concurrency by default.
-    pub max_connections: Option<u32>,
+impl<'de> Deserialize<'de> for RawPipelines {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("RawPipelines", names(), PipelinesVisitor)
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRecorder {
-    /// Topics to read (KAFKA_TOPICS); a topic whose name mentions "orderbook" carries order books.
-    pub topics: Option<Vec<String>>,
-    /// Consumer group prefix (KAFKA_GROUP_ID); each sink path adds its own suffix.
-    pub group: Option<String>,
-    /// Group of the service this replaces: a path with no offsets of its own starts from its
-    /// committed offsets. Defaults to `group` (the seed's group); "" turns it off.
-    pub migrate_from_group: Option<String>,
-    /// Consumers per path in this process (NUM_CONSUMERS).
-    pub consumers: Option<u32>,
-    /// Writer lanes of the TimescaleDB path (DB_WRITE_WORKERS).
-    pub db_write_workers: Option<u32>,
-    /// Rows per TimescaleDB batch (BATCH_SIZE).
-    pub batch_size: Option<u32>,
-    /// Age at which a partial TimescaleDB batch is written (BATCH_TIMEOUT_MS), e.g. "5s".
-    pub batch_timeout: Option<String>,
-    /// Records in flight per consumer before it pauses (MAX_BUFFER_SIZE).
-    pub max_buffer_size: Option<u32>,
-    /// Runs a synthetic market-data generator into the topics (for the demo).
-    pub demo: Option<bool>,
-    /// Synthetic records per second when `demo` is on.
-    pub demo_rate: Option<u32>,
-    /// The TimescaleDB / PostgreSQL connection.
-    #[serde(default)]
-    pub timescale: RawTimescale,
-    /// The Parquet path into object storage.
-    #[serde(default)]
-    pub s3: RawRecorderS3,
-    /// Supervision overrides for this pipeline and its paths.
-    #[serde(default)]
-    pub supervision: RawSupervision,
+struct PipelinesVisitor;
+
+impl<'de> Visitor<'de> for PipelinesVisitor {
+    type Value = RawPipelines;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct RawPipelines")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawPipelines, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(def) = map.next_key_seed(NameSeed)? {
+            let raw = map.next_value_seed(SectionSeed(def.section))?;
+            out.insert(def.name, raw);
+        }
+        Ok(RawPipelines(out))
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTimescale {
-    /// Host (TIMESCALEDB_HOST).
-    pub host: Option<String>,
-    /// Port (TIMESCALEDB_PORT).
-    pub port: Option<u16>,
-    /// User (TIMESCALEDB_USER).
-    pub user: Option<String>,
-    /// Password (TIMESCALEDB_PASSWORD); use "${VAR}" rather than writing it here.
-    pub password: Option<String>,
-    /// Database (TIMESCALEDB_DB).
-    pub database: Option<String>,
-    /// Schema holding tick_data, orderbook, the aggregates and actord_offsets.
-    pub schema: Option<String>,
-    /// How often plain-PostgreSQL aggregates are refreshed, e.g. "1m".
-    pub refresh_interval: Option<String>,
-    /// Longest wait for a lock before a statement fails and is retried, e.g. "30s"; "0s" waits
-    /// without end.
-    pub lock_timeout: Option<String>,
-    /// Longest a write may run before it is cancelled and retried, e.g. "5m"; "0s" for none.
-    pub statement_timeout: Option<String>,
-    /// Records over which the share rejected by the database is measured; default 1000.
-    pub rejection_window: Option<u32>,
-    /// Share of `rejection_window` rejected as poison (0 < share <= 1) above which the path
-    /// stops instead of dead-lettering on; default 0.5.
-    pub rejection_share: Option<f64>,
+/// A section's name; an unregistered one is an unknown field, as for any other table.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = &'static PipelineDef;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let name = String::deserialize(d)?;
+        pipelines::find(&name).ok_or_else(|| de::Error::unknown_field(&name, names()))
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRecorderS3 {
-    /// Writes Parquet objects (S3_WRITE_ENABLED).
-    pub enabled: Option<bool>,
-    /// Bucket (S3_BUCKET); when unset, objects go to the local directory `dir`.
-    pub bucket: Option<String>,
-    /// Region of the bucket (S3_REGION); overrides `[s3] region`.
-    pub region: Option<String>,
-    /// Local directory used when no bucket is set.
-    pub dir: Option<String>,
-    /// Key prefix above the `tick/` and `orderbook/` trees.
-    pub prefix: Option<String>,
-    /// Records per object before it is written (S3_BATCH_SIZE).
-    pub batch_size: Option<u32>,
-    /// Age at which a partial batch is written (S3_BATCH_TIMEOUT_SEC), e.g. "1h".
-    pub batch_timeout: Option<String>,
-    /// Upload lanes; partitions are spread over them.
-    pub writers: Option<u32>,
-    /// Rows per Parquet row group; bounds the writer's memory.
-    pub row_group_size: Option<u32>,
-}
+/// A section typed by its pipeline's registration.
+struct SectionSeed(Section);
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeartbeat {
-    /// Time between beats, e.g. "1s".
-    pub interval: Option<String>,
-    /// Topic the beats go through.
-    pub topic: Option<String>,
-    /// Consumer group reading the beats back.
-    pub group: Option<String>,
-    /// An optional scheduled entry `beat`: each run publishes one extra beat marked
-    /// `"scheduled": true`. Absent by default.
-    pub schedule: Option<super::schedule::RawSchedule>,
-    /// How long a scheduled run lasts after its beat was delivered, e.g. "5s"; default "0s".
-    /// Lets an operator watch an active run and the no-overlap rule.
-    pub schedule_hold: Option<String>,
-    /// Supervision overrides for this pipeline and its paths.
-    #[serde(default)]
-    pub supervision: RawSupervision,
+impl<'de> DeserializeSeed<'de> for SectionSeed {
+    type Value = RawSection;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        parse_section(&self.0, value)
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use actord_actors::scheduler::SchedulerHandle;
 use actord_actors::{ChildSpec, Registry};
 
-use crate::config::{Config, EnvKey, Unit};
+use crate::config::{Config, EnvKey, Section, Unit};
 use crate::sources::kafka::KafkaConnection;
 
 /// A health component of a pipeline: `/health` prints `<pipeline>.<component>: healthy`.
@@ -107,6 +107,12 @@ pub struct PipelineDef {
     pub env_scan: Option<EnvScan>,
     /// Where the seeds' `--topic` and `--group-id` flags land in its section, if it reads Kafka.
     pub kafka_keys: Option<KafkaKeys>,
+    /// Gives the recorder the help text of its own metrics (its `names.rs`), so they show on
+    /// `/metrics` from the start.
+    pub describe_metrics: fn(),
+    /// Its `[pipelines.<name>]` table: how it is typed, its supervision overrides, its
+    /// validation (`Section::of::<ItsConfig>()`).
+    pub section: Section,
     /// Topics it uses (with their dead-letter topics), created when the broker is embedded.
     pub topics: fn(&Config) -> Vec<TopicSpec>,
     pub build: fn(&Config, &Resources) -> anyhow::Result<Pipeline>,
@@ -158,12 +164,17 @@ pub fn demo_subtree(
 /// Finds variables whose names carry data: (key under the pipeline, unit, variable name).
 pub type EnvScan = fn(&BTreeMap<String, String>) -> Vec<(String, Unit, String)>;
 
+/// Every pipeline the binary can run, in the order their sections are validated. A new
+/// pipeline is its folder plus one entry here.
 pub const PIPELINES: &[PipelineDef] = &[
     heartbeat::DEF,
     recorder::DEF,
     ftp_sync::DEF,
     adaptive_card::DEF,
 ];
+
+/// What runs when neither `--enable` nor `runtime.enable` names anything.
+pub const DEFAULT_ENABLED: &[&str] = &["heartbeat"];
 
 pub fn find(name: &str) -> Option<&'static PipelineDef> {
     PIPELINES.iter().find(|p| p.name == name)
@@ -172,3 +183,13 @@ pub fn find(name: &str) -> Option<&'static PipelineDef> {
 pub fn names() -> Vec<&'static str> {
     PIPELINES.iter().map(|p| p.name).collect()
 }
+
+/// Describes every registered pipeline's metrics, enabled or not.
+pub fn describe_metrics() {
+    for def in PIPELINES {
+        (def.describe_metrics)();
+    }
+}
+
+#[cfg(test)]
+mod config_tests;

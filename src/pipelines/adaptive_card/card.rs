@@ -24,6 +24,7 @@ use tokio_postgres::Transaction;
 use tracing::warn;
 
 use super::csv::Table;
+use super::names;
 use super::t2a::DATASETS;
 use super::AdaptiveCardConfig;
 use crate::sinks::postgres::check::{col, Column, INT8, JSONB, TEXT};
@@ -31,7 +32,6 @@ use crate::sinks::postgres::{
     classify, ident, Classifier, Database, DbSettings as PgSettings, PostgresSink, Setup,
     Table as PgTable, Writes,
 };
-use crate::telemetry::names;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserJob {

@@ -8,6 +8,7 @@
 
 mod card;
 mod csv;
+pub mod names;
 pub mod reset;
 mod run;
 mod sales_org;
@@ -25,9 +26,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
-use crate::config::raw::RawSupervision;
 use crate::config::schedule::{self, RawSchedule, ScheduleSettings};
-use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::config::{Check, Config, EnvKey, PipelineConfig, RawSupervision, Secret, Section, Unit};
 use crate::sinks::objects::store::{self, Location};
 use crate::sources::redis::path::RedisPath;
 use crate::sources::redis::{consumer_name, RedisConnection, StreamSettings};
@@ -57,6 +57,8 @@ pub const DEF: PipelineDef = PipelineDef {
     ],
     env_scan: None,
     kafka_keys: None,
+    describe_metrics: names::describe,
+    section: Section::of::<AdaptiveCardConfig>(),
     topics: no_topics,
     build,
 };
@@ -214,6 +216,18 @@ fn table_name(check: &mut Check<'_>, key: &str, raw: Option<&str>, default: &str
         check.problem(key, "expected a table name of letters, digits, `_` and `.`");
     }
     name
+}
+
+impl PipelineConfig for AdaptiveCardConfig {
+    type Raw = RawAdaptiveCard;
+
+    fn supervision(raw: &RawAdaptiveCard) -> &RawSupervision {
+        &raw.supervision
+    }
+
+    fn validate(raw: &RawAdaptiveCard, check: &mut Check<'_>) -> Self {
+        AdaptiveCardConfig::validate(raw, check)
+    }
 }
 
 impl AdaptiveCardConfig {
@@ -398,7 +412,7 @@ const ONE_JOB: BufferLimits = BufferLimits {
 
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let root = ActorPath::root().child(DEF.name);
-    let ac = Arc::new(config.pipelines.adaptive_card.clone());
+    let ac = Arc::new(config.pipelines.get::<AdaptiveCardConfig>().clone());
     let sup = &config.supervision;
     let store = store::open(&ac.output, &config.s3)
         .map_err(|e| anyhow::anyhow!("pipelines.adaptive-card.output: {e}"))?;

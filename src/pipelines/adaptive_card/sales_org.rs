@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::csv::Table;
+use super::names;
 use super::t2a::{FetchError, T2a, DATASETS};
 use super::AdaptiveCardConfig;
-use crate::telemetry::names;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SalesOrgJob {

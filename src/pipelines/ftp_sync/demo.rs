@@ -8,7 +8,7 @@ use actord_actors::{ActorPath, ChildSpec, Probe};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
-use super::{DEMO_DESTINATION, DEMO_SOURCE};
+use super::{FtpSyncConfig, DEMO_DESTINATION, DEMO_SOURCE};
 use crate::config::Config;
 use crate::pipelines::Resources;
 use crate::sources::kafka::producer::{Publication, PublisherMsg, PublisherSlot};
@@ -16,7 +16,7 @@ use crate::sources::kafka::producer::{Publication, PublisherMsg, PublisherSlot};
 pub fn child(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
-    let c = config.pipelines.ftp_sync.clone();
+    let c = config.pipelines.get::<FtpSyncConfig>().clone();
     let dir: PathBuf = c.servers[DEMO_SOURCE]
         .root
         .clone()

@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::job::Job;
+use super::names;
 use super::transfer::{run, Outcome, Server, Transfers};
 use crate::sinks::files::TransferError;
-use crate::telemetry::names;
 
 /// How often a misconfigured server is probed: a configuration changes by hand, not by itself.
 const MISCONFIGURED_PROBE: Duration = Duration::from_secs(30);
@@ -136,7 +136,7 @@ fn dead_letter(dlq: &Option<ActorRef<DlqMsg>>, probe: &Probe, letter: DeadLetter
         }
         None => {
             letter.acker.ack(vec![letter.source.origin]);
-            metrics::counter!(names::RECORDS_SKIPPED_TOTAL, "path" => probe.path().to_string())
+            metrics::counter!(crate::telemetry::names::RECORDS_SKIPPED_TOTAL, "path" => probe.path().to_string())
                 .increment(1);
         }
     }

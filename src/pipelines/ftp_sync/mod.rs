@@ -8,9 +8,11 @@
 //! `/ftp-sync/demo` (with `demo = true`) writes files into a local source directory and
 //! publishes jobs moving them to a local destination directory.
 
+mod config;
 mod demo;
 pub mod dispatcher;
 pub mod job;
+pub mod names;
 pub mod transfer;
 
 use std::collections::BTreeMap;
@@ -23,8 +25,7 @@ use actord_actors::{ActorPath, Backoff, ChildSpec, Strategy};
 use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
-use crate::config::raw::RawFtpSync;
-use crate::config::{Check, Config, EnvKey, Secret, Unit};
+use crate::config::{Check, Config, EnvKey, Secret, Section, Unit};
 use crate::sinks::files::ftp::{FtpSettings, FtpTransport};
 use crate::sinks::files::local::LocalTransport;
 use crate::sinks::files::s3::S3Transport;
@@ -36,6 +37,8 @@ use crate::sources::kafka::{SourceSettings, StartFrom};
 use dispatcher::{Dispatcher, DispatcherArgs};
 use job::{Job, Roots};
 use transfer::{Server, Settings, Transfers, Verify};
+
+pub use config::*;
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "ftp-sync",
@@ -58,6 +61,8 @@ pub const DEF: PipelineDef = PipelineDef {
         topic: ("topics", Unit::List),
         group: "group",
     }),
+    describe_metrics: names::describe,
+    section: Section::of::<FtpSyncConfig>(),
     topics,
     build,
 };
@@ -421,7 +426,7 @@ impl FtpSyncConfig {
 }
 
 fn topics(config: &Config) -> Vec<TopicSpec> {
-    let c = &config.pipelines.ftp_sync;
+    let c = &config.pipelines.get::<FtpSyncConfig>();
     c.topics
         .iter()
         .flat_map(|t| {
@@ -506,7 +511,7 @@ pub fn dispatch_writer(transfers: Arc<Transfers>) -> SpawnWriter<Job> {
 }
 
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
-    let c = config.pipelines.ftp_sync.clone();
+    let c = config.pipelines.get::<FtpSyncConfig>().clone();
     let root = ActorPath::root().child(DEF.name);
     let sup = &config.supervision;
     let mut servers = BTreeMap::new();

@@ -20,8 +20,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{error, info, warn};
 
 use super::job::Job;
+use super::names;
 use crate::sinks::files::{Staged, Staging, TransferError, Transport};
-use crate::telemetry::names;
 
 /// Verification after the bytes moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

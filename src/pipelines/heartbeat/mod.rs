@@ -4,6 +4,8 @@
 //! the embedded broker, and serves as a smoke test of the runtime. With a `schedule` section it
 //! also runs a scheduled entry (`/heartbeat/scheduler`) that publishes a marked beat per run.
 
+mod config;
+pub mod names;
 mod scheduled;
 mod sink;
 mod ticker;
@@ -21,15 +23,16 @@ use ractor::Actor;
 use serde::Deserialize;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
-use crate::config::raw::RawHeartbeat;
 use crate::config::schedule::{self, ScheduleSettings};
-use crate::config::{Check, Config, EnvKey, Unit};
+use crate::config::{Check, Config, EnvKey, Section, Unit};
 use crate::leases::LeaseKind;
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::SourceSettings;
 use sink::BeatSink;
 use ticker::{Ticker, TickerArgs};
+
+pub use config::*;
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "heartbeat",
@@ -45,6 +48,8 @@ pub const DEF: PipelineDef = PipelineDef {
         topic: ("topic", Unit::Str),
         group: "group",
     }),
+    describe_metrics: names::describe,
+    section: Section::of::<HeartbeatConfig>(),
     topics,
     build,
 };
@@ -122,7 +127,7 @@ fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
 }
 
 fn topics(config: &Config) -> Vec<TopicSpec> {
-    let topic = &config.pipelines.heartbeat.topic;
+    let topic = &config.pipelines.get::<HeartbeatConfig>().topic;
     vec![
         TopicSpec {
             name: topic.clone(),
@@ -137,7 +142,7 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
 
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let root = ActorPath::root().child(DEF.name);
-    let hb = config.pipelines.heartbeat.clone();
+    let hb = config.pipelines.get::<HeartbeatConfig>().clone();
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
     let scheduler = match &hb.schedule {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use actord_actors::record::Envelope;
 use actord_actors::sink::{Sink, SinkError, SinkFactory};
 
+use super::names;
 use super::Beat;
-use crate::telemetry::names;
 
 pub struct BeatSink;
 

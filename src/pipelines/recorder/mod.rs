@@ -5,8 +5,10 @@
 //! (`<group>-timescale`) and owns the dead-letter topics; `/recorder/aggregates` refreshes the
 //! plain-PostgreSQL views; `/recorder/demo` (with `demo = true`) publishes synthetic data.
 
+mod config;
 mod generator;
 pub mod model;
+pub mod names;
 mod refresher;
 pub mod timescale;
 
@@ -20,19 +22,19 @@ use actord_actors::{ActorPath, ChildSpec, Strategy};
 use ractor::Actor;
 
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
-use crate::config::raw::{RawRecorder, RawRecorderS3};
-use crate::config::{Check, Config, ConfigError, EnvKey, Problem, Secret, Unit};
+use crate::config::{Check, Config, ConfigError, EnvKey, Problem, Secret, Section, Unit};
 use crate::sinks::objects::sink::{Objects, ParquetSink};
 use crate::sinks::objects::store::{self, Location};
 use crate::sinks::postgres::{BreakerSettings, Classifier, Database, DbSettings, PostgresSink};
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
 use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
-use crate::telemetry::names;
 use generator::{Generator, GeneratorArgs};
 use model::Market;
 use refresher::{Refresher, RefresherArgs};
 use timescale::{MarketCopy, RecorderTables};
+
+pub use config::*;
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "recorder",
@@ -63,6 +65,8 @@ pub const DEF: PipelineDef = PipelineDef {
         topic: ("topics", Unit::List),
         group: "group",
     }),
+    describe_metrics: names::describe,
+    section: Section::of::<RecorderConfig>(),
     topics,
     build,
 };
@@ -277,7 +281,7 @@ impl RecorderConfig {
 }
 
 /// The rejection breaker's window and share.
-fn rejection(t: &crate::config::raw::RawTimescale, check: &mut Check<'_>) -> BreakerSettings {
+fn rejection(t: &RawTimescale, check: &mut Check<'_>) -> BreakerSettings {
     let default = BreakerSettings::default();
     let window = match t.rejection_window {
         Some(0) => {
@@ -321,7 +325,7 @@ fn decode(r: &SourceRecord) -> Result<Market, Poison> {
 fn topics(config: &Config) -> Vec<TopicSpec> {
     config
         .pipelines
-        .recorder
+        .get::<RecorderConfig>()
         .topics
         .iter()
         .flat_map(|t| {
@@ -340,7 +344,7 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
 }
 
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
-    let rc = config.pipelines.recorder.clone();
+    let rc = config.pipelines.get::<RecorderConfig>().clone();
     let root = ActorPath::root().child(DEF.name);
     let sup = &config.supervision;
     let mut children = Vec::new();
@@ -480,7 +484,7 @@ fn s3_path(
     config: &Config,
     resources: &Resources,
 ) -> anyhow::Result<(ChildSpec, Arc<Objects>)> {
-    let rc = &config.pipelines.recorder;
+    let rc = config.pipelines.get::<RecorderConfig>();
     let target = store::open_target(&rc.s3.location, &config.s3)
         .map_err(|e| anyhow::anyhow!("pipelines.recorder.s3: {e}"))?;
     let replay_since = resources.kafka.embedded.then(chrono::Utc::now);
@@ -518,7 +522,7 @@ fn s3_path(
 fn demo(root: &ActorPath, config: &Config, resources: &Resources) -> ChildSpec {
     let slot = PublisherSlot::default();
     let publisher = slot.child(resources.kafka.clone());
-    let rc = config.pipelines.recorder.clone();
+    let rc = config.pipelines.get::<RecorderConfig>().clone();
     let generator = ChildSpec::worker("generator", move |ctx| {
         let publisher = slot.get();
         let topics = rc.topics.clone();

@@ -1,10 +1,20 @@
+//! Loading `supervision.toml` with the registered pipelines: their sections, environment
+//! variables and validation, and every problem named with its origin and key.
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use actord_actors::{ActorPath, Restart, Strategy};
 
-use super::*;
+use toml::Table;
+
+use super::ftp_sync::FtpSyncConfig;
+use super::heartbeat::HeartbeatConfig;
+use super::recorder::RecorderConfig;
+use super::PipelineDef;
+use crate::config::env;
+use crate::config::*;
 
 fn file(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -32,15 +42,18 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     let f = file(EMBEDDED);
     let c = load(&sources(&f, &[])).unwrap();
     assert_eq!(c.runtime.enabled, vec!["heartbeat", "recorder", "ftp-sync"]);
-    assert!(c.pipelines.ftp_sync.demo);
-    assert!(c.pipelines.recorder.s3.enabled);
+    assert!(c.pipelines.get::<FtpSyncConfig>().demo);
+    assert!(c.pipelines.get::<RecorderConfig>().s3.enabled);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
-    assert!(c.pipelines.recorder.demo);
-    assert_eq!(c.pipelines.recorder.db.schema, "public");
+    assert!(c.pipelines.get::<RecorderConfig>().demo);
+    assert_eq!(c.pipelines.get::<RecorderConfig>().db.schema, "public");
     assert_eq!(c.kafka.brokers, Brokers::Embedded);
     assert!(c.admin.token.is_none());
     assert!(!c.admin.fault_injection);
-    assert_eq!(c.pipelines.heartbeat.interval, Duration::from_secs(1));
+    assert_eq!(
+        c.pipelines.get::<HeartbeatConfig>().interval,
+        Duration::from_secs(1)
+    );
 }
 
 #[test]
@@ -66,7 +79,10 @@ fn precedence_is_flags_then_environment_then_file() {
     let c = load(&s).unwrap();
     assert_eq!(c.kafka.brokers, Brokers::List("a:9092,b:9092".into()));
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:2000");
-    assert_eq!(c.pipelines.heartbeat.interval, Duration::from_millis(250));
+    assert_eq!(
+        c.pipelines.get::<HeartbeatConfig>().interval,
+        Duration::from_millis(250)
+    );
     s.admin = Some("127.0.0.1:3000".into());
     assert_eq!(load(&s).unwrap().admin.listen.to_string(), "127.0.0.1:3000");
 }
@@ -224,6 +240,8 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         env: KEYS,
         env_scan: None,
         kafka_keys: None,
+        describe_metrics: || {},
+        section: Section::of::<HeartbeatConfig>(),
         topics: no_topics,
         build: no_build,
     };
@@ -233,6 +251,8 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
         env: KEYS,
         env_scan: None,
         kafka_keys: None,
+        describe_metrics: || {},
+        section: Section::of::<HeartbeatConfig>(),
         topics: no_topics,
         build: no_build,
     };
@@ -332,7 +352,7 @@ fn the_recorder_seed_variables_override_its_settings() {
         ],
     ))
     .unwrap();
-    let r = &c.pipelines.recorder;
+    let r = &c.pipelines.get::<RecorderConfig>();
     assert_eq!(r.topics, vec!["ticks.a", "books.orderbook"]);
     assert_eq!(r.group, "rec-group");
     assert_eq!(
@@ -369,7 +389,7 @@ fn the_s3_seed_and_aws_variables_override_their_settings() {
         ],
     ))
     .unwrap();
-    let s3 = &c.pipelines.recorder.s3;
+    let s3 = &c.pipelines.get::<RecorderConfig>().s3;
     assert!(s3.enabled);
     assert_eq!(
         s3.location,
@@ -387,7 +407,7 @@ fn the_s3_seed_and_aws_variables_override_their_settings() {
     assert_eq!(c.s3.access_key_id.as_deref(), Some("key"));
     assert!(!format!("{c:?}").contains("very-secret"));
     let off = load(&sources(&f, &[("S3_WRITE_ENABLED", "false")])).unwrap();
-    assert!(!off.pipelines.recorder.s3.enabled);
+    assert!(!off.pipelines.get::<RecorderConfig>().s3.enabled);
     let p = problems(load(&sources(
         &f,
         &[
@@ -419,7 +439,7 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
         ],
     ))
     .unwrap();
-    let fs = &c.pipelines.ftp_sync;
+    let fs = &c.pipelines.get::<FtpSyncConfig>();
     assert_eq!(fs.topics, vec!["mem-dft-img", "fdry-dft-img"]);
     assert_eq!(fs.group, "etl-worker-group");
     assert_eq!(fs.dlq_suffix, ".dead");
@@ -441,7 +461,7 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
     assert_eq!(p[0].key, "pipelines.ftp-sync.servers.BAD_SERVER.host");
     // A lone `_TYPE` variable is not a server.
     let lone = load(&sources(&f, &[("MIME_TYPE", "file")])).unwrap();
-    assert!(lone.pipelines.ftp_sync.servers.is_empty());
+    assert!(lone.pipelines.get::<FtpSyncConfig>().servers.is_empty());
     // An SFTP server's host key must be pinned, or explicitly not checked.
     let p = problems(load(&sources(
         &f,
@@ -458,7 +478,7 @@ fn ftp_sync_servers_come_from_the_seed_registry_variables() {
         ],
     ))
     .unwrap();
-    let b = &ok.pipelines.ftp_sync.servers["BOX"];
+    let b = &ok.pipelines.get::<FtpSyncConfig>().servers["BOX"];
     assert_eq!(
         (b.port, b.key_file.as_deref()),
         (22, Some("/keys/id_ed25519"))
@@ -493,14 +513,14 @@ fn the_recorder_seed_environment_runs_beside_ftp_sync() {
     let mut s = sources(&f, RECORDER_SEED_ENV);
     s.enable = Some(vec!["recorder".into(), "ftp-sync".into()]);
     let c = load(&s).expect("the recorder seed's variables are not ambiguous with ftp-sync");
-    let r = &c.pipelines.recorder;
+    let r = &c.pipelines.get::<RecorderConfig>();
     assert_eq!(r.group, "data-recorder-group");
     assert_eq!(r.topics, vec!["market.tick", "market.orderbook"]);
     assert_eq!(
         r.db.schema, "public",
         "the seed's queries read unqualified tables"
     );
-    let fs = &c.pipelines.ftp_sync;
+    let fs = &c.pipelines.get::<FtpSyncConfig>();
     assert_eq!(
         fs.group, "etl-worker-group",
         "KAFKA_GROUP_ID is the recorder's"
@@ -511,21 +531,31 @@ fn the_recorder_seed_environment_runs_beside_ftp_sync() {
     env.push(("ACTORD_FTP_SYNC_KAFKA_GROUP_ID", "etl-worker-1"));
     let mut s = sources(&f, &env);
     s.enable = Some(vec!["recorder".into(), "ftp-sync".into()]);
-    assert_eq!(load(&s).unwrap().pipelines.ftp_sync.group, "etl-worker-1");
+    assert_eq!(
+        load(&s).unwrap().pipelines.get::<FtpSyncConfig>().group,
+        "etl-worker-1"
+    );
 }
 
 #[test]
 fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
     let f = file(EMBEDDED);
     let embedded = load(&sources(&f, &[])).unwrap();
-    assert!(embedded.pipelines.recorder.demo && embedded.pipelines.ftp_sync.demo);
+    assert!(
+        embedded.pipelines.get::<RecorderConfig>().demo
+            && embedded.pipelines.get::<FtpSyncConfig>().demo
+    );
     assert!(embedded.runtime.demos_off.is_empty());
 
     let real = load(&sources(&f, RECORDER_SEED_ENV)).unwrap();
-    assert!(!real.pipelines.recorder.demo);
-    assert!(!real.pipelines.ftp_sync.demo);
+    assert!(!real.pipelines.get::<RecorderConfig>().demo);
+    assert!(!real.pipelines.get::<FtpSyncConfig>().demo);
     assert!(
-        !real.pipelines.ftp_sync.servers.contains_key("DEMO_SRC"),
+        !real
+            .pipelines
+            .get::<FtpSyncConfig>()
+            .servers
+            .contains_key("DEMO_SRC"),
         "no demo servers either: a real job cannot name them"
     );
     assert_eq!(real.runtime.demos_off, vec!["recorder", "ftp-sync"]);
@@ -533,7 +563,9 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
     let mut s = sources(&f, RECORDER_SEED_ENV);
     s.demo_into_cluster = true;
     let asked = load(&s).unwrap();
-    assert!(asked.pipelines.recorder.demo && asked.pipelines.ftp_sync.demo);
+    assert!(
+        asked.pipelines.get::<RecorderConfig>().demo && asked.pipelines.get::<FtpSyncConfig>().demo
+    );
     assert!(asked.runtime.demos_off.is_empty() && asked.runtime.demo_into_cluster);
 }
 
@@ -574,8 +606,11 @@ fn the_seeds_container_flags_set_the_one_kafka_pipeline() {
     s.group_id = Some("etl-worker-1".into());
     s.bootstrap_servers = Some("kafka-1.internal:9092".into());
     let c = load(&s).unwrap();
-    assert_eq!(c.pipelines.ftp_sync.topics, vec!["mem-dft-img"]);
-    assert_eq!(c.pipelines.ftp_sync.group, "etl-worker-1");
+    assert_eq!(
+        c.pipelines.get::<FtpSyncConfig>().topics,
+        vec!["mem-dft-img"]
+    );
+    assert_eq!(c.pipelines.get::<FtpSyncConfig>().group, "etl-worker-1");
     assert_eq!(
         c.kafka.brokers,
         Brokers::List("kafka-1.internal:9092".into())
@@ -607,11 +642,11 @@ fn ftp_sync_start_position_for_a_group_without_offsets() {
         load(&sources(&f, &[]))
             .unwrap()
             .pipelines
-            .ftp_sync
+            .get::<FtpSyncConfig>()
             .start_earliest
     );
     let c = load(&sources(&f, &[("ACTORD_FTP_SYNC_START_FROM", "latest")])).unwrap();
-    assert!(!c.pipelines.ftp_sync.start_earliest);
+    assert!(!c.pipelines.get::<FtpSyncConfig>().start_earliest);
     let p = problems(load(&sources(
         &f,
         &[("ACTORD_FTP_SYNC_START_FROM", "middle")],
