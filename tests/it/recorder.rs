@@ -370,11 +370,18 @@ async fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_sink() {
         get(&p.base, "/health").await.0 == 200
     })
     .await;
+    // One tick written first: the path has its partitions and their start offsets, so the
+    // outage below holds a writer's batch rather than the consumer's assignment.
+    produce(&bootstrap, "market.tick", vec![tick(0, BASE)]).await;
+    until(Duration::from_secs(30), "the first tick in the table", || async {
+        count(&schema, "tick_data").await == 1
+    })
+    .await;
     proxy.down();
     produce(
         &bootstrap,
         "market.tick",
-        (0..50).map(|i| tick(i, BASE)).collect(),
+        (1..51).map(|i| tick(i, BASE)).collect(),
     )
     .await;
     until(Duration::from_secs(30), "the outage on /health", || async {
