@@ -169,10 +169,18 @@ async fn every_dashboard_query_and_every_series_an_alert_reads_returns_data_in_p
 
     // The shipped configuration, plus a scheduled heartbeat entry so the scheduler's series
     // (read by an alert) exist too.
-    let toml = format!(
-        "{}\n[pipelines.heartbeat.schedule]\nevery = \"1h\"\n",
-        include_str!("../../supervision.toml")
-    );
+    // The recorder writes into a schema and under a group of its own: another test runs the
+    // shipped configuration at the same time, and two embedded brokers' offsets must not meet
+    // in one offsets table.
+    let schema = crate::recorder::fresh_schema();
+    let shipped = include_str!("../../supervision.toml")
+        .replace("schema = \"public\"", &format!("schema = \"{schema}\""))
+        .replace(
+            "group = \"data-recorder-group\"",
+            &format!("group = \"{schema}\""),
+        );
+    assert!(shipped.contains(&schema));
+    let toml = format!("{shipped}\n[pipelines.heartbeat.schedule]\nevery = \"1h\"\n");
     let p = Process::start(&toml, &["--enable", "heartbeat,recorder,ftp-sync"], &[]);
     wait_ready(&p.base).await;
     let target = p.base.trim_start_matches("http://").to_owned();
@@ -246,6 +254,8 @@ async fn every_dashboard_query_and_every_series_an_alert_reads_returns_data_in_p
         firing.is_empty(),
         "alerts on a healthy instance: {firing:?}"
     );
+    drop(p);
+    crate::recorder::drop_schema(&schema).await;
 }
 
 #[tokio::test]

@@ -373,9 +373,11 @@ async fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_sink() {
     // One tick written first: the path has its partitions and their start offsets, so the
     // outage below holds a writer's batch rather than the consumer's assignment.
     produce(&bootstrap, "market.tick", vec![tick(0, BASE)]).await;
-    until(Duration::from_secs(30), "the first tick in the table", || async {
-        count(&schema, "tick_data").await == 1
-    })
+    until(
+        Duration::from_secs(30),
+        "the first tick in the table",
+        || async { count(&schema, "tick_data").await == 1 },
+    )
     .await;
     proxy.down();
     produce(
