@@ -250,6 +250,12 @@ impl Objects {
                 slot.insert(owner);
             }
         }
+        // Nothing is removed unless this writer still owns every partition of the batch: a
+        // writer that lost one must not delete what a newer owner relies on.
+        for g in &groups {
+            self.still_owner(g, owners[&(g.kind, g.partition)].generation, fence)
+                .await?;
+        }
         self.remove_stale(&mut groups, &owners).await?;
         for group in groups.iter().filter(|g| !g.records.is_empty()) {
             let generation = owners[&(group.kind, group.partition)].generation;
