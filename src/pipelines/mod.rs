@@ -1,6 +1,7 @@
 //! The pipelines actord can run, each a supervised subtree under the root.
 
 pub mod adaptive_card;
+pub mod backfill;
 pub mod ftp_sync;
 pub mod heartbeat;
 pub mod recorder;
