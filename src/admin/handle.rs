@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actord_actors::scheduler::SchedulerHandle;
+use actord_actors::scheduler::{Outcome, SchedulerHandle, SkipReason};
 use actord_actors::{ActorPath, Registry, Status, SupervisorMsg, Supervisors};
 use ractor::ActorRef;
 
@@ -42,8 +42,37 @@ impl Handle {
     /// The actors of an enabled pipeline that keep it from being up, its supervisor included,
     /// with why: failed, backing off, starting, stopping, or running but unhealthy. Empty when
     /// the pipeline is up.
+    ///
+    /// A scheduled pipeline is judged between its runs by how the last one ended: a failed run,
+    /// or a due time skipped because the lease store did not answer, keeps it from being up
+    /// until a later run of that entry succeeds.
     pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, String)> {
-        self.registry.not_up(&ActorPath::root().child(name))
+        let mut not_up = self.registry.not_up(&ActorPath::root().child(name));
+        if let Some(schedules) = self.schedules.get(name) {
+            let path = ActorPath::root().child(name).child("scheduler");
+            for entry in schedules.snapshot().entries {
+                let why = match &entry.last_outcome {
+                    Some(Outcome::Failed { run_id, error }) => {
+                        format!("last run of {} (run {run_id}) failed: {error}", entry.name)
+                    }
+                    Some(Outcome::Skipped {
+                        reason: SkipReason::LeaseUnavailable,
+                        detail,
+                        ..
+                    }) => format!(
+                        "last due time of {} skipped: lease unavailable{}",
+                        entry.name,
+                        detail
+                            .as_deref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                    _ => continue,
+                };
+                not_up.push((path.clone(), why));
+            }
+        }
+        not_up
     }
 
     /// Whether a pipeline's supervisor and every actor below it run (or were stopped on

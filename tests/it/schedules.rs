@@ -285,3 +285,68 @@ async fn two_processes_sharing_a_redis_lease_run_each_due_minute_once() {
         .await
         .unwrap();
 }
+
+/// Between runs a scheduled pipeline is judged by its last run: a due time skipped because the
+/// lease store did not answer makes it not ready (with the reason on `/ready` and
+/// `actord_pipeline_up` at 0) until a later run succeeds.
+#[tokio::test]
+async fn a_scheduled_pipeline_whose_last_run_could_not_run_is_not_ready() {
+    let port = crate::support::free_port();
+    let namespace = unique("it").replace('-', "_");
+    let toml = heartbeat(
+        "0s",
+        &format!(
+            "every = \"2s\"\nlease = \"redis\"\nlease_url = \"redis://127.0.0.1:{port}\"\n\
+             lease_namespace = \"{namespace}\"\nlease_ttl = \"10s\""
+        ),
+    );
+    let process = Process::start(&toml, &[], &[]);
+    let base = process.base.clone();
+    let up = |metrics: &str| sample(metrics, "actord_pipeline_up", &["pipeline=\"heartbeat\""]);
+
+    until(Duration::from_secs(30), "the admin port", || async {
+        reqwest::get(format!("{base}/live")).await.is_ok()
+    })
+    .await;
+    // The lease store is down: every due time is skipped, it cannot take its lease.
+    until(Duration::from_secs(30), "the skipped run", || async {
+        beat_entry(&base).await["last_outcome"]["reason"] == "lease_unavailable"
+    })
+    .await;
+    let (status, body) = get(&base, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("/heartbeat/scheduler last due time of beat skipped: lease unavailable"),
+        "{body}"
+    );
+    assert_eq!(up(&get(&base, "/metrics").await.1), Some(0.0));
+
+    // The store comes back; the next run succeeds and the pipeline is up again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    until(Duration::from_secs(10), "the lease store", || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    until(Duration::from_secs(30), "a successful run", || async {
+        beat_entry(&base).await["last_outcome"]["outcome"] == "succeeded"
+    })
+    .await;
+    let (status, body) = get(&base, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(up(&get(&base, "/metrics").await.1), Some(1.0));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
