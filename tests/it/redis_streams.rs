@@ -129,6 +129,7 @@ pub struct Options {
     pub lanes: usize,
     pub claim_idle: Duration,
     pub max_deliveries: u32,
+    pub lease_name: bool,
 }
 
 impl Options {
@@ -142,6 +143,7 @@ impl Options {
             lanes: 2,
             claim_idle: Duration::from_secs(30),
             max_deliveries: 3,
+            lease_name: false,
         }
     }
 }
@@ -163,6 +165,7 @@ impl TestPath {
         source.claim_idle = o.claim_idle;
         source.claim_interval = Duration::from_millis(200);
         source.max_deliveries = o.max_deliveries;
+        source.lease_name = o.lease_name;
         source.monitor_interval = Duration::from_millis(200);
         source.reconnect = Backoff {
             initial: Duration::from_millis(50),
@@ -690,4 +693,290 @@ async fn a_restarted_consumer_takes_up_its_own_pending_entries_without_counting_
     .await;
     b.stop().await;
     hung.set_mode(SinkMode::Accept);
+}
+
+/// Ids of a stream's entries, oldest first.
+async fn ids(c: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(c)
+        .await
+        .unwrap();
+    reply.ids.into_iter().map(|e| e.id).collect()
+}
+
+#[tokio::test]
+async fn trimming_never_drops_a_pending_or_undelivered_entry() {
+    use actord::sources::redis::trim::trim_consumed;
+    let stream = unique("trim");
+    let mut c = conn(LOCAL).await;
+    add_jobs(&mut c, &stream, 0..10).await;
+    let all = ids(&mut c, &stream).await;
+    for g in ["g1", "g2"] {
+        let () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(g)
+            .arg("0")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Nothing was delivered to g2 yet: nothing may go.
+    assert_eq!(trim_consumed(&mut c, &stream).await.unwrap(), 0);
+
+    // g1 read entries 0..6 and acknowledged 0, 1 and 3: 2, 4 and 5 are pending, 6..10 waiting.
+    // g2 read and acknowledged 0..8.
+    let read = |g: &'static str, n: usize| {
+        let stream = stream.clone();
+        async move {
+            let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(g)
+                .arg("c")
+                .arg("COUNT")
+                .arg(n)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(&mut conn(LOCAL).await)
+                .await
+                .unwrap();
+        }
+    };
+    let ack = |g: &'static str, which: Vec<usize>| {
+        let (stream, all) = (stream.clone(), all.clone());
+        async move {
+            let ids: Vec<&String> = which.iter().map(|i| &all[*i]).collect();
+            let _: u64 = redis::cmd("XACK")
+                .arg(&stream)
+                .arg(g)
+                .arg(ids)
+                .query_async(&mut conn(LOCAL).await)
+                .await
+                .unwrap();
+        }
+    };
+    read("g1", 6).await;
+    ack("g1", vec![0, 1, 3]).await;
+    read("g2", 8).await;
+    ack("g2", (0..8).collect()).await;
+    // The floor is g1's oldest pending entry, 2.
+    assert_eq!(trim_consumed(&mut c, &stream).await.unwrap(), 2);
+    assert_eq!(ids(&mut c, &stream).await, all[2..].to_vec());
+
+    // g1 acknowledges its pending entries: its floor becomes the entry after its last
+    // delivered one (6), below g2's (8).
+    ack("g1", vec![2, 4, 5]).await;
+    assert_eq!(trim_consumed(&mut c, &stream).await.unwrap(), 4);
+    assert_eq!(ids(&mut c, &stream).await, all[6..].to_vec());
+    let pend = pending(&mut c, &stream, "g1").await;
+    assert!(pend.is_empty(), "{pend:?}");
+
+    // Both read everything and g2 acknowledges all but the last: that one stays.
+    read("g1", 10).await;
+    ack("g1", (6..10).collect()).await;
+    read("g2", 10).await;
+    ack("g2", vec![8]).await;
+    assert_eq!(trim_consumed(&mut c, &stream).await.unwrap(), 3);
+    assert_eq!(ids(&mut c, &stream).await, all[9..].to_vec());
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// The consumer holding a pending entry, if any.
+async fn owner(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    id: &str,
+) -> Option<String> {
+    let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query_async(c)
+        .await
+        .unwrap();
+    reply.ids.into_iter().next().map(|p| p.consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_taken_over_while_its_holder_was_cut_off_stays_with_the_new_owner() {
+    let stream = unique("taken");
+    let mut o = Options::new(&stream);
+    o.consumers = 1;
+    o.lanes = 1;
+    // Held entries are touched every 500 ms.
+    o.claim_idle = Duration::from_millis(1500);
+    let sink = accepting();
+    sink.set_mode(SinkMode::Blocked);
+    let p = TestPath::start(&o, sink).await;
+    let mut c = conn(LOCAL).await;
+    add_jobs(&mut c, &stream, 0..1).await;
+    let id = ids(&mut c, &stream).await.remove(0);
+    until(Duration::from_secs(10), "the job in work", || async {
+        owner(&mut conn(LOCAL).await, &stream, &o.group, &id).await == Some(o.consumer.clone())
+    })
+    .await;
+    // Another consumer takes the entry over, as its XAUTOCLAIM does once the holder could not
+    // reach Redis for `claim_idle`, and keeps it as a live consumer does (touching it while it
+    // is its own).
+    let () = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg(&o.group)
+        .arg("intruder")
+        .arg(0)
+        .arg(&id)
+        .arg("JUSTID")
+        .query_async::<Vec<String>>(&mut c)
+        .await
+        .map(|_| ())
+        .unwrap();
+    let keep = {
+        let (stream, group, id) = (stream.clone(), o.group.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut c = conn(LOCAL).await;
+            while owner(&mut c, &stream, &group, &id).await.as_deref() == Some("intruder") {
+                let _: Vec<String> = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(&group)
+                    .arg("intruder")
+                    .arg(0)
+                    .arg(&id)
+                    .arg("JUSTID")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // The old holder's touch finds the entry gone to another and lets it be.
+    until(
+        Duration::from_secs(10),
+        "the old holder to let go",
+        || async { p.probe("consumer-0").counter("lost") == 1 },
+    )
+    .await;
+    assert_eq!(
+        owner(&mut c, &stream, &o.group, &id).await.as_deref(),
+        Some("intruder")
+    );
+    // Its write ends, and a later job goes through the same lane: the old holder acknowledged
+    // the later job only, and the taken-over entry is still the new owner's.
+    p.sink.set_mode(SinkMode::Accept);
+    add_jobs(&mut c, &stream, 1..2).await;
+    until(
+        Duration::from_secs(10),
+        "the later job acknowledged",
+        || async { p.written().contains(&1) && p.probe("consumer-0").counter("acked") == 1 },
+    )
+    .await;
+    assert_eq!(
+        owner(&mut c, &stream, &o.group, &id).await.as_deref(),
+        Some("intruder")
+    );
+    assert!(
+        !keep.is_finished(),
+        "the new owner kept its entry throughout"
+    );
+    keep.abort();
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_given_one_worker_name_lease_names_of_their_own_and_keep_the_delivery_limit() {
+    let stream = unique("named");
+    let base = unique("worker");
+    let mut o = Options::new(&stream);
+    o.consumer = base.clone();
+    o.consumers = 1;
+    o.lease_name = true;
+    o.max_deliveries = 1;
+    let mut c = conn(LOCAL).await;
+    // A process that died holding two jobs under `<base>-0` (its lease expired long ago).
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&o.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    add_jobs(&mut c, &stream, 0..2).await;
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&o.group)
+        .arg(format!("{base}-0"))
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Two processes given the same name.
+    let o2 = Options {
+        group: o.group.clone(),
+        consumer: base.clone(),
+        consumers: 1,
+        lease_name: true,
+        max_deliveries: 1,
+        ..Options::new(&stream)
+    };
+    let (a, b) = (
+        TestPath::start(&o, accepting()).await,
+        TestPath::start(&o2, accepting()).await,
+    );
+    add_jobs(&mut c, &stream, 2..200).await;
+    until(Duration::from_secs(30), "198 jobs written", || async {
+        a.written().len() + b.written().len() >= 198
+    })
+    .await;
+    until(
+        Duration::from_secs(30),
+        "the dead process's jobs dead-lettered",
+        || async {
+            entries(&mut conn(LOCAL).await, &format!("{stream}:dlq"))
+                .await
+                .len()
+                == 2
+        },
+    )
+    .await;
+    let mut all = a.written();
+    all.extend(b.written());
+    assert_eq!(all.len(), 198, "an entry went to both");
+    assert_eq!(all.into_iter().collect::<BTreeSet<_>>(), (2..200).collect());
+    // The dead process's jobs were taken over as deliveries, so the limit held: each had been
+    // delivered once already.
+    for letter in entries(&mut c, &format!("{stream}:dlq")).await {
+        assert_eq!(letter["error_class"], "DeliveryLimit", "{letter:?}");
+    }
+    let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg(&o.group)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let names: BTreeSet<String> = consumers.consumers.into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [format!("{base}-0"), format!("{base}-1")]
+            .into_iter()
+            .collect()
+    );
+    a.stop().await;
+    b.stop().await;
 }

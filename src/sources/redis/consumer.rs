@@ -11,6 +11,14 @@
 //! - Entries another consumer holds and left idle for `claim_idle` (it died or hangs) are taken
 //!   over with XAUTOCLAIM. The consumer touches the entries it holds well before that (XCLAIM
 //!   JUSTID, which does not count a delivery), so a slow job is never taken from a live one.
+//!   The touch is a script that resets only entries the group still lists under this consumer:
+//!   an entry another consumer took over while this one could not reach Redis stays with its
+//!   new owner (it is forgotten here and acknowledged by that owner), instead of being taken
+//!   back and worked on twice from then on.
+//! - With a shared name (WORKER_NAME given to several processes), each consumer leases a name
+//!   of its own, `<name>-<n>`, so no consumer takes up another live one's entries as its own.
+//!   A name leased anew may still hold a dead process's entries: those are taken up as a
+//!   takeover (counted, under the delivery limit), not as this consumer's own.
 //! - An entry taken over after more than `max_deliveries` deliveries goes to the dead-letter
 //!   stream with its delivery count instead of being processed again.
 //! - At most `max_in_flight_records` entries are handed out and unacknowledged; at the bound
@@ -31,7 +39,8 @@ use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadReply,
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply,
+    StreamReadReply,
 };
 use redis::{RedisError, Value};
 use tokio::sync::mpsc;
@@ -53,6 +62,8 @@ pub struct ConsumerArgs {
     pub downstream: Vec<ActorRef<SourceMsg>>,
     /// The path's dead-letter writer, when the path owns its dead letters.
     pub dlq: Option<ActorRef<DlqMsg>>,
+    /// The owner written into the name's lease with `lease_name` ([`lease_owner`]).
+    pub lease_owner: String,
 }
 
 pub enum ConsumerMsg {
@@ -71,7 +82,16 @@ pub struct ConsumerState {
     addr: String,
     conn: Option<MultiplexedConnection>,
     settings: StreamSettings,
+    /// The configured name; with `lease_name`, the leased name is `<base>-<n>`.
+    base: String,
     name: String,
+    /// The name is settled: leased (with `lease_name`) or unique already.
+    named: bool,
+    /// The leased name was free when taken: the entries it holds are a dead process's.
+    inherited: bool,
+    /// Who holds the name's lease (see [`lease_owner`]).
+    owner: String,
+    next_renew: Instant,
     index: usize,
     topic: Topic,
     downstream: Vec<ActorRef<SourceMsg>>,
@@ -116,6 +136,54 @@ const PENDING_PAGE: usize = 100;
 
 /// Ids per XACK.
 const ACK_CHUNK: usize = 500;
+
+/// Takes or renews the lease of a consumer name: 1 taken anew, 2 already this process's,
+/// 0 held by another process.
+const LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 2
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Resets the idle time of the given entries that the group still lists under the consumer
+/// ARGV[2] (group ARGV[1]); returns those ids. Entries another consumer took over are left
+/// alone.
+const TOUCH_OWN: &str = r"
+local kept = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+";
+
+/// Names tried when leasing `<base>-<n>`.
+const MAX_NAMES: usize = 1_000;
+
+/// A new owner for name leases: one per consumer of a path as built (its restarts keep it,
+/// so a restarted consumer keeps its name), naming the host and process for `GET`.
+pub fn lease_owner() -> String {
+    format!(
+        "{}-{}",
+        super::consumer_name("actord", None),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The key holding the lease of consumer `name`.
+pub fn name_key(settings: &StreamSettings, name: &str) -> String {
+    format!("{}:consumer:{}:{name}", settings.stream, settings.group)
+}
 
 fn epoch() -> u64 {
     static EPOCHS: AtomicU64 = AtomicU64::new(0);
@@ -263,6 +331,64 @@ impl ConsumerState {
         Ok(())
     }
 
+    fn lease_ttl(&self) -> u64 {
+        self.settings.claim_idle.as_millis().max(1_000) as u64
+    }
+
+    /// Takes or renews the lease of `name` (see [`LEASE`]).
+    async fn lease(&mut self, name: &str) -> Result<i64, RoundError> {
+        let (key, ttl) = (name_key(&self.settings, name), self.lease_ttl());
+        let owner = self.owner.clone();
+        redis::Script::new(LEASE)
+            .key(&key)
+            .arg(&owner)
+            .arg(ttl)
+            .invoke_async(self.conn())
+            .await
+            .map_err(|e| RoundError::from_redis(&self.addr, e))
+    }
+
+    /// Leases the lowest free name `<base>-<n>`.
+    async fn take_name(&mut self) -> Result<(), RoundError> {
+        for n in 0..MAX_NAMES {
+            let name = format!("{}-{n}", self.base);
+            let got = self.lease(&name).await?;
+            if got == 0 {
+                continue;
+            }
+            self.inherited = got == 1;
+            info!(path = %self.path, consumer = %name, inherited = self.inherited, "consumer name leased");
+            self.name = name;
+            self.named = true;
+            self.recover_from = Some("-".to_owned());
+            self.next_renew = Instant::now() + self.settings.claim_idle / 3;
+            return Ok(());
+        }
+        Err(RoundError::Pipeline(
+            format!("no free consumer name {}-<n> below {MAX_NAMES}", self.base).into(),
+        ))
+    }
+
+    /// Renews the name's lease; a name another process took while this one could not reach
+    /// Redis fails the consumer, whose next incarnation leases another.
+    async fn renew_name(&mut self) -> Result<(), RoundError> {
+        if !self.settings.lease_name || Instant::now() < self.next_renew {
+            return Ok(());
+        }
+        let name = self.name.clone();
+        if self.lease(&name).await? == 0 {
+            return Err(RoundError::Pipeline(
+                format!(
+                    "consumer name {} was leased by another process while this one was cut off",
+                    self.name
+                )
+                .into(),
+            ));
+        }
+        self.next_renew = Instant::now() + self.settings.claim_idle / 3;
+        Ok(())
+    }
+
     /// Takes up, page by page, the entries this consumer's name still holds from before.
     async fn recover_own(&mut self) -> Result<Entries, RedisError> {
         let Some(from) = self.recover_from.clone() else {
@@ -300,6 +426,9 @@ impl ConsumerState {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        if self.inherited {
+            return self.inherit(ids).await;
+        }
         // XRANGE reads bodies without counting a delivery: a restart is not a failed attempt.
         let mut pipe = redis::pipe();
         for (id, _) in &ids {
@@ -325,6 +454,36 @@ impl ConsumerState {
         Ok(entries)
     }
 
+    /// Takes up a dead process's entries found under a newly leased name as a takeover: the
+    /// claim counts a delivery, and the delivery limit applies.
+    async fn inherit(&mut self, ids: Vec<(String, usize)>) -> Result<Entries, RedisError> {
+        let (stream, group, name) = (
+            self.settings.stream.clone(),
+            self.settings.group.clone(),
+            self.name.clone(),
+        );
+        let only: Vec<&String> = ids.iter().map(|(id, _)| id).collect();
+        let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg(&group)
+            .arg(&name)
+            .arg(0)
+            .arg(&only)
+            .query_async(self.conn())
+            .await?;
+        let counts: HashMap<String, usize> = ids.into_iter().collect();
+        info!(path = %self.path, consumer = %name, entries = claimed.ids.len(), "taking over entries a dead process left under this name");
+        self.probe.add_counter("claimed", claimed.ids.len() as u64);
+        Ok(claimed
+            .ids
+            .into_iter()
+            .map(|e| {
+                let n = counts.get(&e.id).map(|n| n + 1);
+                (e, n)
+            })
+            .collect())
+    }
+
     /// Resets the idle time of entries held for a while, so no other consumer takes them.
     async fn touch(&mut self) -> Result<(), RedisError> {
         let every = self.settings.claim_idle / 3;
@@ -348,21 +507,36 @@ impl ConsumerState {
             self.settings.group.clone(),
             self.name.clone(),
         );
+        let mut kept: HashSet<String> = HashSet::new();
         for chunk in ids.chunks(ACK_CHUNK) {
-            let _still: Vec<String> = redis::cmd("XCLAIM")
-                .arg(&stream)
+            let still: Vec<String> = redis::Script::new(TOUCH_OWN)
+                .key(&stream)
                 .arg(&group)
                 .arg(&name)
-                .arg(0)
                 .arg(chunk)
-                .arg("JUSTID")
-                .query_async(self.conn())
+                .invoke_async(self.conn())
                 .await?;
+            kept.extend(still);
         }
+        let mut lost = 0u64;
         for k in old {
-            if let Some(f) = self.inflight.get_mut(&k) {
+            let Some(f) = self.inflight.get_mut(&k) else {
+                continue;
+            };
+            if kept.contains(&f.id) {
                 f.touched = now;
+            } else {
+                // Taken over while this consumer could not reach Redis (or acknowledged
+                // elsewhere): its new owner finishes and acknowledges it.
+                let id = f.id.clone();
+                self.inflight.remove(&k);
+                self.held.remove(&id);
+                warn!(path = %self.path, consumer = %name, id = %id, "an entry this consumer held was taken over by another; leaving it to its new owner");
+                lost += 1;
             }
+        }
+        if lost > 0 {
+            self.probe.add_counter("lost", lost);
         }
         Ok(())
     }
@@ -611,10 +785,20 @@ impl ConsumerState {
         if !self.group_ready {
             self.ensure_group().await.map_err(&redis)?;
         }
+        if !self.named {
+            self.take_name().await?;
+        }
+        self.renew_name().await?;
         self.send_acks().await.map_err(&redis)?;
-        // Own entries are not counted again: the delivery limit applies to takeovers only.
+        // Own entries are not counted again: the delivery limit applies to takeovers only
+        // (and to a dead process's entries found under a newly leased name).
         let own = self.recover_own().await.map_err(&redis)?;
-        self.dispatch(own, false).map_err(RoundError::Pipeline)?;
+        let inherited = self.inherited;
+        self.dispatch(own, inherited)
+            .map_err(RoundError::Pipeline)?;
+        if self.recover_from.is_none() {
+            self.inherited = false;
+        }
         self.touch().await.map_err(&redis)?;
         let claimed = self.claim().await.map_err(&redis)?;
         self.dispatch(claimed, true).map_err(RoundError::Pipeline)?;
@@ -739,12 +923,13 @@ impl Actor for RedisConsumer {
         // Checked here so a bad URL fails the start with its reason, not every round.
         args.connection.client()?;
         let path = args.probe.path().to_string();
-        let name = args.settings.consumer_of(args.index);
+        let base = args.settings.consumer_of(args.index);
+        let named = !args.settings.lease_name;
         let (tx, rx) = mpsc::unbounded_channel::<Vec<Origin>>();
         let acker = Acker::new(move |origins| {
             let _ = tx.send(origins);
         });
-        info!(path = %path, stream = %args.settings.stream, group = %args.settings.group, consumer = %name, "redis consumer started");
+        info!(path = %path, stream = %args.settings.stream, group = %args.settings.group, consumer = %base, leased = !named, "redis consumer started");
         myself.cast(ConsumerMsg::Poll)?;
         let now = Instant::now();
         Ok(ConsumerState {
@@ -752,7 +937,12 @@ impl Actor for RedisConsumer {
             connection: args.connection,
             conn: None,
             topic: Topic::intern(&args.settings.stream),
-            name,
+            name: base.clone(),
+            base,
+            named,
+            inherited: false,
+            owner: args.lease_owner,
+            next_renew: now,
             index: args.index,
             downstream: args.downstream,
             dlq: args.dlq,

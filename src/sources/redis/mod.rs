@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod monitor;
 pub mod path;
+pub mod trim;
 
 use std::time::Duration;
 
@@ -75,6 +76,12 @@ pub struct StreamSettings {
     pub consumer: String,
     /// Consumers of the group within this process.
     pub consumers: usize,
+    /// The consumer name is shared configuration (WORKER_NAME), so several processes may be
+    /// given the same one: each consumer then leases a name of its own, `<consumer>-<n>` with
+    /// the lowest free `n`, in the key `<stream>:consumer:<group>:<name>` (held while it runs,
+    /// expiring `claim_idle` after its process dies). Without it the name is unique already
+    /// (`<name>-<host>-<pid>`).
+    pub lease_name: bool,
     /// Where a newly created group starts: `0` (the whole stream, as the seed) or `$`.
     pub start_id: String,
     /// Entries per read (BATCH_COUNT).
@@ -112,6 +119,7 @@ impl StreamSettings {
             group: group.into(),
             consumer: consumer_name("actord", None),
             consumers: 1,
+            lease_name: false,
             start_id: "0".to_owned(),
             count: 10,
             block: Duration::from_secs(1),

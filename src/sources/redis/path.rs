@@ -18,7 +18,7 @@ use actord_actors::writer::{RetryPolicy, Writer, WriterArgs, WriterMsg};
 use actord_actors::{ActorPath, ChildSpec, Strategy};
 use ractor::Actor;
 
-use super::consumer::{ConsumerArgs, RedisConsumer};
+use super::consumer::{lease_owner, ConsumerArgs, RedisConsumer};
 use super::dlq::{DlqArgs, RedisDlq};
 use super::{RedisConnection, StreamSettings};
 use crate::config::Supervision;
@@ -164,7 +164,9 @@ where
                 self.source.clone(),
             );
             let dlq = owns_dlq.then(|| dlq_slot.clone());
+            let lease_owner = lease_owner();
             let spec = ChildSpec::worker(id.clone(), move |ctx| {
+                let lease_owner = lease_owner.clone();
                 let decoders: Result<Vec<_>, _> =
                     decoders.iter().map(|d| take(d, "a decoder")).collect();
                 let dlq = dlq.as_ref().map(|s| take(s, "the dead-letter writer"));
@@ -177,6 +179,7 @@ where
                         index: i,
                         downstream: decoders?,
                         dlq: dlq.transpose()?,
+                        lease_owner,
                     };
                     let (actor, _) =
                         Actor::spawn_linked(None, RedisConsumer, args, ctx.supervisor).await?;
