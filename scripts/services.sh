@@ -71,6 +71,12 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not come up"; exit 1; }
 fi
 
+# The adaptive-card pipeline's database (the shipped configuration and its tests use it).
+if [ "$(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'adaptive_card_db'")" != "1" ]; then
+  log "creating database adaptive_card_db"
+  createdb -h 127.0.0.1 -p 5432 -U postgres adaptive_card_db
+fi
+
 # Redis on 127.0.0.1:6379, nothing persisted.
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   log "starting Redis"

@@ -9,6 +9,7 @@ use actord_actors::{ActorPath, Restart, Strategy};
 
 use toml::Table;
 
+use super::adaptive_card::{AdaptiveCardConfig, Role};
 use super::ftp_sync::FtpSyncConfig;
 use super::heartbeat::HeartbeatConfig;
 use super::recorder::RecorderConfig;
@@ -41,7 +42,16 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
 fn the_shipped_file_is_valid_and_runs_embedded() {
     let f = file(EMBEDDED);
     let c = load(&sources(&f, &[])).unwrap();
-    assert_eq!(c.runtime.enabled, vec!["heartbeat", "recorder", "ftp-sync"]);
+    assert_eq!(
+        c.runtime.enabled,
+        vec!["heartbeat", "recorder", "ftp-sync", "adaptive-card"]
+    );
+    let ac = c.pipelines.get::<AdaptiveCardConfig>();
+    assert!(ac.t2a.standin && ac.demo_users > 0 && ac.role == Role::All);
+    assert_eq!(ac.db.name, "adaptive_card_db");
+    // A real T2A API turns the stand-in off.
+    let real = load(&sources(&f, &[("T2A_API_URL", "https://t2a.internal")])).unwrap();
+    assert!(!real.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
     assert!(c.pipelines.get::<FtpSyncConfig>().demo);
     assert!(c.pipelines.get::<RecorderConfig>().s3.enabled);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");

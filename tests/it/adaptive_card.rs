@@ -290,3 +290,148 @@ async fn an_api_answering_500s_dead_letters_nothing_and_an_unknown_org_is_dead_l
     );
     actord.shutdown().await;
 }
+
+/// The T2A stand-in on a free port, counting requests by organisation and answering each after
+/// a short delay (so jobs take a while and both processes get some).
+async fn counting_t2a() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let seen = counts.clone();
+    let app = standin::router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                let org = req.uri().path().split('/').nth(2).unwrap_or("").to_owned();
+                *seen.lock().unwrap().entry(org).or_insert(0) += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                next.run(req).await
+            }
+        },
+    ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), counts)
+}
+
+/// The value of `actord_adaptive_card_jobs_total` for `stage`, outcome `done`.
+async fn jobs_done(base: &str, stage: &str) -> u64 {
+    let metrics = crate::support::get(base, "/metrics").await.1;
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("actord_adaptive_card_jobs_total{")
+                && l.contains("outcome=\"done\"")
+                && l.contains(&format!("stage=\"{stage}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_and_a_workers_only_process_share_a_runs_jobs_and_do_each_once() {
+    let orgs: Vec<String> = (1..=24).map(|i| format!("{}", 1000 + i)).collect();
+    let org_refs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let redis = redis_db(14).await;
+    let (api, requests) = counting_t2a().await;
+    let s = setup(&org_refs, 1).await;
+    let toml = config(&redis, &api, &s, &org_refs);
+    let with_role = |role: &str| {
+        toml.replacen(
+            "[pipelines.adaptive-card]\n",
+            &format!("[pipelines.adaptive-card]\nrole = \"{role}\"\n"),
+            1,
+        )
+    };
+    // A scheduler-only process has no workers; a workers-only one no scheduler.
+    let (code, out, err) = run_to_end(&["check"], Some(&with_role("scheduler")), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("scheduler worker") && !out.contains("sales-org"),
+        "{out}"
+    );
+    let env = [("BATCH_COUNT", "1")];
+    let scheduler = crate::support::Process::start(&with_role("all"), &[], &env);
+    let workers = crate::support::Process::start(&with_role("workers"), &[], &env);
+    crate::support::wait_ready(&scheduler.base).await;
+    crate::support::wait_ready(&workers.base).await;
+    let t = tree(&workers.base).await;
+    assert!(
+        crate::support::flatten(&t)
+            .iter()
+            .all(|a| a["path"] != "/adaptive-card/scheduler"),
+        "a workers-only process drives no runs"
+    );
+    let (status, _) = post(&workers.base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 404);
+    // Every consumer polls its stream (its monitor has read it) before the run starts.
+    for base in [&scheduler.base, &workers.base] {
+        until(Duration::from_secs(30), "the consumers polling", || async {
+            let t = tree(base).await;
+            ["sales-org", "adaptive-card"].iter().all(|stage| {
+                actor(&t, &format!("/adaptive-card/{stage}/consumer-0"))["counters"]
+                    ["stream_length"]
+                    .is_u64()
+            })
+        })
+        .await;
+    }
+    let outcome = run_once(&scheduler.base, 0).await;
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    // Every organisation fetched once per dataset: no job was done twice.
+    let counts = requests.lock().unwrap().clone();
+    assert_eq!(counts.len(), orgs.len(), "{counts:?}");
+    assert!(counts.values().all(|n| *n == 2), "{counts:?}");
+    assert_eq!(cards(&s.results).await.len(), orgs.len() * 2);
+    let mut c = conn(&redis).await;
+    assert!(entries(&mut c, "sales_org_queue:dlq").await.is_empty());
+    assert!(entries(&mut c, "adaptive_card_queue:dlq").await.is_empty());
+    // Both processes took jobs of both stages, and together did each once.
+    let (a, b) = (
+        jobs_done(&scheduler.base, "sales_org").await,
+        jobs_done(&workers.base, "sales_org").await,
+    );
+    assert!(a > 0 && b > 0 && a + b == orgs.len() as u64, "{a} + {b}");
+    let (a, b) = (
+        jobs_done(&scheduler.base, "adaptive_card").await,
+        jobs_done(&workers.base, "adaptive_card").await,
+    );
+    assert!(a > 0 && b > 0 && a + b == orgs.len() as u64, "{a} + {b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_fails_the_start_with_how_to_create_it() {
+    let s = setup(&["1000"], 1).await;
+    let toml = config(
+        "redis://127.0.0.1:6379/15",
+        "http://127.0.0.1:9",
+        &s,
+        &["1000"],
+    )
+    .replace("name = \"postgres\"", "name = \"no_such_adaptive_card_db\"");
+    let p = crate::support::Process::start(&toml, &[], &[]);
+    let expected =
+        "database no_such_adaptive_card_db does not exist on 127.0.0.1:5432: create it (createdb no_such_adaptive_card_db)";
+    until(Duration::from_secs(30), "the start error", || async {
+        let Ok(r) = reqwest::get(format!("{}/api/tree", p.base)).await else {
+            return false;
+        };
+        let t: Value = r.json().await.unwrap();
+        crate::support::flatten(&t).iter().any(|a| {
+            a["path"] == "/adaptive-card/database"
+                && a["last_error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(expected))
+        })
+    })
+    .await;
+    let (status, health) = crate::support::get(&p.base, "/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        health.contains("adaptive-card.database: unhealthy"),
+        "{health}"
+    );
+    assert!(p.log().contains(expected), "{}", p.log());
+}

@@ -322,9 +322,28 @@ fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
         .sum()
 }
 
+/// Runs of adaptive-card's entry `run` that succeeded.
+async fn adaptive_card_runs(base: &str) -> u64 {
+    let t = tree(base).await;
+    actor(&t, "/adaptive-card")["schedules"][0]["runs"]["succeeded"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
-    let p = Process::start(include_str!("../../supervision.toml"), &[], &[]);
+    // adaptive-card's streams in a Redis database of this test's own (the seed's stream names
+    // are fixed); everything else as shipped.
+    let redis = "redis://127.0.0.1:6379/13";
+    let () = redis::cmd("FLUSHDB")
+        .query_async(&mut crate::redis_streams::conn(redis).await)
+        .await
+        .unwrap();
+    let p = Process::start(
+        include_str!("../../supervision.toml"),
+        &[],
+        &[("REDIS_URL", redis)],
+    );
     wait_ready(&p.base).await;
     let dir = p.dir().to_owned();
     until(
@@ -342,9 +361,18 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
                 && ticks
                 && count_files(&dir.join("data/objects/market-data"), ".parquet") > 0
                 && count_files(&dir.join("data/ftp-sync/destination/archive"), ".bin") > 0
+                && adaptive_card_runs(&p.base).await > 0
         },
     )
     .await;
+    // The run at start went through both stages on the T2A stand-in and the demo's users.
+    let material = std::fs::read_to_string(dir.join("data/adaptive-card/Material.csv")).unwrap();
+    for org in ["1000", "2000", "3000"] {
+        assert!(material.contains(&format!("{org}-M1")), "{material}");
+    }
+    let t = tree(&p.base).await;
+    let entry = &actor(&t, "/adaptive-card")["schedules"][0];
+    assert_eq!(entry["last_outcome"]["outcome"], "succeeded", "{entry:#}");
     let (status, health) = get(&p.base, "/health").await;
     assert_eq!(status, 200, "{health}");
     for line in [
@@ -352,6 +380,10 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
         "recorder.timescaledb: healthy",
         "recorder.s3: healthy",
         "ftp-sync.servers: healthy",
+        "adaptive-card.database: healthy",
+        "adaptive-card.sales_org_worker: healthy",
+        "adaptive-card.adaptive_card_worker: healthy",
+        "# adaptive-card: T2A stand-in at http://127.0.0.1:",
     ] {
         assert!(health.contains(line), "{line} not in {health}");
     }
@@ -360,6 +392,10 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
         "/recorder/s3/writer-0",
         "/ftp-sync/jobs/writer-0",
         "/ftp-sync/demo/generator",
+        "/adaptive-card/t2a-standin",
+        "/adaptive-card/sales-org/consumer-0",
+        "/adaptive-card/adaptive-card/consumer-0",
+        "/adaptive-card/scheduler",
     ] {
         assert_eq!(actor(&t, path)["status"], "running", "{path}");
     }
@@ -404,6 +440,14 @@ fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
     let (code, out, err) = run_to_end(&["check", "--demo-into-cluster"], None, &real);
     assert_eq!(code, 0, "{err}");
     assert_eq!(demos(&out), 2, "{out}");
+    // adaptive-card's T2A stand-in runs only while T2A_API_URL names no real API.
+    let (code, out, err) = run_to_end(&["check"], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("t2a-standin worker"), "{out}");
+    let api = [("T2A_API_URL", "https://api.t2a.example.com")];
+    let (code, out, err) = run_to_end(&["check"], None, &api);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("t2a-standin"), "{out}");
 }
 
 #[tokio::test]

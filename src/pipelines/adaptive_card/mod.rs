@@ -8,6 +8,7 @@
 
 mod card;
 mod csv;
+mod database;
 pub mod names;
 pub mod reset;
 mod run;
@@ -52,6 +53,8 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::seed("DB_USER", "db.user", Unit::Str),
         EnvKey::seed("DB_PASSWORD", "db.password", Unit::Str),
         EnvKey::new("SALES_ORGS", "sales_orgs", Unit::List),
+        EnvKey::new("SALES_ORGS_TABLE", "sales_orgs_table", Unit::Str),
+        EnvKey::new("ROLE", "role", Unit::Str),
         EnvKey::new("OUTPUT", "output", Unit::Str),
         EnvKey::new("SCENARIOS", "scenarios", Unit::Str),
     ],
@@ -73,8 +76,17 @@ fn no_topics(_: &Config) -> Vec<TopicSpec> {
 pub struct RawAdaptiveCard {
     /// Redis holding the job streams (REDIS_URL), default "redis://localhost:6379/0".
     pub redis_url: Option<String>,
+    /// What this process does: "all" (default: drives runs and takes jobs), "workers" (takes
+    /// jobs only, as the seed's `python -m app.worker_sales_org`) or "scheduler" (drives runs
+    /// only).
+    pub role: Option<String>,
     /// Sales organisations a run fetches (SALES_ORGS, comma-separated).
     pub sales_orgs: Option<Vec<String>>,
+    /// A table `(sales_org text primary key)` whose organisations a run fetches as well.
+    pub sales_orgs_table: Option<String>,
+    /// With the T2A stand-in: add this many users per organisation (`demo-<org>-<n>`) to the
+    /// users table at start, so the demo has users to make cards for; default 0 (none).
+    pub demo_users: Option<u32>,
     /// Stage 1 workers in this process (MAX_WORKERS_SALES), default 3.
     pub max_workers_sales: Option<u32>,
     /// Stage 2 workers in this process (MAX_WORKERS_ADAPTIVE), default 3.
@@ -117,7 +129,8 @@ pub struct RawAdaptiveCard {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawT2a {
-    /// Base URL (T2A_API_URL).
+    /// Base URL (T2A_API_URL), or "standin": serve deterministic rows from this process on a
+    /// loopback port (the demo; off whenever T2A_API_URL names a real API).
     pub url: Option<String>,
     /// Sent as `<auth_header>: Bearer <token>` when set (T2A_API_TOKEN).
     pub token: Option<String>,
@@ -146,6 +159,9 @@ pub struct RawDb {
 #[derive(Debug, Clone)]
 pub struct T2aSettings {
     pub url: String,
+    /// `t2a.url = "standin"`: the stand-in serves this process's workers; `url` is set to its
+    /// address when the pipeline is built.
+    pub standin: bool,
     pub token: Option<Secret>,
     pub auth_header: String,
     pub material_path: String,
@@ -180,8 +196,11 @@ impl DbSettings {
 
 #[derive(Debug, Clone)]
 pub struct AdaptiveCardConfig {
+    pub role: Role,
     pub redis_url: String,
     pub sales_orgs: Vec<String>,
+    pub sales_orgs_table: Option<String>,
+    pub demo_users: usize,
     pub max_workers_sales: usize,
     pub max_workers_adaptive: usize,
     pub batch_count: usize,
@@ -198,6 +217,30 @@ pub struct AdaptiveCardConfig {
     pub db: DbSettings,
     pub schedule: Option<ScheduleSettings>,
 }
+
+/// What one process does in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Drives runs (the scheduler) and takes jobs (both stages' workers).
+    All,
+    /// Takes jobs only.
+    Workers,
+    /// Drives runs only; the jobs are taken by workers elsewhere.
+    Scheduler,
+}
+
+impl Role {
+    pub fn workers(self) -> bool {
+        self != Role::Scheduler
+    }
+
+    pub fn scheduler(self) -> bool {
+        self != Role::Workers
+    }
+}
+
+/// The value of `t2a.url` that starts the stand-in.
+pub const STANDIN: &str = "standin";
 
 /// Stage 1's stream and group, as the seed names them.
 pub const SALES_ORG_QUEUE: &str = "sales_org_queue";
@@ -278,10 +321,11 @@ impl AdaptiveCardConfig {
             .url
             .clone()
             .unwrap_or_else(|| "https://api.t2a.example.com".to_owned());
-        if reqwest::Url::parse(&url).is_err() {
+        let standin = url.trim() == STANDIN;
+        if !standin && reqwest::Url::parse(&url).is_err() {
             check.problem(
                 &k("t2a.url"),
-                format!("expected an http(s) URL, found {url:?}"),
+                format!("expected an http(s) URL or \"{STANDIN}\", found {url:?}"),
             );
         }
         let sales_orgs = raw.sales_orgs.clone().unwrap_or_default();
@@ -291,7 +335,27 @@ impl AdaptiveCardConfig {
         {
             check.problem(&k("sales_orgs"), "expected organisation codes without `/`");
         }
+        let role = match raw.role.as_deref().map(str::trim) {
+            None | Some("all") => Role::All,
+            Some("workers") => Role::Workers,
+            Some("scheduler") => Role::Scheduler,
+            Some(other) => {
+                check.problem(
+                    &k("role"),
+                    format!("expected \"all\", \"workers\" or \"scheduler\", found {other:?}"),
+                );
+                Role::All
+            }
+        };
+        let sales_orgs_table = raw
+            .sales_orgs_table
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| table_name(check, &k("sales_orgs_table"), Some(t), t));
         AdaptiveCardConfig {
+            role,
+            sales_orgs_table,
+            demo_users: raw.demo_users.unwrap_or(0) as usize,
             redis_url: raw
                 .redis_url
                 .clone()
@@ -346,6 +410,7 @@ impl AdaptiveCardConfig {
             ),
             t2a: T2aSettings {
                 url,
+                standin,
                 token: raw.t2a.token.clone().map(Secret::new),
                 auth_header: raw
                     .t2a
@@ -395,6 +460,8 @@ fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> St
         Some(w) => format!("{w}-{prefix}"),
         None => consumer_name(prefix, None),
     };
+    // A WORKER_NAME may be given to several processes alike: each leases `<name>-<n>`.
+    s.lease_name = ac.worker_name.is_some();
     s.payload_field = Some("data".to_owned());
     s.count = ac.batch_count;
     s.claim_idle = ac.claim_idle;
@@ -402,6 +469,9 @@ fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> St
     s.max_in_flight_records = (ac.batch_count * 2).max(10);
     s
 }
+
+/// The stop of a worker that holds no work (the database watch, the stand-in).
+const STOP_QUICK: Duration = Duration::from_secs(1);
 
 /// One job per write: each worker (lane) does one job at a time, as the seed's workers do.
 const ONE_JOB: BufferLimits = BufferLimits {
@@ -412,7 +482,7 @@ const ONE_JOB: BufferLimits = BufferLimits {
 
 fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let root = ActorPath::root().child(DEF.name);
-    let ac = Arc::new(config.pipelines.get::<AdaptiveCardConfig>().clone());
+    let mut ac = config.pipelines.get::<AdaptiveCardConfig>().clone();
     let sup = &config.supervision;
     let store = store::open(&ac.output, &config.s3)
         .map_err(|e| anyhow::anyhow!("pipelines.adaptive-card.output: {e}"))?;
@@ -421,36 +491,85 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     connection
         .client()
         .map_err(|e| anyhow::anyhow!("pipelines.adaptive-card.redis_url: {e}"))?;
+    // The stand-in's port is bound here, so the workers know its address before it serves.
+    let standin = if ac.t2a.standin && ac.role.workers() {
+        let listener = standin::bind().context("binding the T2A stand-in's port")?;
+        ac.t2a.url = format!("http://{}", listener.local_addr()?);
+        Some(Arc::new(listener))
+    } else {
+        None
+    };
+    if ac.demo_users > 0 && !ac.t2a.standin {
+        tracing::warn!(
+            "pipelines.adaptive-card.demo_users is ignored: demo users are only added with the T2A stand-in"
+        );
+    }
+    let ac = Arc::new(ac);
 
-    let sales = RedisPath {
-        id: "sales-org".into(),
-        connection: connection.clone(),
-        source: stage(&ac, SALES_ORG_QUEUE, SALES_ORG_GROUP, "sales_org_worker"),
-        decode: Arc::new(sales_org::decode),
-        sink: sales_org::SalesOrgSink::factory(ac.clone(), store.clone()),
-        lanes: ac.max_workers_sales,
-        buffer: ONE_JOB,
-        retry: RetryPolicy::default(),
-        dlq_suffix: Some(":dlq".into()),
-    };
-    let cards = RedisPath {
-        id: "adaptive-card".into(),
-        connection: connection.clone(),
-        source: stage(
-            &ac,
-            ADAPTIVE_CARD_QUEUE,
-            ADAPTIVE_CARD_GROUP,
-            "adaptive_card_worker",
-        ),
-        decode: Arc::new(card::decode),
-        sink: card::factory(ac.clone(), store.clone(), scenarios),
-        lanes: ac.max_workers_adaptive,
-        buffer: ONE_JOB,
-        retry: RetryPolicy::default(),
-        dlq_suffix: Some(":dlq".into()),
-    };
-    let mut children = vec![sales.child_spec(&root, sup), cards.child_spec(&root, sup)];
-    if let Some(settings) = &ac.schedule {
+    let mut children = Vec::new();
+    let config_for_db = ac.clone();
+    let database = ChildSpec::worker("database", move |ctx| {
+        let args = database::DatabaseWatchArgs {
+            probe: ctx.probe,
+            config: config_for_db.clone(),
+        };
+        async move {
+            let (actor, _) =
+                ractor::Actor::spawn_linked(None, database::DatabaseWatch, args, ctx.supervisor)
+                    .await?;
+            Ok(actor.get_cell())
+        }
+    })
+    .shutdown(STOP_QUICK);
+    children.push(sup.child(&root.child("database"), database));
+    if let Some(listener) = standin.clone() {
+        let spec = ChildSpec::worker("t2a-standin", move |ctx| {
+            let args = standin::StandInArgs {
+                probe: ctx.probe,
+                listener: listener.clone(),
+            };
+            async move {
+                let (actor, _) =
+                    ractor::Actor::spawn_linked(None, standin::T2aStandIn, args, ctx.supervisor)
+                        .await?;
+                Ok(actor.get_cell())
+            }
+        })
+        .shutdown(STOP_QUICK);
+        children.push(sup.child(&root.child("t2a-standin"), spec));
+    }
+    if ac.role.workers() {
+        let sales = RedisPath {
+            id: "sales-org".into(),
+            connection: connection.clone(),
+            source: stage(&ac, SALES_ORG_QUEUE, SALES_ORG_GROUP, "sales_org_worker"),
+            decode: Arc::new(sales_org::decode),
+            sink: sales_org::SalesOrgSink::factory(ac.clone(), store.clone()),
+            lanes: ac.max_workers_sales,
+            buffer: ONE_JOB,
+            retry: RetryPolicy::default(),
+            dlq_suffix: Some(":dlq".into()),
+        };
+        let cards = RedisPath {
+            id: "adaptive-card".into(),
+            connection: connection.clone(),
+            source: stage(
+                &ac,
+                ADAPTIVE_CARD_QUEUE,
+                ADAPTIVE_CARD_GROUP,
+                "adaptive_card_worker",
+            ),
+            decode: Arc::new(card::decode),
+            sink: card::factory(ac.clone(), store.clone(), scenarios),
+            lanes: ac.max_workers_adaptive,
+            buffer: ONE_JOB,
+            retry: RetryPolicy::default(),
+            dlq_suffix: Some(":dlq".into()),
+        };
+        children.push(sales.child_spec(&root, sup));
+        children.push(cards.child_spec(&root, sup));
+    }
+    if let (true, Some(settings)) = (ac.role.scheduler(), &ac.schedule) {
         let job = run::job(ac.clone(), connection, store);
         let entry = settings
             .entry(run::ENTRY, job)
@@ -472,19 +591,39 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             children,
         ),
     );
-    let health: Vec<HealthCheck> = vec![
-        super::running(
+    let mut health: Vec<HealthCheck> = vec![healthy("database", root.child("database"))];
+    if ac.role.workers() {
+        health.push(super::running(
             "sales_org_worker",
             root.child("sales-org").child("consumer-0"),
-        ),
-        super::running(
+        ));
+        health.push(super::running(
             "adaptive_card_worker",
             root.child("adaptive-card").child("consumer-0"),
-        ),
-    ];
+        ));
+    }
+    let note = standin.map(|_| {
+        format!(
+            "# adaptive-card: T2A stand-in at {} serving demo rows (T2A_API_URL names a real API)",
+            ac.t2a.url
+        )
+    });
     Ok(Pipeline {
         spec,
         health,
-        notes: Arc::new(Vec::new),
+        notes: Arc::new(move || note.iter().cloned().collect()),
     })
+}
+
+/// A health line that is healthy while the actor at `path` runs and does not report itself
+/// unhealthy (a dependency it watches is down).
+fn healthy(component: &'static str, path: ActorPath) -> HealthCheck {
+    HealthCheck {
+        component,
+        check: Arc::new(move |registry| {
+            registry.get(&path).is_some_and(|p| {
+                p.status() == actord_actors::Status::Running && p.unhealthy().is_none()
+            })
+        }),
+    }
 }

@@ -10,9 +10,9 @@
 //!    the output and under `runs/<run_id>/`).
 //! 4. Enqueue one job per user (from the users table) into `adaptive_card_queue` and wait
 //!    until that stage is drained.
-//! 5. Trim both streams up to the last delivered entry (`XTRIM MINID`), which the drained group
-//!    no longer needs: no pending or undelivered job is ever trimmed, and Redis memory stays
-//!    bounded.
+//! 5. Trim both streams (`XTRIM MINID` at the lower of the oldest pending entry and the entry
+//!    after the last delivered one, over every group; see `sources::redis::trim`): no pending or
+//!    undelivered job is ever trimmed, and Redis memory stays bounded.
 //!
 //! The run id is the due time in Unix milliseconds: the same in every process for one due time.
 
@@ -29,10 +29,11 @@ use tracing::info;
 use super::csv::Table;
 use super::t2a::DATASETS;
 use super::{
-    card, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE, SALES_ORG_GROUP,
-    SALES_ORG_QUEUE,
+    card, database, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE,
+    SALES_ORG_GROUP, SALES_ORG_QUEUE,
 };
-use crate::sources::redis::{monitor, parse_id, RedisConnection};
+use crate::sources::redis::trim::trim_consumed;
+use crate::sources::redis::{monitor, RedisConnection};
 
 /// The entry's name: its lease key is `adaptive-card/run`.
 pub const ENTRY: &str = "run";
@@ -128,24 +129,6 @@ async fn drained(
     }
 }
 
-/// Removes entries up to the group's last delivered one (the group has none pending).
-async fn trim(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-    status: &monitor::StreamStatus,
-) -> Result<u64, String> {
-    let Some((ms, seq)) = status.last_delivered_id.as_deref().and_then(parse_id) else {
-        return Ok(0);
-    };
-    redis::cmd("XTRIM")
-        .arg(stream)
-        .arg("MINID")
-        .arg(format!("{ms}-{}", seq + 1))
-        .query_async(conn)
-        .await
-        .map_err(redis_err)
-}
-
 /// Merges the run's per-organisation files of each dataset; returns the rows merged.
 async fn merge(store: &Arc<dyn ObjectStore>, run_id: i64) -> Result<u64, String> {
     let mut rows = 0u64;
@@ -216,9 +199,11 @@ async fn stages(
 ) -> Result<RunSummary, String> {
     ensure_group(conn, SALES_ORG_QUEUE, SALES_ORG_GROUP).await?;
     ensure_group(conn, ADAPTIVE_CARD_QUEUE, ADAPTIVE_CARD_GROUP).await?;
+    let db = card::connect(config).await.map_err(|e| e.message)?;
+    database::prepare(&db, config).await?;
+    let orgs = database::sales_orgs(&db, config).await?;
 
-    let jobs: Vec<serde_json::Value> = config
-        .sales_orgs
+    let jobs: Vec<serde_json::Value> = orgs
         .iter()
         .map(|o| serde_json::json!({"run_id": run_id, "sales_org": o}))
         .collect();
@@ -228,7 +213,7 @@ async fn stages(
         sales_orgs = jobs.len(),
         "adaptive-card run: stage 1 enqueued"
     );
-    let s1 = drained(
+    drained(
         ctx,
         conn,
         SALES_ORG_QUEUE,
@@ -237,16 +222,15 @@ async fn stages(
     )
     .await?;
     let rows = merge(&store, run_id).await?;
+    let trimmed = trim_consumed(conn, SALES_ORG_QUEUE)
+        .await
+        .map_err(redis_err)?;
     ctx.progress(rows, 0);
     info!(
         run_id,
         rows, "adaptive-card run: stage 1 drained, files merged"
     );
 
-    let db = card::connect(config).await.map_err(|e| e.message)?;
-    card::ensure_schema(&db, &config.results_table, &config.users_table)
-        .await
-        .map_err(|e| format!("creating the tables: {e}"))?;
     let users = db
         .query(
             &format!(
@@ -269,7 +253,7 @@ async fn stages(
         users = jobs.len(),
         "adaptive-card run: stage 2 enqueued"
     );
-    let s2 = drained(
+    drained(
         ctx,
         conn,
         ADAPTIVE_CARD_QUEUE,
@@ -277,14 +261,16 @@ async fn stages(
         config.stage_timeout,
     )
     .await?;
-    let trimmed =
-        trim(conn, SALES_ORG_QUEUE, &s1).await? + trim(conn, ADAPTIVE_CARD_QUEUE, &s2).await?;
+    let trimmed = trimmed
+        + trim_consumed(conn, ADAPTIVE_CARD_QUEUE)
+            .await
+            .map_err(redis_err)?;
     Ok(RunSummary {
-        records: (config.sales_orgs.len() + jobs.len()) as u64,
+        records: (orgs.len() + jobs.len()) as u64,
         bytes: 0,
         note: Some(format!(
             "run {run_id}: {} sales orgs, {rows} merged rows, {} users; {trimmed} stream entries trimmed",
-            config.sales_orgs.len(),
+            orgs.len(),
             jobs.len()
         )),
     })

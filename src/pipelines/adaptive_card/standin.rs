@@ -1,6 +1,16 @@
 //! A T2A stand-in: serves deterministic rows for any sales organisation, for tests and demos.
 //! `GET /sales-orgs/{org}/materials` and `GET /sales-orgs/{org}/gscm` answer JSON arrays;
 //! an organisation named `unknown…` gets 404.
+//!
+//! With `t2a.url = "standin"` the pipeline runs it as the worker `/adaptive-card/t2a-standin`
+//! on a loopback port bound once per process (a restart serves the same port); T2A_API_URL
+//! naming a real API replaces the setting, so the stand-in is then off.
+
+use std::sync::Arc;
+
+use actord_actors::Probe;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::info;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -62,4 +72,52 @@ pub fn router() -> Router {
 /// Serves the stand-in on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     axum::serve(listener, router()).await
+}
+
+/// Serves the stand-in as a supervised worker.
+pub struct T2aStandIn;
+
+pub struct StandInArgs {
+    pub probe: Probe,
+    /// Bound when the pipeline was built; each incarnation serves a clone of it.
+    pub listener: Arc<std::net::TcpListener>,
+}
+
+pub struct StandInState {
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Actor for T2aStandIn {
+    type Msg = ();
+    type State = StandInState;
+    type Arguments = StandInArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::from_std(args.listener.try_clone()?)?;
+        let addr = listener.local_addr()?;
+        info!(path = %args.probe.path(), addr = %addr, "T2A stand-in serving demo rows; set T2A_API_URL for a real API");
+        Ok(StandInState {
+            server: tokio::spawn(serve(listener)),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.server.abort();
+        Ok(())
+    }
+}
+
+/// Binds the stand-in's loopback port (nonblocking, for tokio).
+pub fn bind() -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
