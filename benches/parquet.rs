@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use actord::config::S3Config;
 use actord::pipelines::recorder::model;
-use actord::sinks::objects::sink::{Objects, ParquetSink, Target};
+use actord::pipelines::recorder::parquet::{Objects, ParquetSink};
+use actord::sinks::objects::sink::Target;
 use actord::sinks::objects::store::{self, Location};
 use actord::sources::kafka::embedded::EmbeddedKafka;
 use actord::sources::kafka::path::KafkaPath;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use actord::config::{S3Config, Secret};
 use actord::pipelines::recorder::model::{Market, Tick};
-use actord::sinks::objects::keys::Kind;
+use actord::pipelines::recorder::parquet::{Kind, Objects, ParquetSink};
 use actord::sinks::objects::ledger::Ledger;
-use actord::sinks::objects::sink::{Objects, ParquetSink, Target};
+use actord::sinks::objects::sink::Target;
 use actord::sinks::objects::store::{self, Location};
 use actord_actors::record::{Acker, Envelope, Origin, SourceRecord, Topic};
 use actord_actors::sink::{Sink, SinkError};

@@ -9,6 +9,7 @@ mod config;
 mod generator;
 pub mod model;
 pub mod names;
+pub mod parquet;
 mod refresher;
 pub mod timescale;
 
@@ -21,9 +22,9 @@ use actord_actors::writer::RetryPolicy;
 use actord_actors::{ActorPath, ChildSpec, Strategy};
 use ractor::Actor;
 
+use self::parquet::{Objects, ParquetSink};
 use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::{Check, Config, ConfigError, EnvKey, Problem, Secret, Section, Unit};
-use crate::sinks::objects::sink::{Objects, ParquetSink};
 use crate::sinks::objects::store::{self, Location};
 use crate::sinks::postgres::{BreakerSettings, Classifier, Database, DbSettings, PostgresSink};
 use crate::sources::kafka::path::KafkaPath;

@@ -1,10 +1,13 @@
-//! The ownership ledger of an object sink: per (kind, partition), the generations of the
+//! The ownership ledger of an object sink: per (stream, partition), the generations of the
 //! processes that owned the partition, and the multipart uploads they started.
 //!
 //! ```text
-//! <prefix>/_fence/<kind>/<partition>/gen/00000000000000000007   {"from":1234,"nonce":"…","at":"…"}
-//! <prefix>/_fence/<kind>/<partition>/uploads/00000000000000000007-<hex upload id>   <object key>
+//! <prefix>/_fence/<stream>/<partition>/gen/00000000000000000007   {"from":1234,"nonce":"…","at":"…"}
+//! <prefix>/_fence/<stream>/<partition>/uploads/00000000000000000007-<hex upload id>   <object key>
 //! ```
+//!
+//! An empty stream (a pipeline with one kind of record) leaves out its level, an empty prefix
+//! puts `_fence/` at the root.
 //!
 //! A writer that starts writing a partition under a new assignment takes the next generation:
 //! it lists the generations and creates the next one with put-if-absent (`If-None-Match: *` on
@@ -23,8 +26,6 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tracing::{info, warn};
-
-use super::keys::Kind;
 
 #[derive(Clone)]
 pub struct Ledger {
@@ -45,17 +46,29 @@ impl Ledger {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         Ledger {
             store,
-            root: format!("{prefix}/_fence"),
+            root: if prefix.is_empty() {
+                "_fence".to_owned()
+            } else {
+                format!("{prefix}/_fence")
+            },
         }
     }
 
-    fn dir(&self, kind: Kind, partition: i32, what: &str) -> String {
-        format!("{}/{}/{partition}/{what}", self.root, kind.as_str())
+    fn dir(&self, stream: &str, partition: i32, what: &str) -> String {
+        if stream.is_empty() {
+            format!("{}/{partition}/{what}", self.root)
+        } else {
+            format!("{}/{stream}/{partition}/{what}", self.root)
+        }
     }
 
     /// The newest generation of the partition (0 when none was taken).
-    pub async fn latest(&self, kind: Kind, partition: i32) -> object_store::Result<u64> {
-        let dir = Path::from(self.dir(kind, partition, "gen"));
+    pub async fn latest(
+        &self,
+        stream: impl AsRef<str>,
+        partition: i32,
+    ) -> object_store::Result<u64> {
+        let dir = Path::from(self.dir(stream.as_ref(), partition, "gen"));
         let listing: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
         Ok(listing
             .iter()
@@ -66,11 +79,19 @@ impl Ledger {
 
     /// Takes the next generation of the partition for a writer whose first record is at
     /// offset `from`.
-    pub async fn take(&self, kind: Kind, partition: i32, from: i64) -> object_store::Result<u64> {
+    pub async fn take(
+        &self,
+        stream: impl AsRef<str>,
+        partition: i32,
+        from: i64,
+    ) -> object_store::Result<u64> {
         let nonce = uuid::Uuid::new_v4().to_string();
         loop {
-            let next = self.latest(kind, partition).await? + 1;
-            let path = Path::from(format!("{}/{next:020}", self.dir(kind, partition, "gen")));
+            let next = self.latest(stream.as_ref(), partition).await? + 1;
+            let path = Path::from(format!(
+                "{}/{next:020}",
+                self.dir(stream.as_ref(), partition, "gen")
+            ));
             let body = serde_json::json!({
                 "from": from,
                 "nonce": nonce,
@@ -106,7 +127,7 @@ impl Ledger {
                 .is_some_and(|v| v["nonce"] == nonce.as_str());
             if ours {
                 info!(
-                    kind = kind.as_str(),
+                    stream = stream.as_ref(),
                     partition,
                     generation = next,
                     from,
@@ -120,7 +141,7 @@ impl Ledger {
     /// Where an upload is recorded.
     pub fn upload_marker(
         &self,
-        kind: Kind,
+        stream: impl AsRef<str>,
         partition: i32,
         generation: u64,
         upload_id: &str,
@@ -128,20 +149,20 @@ impl Ledger {
         let hex: String = upload_id.bytes().map(|b| format!("{b:02x}")).collect();
         Path::from(format!(
             "{}/{generation:020}-{hex}",
-            self.dir(kind, partition, "uploads")
+            self.dir(stream.as_ref(), partition, "uploads")
         ))
     }
 
     /// Records an upload before its first part.
     pub async fn open_upload(
         &self,
-        kind: Kind,
+        stream: impl AsRef<str>,
         partition: i32,
         generation: u64,
         key: &str,
         upload_id: &str,
     ) -> object_store::Result<Path> {
-        let marker = self.upload_marker(kind, partition, generation, upload_id);
+        let marker = self.upload_marker(stream.as_ref(), partition, generation, upload_id);
         self.store
             .put(&marker, PutPayload::from(key.as_bytes().to_vec()))
             .await?;
@@ -160,11 +181,11 @@ impl Ledger {
     /// Uploads of the partition recorded by generations older than `generation`.
     pub async fn stale_uploads(
         &self,
-        kind: Kind,
+        stream: impl AsRef<str>,
         partition: i32,
         generation: u64,
     ) -> object_store::Result<Vec<OpenUpload>> {
-        let dir = Path::from(self.dir(kind, partition, "uploads"));
+        let dir = Path::from(self.dir(stream.as_ref(), partition, "uploads"));
         let listing: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
         let mut out = Vec::new();
         for meta in listing {
@@ -217,31 +238,27 @@ mod tests {
     async fn generations_increase_and_uploads_of_older_ones_are_stale() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let ledger = Ledger::new(store, "market-data");
-        assert_eq!(ledger.latest(Kind::Tick, 0).await.unwrap(), 0);
-        assert_eq!(ledger.take(Kind::Tick, 0, 10).await.unwrap(), 1);
-        assert_eq!(ledger.take(Kind::Tick, 0, 20).await.unwrap(), 2);
-        assert_eq!(ledger.take(Kind::Tick, 1, 0).await.unwrap(), 1);
-        assert_eq!(ledger.take(Kind::OrderBook, 0, 0).await.unwrap(), 1);
-        assert_eq!(ledger.latest(Kind::Tick, 0).await.unwrap(), 2);
+        assert_eq!(ledger.latest("tick", 0).await.unwrap(), 0);
+        assert_eq!(ledger.take("tick", 0, 10).await.unwrap(), 1);
+        assert_eq!(ledger.take("tick", 0, 20).await.unwrap(), 2);
+        assert_eq!(ledger.take("tick", 1, 0).await.unwrap(), 1);
+        assert_eq!(ledger.take("orderbook", 0, 0).await.unwrap(), 1);
+        assert_eq!(ledger.latest("tick", 0).await.unwrap(), 2);
         let marker = ledger
-            .open_upload(Kind::Tick, 0, 1, "a/b.parquet", "id/with+odd=chars")
+            .open_upload("tick", 0, 1, "a/b.parquet", "id/with+odd=chars")
             .await
             .unwrap();
         ledger
-            .open_upload(Kind::Tick, 0, 2, "a/c.parquet", "current")
+            .open_upload("tick", 0, 2, "a/c.parquet", "current")
             .await
             .unwrap();
-        let stale = ledger.stale_uploads(Kind::Tick, 0, 2).await.unwrap();
+        let stale = ledger.stale_uploads("tick", 0, 2).await.unwrap();
         assert_eq!(stale.len(), 1);
         assert_eq!(
             (stale[0].key.as_str(), stale[0].upload_id.as_str()),
             ("a/b.parquet", "id/with+odd=chars")
         );
         ledger.close_upload(&marker).await;
-        assert!(ledger
-            .stale_uploads(Kind::Tick, 0, 2)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(ledger.stale_uploads("tick", 0, 2).await.unwrap().is_empty());
     }
 }

@@ -1,38 +1,45 @@
-//! Parquet encoding of ticks and order books, with the seed's columns exactly:
-//! ticks `timestamp` INT64 (ns since the epoch), `symbol` STRING, `price` DOUBLE, `volume` INT64,
-//! `change` DOUBLE, `change_rate` DOUBLE; order books `timestamp` INT64 (ns), `symbol` STRING,
-//! `bids` STRING (JSON), `asks` STRING (JSON). Snappy compression.
-
-use std::sync::Arc;
+//! What a pipeline tells the Parquet object sink about its records ([`ParquetFormat`]), and
+//! the writer properties every object shares (snappy, bounded row groups, footer metadata).
+//!
+//! The sink asks the format, per object, for one schema given all the object's records, then
+//! for one Arrow batch per row group of that schema. A fixed schema ignores the records; a
+//! schema inferred from the records (JSON input) is decided once per object, so all row groups
+//! of one file agree, while two objects (two partitions, two periods, two batches) may differ.
 
 use actord_actors::record::Envelope;
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
+use chrono::{DateTime, Utc};
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use super::keys::Kind;
-use crate::pipelines::recorder::model::Market;
+/// How a pipeline's records become Parquet objects: which stream and time each record has,
+/// and the schema and rows of an object. No I/O; the sink calls it on its async workers
+/// (Arrow batches) and encodes them to Parquet on a blocking thread.
+pub trait ParquetFormat: Send + Sync + 'static {
+    type Record: Send + Sync + 'static;
 
-pub fn schema(kind: Kind) -> SchemaRef {
-    let fields = match kind {
-        Kind::Tick => vec![
-            Field::new("timestamp", DataType::Int64, false),
-            Field::new("symbol", DataType::Utf8, false),
-            Field::new("price", DataType::Float64, false),
-            Field::new("volume", DataType::Int64, false),
-            Field::new("change", DataType::Float64, false),
-            Field::new("change_rate", DataType::Float64, false),
-        ],
-        Kind::OrderBook => vec![
-            Field::new("timestamp", DataType::Int64, false),
-            Field::new("symbol", DataType::Utf8, false),
-            Field::new("bids", DataType::Utf8, false),
-            Field::new("asks", DataType::Utf8, false),
-        ],
-    };
-    Arc::new(Schema::new(fields))
+    /// The stream a record belongs to: a directory level under the prefix (`tick`,
+    /// `orderbook`), or `""` for a pipeline with one kind of record (no level). Records of two
+    /// streams never share an object, and each stream has its own ownership ledger.
+    fn stream<'a>(&'a self, record: &'a Self::Record) -> &'a str;
+
+    /// The record's time: it picks the partition directory (in the layout's time zone), names
+    /// the object after its first record, and marks its last record in the footer.
+    fn time(&self, record: &Self::Record) -> DateTime<Utc>;
+
+    /// The schema of one object, given all its records (one stream and partition, in offset
+    /// order, never empty) before any of them is encoded.
+    fn schema(&self, records: &[&Envelope<Self::Record>]) -> Result<SchemaRef, ArrowError>;
+
+    /// One row group: a run of the object's records (in offset order, never empty) as a batch
+    /// of `schema`, the schema [`ParquetFormat::schema`] gave for the object.
+    fn encode(
+        &self,
+        schema: &SchemaRef,
+        records: &[&Envelope<Self::Record>],
+    ) -> Result<RecordBatch, ArrowError>;
 }
 
 /// Snappy, with row groups of at most `row_group_rows` rows (which bounds writer memory).
@@ -49,86 +56,84 @@ pub fn properties_with(row_group_rows: usize, metadata: Vec<KeyValue>) -> Writer
         .build()
 }
 
-/// Nanoseconds since the epoch; decoding already refused times outside that range.
-fn nanos(m: &Market) -> i64 {
-    m.time().timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
-
-/// One Arrow batch of records that are all of `kind`; records of the other kind are skipped.
-pub fn batch(kind: Kind, records: &[&Envelope<Market>]) -> Result<RecordBatch, ArrowError> {
-    let columns: Vec<ArrayRef> = match kind {
-        Kind::Tick => {
-            let ticks: Vec<_> = records
-                .iter()
-                .filter_map(|e| match &e.record {
-                    Market::Tick(t) => Some((nanos(&e.record), t)),
-                    Market::OrderBook(_) => None,
-                })
-                .collect();
-            vec![
-                Arc::new(Int64Array::from_iter_values(ticks.iter().map(|(n, _)| *n))),
-                Arc::new(StringArray::from_iter_values(
-                    ticks.iter().map(|(_, t)| t.symbol.as_str()),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    ticks.iter().map(|(_, t)| t.price),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    ticks.iter().map(|(_, t)| t.volume),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    ticks.iter().map(|(_, t)| t.change),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    ticks.iter().map(|(_, t)| t.change_rate),
-                )),
-            ]
-        }
-        Kind::OrderBook => {
-            let books: Vec<_> = records
-                .iter()
-                .filter_map(|e| match &e.record {
-                    Market::OrderBook(o) => Some((nanos(&e.record), o)),
-                    Market::Tick(_) => None,
-                })
-                .collect();
-            let json = |levels: &Vec<crate::pipelines::recorder::model::Level>| {
-                serde_json::to_string(levels).unwrap_or_else(|_| "[]".to_owned())
-            };
-            vec![
-                Arc::new(Int64Array::from_iter_values(books.iter().map(|(n, _)| *n))),
-                Arc::new(StringArray::from_iter_values(
-                    books.iter().map(|(_, o)| o.symbol.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    books.iter().map(|(_, o)| json(&o.bids)),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    books.iter().map(|(_, o)| json(&o.asks)),
-                )),
-            ]
-        }
-    };
-    RecordBatch::try_new(schema(kind), columns)
-}
-
+/// A format for the sink's own tests: sensor readings whose `note` column exists only in
+/// objects where some reading has a note (a schema inferred per object).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipelines::recorder::model::{Level, OrderBook, Tick};
-    use actord_actors::record::{Acker, Origin, SourceRecord, Topic};
-    use arrow_array::Array;
-    use chrono::{DateTime, Utc};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use parquet::arrow::ArrowWriter;
+pub(crate) mod tests {
+    use std::sync::Arc;
 
-    fn envelope(record: Market, offset: i64) -> Envelope<Market> {
+    use super::*;
+    use actord_actors::record::{Acker, Origin, SourceRecord, Topic};
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    pub struct Reading {
+        pub time: DateTime<Utc>,
+        pub value: f64,
+        pub note: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct Readings;
+
+    impl ParquetFormat for Readings {
+        type Record = Reading;
+
+        fn stream<'a>(&'a self, _: &'a Reading) -> &'a str {
+            ""
+        }
+
+        fn time(&self, r: &Reading) -> DateTime<Utc> {
+            r.time
+        }
+
+        fn schema(&self, records: &[&Envelope<Reading>]) -> Result<SchemaRef, ArrowError> {
+            let mut fields = vec![
+                Field::new("time_ns", DataType::Int64, false),
+                Field::new("value", DataType::Float64, false),
+            ];
+            if records.iter().any(|e| e.record.note.is_some()) {
+                fields.push(Field::new("note", DataType::Utf8, true));
+            }
+            Ok(Arc::new(Schema::new(fields)))
+        }
+
+        fn encode(
+            &self,
+            schema: &SchemaRef,
+            records: &[&Envelope<Reading>],
+        ) -> Result<RecordBatch, ArrowError> {
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(records.iter().map(|e| {
+                    e.record.time.timestamp_nanos_opt().unwrap_or(i64::MAX)
+                }))),
+                Arc::new(Float64Array::from_iter_values(
+                    records.iter().map(|e| e.record.value),
+                )),
+            ];
+            if schema.fields().len() > 2 {
+                columns.push(Arc::new(StringArray::from_iter(
+                    records.iter().map(|e| e.record.note.as_deref()),
+                )));
+            }
+            RecordBatch::try_new(schema.clone(), columns)
+        }
+    }
+
+    /// A reading at `offset` of `partition` (topic `readings`, epoch 1).
+    pub fn reading(partition: i32, offset: i64, time: &str, value: f64) -> Envelope<Reading> {
         Envelope {
-            record,
+            record: Reading {
+                time: DateTime::parse_from_rfc3339(time)
+                    .unwrap()
+                    .with_timezone(&Utc),
+                value,
+                note: None,
+            },
             source: SourceRecord {
                 origin: Origin {
-                    topic: Topic::intern("market.tick"),
-                    partition: 0,
+                    topic: Topic::intern("readings"),
+                    partition,
                     offset,
                     epoch: 1,
                 },
@@ -140,132 +145,5 @@ mod tests {
             acker: Acker::new(|_| {}),
             bytes: 0,
         }
-    }
-
-    fn time(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn roundtrip(
-        kind: Kind,
-        records: &[Envelope<Market>],
-    ) -> (RecordBatch, parquet::file::metadata::ParquetMetaData) {
-        let refs: Vec<&Envelope<Market>> = records.iter().collect();
-        let batch = batch(kind, &refs).unwrap();
-        let mut file = tempfile::tempfile().unwrap();
-        let mut w = ArrowWriter::try_new(&mut file, schema(kind), Some(properties(1000))).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        let meta = reader.metadata().as_ref().clone();
-        let back = reader.build().unwrap().next().unwrap().unwrap();
-        (back, meta)
-    }
-
-    #[test]
-    fn ticks_keep_the_seed_columns_and_values() {
-        let records = vec![
-            envelope(
-                Market::Tick(Tick {
-                    time: time("2025-11-19T16:12:34.123456789Z"),
-                    symbol: "005930".into(),
-                    price: 71000.5,
-                    volume: 10,
-                    change: 500.0,
-                    change_rate: 0.71,
-                }),
-                0,
-            ),
-            envelope(
-                Market::Tick(Tick {
-                    time: time("2025-11-19T16:12:35Z"),
-                    symbol: "000660".into(),
-                    price: 180000.0,
-                    volume: 3,
-                    change: -100.0,
-                    change_rate: -0.05,
-                }),
-                1,
-            ),
-        ];
-        let (back, meta) = roundtrip(Kind::Tick, &records);
-        let schema = back.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "timestamp",
-                "symbol",
-                "price",
-                "volume",
-                "change",
-                "change_rate"
-            ]
-        );
-        let ts = back
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        assert_eq!(ts.value(0), 1_763_568_754_123_456_789);
-        let sym = back
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!((sym.value(0), sym.value(1)), ("005930", "000660"));
-        let vol = back
-            .column(3)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        assert_eq!(vol.values().to_vec(), vec![10, 3]);
-        let rate = back
-            .column(5)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
-        assert_eq!(rate.value(1), -0.05);
-        let col = meta.row_group(0).column(0);
-        assert_eq!(col.compression(), Compression::SNAPPY);
-        assert_eq!(col.column_type(), parquet::basic::Type::INT64);
-    }
-
-    #[test]
-    fn order_books_store_levels_as_json_text() {
-        let records = vec![envelope(
-            Market::OrderBook(OrderBook {
-                time: time("2025-11-19T16:12:34Z"),
-                symbol: "005930".into(),
-                bids: vec![Level {
-                    price: 70900.0,
-                    quantity: 3.0,
-                }],
-                asks: vec![],
-            }),
-            0,
-        )];
-        let (back, _) = roundtrip(Kind::OrderBook, &records);
-        let schema = back.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["timestamp", "symbol", "bids", "asks"]);
-        let bids = back
-            .column(2)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let parsed: serde_json::Value = serde_json::from_str(bids.value(0)).unwrap();
-        assert_eq!(
-            parsed,
-            serde_json::json!([{"price": 70900.0, "quantity": 3.0}])
-        );
-        let asks = back
-            .column(3)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!(asks.value(0), "[]");
-        assert_eq!(back.num_rows(), 1);
-        assert_eq!(back.column(0).null_count(), 0);
     }
 }

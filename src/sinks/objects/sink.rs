@@ -1,5 +1,14 @@
-//! `ParquetSink`: writes a batch of market records as Parquet objects, one per
-//! (kind, partition, UTC hour), each encoded off the async workers and streamed to the store.
+//! The Parquet object sink: writes a batch of a pipeline's records as Parquet objects, one per
+//! (stream, partition, period), each encoded off the async workers and streamed to the store.
+//! The pipeline brings a [`ParquetFormat`] (stream, time, schema and rows of its records) and a
+//! [`Layout`] (prefix, time zone, hour or day); everything below is the sink's, once for every
+//! pipeline:
+//!
+//! ```ignore
+//! let objects = Objects::open(target, MyFormat, Layout::new("prefix", tz, Granularity::Day),
+//!     Settings { row_group_rows, path: root.child("s3").to_string(), replay_since: None });
+//! let path = KafkaPath::<MyRecord, ParquetSink<MyFormat>> { sink: objects.factory(), .. };
+//! ```
 //!
 //! Every record ends up in exactly one object, after any crash, replay or change of owner:
 //!
@@ -10,21 +19,23 @@
 //!   record is the batch's record at that offset (same time in the name: a topic deleted and
 //!   created again under the same name starts its offsets anew, and its objects are not the old
 //!   topic's). Committed objects start below the replay's first offset and are never touched.
-//!   The objects to look at are found by listing the hour prefixes of the batch's own records:
-//!   an old object is named after its first record, which is in the new batch with the same time.
+//!   The objects to look at are found by listing the period directories of the batch's own
+//!   records: an old object is named after its first record, which is in the new batch with
+//!   the same time.
 //! - The first batch of an assignment also looks for an object that starts before the batch
 //!   and reaches into it (a replay starting inside an uncommitted object, after retention moved
 //!   the log start): the footer of that object names its last offset and that record's time;
 //!   the batch's records up to it are already stored and are not written again.
 //! - Ownership (see `ledger`): the first write of each assignment takes the partition's next
-//!   generation, which names every object it writes. Before an object becomes visible and again
-//!   after, the sink checks the path's fence (the partition was not revoked in this process) and
-//!   the ledger (no newer generation exists); a writer that lost its partition gives up the
-//!   upload, or removes the object it just completed, and never removes an object of a newer
-//!   generation. Taking a generation aborts the multipart uploads older generations left behind.
+//!   generation (per stream), which names every object it writes. Before an object becomes
+//!   visible and again after, the sink checks the path's fence (the partition was not revoked
+//!   in this process) and the ledger (no newer generation exists); a writer that lost its
+//!   partition gives up the upload, or removes the object it just completed, and never removes
+//!   an object of a newer generation. Taking a generation aborts the multipart uploads older
+//!   generations left behind.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,11 +49,10 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use tracing::{debug, info, warn};
 
-use super::keys::{self, Group, Kind};
+use super::keys::{self, Group, Layout};
 use super::ledger::Ledger;
-use super::parquet::{batch, properties_with, schema};
+use super::parquet::{properties_with, ParquetFormat};
 use super::upload::{encoder, Encoder, Parts, Rows, Upload};
-use crate::pipelines::recorder::model::Market;
 use crate::telemetry::names;
 
 const HEALTH_UNKNOWN: u8 = 0;
@@ -76,49 +86,86 @@ struct Owner {
     first: bool,
 }
 
+/// How a sink writes, beside its format and layout.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Rows per Parquet row group (bounds the encoder's memory); also the rows per Arrow batch
+    /// asked of the format.
+    pub row_group_rows: usize,
+    /// The path's actor path, the `path` label of the metrics.
+    pub path: String,
+    /// When set, only objects modified since this time may be removed as stale. With the
+    /// embedded broker every run starts its offsets at zero again, so objects of an earlier
+    /// run share offsets with this one's without being a replay of them.
+    pub replay_since: Option<DateTime<Utc>>,
+}
+
+/// Totals of what a sink wrote, see [`Objects::written`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub objects: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// State shared by the writers of one path.
-pub struct Objects {
+pub struct Objects<F: ParquetFormat> {
+    format: F,
+    layout: Layout,
     store: Arc<dyn ObjectStore>,
     parts: Parts,
     part_size: usize,
     ledger: Ledger,
-    /// The key prefix above `tick/` and `orderbook/`, e.g. `market-data`.
-    prefix: String,
     row_group_rows: usize,
-    /// The path's actor path, the `path` label of the metrics.
     path: String,
-    /// When set, only objects modified since this time may be removed as stale. With the
-    /// embedded broker every run starts its offsets at zero again, so objects of an earlier
-    /// run share offsets with this one's without being a replay of them.
     replay_since: Option<DateTime<Utc>>,
     health: AtomicU8,
-    owners: Mutex<HashMap<(Kind, i32), Owner>>,
+    /// Objects, records and bytes made visible since the sink was opened.
+    written: [AtomicU64; 3],
+    /// By (stream, partition).
+    owners: Mutex<HashMap<(String, i32), Owner>>,
 }
 
-impl Objects {
-    pub fn new(
-        target: Target,
-        prefix: impl Into<String>,
-        row_group_rows: usize,
-        path: impl Into<String>,
-        replay_since: Option<DateTime<Utc>>,
-    ) -> Arc<Self> {
-        let prefix = prefix.into().trim_matches('/').to_owned();
+impl<F: ParquetFormat> Objects<F> {
+    /// The shared state of one path's writers on `target`; sweeps the staging files killed
+    /// writers left under the layout's prefix in a local directory.
+    pub fn open(target: Target, format: F, layout: Layout, settings: Settings) -> Arc<Self> {
         if let Some(dir) = &target.dir {
-            sweep_staging(&dir.join(&prefix));
+            sweep_staging(&dir.join(layout.prefix()));
         }
         Arc::new(Objects {
-            ledger: Ledger::new(target.store.clone(), &prefix),
+            ledger: Ledger::new(target.store.clone(), layout.prefix()),
+            format,
+            layout,
             store: target.store,
             parts: target.parts,
             part_size: target.part_size.max(1),
-            prefix,
-            row_group_rows: row_group_rows.max(1),
-            path: path.into(),
-            replay_since,
+            row_group_rows: settings.row_group_rows.max(1),
+            path: settings.path,
+            replay_since: settings.replay_since,
             health: AtomicU8::new(HEALTH_UNKNOWN),
+            written: Default::default(),
             owners: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// What the sink's writers made visible since it was opened (a run's summary). An object
+    /// removed again because its writer lost the partition is not counted.
+    pub fn written(&self) -> Written {
+        let [objects, records, bytes] = self.written.each_ref().map(|c| c.load(Ordering::Relaxed));
+        Written {
+            objects,
+            records,
+            bytes,
+        }
     }
 
     /// False while writes fail; true before the first write and after a successful one.
@@ -126,7 +173,7 @@ impl Objects {
         self.health.load(Ordering::Acquire) != HEALTH_FAILING
     }
 
-    pub fn factory(self: &Arc<Self>) -> SinkFactory<ParquetSink> {
+    pub fn factory(self: &Arc<Self>) -> SinkFactory<ParquetSink<F>> {
         let shared = self.clone();
         Arc::new(move || {
             let shared = shared.clone();
@@ -140,11 +187,22 @@ impl Objects {
         })
     }
 
+    /// The key of a group's object (named after its first record in offset order).
+    fn key(&self, g: &Group<'_, F::Record>, generation: u64) -> String {
+        self.layout.key(
+            g.stream,
+            self.format.time(&g.records[0].record),
+            g.partition,
+            g.first_offset(),
+            generation,
+        )
+    }
+
     /// The generation this writer holds for the partition under `epoch`, taking the next one
     /// at the first write of an assignment (and aborting the uploads older ones left).
     async fn owner(
         &self,
-        kind: Kind,
+        stream: &str,
         partition: i32,
         epoch: u64,
         from: i64,
@@ -153,19 +211,19 @@ impl Objects {
             .owners
             .lock()
             .expect("owners lock")
-            .get(&(kind, partition))
+            .get(&(stream.to_owned(), partition))
             .copied();
         if let Some(o) = known.filter(|o| o.epoch == epoch) {
             return Ok(o);
         }
         let generation = self
             .ledger
-            .take(kind, partition, from)
+            .take(stream, partition, from)
             .await
             .map_err(store_error)?;
         let stale = self
             .ledger
-            .stale_uploads(kind, partition, generation)
+            .stale_uploads(stream, partition, generation)
             .await
             .map_err(store_error)?;
         for u in stale {
@@ -191,7 +249,7 @@ impl Objects {
         self.owners
             .lock()
             .expect("owners lock")
-            .insert((kind, partition), owner);
+            .insert((stream.to_owned(), partition), owner);
         Ok(owner)
     }
 
@@ -199,7 +257,7 @@ impl Objects {
     /// owns it in the store.
     async fn still_owner(
         &self,
-        group: &Group<'_>,
+        group: &Group<'_, F::Record>,
         generation: u64,
         fence: &Fence,
     ) -> Result<(), SinkError> {
@@ -211,14 +269,14 @@ impl Objects {
         }
         let latest = self
             .ledger
-            .latest(group.kind, group.partition)
+            .latest(group.stream, group.partition)
             .await
             .map_err(store_error)?;
         if latest > generation {
             metrics::counter!(names::S3_FENCED_TOTAL, "path" => self.path.clone()).increment(1);
             return Err(SinkError::fenced(format!(
-                "{} partition {} belongs to generation {latest} now, this writer holds {generation}",
-                group.kind.as_str(),
+                "{}partition {} belongs to generation {latest} now, this writer holds {generation}",
+                stream_label(group.stream),
                 group.partition
             )));
         }
@@ -227,39 +285,39 @@ impl Objects {
 
     async fn write_batch(
         &self,
-        records: &[Envelope<Market>],
+        records: &[Envelope<F::Record>],
         progress: &Progress,
         fence: &Fence,
     ) -> Result<(), SinkError> {
-        let mut groups = keys::group(records);
+        let mut groups = keys::group(&self.format, &self.layout, records);
         if groups.is_empty() {
             return Ok(());
         }
-        let mut owners: BTreeMap<(Kind, i32), Owner> = BTreeMap::new();
+        let mut owners: BTreeMap<(&str, i32), Owner> = BTreeMap::new();
         for g in &groups {
             if let std::collections::btree_map::Entry::Vacant(slot) =
-                owners.entry((g.kind, g.partition))
+                owners.entry((g.stream, g.partition))
             {
                 let from = groups
                     .iter()
-                    .filter(|o| (o.kind, o.partition) == (g.kind, g.partition))
+                    .filter(|o| (o.stream, o.partition) == (g.stream, g.partition))
                     .map(Group::first_offset)
                     .min()
                     .unwrap_or(g.first_offset());
-                let owner = self.owner(g.kind, g.partition, g.epoch(), from).await?;
+                let owner = self.owner(g.stream, g.partition, g.epoch(), from).await?;
                 slot.insert(owner);
             }
         }
         // Nothing is removed unless this writer still owns every partition of the batch: a
         // writer that lost one must not delete what a newer owner relies on.
         for g in &groups {
-            self.still_owner(g, owners[&(g.kind, g.partition)].generation, fence)
+            self.still_owner(g, owners[&(g.stream, g.partition)].generation, fence)
                 .await?;
         }
         self.remove_stale(&mut groups, &owners).await?;
         for group in groups.iter().filter(|g| !g.records.is_empty()) {
-            let generation = owners[&(group.kind, group.partition)].generation;
-            let key = group.key(&self.prefix, generation);
+            let generation = owners[&(group.stream, group.partition)].generation;
+            let key = self.key(group, generation);
             let started = Instant::now();
             let bytes = self
                 .upload(group, &key, generation, progress, fence)
@@ -267,11 +325,21 @@ impl Objects {
             metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
             metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
                 .increment(bytes);
+            for (count, n) in self
+                .written
+                .iter()
+                .zip([1, group.records.len() as u64, bytes])
+            {
+                count.fetch_add(n, Ordering::Relaxed);
+            }
             debug!(key = %key, records = group.records.len(), bytes, elapsed = ?started.elapsed(), "object written");
         }
         let mut known = self.owners.lock().expect("owners lock");
         for (k, o) in &owners {
-            if let Some(slot) = known.get_mut(k).filter(|s| s.epoch == o.epoch) {
+            if let Some(slot) = known
+                .get_mut(&(k.0.to_owned(), k.1))
+                .filter(|s| s.epoch == o.epoch)
+            {
                 slot.first = false;
             }
         }
@@ -283,43 +351,45 @@ impl Objects {
     /// the module documentation).
     async fn remove_stale(
         &self,
-        groups: &mut [Group<'_>],
-        owners: &BTreeMap<(Kind, i32), Owner>,
+        groups: &mut [Group<'_, F::Record>],
+        owners: &BTreeMap<(&str, i32), Owner>,
     ) -> Result<(), SinkError> {
-        let mut ranges: BTreeMap<(Kind, i32), (i64, i64)> = BTreeMap::new();
-        // The record time (to the second) at each offset of the batch, per kind and partition.
-        let mut stamps: HashMap<(Kind, i32, i64), String> = HashMap::new();
+        let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+        // The record time (to the second) at each offset of the batch, per stream and partition.
+        let mut stamps: HashMap<(&str, i32, i64), String> = HashMap::new();
         let mut fresh: Vec<String> = Vec::new();
         for g in groups.iter() {
             let (lo, hi) = (g.first_offset(), g.last_offset());
             ranges
-                .entry((g.kind, g.partition))
+                .entry((g.stream, g.partition))
                 .and_modify(|r| *r = (r.0.min(lo), r.1.max(hi)))
                 .or_insert((lo, hi));
             for e in &g.records {
                 stamps.insert(
-                    (g.kind, g.partition, e.source.origin.offset),
-                    keys::stamp(e.record.time()),
+                    (g.stream, g.partition, e.source.origin.offset),
+                    self.layout.stamp(self.format.time(&e.record)),
                 );
             }
-            fresh.push(g.key(&self.prefix, owners[&(g.kind, g.partition)].generation));
+            fresh.push(self.key(g, owners[&(g.stream, g.partition)].generation));
         }
         let mut listings: HashMap<String, Vec<ObjectMeta>> = HashMap::new();
         for g in groups.iter_mut() {
-            let hour = keys::hour_prefix(&self.prefix, g.kind, g.records[0].record.time());
-            if !listings.contains_key(&hour) {
+            let dir = self
+                .layout
+                .dir(g.stream, self.format.time(&g.records[0].record));
+            if !listings.contains_key(&dir) {
                 let listing: Vec<ObjectMeta> = self
                     .store
-                    .list(Some(&Path::from(hour.trim_end_matches('/'))))
+                    .list(Some(&Path::from(dir.trim_end_matches('/'))))
                     .try_collect()
                     .await
                     .map_err(store_error)?;
-                listings.insert(hour.clone(), listing);
+                listings.insert(dir.clone(), listing);
             }
-            let owner = owners[&(g.kind, g.partition)];
-            let (lo, hi) = ranges[&(g.kind, g.partition)];
+            let owner = owners[&(g.stream, g.partition)];
+            let (lo, hi) = ranges[&(g.stream, g.partition)];
             let mut reaching_in: Option<(i64, &ObjectMeta)> = None;
-            for meta in &listings[&hour] {
+            for meta in &listings[&dir] {
                 let Some(name) = meta.location.filename().and_then(keys::parse_object_name) else {
                     continue;
                 };
@@ -335,7 +405,8 @@ impl Objects {
                         meta.location, owner.generation
                     )));
                 }
-                let same_log = stamps.get(&(g.kind, g.partition, name.offset)) == Some(&name.stamp);
+                let same_log =
+                    stamps.get(&(g.stream, g.partition, name.offset)) == Some(&name.stamp);
                 let stale = (lo..=hi).contains(&name.offset)
                     && same_log
                     && !fresh.iter().any(|k| k == meta.location.as_ref())
@@ -371,14 +442,18 @@ impl Objects {
     /// How many of the group's first records the object already holds: its footer names its
     /// last offset and that record's time, and the group must have the same record there (or
     /// end before it, its records then lying in the object's time span).
-    async fn held_by(&self, meta: &ObjectMeta, g: &Group<'_>) -> Result<usize, SinkError> {
+    async fn held_by(
+        &self,
+        meta: &ObjectMeta,
+        g: &Group<'_, F::Record>,
+    ) -> Result<usize, SinkError> {
         let Some((last, last_nanos)) = self.footer_last(meta).await? else {
             return Ok(0);
         };
         if last < g.first_offset() {
             return Ok(0);
         }
-        let nanos = |e: &Envelope<Market>| e.record.time().timestamp_nanos_opt();
+        let nanos = |e: &Envelope<F::Record>| self.format.time(&e.record).timestamp_nanos_opt();
         let same = match g.records.iter().find(|e| e.source.origin.offset == last) {
             Some(e) => nanos(e) == Some(last_nanos),
             None => {
@@ -442,7 +517,7 @@ impl Objects {
     /// newer owner appeared meanwhile. Returns the object's size.
     async fn upload(
         &self,
-        group: &Group<'_>,
+        group: &Group<'_, F::Record>,
         key: &str,
         generation: u64,
         progress: &Progress,
@@ -457,19 +532,23 @@ impl Objects {
             ),
             KeyValue::new(
                 META_LAST_NANOS.to_owned(),
-                last.record
-                    .time()
+                self.format
+                    .time(&last.record)
                     .timestamp_nanos_opt()
                     .unwrap_or(i64::MAX)
                     .to_string(),
             ),
         ];
+        let schema = self
+            .format
+            .schema(&group.records)
+            .map_err(|e| SinkError::fatal(format!("cannot decide the schema of {key}: {e}")))?;
         let Encoder {
             rows: rows_tx,
             parts: mut parts_rx,
             done: encoded,
         } = encoder(
-            schema(group.kind),
+            schema.clone(),
             properties_with(self.row_group_rows, meta),
             self.part_size,
         );
@@ -483,7 +562,9 @@ impl Objects {
                         "gave up {key}: its partition was revoked"
                     )));
                 }
-                let rows = batch(group.kind, chunk)
+                let rows = self
+                    .format
+                    .encode(&schema, chunk)
                     .map_err(|e| SinkError::fatal(format!("cannot build a record batch: {e}")))?;
                 rows_tx
                     .send(Rows::Batch(rows))
@@ -509,7 +590,7 @@ impl Objects {
                             &self.parts,
                             &self.ledger,
                             path,
-                            group.kind,
+                            group.stream,
                             group.partition,
                             generation,
                         )
@@ -592,6 +673,15 @@ fn sweep_staging(dir: &std::path::Path) {
     }
 }
 
+/// `tick ` for a named stream, nothing for the unnamed one.
+fn stream_label(stream: &str) -> String {
+    if stream.is_empty() {
+        String::new()
+    } else {
+        format!("{stream} ")
+    }
+}
+
 /// Every store failure is retried: an outage, a throttle or a permissions problem the operator
 /// fixes; none of them makes the records themselves unwritable.
 fn store_error(e: object_store::Error) -> SinkError {
@@ -603,13 +693,13 @@ fn store_error(e: object_store::Error) -> SinkError {
 }
 
 /// One writer's handle on the shared state.
-pub struct ParquetSink {
-    shared: Arc<Objects>,
+pub struct ParquetSink<F: ParquetFormat> {
+    shared: Arc<Objects<F>>,
     progress: Progress,
     fence: Fence,
 }
 
-impl Sink<Market> for ParquetSink {
+impl<F: ParquetFormat> Sink<F::Record> for ParquetSink<F> {
     fn attach_progress(&mut self, progress: Progress) {
         self.progress = progress;
     }
@@ -618,7 +708,7 @@ impl Sink<Market> for ParquetSink {
         self.fence = fence;
     }
 
-    async fn write(&mut self, records: &[Envelope<Market>]) -> Result<(), SinkError> {
+    async fn write(&mut self, records: &[Envelope<F::Record>]) -> Result<(), SinkError> {
         let result = self
             .shared
             .write_batch(records, &self.progress, &self.fence)
@@ -634,5 +724,134 @@ impl Sink<Market> for ParquetSink {
         };
         self.shared.health.store(health, Ordering::Release);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::objects::keys::Granularity;
+    use crate::sinks::objects::parquet::tests::{reading, Readings};
+    use actord_actors::scheduler::Tz;
+    use object_store::memory::InMemory;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// Key → (column names, rows) of every Parquet object in the store.
+    async fn objects_of(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, (Vec<String>, usize)> {
+        let listing: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
+        let mut out = BTreeMap::new();
+        for meta in listing {
+            if !meta.location.as_ref().ends_with(".parquet") {
+                continue;
+            }
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+            let columns = reader
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let rows = reader.metadata().file_metadata().num_rows() as usize;
+            out.insert(meta.location.to_string(), (columns, rows));
+        }
+        out
+    }
+
+    /// One process's sink of readings under `sensors/`, by KST day, two rows a row group.
+    fn readings_by_kst_day(store: &Arc<dyn ObjectStore>) -> Arc<Objects<Readings>> {
+        let target = Target {
+            store: store.clone(),
+            parts: Parts::Store(store.clone()),
+            dir: None,
+            part_size: 1 << 20,
+        };
+        Objects::open(
+            target,
+            Readings,
+            Layout::new("sensors", Tz::Asia__Seoul, Granularity::Day),
+            Settings {
+                row_group_rows: 2,
+                path: "/test/objects".into(),
+                replay_since: None,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_format_with_inferred_schemas_writes_daily_objects_in_its_time_zone() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let objects = readings_by_kst_day(&store);
+        let mut sink = (objects.factory())().await.unwrap();
+        // 23:59 KST on the 19th, then past midnight KST; one reading carries a note.
+        let mut batch = vec![
+            reading(0, 0, "2025-11-19T14:59:00Z", 1.0),
+            reading(0, 1, "2025-11-19T14:59:30Z", 2.0),
+            reading(0, 2, "2025-11-19T15:00:00Z", 3.0),
+            reading(0, 3, "2025-11-19T15:01:00Z", 4.0),
+            reading(0, 4, "2025-11-19T15:02:00Z", 5.0),
+        ];
+        batch[3].record.note = Some("door open".into());
+        sink.write(&batch).await.unwrap();
+        assert!(objects.healthy());
+        assert_eq!(
+            (objects.written().objects, objects.written().records),
+            (2, 5)
+        );
+        let got = objects_of(&store).await;
+        let cols = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                (
+                    "sensors/year=2025/month=11/day=19/data_20251119235900_0_0.g1.parquet"
+                        .to_owned(),
+                    (cols(&["time_ns", "value"]), 2)
+                ),
+                (
+                    "sensors/year=2025/month=11/day=20/data_20251120000000_0_2.g1.parquet"
+                        .to_owned(),
+                    (cols(&["time_ns", "value", "note"]), 3)
+                ),
+            ])
+        );
+        // The ledger of a format with one stream sits right under the prefix's `_fence/`.
+        let ledger = Ledger::new(store.clone(), "sensors");
+        assert_eq!(ledger.latest("", 0).await.unwrap(), 1);
+        // A rerun in another cut by a new owner replaces the earlier objects.
+        let mut sink = (readings_by_kst_day(&store).factory())().await.unwrap();
+        sink.write(&batch[..3]).await.unwrap();
+        sink.write(&batch[3..]).await.unwrap();
+        let rows: Vec<(String, usize)> = objects_of(&store)
+            .await
+            .into_iter()
+            .map(|(k, (_, n))| (k, n))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "sensors/year=2025/month=11/day=19/data_20251119235900_0_0.g2.parquet"
+                        .to_owned(),
+                    2
+                ),
+                (
+                    "sensors/year=2025/month=11/day=20/data_20251120000000_0_2.g2.parquet"
+                        .to_owned(),
+                    1
+                ),
+                (
+                    "sensors/year=2025/month=11/day=20/data_20251120000100_0_3.g2.parquet"
+                        .to_owned(),
+                    2
+                ),
+            ]
+        );
     }
 }

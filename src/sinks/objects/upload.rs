@@ -20,7 +20,6 @@ use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::keys::Kind;
 use super::ledger::Ledger;
 
 /// Multipart part size: S3 needs at least 5 MiB per part but the last.
@@ -145,7 +144,7 @@ impl Upload {
         parts: &Parts,
         ledger: &Ledger,
         path: &Path,
-        kind: Kind,
+        stream: &str,
         partition: i32,
         generation: u64,
     ) -> object_store::Result<Upload> {
@@ -161,11 +160,11 @@ impl Upload {
                         id: id.clone(),
                         parts: Vec::new(),
                         ledger: ledger.clone(),
-                        marker: ledger.upload_marker(kind, partition, generation, &id),
+                        marker: ledger.upload_marker(stream, partition, generation, &id),
                     }),
                 };
                 ledger
-                    .open_upload(kind, partition, generation, path.as_ref(), &id)
+                    .open_upload(stream, partition, generation, path.as_ref(), &id)
                     .await?;
                 Ok(upload)
             }
