@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, ConfigError, Sources};
 use crate::runtime;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "actord",
     version,
@@ -50,7 +50,7 @@ pub struct Cli {
     pub group_id: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the enabled pipelines (the default).
     Run,
@@ -141,6 +141,12 @@ pub async fn probe(
 }
 
 impl Cli {
+    /// Reads the configuration again the way [`Cli::load_config`] did: for a reload.
+    pub fn loader(&self) -> config::reload::Loader {
+        let cli = self.clone();
+        std::sync::Arc::new(move || cli.load_config())
+    }
+
     /// Reads the configuration with the process environment, plus `--env-file` read as the
     /// original services read theirs (variables already set win).
     pub fn load_config(&self) -> Result<Config, ConfigError> {

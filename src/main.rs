@@ -150,7 +150,7 @@ async fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app::run(config, listener, shutdown_signal()).await {
+    match app::run_with(config, Some(cli.loader()), listener, shutdown_signal()).await {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {

@@ -122,8 +122,9 @@ pub fn render(live: &Value, info: &Value, opts: &TreeOptions) -> String {
         } else {
             "degraded"
         };
+        let paused = if p["paused"] == true { "  paused" } else { "" };
         let mut line = format!(
-            "pipeline {}  {}  {}",
+            "pipeline {}  {}{paused}  {}",
             p["name"].as_str().unwrap_or("?"),
             paint(state),
             per_second(p["records_per_second"].as_f64().unwrap_or(0.0))
@@ -428,6 +429,11 @@ mod tests {
         let text = render(&live, &json!({}), &opts);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("/  supervisor  running"), "{text}");
+        let paused = json!({"now": "2026-01-01T00:00:10Z", "actors": [], "pipelines": [
+            {"name": "a", "status": "running", "up": true, "paused": true, "records_per_second": 0.0, "dlq_records": 0},
+        ]});
+        let text = render(&paused, &json!({}), &opts);
+        assert!(text.starts_with("pipeline a  up  paused"), "{text}");
         assert!(lines[1].starts_with("├─ a  supervisor"), "{text}");
         assert!(lines[2].starts_with("│  ├─ x  worker  running"), "{text}");
         assert!(

@@ -145,6 +145,10 @@ pub enum SupervisorMsg {
     AddChild(ChildSpec, Reply),
     /// Stops and forgets a child (worker pools shrink).
     RemoveChild(String, Reply),
+    /// Stops a child gracefully and starts it again from a new spec with the same id, in the
+    /// same place (a reloaded configuration). Counted as a restart, outside the budget; the
+    /// siblings are untouched whatever the strategy. A child an operator stopped stays stopped.
+    ReplaceChild(ChildSpec, Reply),
     /// Stops a child and keeps it stopped until `StartChild` (operator stop).
     StopChild(String, Reply),
     /// Starts a stopped child (operator start).
@@ -854,6 +858,45 @@ impl SupervisorState {
         }
     }
 
+    /// Replaces child `idx` with `spec` (same id): stops what runs, forgets what ran below it
+    /// (the new spec may wire other children), and starts the new spec in its place.
+    async fn replace_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        idx: usize,
+        spec: ChildSpec,
+        reply: Reply,
+    ) {
+        let id = spec.id.clone();
+        self.cancel_start(&id, "replaced by a new configuration");
+        let timeout = self.children[idx].spec.shutdown;
+        self.stop_child(idx, timeout).await;
+        let child = &mut self.children[idx];
+        let path = child.probe.path().clone();
+        self.probe.registry().remove_below(&path);
+        self.supervisors.remove_below(&path);
+        child.spec = spec;
+        child.probe.set_stuck_after(child.spec.stuck_after);
+        child.attempt = 0;
+        child.token = 0;
+        child.failed_starts = 0;
+        child.stuck_kills = 0;
+        child.kill = None;
+        child.probe.count_restart();
+        info!(path = %path, "actor replaced by a new configuration");
+        if child.held {
+            child.probe.set_status(Status::Stopped);
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let job = StartJob {
+            ids: VecDeque::from([id]),
+            reply: Some(reply),
+            kind: JobKind::Operator,
+        };
+        self.enqueue(myself, job);
+    }
+
     /// An operator restart of child `idx`: it and the siblings its strategy ties to it are
     /// stopped (in reverse order) and started again, outside the restart budget.
     async fn operator_restart(
@@ -1075,6 +1118,12 @@ impl Actor for Supervisor {
                 };
                 let _ = reply.send(result);
             }
+            SupervisorMsg::ReplaceChild(spec, reply) => match state.require(&spec.id) {
+                Ok(idx) => state.replace_child(&myself, idx, spec, reply).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             SupervisorMsg::StopChild(id, reply) => {
                 let result = match state.require(&id) {
                     Ok(idx) => {

@@ -460,6 +460,36 @@ async fn children_are_added_and_removed_at_run_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replaced_child_restarts_alone_in_its_place() {
+    // Under one_for_all a failure of b would restart a and c too; a replacement does not.
+    let t = Tree::start(spec(Strategy::OneForAll), abc).await;
+    call!(t.sup, SupervisorMsg::ReplaceChild, t.workers.spec("b"))
+        .unwrap()
+        .unwrap();
+    t.wait_status("/t/b", Status::Running).await;
+    assert_eq!(t.restarts("/t/b"), 1);
+    assert_eq!(t.restarts("/t/a"), 0);
+    assert_eq!(t.restarts("/t/c"), 0);
+    t.settle().await;
+    assert_eq!(t.workers.events(), vec!["stop /t/b", "start /t/b"]);
+    assert_eq!(
+        call!(t.sup, SupervisorMsg::Children).unwrap(),
+        vec!["a", "b", "c"]
+    );
+    let unknown = call!(t.sup, SupervisorMsg::ReplaceChild, t.workers.spec("z")).unwrap();
+    assert!(unknown.is_err());
+    // A child an operator stopped takes the new spec and stays stopped.
+    call!(t.sup, SupervisorMsg::StopChild, "c".to_owned())
+        .unwrap()
+        .unwrap();
+    call!(t.sup, SupervisorMsg::ReplaceChild, t.workers.spec("c"))
+        .unwrap()
+        .unwrap();
+    t.settle().await;
+    assert_eq!(t.status("/t/c"), Some(Status::Stopped));
+}
+
+#[tokio::test(start_paused = true)]
 async fn operator_stop_start_restart_and_fault_injection() {
     let t = Tree::start(spec(Strategy::OneForOne), abc).await;
     call!(t.sup, SupervisorMsg::StopChild, "b".to_owned())

@@ -5,10 +5,12 @@ use actord_actors::scheduler::RunNowError;
 use actord_actors::{ActorPath, SupervisorError, SupervisorMsg};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ractor::{ActorRef, RpcReplyPort};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::config::reload::ReloadError;
 
 use super::text;
 use super::Handle;
@@ -106,7 +108,7 @@ pub async fn restart_actor(State(h): State<Handle>, Query(q): Query<PathQuery>) 
 }
 
 pub async fn fail_actor(State(h): State<Handle>, Query(q): Query<PathQuery>) -> Response {
-    if !h.config.admin.fault_injection {
+    if !h.config().admin.fault_injection {
         return text(
             StatusCode::NOT_FOUND,
             "fault injection is disabled (admin.fault_injection = false)\n".into(),
@@ -129,7 +131,7 @@ pub async fn pipeline_action(
     Path((name, action)): Path<(String, String)>,
     Query(run): Query<RunQuery>,
 ) -> Response {
-    if !h.config.runtime.enabled.contains(&name) {
+    if !h.config().runtime.enabled.contains(&name) {
         return text(
             StatusCode::NOT_FOUND,
             format!("pipeline {name:?} is not enabled\n"),
@@ -154,9 +156,10 @@ pub async fn pipeline_action(
             .await
         }
         "run" => run_now(&h, &name, run.entry.as_deref()).await,
+        "pause" | "resume" => pause(&h, &name, action == "pause"),
         other => text(
             StatusCode::NOT_FOUND,
-            format!("unknown action {other:?}; expected stop, start or run\n"),
+            format!("unknown action {other:?}; expected stop, start, run, pause or resume\n"),
         ),
     }
 }
@@ -164,7 +167,13 @@ pub async fn pipeline_action(
 /// Starts a run of one of the pipeline's scheduled entries now, under the same no-overlap
 /// rules as a scheduled run (a run of it active here, or its lease held elsewhere, refuses).
 async fn run_now(h: &Handle, name: &str, entry: Option<&str>) -> Response {
-    let Some(handle) = h.schedules.get(name) else {
+    if h.pipeline_paused(name) {
+        return text(
+            StatusCode::CONFLICT,
+            format!("pipeline {name:?} is paused; resume it first\n"),
+        );
+    }
+    let Some(handle) = h.schedules().get(name).cloned() else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pipeline {name:?} has no scheduled entries\n"),
@@ -196,5 +205,55 @@ async fn run_now(h: &Handle, name: &str, entry: Option<&str>) -> Response {
             };
             text(status, format!("{e}\n"))
         }
+    }
+}
+
+/// Pauses or resumes a pipeline. Paused, its consumers flush what their buffers hold, pause
+/// their partitions (Kafka) or stop reading (Redis) and read nothing new; acks and commits go
+/// on, so in-flight batches finish and their offsets are kept. Its schedulers skip due runs.
+/// The pause outlives restarts of the pipeline and reloads that change it.
+fn pause(h: &Handle, name: &str, paused: bool) -> Response {
+    let changed = h
+        .registry
+        .set_paused(&ActorPath::root().child(name), paused);
+    let (verb, already) = if paused {
+        ("paused", "already paused")
+    } else {
+        ("resumed", "not paused")
+    };
+    if !changed {
+        return text(StatusCode::OK, format!("{name} was {already}\n"));
+    }
+    info!(pipeline = %name, "pipeline {verb} by an operator");
+    let detail = if paused {
+        ": in-flight batches finish and are committed, nothing new is read, scheduled runs are skipped"
+    } else {
+        ""
+    };
+    text(StatusCode::OK, format!("{verb} {name}{detail}\n"))
+}
+
+/// `POST /api/config/reload`: re-reads the configuration and applies it. 200 with what was
+/// restarted, added and removed; 422 with every problem when the new configuration is invalid
+/// (nothing changed); 409 when this instance cannot reload; 500 when a pipeline did not start.
+pub async fn reload(State(h): State<Handle>) -> Response {
+    info!("configuration reload requested through the admin port");
+    match h.reload().await {
+        Ok(report) => {
+            let status = if report.failed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            (status, axum::Json(report)).into_response()
+        }
+        Err(ReloadError::Invalid(e)) => {
+            warn!(error = %e.to_string().trim_end(), "configuration reload refused, nothing changed");
+            text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload refused, nothing changed: {e}"),
+            )
+        }
+        Err(e @ ReloadError::Unavailable(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
     }
 }

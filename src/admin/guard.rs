@@ -23,8 +23,9 @@ pub const REQUEST_HEADER: &str = "x-actord-request";
 
 /// Refuses requests that could come from a hostile web page; see the module comment.
 pub async fn guard(State(h): State<Handle>, request: Request, next: Next) -> Response {
-    let listen = h.config.admin.listen;
-    let token = h.config.admin.token.as_ref().map(|t| t.expose());
+    let config = h.config();
+    let listen = config.admin.listen;
+    let token = config.admin.token.as_ref().map(|t| t.expose());
     match check(
         request.method(),
         request.headers(),

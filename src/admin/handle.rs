@@ -2,35 +2,119 @@
 //! depends on nothing that runs the tree.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use actord_actors::scheduler::{Outcome, SchedulerHandle, SkipReason};
 use actord_actors::{ActorPath, Registry, Status, SupervisorMsg, Supervisors};
 use ractor::ActorRef;
 
+use crate::config::reload::{ReloadError, Reloaded};
 use crate::config::Config;
 use crate::pipelines::Health;
 use crate::sources::kafka::KafkaConnection;
+
+/// What the tree was built from; a reload replaces it as a whole.
+#[derive(Clone)]
+pub struct Built {
+    pub config: Arc<Config>,
+    /// The bootstrap servers in use, and whether they are the embedded broker.
+    pub kafka: KafkaConnection,
+    pub health: Arc<BTreeMap<String, Health>>,
+    /// Schedulers by pipeline name, for the tree and "run now".
+    pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
+}
+
+/// Re-reads the configuration and applies it; on success it also returns what now runs.
+pub type Reload = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(Reloaded, Built), ReloadError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the admin port reads and drives: the tree's probes and supervisors, the pipelines'
 /// health, their schedulers, and the configuration. Whoever runs the tree provides it.
 #[derive(Clone)]
 pub struct Handle {
-    pub config: Arc<Config>,
     pub registry: Registry,
     /// The running supervisors by path, through which operator calls reach an actor's owner.
     pub supervisors: Supervisors,
     pub root: ActorRef<SupervisorMsg>,
-    pub health: Arc<BTreeMap<String, Health>>,
     pub started: SystemTime,
-    /// The bootstrap servers in use, and whether they are the embedded broker.
-    pub kafka: KafkaConnection,
-    /// Schedulers by pipeline name, for the tree and "run now".
-    pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
+    built: Arc<RwLock<Built>>,
+    reload: Option<Reload>,
 }
 
 impl Handle {
+    pub fn new(
+        built: Built,
+        registry: Registry,
+        supervisors: Supervisors,
+        root: ActorRef<SupervisorMsg>,
+        started: SystemTime,
+    ) -> Self {
+        Handle {
+            registry,
+            supervisors,
+            root,
+            started,
+            built: Arc::new(RwLock::new(built)),
+            reload: None,
+        }
+    }
+
+    /// Lets `POST /api/config/reload` re-read and apply the configuration through `reload`.
+    pub fn with_reload(mut self, reload: Reload) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    fn built(&self) -> Built {
+        self.built.read().expect("built lock").clone()
+    }
+
+    /// Records what runs after a reload.
+    pub fn set_built(&self, built: Built) {
+        *self.built.write().expect("built lock") = built;
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.built.read().expect("built lock").config.clone()
+    }
+
+    pub fn kafka(&self) -> KafkaConnection {
+        self.built().kafka
+    }
+
+    pub fn health(&self) -> Arc<BTreeMap<String, Health>> {
+        self.built.read().expect("built lock").health.clone()
+    }
+
+    pub fn schedules(&self) -> Arc<BTreeMap<String, SchedulerHandle>> {
+        self.built.read().expect("built lock").schedules.clone()
+    }
+
+    /// Re-reads and applies the configuration, and records what runs after it.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let Some(reload) = &self.reload else {
+            return Err(ReloadError::Unavailable(
+                "this instance cannot read its configuration again (it was not started from \
+                 the command line)"
+                    .into(),
+            ));
+        };
+        let (report, built) = reload().await?;
+        self.set_built(built);
+        Ok(report)
+    }
+
+    /// Whether an operator paused the pipeline.
+    pub fn pipeline_paused(&self, name: &str) -> bool {
+        self.registry.is_paused(&ActorPath::root().child(name))
+    }
+
     /// Status of an enabled pipeline's supervisor.
     pub fn pipeline_status(&self, name: &str) -> Status {
         self.registry

@@ -154,7 +154,7 @@ pub fn build(h: &Handle, live: &Live) -> View {
         flatten(&root, None, 0, &rates, &mut actors);
     }
     let pipelines = h
-        .config
+        .config()
         .runtime
         .enabled
         .iter()
@@ -189,6 +189,7 @@ fn flatten(
         "unhealthy": a.unhealthy,
         "counters": a.counters,
         "pending": a.pending,
+        "paused": a.paused,
         "last_progress": a.last_progress,
         "backing_off_until": s.backing_off_until,
         "stuck_after_seconds": s.stuck_after_seconds,
@@ -259,7 +260,7 @@ fn summary(h: &Handle, name: &str, actors: &[Value]) -> Value {
         .collect();
     let status = h.pipeline_status(name);
     let schedules = h
-        .schedules
+        .schedules()
         .get(name)
         .map(|s| json!(s.snapshot().entries))
         .unwrap_or_else(|| json!([]));
@@ -268,6 +269,7 @@ fn summary(h: &Handle, name: &str, actors: &[Value]) -> Value {
         "path": top,
         "status": status,
         "up": not_up.is_empty(),
+        "paused": h.pipeline_paused(name),
         "not_up": not_up,
         "records_per_second": (throughput * 10.0).round() / 10.0,
         "consumer_lag": if lags.is_empty() { None } else { Some(lags.iter().sum::<u64>()) },

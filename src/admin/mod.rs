@@ -8,7 +8,7 @@ pub mod live_view;
 mod scrape;
 
 pub use guard::REQUEST_HEADER;
-pub use handle::Handle;
+pub use handle::{Built, Handle, Reload};
 
 use std::future::Future;
 
@@ -42,6 +42,7 @@ fn router_with(handle: Handle, view: live_view::Live) -> Router {
         .route("/api/tree", get(tree))
         .route("/api/schedules", get(schedules))
         .route("/api/info", get(info))
+        .route("/api/config/reload", post(actions::reload))
         .route("/api/actors/restart", post(actions::restart_actor))
         .route("/api/actors/fail", post(actions::fail_actor))
         .route(
@@ -133,7 +134,7 @@ fn not_up_line(h: &Handle, pipeline: &str) -> Option<String> {
 
 async fn ready(State(h): State<Handle>) -> Response {
     let failing: Vec<String> = h
-        .config
+        .config()
         .runtime
         .enabled
         .iter()
@@ -154,7 +155,7 @@ async fn ready(State(h): State<Handle>) -> Response {
 /// `(component, healthy)` for one pipeline; everything is unhealthy while it is not running.
 fn components(h: &Handle, pipeline: &str) -> Vec<(String, bool)> {
     let running = h.pipeline_status(pipeline) == Status::Running;
-    match h.health.get(pipeline) {
+    match h.health().get(pipeline) {
         Some(health) if !health.checks.is_empty() => health
             .checks
             .iter()
@@ -198,8 +199,9 @@ pub fn embedded_note(bootstrap: &str) -> String {
 
 fn notes(h: &Handle) -> Vec<String> {
     let mut notes = Vec::new();
-    if h.kafka.embedded && !h.kafka.bootstrap.is_empty() {
-        notes.push(embedded_note(&h.kafka.bootstrap));
+    let kafka = h.kafka();
+    if kafka.embedded && !kafka.bootstrap.is_empty() {
+        notes.push(embedded_note(&kafka.bootstrap));
     }
     notes
 }
@@ -207,22 +209,29 @@ fn notes(h: &Handle) -> Vec<String> {
 async fn health(State(h): State<Handle>) -> Response {
     let mut lines = Vec::new();
     let mut not_up = Vec::new();
-    for pipeline in &h.config.runtime.enabled {
+    let mut paused = Vec::new();
+    for pipeline in &h.config().runtime.enabled {
         for (component, healthy) in components(&h, pipeline) {
             lines.push((format!("{pipeline}.{component}"), healthy));
         }
         not_up.extend(not_up_line(&h, pipeline));
+        if h.pipeline_paused(pipeline) {
+            paused.push(format!(
+                "paused: {pipeline} (by an operator; POST /api/pipelines/{pipeline}/resume)"
+            ));
+        }
     }
     let mut notes: Vec<String> = not_up.iter().map(|l| format!("not up: {l}")).collect();
+    notes.extend(paused);
     notes.extend(self::notes(&h));
-    for health in h.health.values() {
+    for health in h.health().values() {
         notes.extend((health.notes)());
     }
     health_body(not_up.is_empty(), lines, notes)
 }
 
 async fn pipeline_health(State(h): State<Handle>, Path(pipeline): Path<String>) -> Response {
-    if !h.config.runtime.enabled.contains(&pipeline) {
+    if !h.config().runtime.enabled.contains(&pipeline) {
         return text(
             StatusCode::NOT_FOUND,
             format!("pipeline {pipeline:?} is not enabled\n"),
@@ -265,9 +274,10 @@ async fn tree(State(h): State<Handle>) -> Response {
         .and_then(|c| c.as_array_mut())
         .into_iter()
         .flatten();
+    let all = h.schedules();
     for node in pipelines {
         let name = node.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        if let Some(handle) = h.schedules.get(name) {
+        if let Some(handle) = all.get(name) {
             node["schedules"] = json!(handle.snapshot().entries);
         }
     }
@@ -277,7 +287,7 @@ async fn tree(State(h): State<Handle>) -> Response {
 /// Every pipeline's scheduled entries, by pipeline name.
 async fn schedules(State(h): State<Handle>) -> Response {
     let all: serde_json::Map<String, serde_json::Value> = h
-        .schedules
+        .schedules()
         .iter()
         .map(|(name, handle)| (name.clone(), json!(handle.snapshot().entries)))
         .collect();
@@ -285,16 +295,16 @@ async fn schedules(State(h): State<Handle>) -> Response {
 }
 
 async fn info(State(h): State<Handle>) -> Response {
-    let c = &h.config;
+    let c = h.config();
     let kafka = match &c.kafka.brokers {
-        Brokers::Embedded => json!({"mode": "embedded", "bootstrap": h.kafka.bootstrap}),
+        Brokers::Embedded => json!({"mode": "embedded", "bootstrap": h.kafka().bootstrap}),
         Brokers::List(list) => json!({"mode": "external", "brokers": list}),
     };
     let pipelines: Vec<_> = c
         .runtime
         .enabled
         .iter()
-        .map(|p| json!({"name": p, "status": h.pipeline_status(p), "up": h.pipeline_up(p), "path": ActorPath::root().child(p)}))
+        .map(|p| json!({"name": p, "status": h.pipeline_status(p), "up": h.pipeline_up(p), "paused": h.pipeline_paused(p), "path": ActorPath::root().child(p)}))
         .collect();
     Json(json!({
         "name": "actord",

@@ -62,9 +62,15 @@ impl Scrape {
             }
             current.insert(path);
         }
-        for pipeline in &h.config.runtime.enabled {
+        for pipeline in &h.config().runtime.enabled {
             let up = if h.pipeline_up(pipeline) { 1.0 } else { 0.0 };
             metrics::gauge!(names::PIPELINE_UP, "pipeline" => pipeline.clone()).set(up);
+            let paused = if h.pipeline_paused(pipeline) {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!(names::PIPELINE_PAUSED, "pipeline" => pipeline.clone()).set(paused);
         }
         let gone: BTreeSet<String> = {
             let mut exported = self.exported.lock().expect("scrape lock");

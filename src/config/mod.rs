@@ -4,6 +4,7 @@
 pub(crate) mod env;
 pub mod envfile;
 pub(crate) mod raw;
+pub mod reload;
 pub mod schedule;
 mod section;
 mod supervision;
@@ -138,6 +139,9 @@ pub struct Config {
     pub s3: S3Config,
     pub supervision: Supervision,
     pub pipelines: PipelinesConfig,
+    /// A hash of the settings each registered pipeline is built from, by name: a reload
+    /// restarts a pipeline whose hash differs (see [`reload`]).
+    pub fingerprints: BTreeMap<String, u64>,
 }
 
 /// The shared S3 connection: where the server is and how to sign requests. Buckets belong to
@@ -208,6 +212,9 @@ pub struct RuntimeConfig {
     pub demos_off: Vec<String>,
     /// Demo generators publish into a real cluster (`--demo-into-cluster`).
     pub demo_into_cluster: bool,
+    /// `--enable` named the pipelines, so `runtime.enable` in the file is not read (a reload
+    /// keeps the same set).
+    pub enabled_by_flag: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +294,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     );
     // Problems so far are kept and reported together with the ones validation finds.
     section::take_failure();
+    let effective = table.clone();
     let raw: RawConfig = match serde_path_to_error::deserialize(Value::Table(table)) {
         Ok(raw) => raw,
         Err(e) => {
@@ -309,6 +317,8 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let config = validate(raw, &origin, enabled, check).map(|mut c| {
         c.runtime.demos_off = demos_off;
         c.runtime.demo_into_cluster = sources.demo_into_cluster;
+        c.runtime.enabled_by_flag = sources.enable.is_some();
+        c.fingerprints = reload::fingerprints(&effective, &c);
         c
     });
     match config {
@@ -646,6 +656,7 @@ fn validate(
         ),
         demos_off: Vec::new(),
         demo_into_cluster: false,
+        enabled_by_flag: false,
     };
     let format = match raw.log.format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
@@ -726,5 +737,6 @@ fn validate(
         s3,
         supervision,
         pipelines,
+        fingerprints: BTreeMap::new(),
     })
 }

@@ -663,3 +663,64 @@ fn ftp_sync_start_position_for_a_group_without_offsets() {
     )));
     assert_eq!(p[0].key, "pipelines.ftp-sync.start_from");
 }
+
+#[test]
+fn a_reload_restarts_only_the_pipelines_whose_settings_changed() {
+    let base = "[runtime]\nenable = [\"heartbeat\", \"recorder\"]\n\
+                [pipelines.recorder]\nbatch_size = 1000\n";
+    let old = load(&sources(&file(base), &[])).unwrap();
+    // Layout and comments are not settings.
+    let same = "# a comment\n[runtime]\nenable = [\"heartbeat\", \"recorder\"]\n\n\
+                [pipelines.recorder]\nbatch_size = 1000 # the same\n";
+    let mut new = load(&sources(&file(same), &[])).unwrap();
+    let r = reload::reconcile(&old, &mut new);
+    assert_eq!(r.unchanged, vec!["heartbeat", "recorder"]);
+    assert!(!r.changed_anything());
+    // A batch size in the file, and the same change through the environment.
+    let mut new = load(&sources(&file(&base.replace("1000", "500")), &[])).unwrap();
+    let r = reload::reconcile(&old, &mut new);
+    assert_eq!(
+        (r.restarted.clone(), r.unchanged.clone()),
+        (vec!["recorder".to_owned()], vec!["heartbeat".to_owned()])
+    );
+    let mut new = load(&sources(&file(base), &[("BATCH_SIZE", "500")])).unwrap();
+    assert_eq!(
+        reload::reconcile(&old, &mut new).restarted,
+        vec!["recorder"]
+    );
+    // [kafka] concerns the pipelines that use Kafka (both do), [supervision] every pipeline.
+    let kafka = format!("{base}[kafka]\nlag_per_partition = true\n");
+    let mut new = load(&sources(&file(&kafka), &[])).unwrap();
+    assert_eq!(
+        reload::reconcile(&old, &mut new).restarted,
+        vec!["heartbeat", "recorder"]
+    );
+    let sup = format!("{base}[supervision]\nmax_restarts = 7\n");
+    let mut new = load(&sources(&file(&sup), &[])).unwrap();
+    assert_eq!(
+        reload::reconcile(&old, &mut new).restarted,
+        vec!["heartbeat", "recorder"]
+    );
+    // runtime.enable adds and removes; settings of the process wait for a restart.
+    let other = "[runtime]\nenable = [\"recorder\", \"ftp-sync\"]\ncool_down = \"5s\"\n\
+                 [admin]\nlisten = \"127.0.0.1:9999\"\n[pipelines.recorder]\nbatch_size = 1000\n";
+    let mut new = load(&sources(&file(other), &[])).unwrap();
+    let r = reload::reconcile(&old, &mut new);
+    assert_eq!(r.added, vec!["ftp-sync"]);
+    assert_eq!(r.removed, vec!["heartbeat"]);
+    assert_eq!(r.unchanged, vec!["recorder"]);
+    assert_eq!(r.needs_restart, vec!["admin.listen", "runtime.cool_down"]);
+    assert_eq!(new.admin.listen, old.admin.listen);
+    assert_eq!(new.runtime.cool_down, old.runtime.cool_down);
+    // --enable pins the set: the file's runtime.enable is not read.
+    let pinned = |f: &tempfile::NamedTempFile| Sources {
+        enable: Some(vec!["heartbeat".to_owned()]),
+        ..sources(f, &[])
+    };
+    let old = load(&pinned(&file(base))).unwrap();
+    let mut new = load(&pinned(&file(other))).unwrap();
+    let r = reload::reconcile(&old, &mut new);
+    assert_eq!((r.added.len(), r.removed.len()), (0, 0));
+    assert_eq!(r.unchanged, vec!["heartbeat"]);
+    assert!(r.notes[0].contains("--enable"), "{:?}", r.notes);
+}

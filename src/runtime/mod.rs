@@ -28,6 +28,9 @@ use crate::sources::kafka::embedded::EmbeddedKafka;
 use crate::sources::kafka::KafkaConnection;
 
 mod check;
+mod reload;
+
+pub use reload::{Current, Reloader};
 
 /// The planned tree: one child spec per enabled pipeline and their health components.
 pub struct Plan {
@@ -146,8 +149,9 @@ pub struct Running {
     pub schedules: Arc<BTreeMap<String, SchedulerHandle>>,
     root_probe: Probe,
     root_task: tokio::task::JoinHandle<()>,
-    /// The embedded broker lives as long as this value; it starts only if a pipeline needs it.
-    _embedded: Option<EmbeddedKafka>,
+    /// Applies a new configuration; it also holds the embedded broker, which lives as long as
+    /// this value and its clones and starts only when a pipeline needs it.
+    reloader: Reloader,
 }
 
 /// Starts the tree the configuration describes.
@@ -155,25 +159,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     crate::telemetry::prometheus();
     let wanted = topics(&config);
-    let embedded = match (&config.kafka.brokers, wanted.is_empty()) {
-        (Brokers::Embedded, false) => {
-            let kafka = EmbeddedKafka::start()
-                .map_err(|e| anyhow::anyhow!("starting the embedded kafka: {e}"))?;
-            for t in &wanted {
-                kafka
-                    .create_topic(&t.name, t.partitions)
-                    .map_err(|e| anyhow::anyhow!("creating topic {}: {e}", t.name))?;
-            }
-            warn!(bootstrap = %kafka.bootstrap(), topics = ?wanted.iter().map(|t| &t.name).collect::<Vec<_>>(), "no kafka.brokers or KAFKA_BROKERS configured: using the embedded in-process broker, for demos and tests only (5 MiB per partition, lost on exit)");
-            Some(kafka)
-        }
-        _ => None,
-    };
-    let bootstrap = match (&config.kafka.brokers, &embedded) {
-        (_, Some(k)) => k.bootstrap().to_owned(),
-        (Brokers::List(list), None) => list.clone(),
-        (Brokers::Embedded, None) => String::new(),
-    };
+    let mut embedded = Embedded::default();
+    let bootstrap = embedded.bootstrap_for(&config, &wanted)?;
     let kafka = connection(&config, &bootstrap);
     let plan = plan(&config, &Resources::new(kafka.clone()))?;
     for w in &plan.warnings {
@@ -195,22 +182,85 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .await
     .context("starting the root supervisor")?;
     root_probe.set_status(Status::Running);
+    let health = Arc::new(plan.health);
+    let schedules = Arc::new(plan.schedules);
+    let reloader = Reloader::new(
+        Current {
+            config: config.clone(),
+            kafka: kafka.clone(),
+            health: health.clone(),
+            schedules: schedules.clone(),
+        },
+        embedded,
+        root.clone(),
+        registry.clone(),
+    );
     Ok(Running {
         config,
         registry,
         supervisors,
         root,
-        health: Arc::new(plan.health),
+        health,
         started: SystemTime::now(),
         kafka,
-        schedules: Arc::new(plan.schedules),
+        schedules,
         root_probe,
         root_task,
-        _embedded: embedded,
+        reloader,
     })
 }
 
+/// The embedded broker, started when a pipeline first needs it, and the topics made on it.
+#[derive(Default)]
+pub(crate) struct Embedded {
+    kafka: Option<EmbeddedKafka>,
+    topics: std::collections::BTreeSet<String>,
+}
+
+impl Embedded {
+    /// The bootstrap servers `config` uses: its brokers, or the embedded broker (started if
+    /// needed, with the `wanted` topics it does not have yet).
+    pub(crate) fn bootstrap_for(
+        &mut self,
+        config: &Config,
+        wanted: &[TopicSpec],
+    ) -> anyhow::Result<String> {
+        match &config.kafka.brokers {
+            Brokers::List(list) => Ok(list.clone()),
+            Brokers::Embedded if wanted.is_empty() => Ok(self
+                .kafka
+                .as_ref()
+                .map(|k| k.bootstrap().to_owned())
+                .unwrap_or_default()),
+            Brokers::Embedded => {
+                if self.kafka.is_none() {
+                    let kafka = EmbeddedKafka::start()
+                        .map_err(|e| anyhow::anyhow!("starting the embedded kafka: {e}"))?;
+                    warn!(bootstrap = %kafka.bootstrap(), topics = ?wanted.iter().map(|t| &t.name).collect::<Vec<_>>(), "no kafka.brokers or KAFKA_BROKERS configured: using the embedded in-process broker, for demos and tests only (5 MiB per partition, lost on exit)");
+                    self.kafka = Some(kafka);
+                }
+                let kafka = self.kafka.as_ref().expect("started above");
+                for t in wanted {
+                    if self.topics.contains(&t.name) {
+                        continue;
+                    }
+                    kafka
+                        .create_topic(&t.name, t.partitions)
+                        .map_err(|e| anyhow::anyhow!("creating topic {}: {e}", t.name))?;
+                    self.topics.insert(t.name.clone());
+                }
+                Ok(kafka.bootstrap().to_owned())
+            }
+        }
+    }
+}
+
 impl Running {
+    /// Applies new configurations to this tree (SIGHUP, `POST /api/config/reload`).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Logs what started and what an operator should know about it.
     pub fn announce(&self, admin: std::net::SocketAddr) {
         let config = &self.config;

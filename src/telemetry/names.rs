@@ -19,6 +19,10 @@ pub mod core_metrics {
             "Consumer lag of one assigned partition (kafka.lag_per_partition = true).";
         gauge PIPELINE_UP = "actord_pipeline_up":
             "Whether the pipeline's supervisor and every actor below it are running (1) or not (0): a pipeline whose workers fail or back off is not up.";
+        gauge PIPELINE_PAUSED = "actord_pipeline_paused":
+            "1 while an operator has paused the pipeline (POST /api/pipelines/<name>/pause): its consumers read nothing new and its scheduled runs are skipped.";
+        counter CONFIG_RELOADS_TOTAL = "actord_config_reloads_total":
+            "Configuration reloads (SIGHUP or POST /api/config/reload), by outcome: applied, unchanged, refused (invalid, nothing changed) or failed (a pipeline did not start).";
 
         counter RECORDS_CONSUMED_TOTAL = "actord_records_consumed_total":
             "Records read from Kafka or a Redis stream.";
@@ -29,7 +33,7 @@ pub mod core_metrics {
         gauge KAFKA_IN_FLIGHT_RECORDS = "actord_kafka_in_flight_records":
             "Records handed downstream and not yet committable.";
         gauge KAFKA_PAUSED_PARTITIONS = "actord_kafka_paused_partitions":
-            "Partitions paused by backpressure.";
+            "Partitions paused by backpressure or by an operator pause of the pipeline.";
         gauge KAFKA_CONSUMER_LAG = "actord_kafka_consumer_lag":
             "Consumer lag summed over the topic's assigned partitions.";
         counter KAFKA_CONSUME_ERRORS_TOTAL = "actord_kafka_consume_errors_total":

@@ -15,5 +15,6 @@ mod postgres_sink;
 mod recorder;
 mod recorder_s3;
 mod redis_streams;
+mod reload;
 mod schedules;
 mod support;

@@ -233,6 +233,12 @@ impl Probe {
         }
     }
 
+    /// Counts a stall from now on: a resumed subtree gets its whole `stuck_after` again.
+    pub(super) fn restart_stall_clock(&self) {
+        let now = self.inner.registry.millis_since_epoch(Instant::now());
+        self.inner.busy_since_ms.store(now, Ordering::Relaxed);
+    }
+
     /// Declares `units` of held work finished (or handed on).
     pub fn release(&self, units: u64) {
         if !self.is_current() {
@@ -258,9 +264,15 @@ impl Probe {
         self.inner.pending.load(Ordering::Acquire)
     }
 
-    /// How long the actor has held work without advancing, `None` when it holds none.
+    /// Whether an operator paused the subtree this actor is in.
+    pub fn is_paused(&self) -> bool {
+        self.inner.registry.is_paused(&self.inner.path)
+    }
+
+    /// How long the actor has held work without advancing, `None` when it holds none or its
+    /// subtree is paused (waiting is then what it was asked to do).
     pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
-        if self.pending() == 0 {
+        if self.pending() == 0 || self.is_paused() {
             return None;
         }
         let last = self
@@ -339,6 +351,7 @@ impl Probe {
             last_progress: (progress > 0)
                 .then(|| rfc3339(self.inner.registry.wall_clock(progress))),
             pending: self.pending(),
+            paused: self.is_paused(),
             supervision: self.supervision_snapshot(),
         }
     }

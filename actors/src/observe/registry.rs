@@ -1,6 +1,6 @@
 //! The shared map of every actor's probe, by path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -21,6 +21,10 @@ pub(super) struct RegistryInner {
     epoch: Instant,
     epoch_wall: SystemTime,
     probes: RwLock<BTreeMap<ActorPath, Probe>>,
+    /// Subtrees an operator paused: their consumers read nothing new and their schedulers
+    /// skip due runs until resumed. Kept here, not on a probe, so a pause outlives restarts
+    /// and replacements of the paused subtree.
+    paused: RwLock<BTreeSet<ActorPath>>,
 }
 
 impl Default for Registry {
@@ -37,6 +41,7 @@ impl Registry {
                 epoch: Instant::now(),
                 epoch_wall: SystemTime::now(),
                 probes: RwLock::new(BTreeMap::new()),
+                paused: RwLock::new(BTreeSet::new()),
             }),
         }
     }
@@ -69,6 +74,15 @@ impl Registry {
             .write()
             .expect("registry lock")
             .retain(|p, _| !p.starts_with(path));
+    }
+
+    /// Forgets everything strictly below `path`, keeping `path` itself (a replaced child).
+    pub fn remove_below(&self, path: &ActorPath) {
+        self.inner
+            .probes
+            .write()
+            .expect("registry lock")
+            .retain(|p, _| !(p.starts_with(path) && p != path));
     }
 
     /// Marks every actor below `path` stopped: they died with the supervisor at `path` (killed,
@@ -115,6 +129,46 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Pauses (`true`) or resumes the subtree at `path`; returns whether that changed anything.
+    pub fn set_paused(&self, path: &ActorPath, paused: bool) -> bool {
+        let changed = {
+            let mut set = self.inner.paused.write().expect("registry lock");
+            if paused {
+                set.insert(path.clone())
+            } else {
+                set.remove(path)
+            }
+        };
+        if changed && !paused {
+            // Waiting while paused is not a stall: a resumed actor gets its whole
+            // `stuck_after` again.
+            if let Some(top) = self.get(path) {
+                top.restart_stall_clock();
+            }
+            for probe in self.below(path) {
+                probe.restart_stall_clock();
+            }
+        }
+        changed
+    }
+
+    /// Whether `path` is in a paused subtree (it or one of its ancestors was paused).
+    pub fn is_paused(&self, path: &ActorPath) -> bool {
+        let set = self.inner.paused.read().expect("registry lock");
+        !set.is_empty() && set.iter().any(|p| path.starts_with(p))
+    }
+
+    /// The paused subtrees, ordered by path.
+    pub fn paused(&self) -> Vec<ActorPath> {
+        self.inner
+            .paused
+            .read()
+            .expect("registry lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Every probe, ordered by path.
@@ -167,5 +221,32 @@ mod tests {
         assert_eq!(p.stalled_for(Instant::now()), None);
         assert_eq!(p.counter("records"), 1);
         assert_eq!(p.counter("bytes"), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_subtree_is_never_stalled_and_outlives_its_probes() {
+        let reg = Registry::new();
+        let top = ActorPath::root().child("p");
+        let w = reg.probe(&top.child("w"), ActorKind::Worker);
+        let other = reg.probe(&ActorPath::root().child("q"), ActorKind::Worker);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.hold(1);
+        other.hold(1);
+        assert!(reg.set_paused(&top, true));
+        assert!(!reg.set_paused(&top, true));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(w.is_paused());
+        assert!(!other.is_paused());
+        assert_eq!(w.stalled_for(Instant::now()), None);
+        assert_eq!(
+            other.stalled_for(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
+        reg.remove_subtree(&top);
+        let again = reg.probe(&top.child("w"), ActorKind::Worker);
+        assert!(again.is_paused() && again.snapshot().paused);
+        assert_eq!(reg.paused(), vec![top.clone()]);
+        assert!(reg.set_paused(&top, false));
+        assert!(!again.is_paused());
     }
 }

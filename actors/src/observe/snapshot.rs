@@ -67,6 +67,8 @@ pub struct ActorSnapshot {
     pub last_progress: Option<String>,
     /// Units of work the actor holds and has not finished.
     pub pending: u64,
+    /// An operator paused this actor's subtree (`POST /api/pipelines/<name>/pause`).
+    pub paused: bool,
     /// State, backoff, progress age and budget, as the supervisor and the clock see them.
     #[serde(flatten)]
     pub supervision: SupervisionSnapshot,

@@ -27,6 +27,8 @@ pub enum SkipReason {
     LeaseUnavailable,
     /// Another process already ran this due time.
     RanElsewhere,
+    /// An operator paused the pipeline.
+    Paused,
 }
 
 impl SkipReason {
@@ -37,6 +39,7 @@ impl SkipReason {
             SkipReason::LeaseHeld => "lease_held",
             SkipReason::LeaseUnavailable => "lease_unavailable",
             SkipReason::RanElsewhere => "ran_elsewhere",
+            SkipReason::Paused => "paused",
         }
     }
 }
@@ -48,6 +51,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::LeaseHeld => "lease held elsewhere",
             SkipReason::LeaseUnavailable => "lease unavailable",
             SkipReason::RanElsewhere => "already ran elsewhere",
+            SkipReason::Paused => "pipeline paused",
         })
     }
 }

@@ -11,6 +11,8 @@
 //!   when another process already ran that due time), a store that does not answer means
 //!   skipped with a warning (`lease_unavailable`), never a crash. A run that cannot renew its
 //!   lease is cancelled before the lease could pass to another process.
+//! - While an operator has paused the pipeline (its subtree is paused in the registry), due
+//!   times and `run_on_start` are skipped and counted (`paused`); runs already active go on.
 //! - `run_on_start` runs an entry when the scheduler first starts in this process. The
 //!   [`SchedulerHandle`] in the arguments outlives incarnations: a restart under the supervisor
 //!   keeps the next due time and does not run on start again. Due times are not persisted
@@ -232,6 +234,15 @@ impl SchedulerState {
                 continue;
             }
             self.advance(i, now.max(due));
+            if self.probe.is_paused() {
+                // A paused pipeline skips its due runs (no catch-up on resume): the next due
+                // time after the resume runs as usual.
+                let slot = &self.slots[i];
+                info!(pipeline = %self.config.pipeline, entry = %slot.entry.name, due = %due, "run skipped, the pipeline is paused");
+                self.handle
+                    .skipped(&self.probe, slot.idx, None, SkipReason::Paused, due, None);
+                continue;
+            }
             if let Err((active, _)) = self.start_run(i, Trigger::Schedule, due, None) {
                 let slot = &self.slots[i];
                 warn!(pipeline = %self.config.pipeline, entry = %slot.entry.name, due = %due, active_run = %active, "run skipped, previous run still active");
@@ -339,7 +350,13 @@ impl Actor for Scheduler {
                 state.slots[i].next_run = found.next_run;
                 continue;
             }
-            if found.first && state.slots[i].entry.run_on_start {
+            if found.first && state.slots[i].entry.run_on_start && state.probe.is_paused() {
+                let slot = &state.slots[i];
+                info!(pipeline = %state.config.pipeline, entry = %slot.entry.name, "run on start skipped, the pipeline is paused");
+                state
+                    .handle
+                    .skipped(&state.probe, slot.idx, None, SkipReason::Paused, now, None);
+            } else if found.first && state.slots[i].entry.run_on_start {
                 if let Err((active, _)) = state.start_run(i, Trigger::Start, now, None) {
                     debug!(entry = %state.slots[i].entry.name, active_run = %active, "run on start skipped, a run is active");
                 }

@@ -315,3 +315,33 @@ async fn stopping_asks_runs_to_finish_and_interrupts_those_that_do_not() {
     );
     assert!(snap.entries.iter().all(|e| e.next_due.is_some()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_pipeline_skips_its_due_runs_and_runs_again_once_resumed() {
+    let clock = ManualClock::at("2025-01-01T00:00:00Z");
+    let runs = Runs::default();
+    let s = spawn(config(
+        &clock,
+        vec![Entry::new("tick", schedule("10m"), runs.job(secs(1)))],
+    ))
+    .await;
+    let pipeline = actord_actors::ActorPath::parse("/test").unwrap();
+    assert!(s.probe.registry().set_paused(&pipeline, true));
+    // 00:10 and 00:20 come while the pipeline is paused.
+    tokio::time::sleep(mins(25)).await;
+    assert!(runs.dues("tick").is_empty());
+    let snap = s.handle.entry("tick").unwrap();
+    assert_eq!(
+        snap.last_outcome,
+        Some(Outcome::Skipped {
+            reason: SkipReason::Paused,
+            due: utc("2025-01-01T00:20:00Z"),
+            detail: None,
+        })
+    );
+    assert_eq!(snap.runs.skipped, 2);
+    s.probe.registry().set_paused(&pipeline, false);
+    // No catch-up: the next due time after the resume runs, once.
+    tokio::time::sleep(mins(10)).await;
+    assert_eq!(runs.dues("tick"), vec![utc("2025-01-01T00:30:00Z")]);
+}

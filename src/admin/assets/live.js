@@ -94,6 +94,7 @@ function renderPipelines() {
     tr.dataset.pipeline = p.name;
     const state = el('td', 'state');
     state.append(badge(pipelineState(p)));
+    if (p.paused) state.append(' ', badge('paused'));
     if (p.not_up && p.not_up.length) state.append(el('div', 'sub', p.not_up.join('; ')));
     const err = el('td', 'err');
     if (p.last_error) {
@@ -104,7 +105,11 @@ function renderPipelines() {
     const enc = encodeURIComponent(p.name);
     actions.append(
       button('stop', 'stop', `/api/pipelines/${enc}/stop`, `Stop ${p.name}? It stays stopped until started.`),
-      ' ', button('start', 'start', `/api/pipelines/${enc}/start`));
+      ' ', button('start', 'start', `/api/pipelines/${enc}/start`),
+      ' ', p.paused
+        ? button('resume', 'resume', `/api/pipelines/${enc}/resume`)
+        : button('pause', 'pause', `/api/pipelines/${enc}/pause`,
+          `Pause ${p.name}? In-flight batches finish; nothing new is read until resumed.`));
     for (const s of p.schedules || []) {
       actions.append(' ', button('run ' + s.name + ' now', 'run-now',
         `/api/pipelines/${enc}/run?entry=${encodeURIComponent(s.name)}`));
@@ -238,6 +243,9 @@ function setupToken() {
     if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
     else sessionStorage.removeItem(TOKEN_KEY);
     notice(input.value ? 'token kept for this tab' : 'token forgotten', true);
+  });
+  $('#reload').addEventListener('click', () => {
+    if (window.confirm('Reload the configuration? Pipelines whose settings changed restart.')) act('/api/config/reload');
   });
   $('#token-clear').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);

@@ -47,6 +47,11 @@ impl Actor for Ticker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            // A paused pipeline publishes no beats; the next one comes an interval after the
+            // resume.
+            TickerMsg::Tick if state.args.probe.is_paused() => {
+                myself.send_after(state.args.interval, || TickerMsg::Tick);
+            }
             TickerMsg::Tick => {
                 state.seq += 1;
                 let payload = serde_json::json!({"seq": state.seq, "at": rfc3339(std::time::SystemTime::now())});

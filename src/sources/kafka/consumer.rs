@@ -15,6 +15,9 @@
 //!   At the bound the consumer pauses its partitions (librdkafka then drops its prefetch) and
 //!   asks every buffer to flush, so a half-full batch cannot hold the bound closed. It keeps
 //!   polling while paused so that it stays in the group.
+//! - An operator pause of the pipeline (its subtree paused in the registry) flushes the
+//!   buffers, pauses the partitions (new assignments too) and reads nothing until resumed; acks
+//!   and commits go on meanwhile, so in-flight batches finish and their offsets are committed.
 //! - A graceful stop stops reading, flushes the buffers, waits for acknowledgements (up to the
 //!   drain timeout) and commits before leaving the group.
 //! - librdkafka calls that block on the network (synchronous commits; the offset look-ups and
@@ -69,6 +72,8 @@ pub struct ConsumerState {
     /// Records delivered after a pause took effect; handed out on resume.
     stash: VecDeque<SourceRecord>,
     paused: bool,
+    /// An operator paused the pipeline; the partitions stay paused until it is resumed.
+    held: bool,
     /// Since when the in-flight bound has been reached without pausing the partitions.
     full_since: Option<Instant>,
 }
@@ -184,7 +189,11 @@ impl ConsumerState {
         let tpl = self.assignment();
         if paused {
             self.consumer.pause(&tpl)?;
-            info!(path = %self.path, partitions = tpl.count(), "in-flight bound held, pausing partitions");
+            if self.held {
+                info!(path = %self.path, partitions = tpl.count(), "pipeline paused by an operator, pausing partitions");
+            } else {
+                info!(path = %self.path, partitions = tpl.count(), "in-flight bound held, pausing partitions");
+            }
         } else {
             self.consumer.resume(&tpl)?;
             debug!(path = %self.path, "resuming");
@@ -331,6 +340,22 @@ impl ConsumerState {
         if self.last_commit.elapsed() >= self.settings.commit_interval {
             self.commit(CommitMode::Async);
         }
+        // An operator pause: in-flight batches are flushed and finish, nothing new is read.
+        let held = self.probe.is_paused();
+        if held != self.held {
+            self.held = held;
+            if held {
+                self.broadcast(|| SourceMsg::FlushNow)?;
+                if !self.paused {
+                    self.set_paused(true)?;
+                }
+            } else {
+                info!(path = %self.path, "pipeline resumed by an operator");
+                if self.paused && self.full_since.is_none() {
+                    self.set_paused(false)?;
+                }
+            }
+        }
         // At the bound: flush every buffer at once (a half-full batch must not hold the bound
         // closed), stop reading, and pause the partitions if it lasts.
         if self.over_bound() {
@@ -346,7 +371,7 @@ impl ConsumerState {
             }
         } else if self.full_since.is_some() && (!self.paused || self.below_resume_mark()) {
             self.full_since = None;
-            if self.paused {
+            if self.paused && !self.held {
                 self.set_paused(false)?;
             }
         }
@@ -538,6 +563,7 @@ impl Actor for KafkaConsumer {
             last_commit: Instant::now(),
             stash: VecDeque::new(),
             paused: false,
+            held: false,
             full_since: None,
         })
     }

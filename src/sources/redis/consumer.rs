@@ -25,6 +25,9 @@
 //!   the consumer stops reading and asks every buffer to flush.
 //! - A Redis outage is waited out: the consumer reports itself unhealthy, reconnects with
 //!   backoff and goes on where it was; entries in flight stay in flight.
+//! - While an operator has paused the pipeline the consumer reads, recovers and claims
+//!   nothing; it flushes the buffers once, keeps acking what finishes and keeps touching what it
+//!   holds, so in-flight entries finish and stay its own.
 //! - A graceful stop stops reading, flushes the buffers, waits for acknowledgements (up to the
 //!   drain timeout) and sends the last acks. What is left stays pending under its name.
 
@@ -120,6 +123,8 @@ pub struct ConsumerState {
     failures: u32,
     /// Buffers were asked to flush since the bound was reached.
     flushed_at_bound: bool,
+    /// An operator paused the pipeline: nothing new is read until it is resumed.
+    paused: bool,
 }
 
 /// Stream entries with their delivery count where known.
@@ -790,6 +795,22 @@ impl ConsumerState {
         }
         self.renew_name().await?;
         self.send_acks().await.map_err(&redis)?;
+        if self.probe.is_paused() {
+            if !self.paused {
+                self.paused = true;
+                info!(path = %self.path, in_flight = self.inflight.len(), "pipeline paused by an operator, reading nothing new");
+                self.broadcast(|| SourceMsg::FlushNow)
+                    .map_err(RoundError::Pipeline)?;
+            }
+            self.touch().await.map_err(&redis)?;
+            self.publish_gauges();
+            tokio::time::sleep(SHORT_BLOCK).await;
+            return Ok(());
+        }
+        if self.paused {
+            self.paused = false;
+            info!(path = %self.path, "pipeline resumed by an operator");
+        }
         // Own entries are not counted again: the delivery limit applies to takeovers only
         // (and to a dead process's entries found under a newly leased name).
         let own = self.recover_own().await.map_err(&redis)?;
@@ -964,6 +985,7 @@ impl Actor for RedisConsumer {
             next_monitor: now,
             failures: 0,
             flushed_at_bound: false,
+            paused: false,
             settings: args.settings,
         })
     }
