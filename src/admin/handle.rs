@@ -132,7 +132,7 @@ impl Handle {
     /// until a later run of that entry succeeds.
     pub fn pipeline_not_up(&self, name: &str) -> Vec<(ActorPath, String)> {
         let mut not_up = self.registry.not_up(&ActorPath::root().child(name));
-        if let Some(schedules) = self.schedules.get(name) {
+        if let Some(schedules) = self.schedules().get(name) {
             let path = ActorPath::root().child(name).child("scheduler");
             for entry in schedules.snapshot().entries {
                 let why = match &entry.last_outcome {
