@@ -980,3 +980,50 @@ async fn consumers_given_one_worker_name_lease_names_of_their_own_and_keep_the_d
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_path_finishes_what_it_holds_reads_nothing_new_and_loses_nothing() {
+    let stream = unique("jobs");
+    let o = Options::new(&stream);
+    let mut c = conn(LOCAL).await;
+    let p = TestPath::start(&o, accepting()).await;
+    add_jobs(&mut c, &stream, 0..300).await;
+    let top = ActorPath::parse("/test").unwrap();
+    assert!(p.registry.set_paused(&top, true));
+    // What was handed out before the pause is written and acknowledged.
+    until(Duration::from_secs(30), "nothing pending", || async {
+        p.probe("consumer-0").counter("in_flight") == 0
+            && p.probe("consumer-1").counter("in_flight") == 0
+            && pending(&mut conn(LOCAL).await, &stream, &o.group)
+                .await
+                .is_empty()
+    })
+    .await;
+    let before = p.written().len();
+    add_jobs(&mut c, &stream, 300..400).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.written().len(), before, "read while paused");
+    assert!(p.probe("consumer-0").is_paused());
+    assert!(p.registry.set_paused(&top, false));
+    until(Duration::from_secs(30), "400 jobs written", || async {
+        p.written().len() >= 400
+    })
+    .await;
+    let written = p.written();
+    assert_eq!(written.len(), 400, "duplicates without any failure");
+    assert_eq!(
+        written.into_iter().collect::<BTreeSet<_>>(),
+        (0..400).collect()
+    );
+    until(
+        Duration::from_secs(10),
+        "every entry acknowledged",
+        || async {
+            pending(&mut conn(LOCAL).await, &stream, &o.group)
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    p.stop().await;
+}
