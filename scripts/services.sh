@@ -77,6 +77,12 @@ if [ "$(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -tAc "SELECT 1 FROM pg
   createdb -h 127.0.0.1 -p 5432 -U postgres adaptive_card_db
 fi
 
+# The commerce pipeline's database (its default, and the demo's): created when missing.
+if [ "$(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'sesac_db'")" != "1" ]; then
+  log "creating database sesac_db"
+  psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -qc "CREATE DATABASE sesac_db" >/dev/null
+fi
+
 # Redis on 127.0.0.1:6379, nothing persisted.
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   log "starting Redis"
@@ -107,4 +113,4 @@ if ! DOCKER_HOST="unix://$docker_sock" docker image inspect actord-test-base:boo
   as_root rm -rf "$rootfs"
 fi
 
-log "ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool, chromium, dockerd, hadolint"
+log "ready: PostgreSQL 127.0.0.1:5432 (with sesac_db), Redis 127.0.0.1:6379, $(tansu --version 2>&1 | head -n 1), s3s-fs, pyftpdlib, sshd, kcat, promtool, chromium, dockerd, hadolint"

@@ -61,6 +61,9 @@ pub enum Command {
     /// Operations on the adaptive-card pipeline's Redis streams.
     #[command(name = "adaptive-card", subcommand)]
     AdaptiveCard(AdaptiveCardCommand),
+    /// The commerce pipeline's database: a starting population, or a generated past.
+    #[command(subcommand)]
+    Commerce(CommerceCommand),
     /// Ask a running instance's admin port for /live, /ready or /health: exits 0 on 200, 1
     /// otherwise (a container health check that needs no HTTP client in the image).
     Probe {
@@ -81,6 +84,50 @@ pub enum AdaptiveCardCommand {
         /// Delete their dead-letter streams (`<stream>:dlq`) too.
         #[arg(long)]
         dlq: bool,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CommerceCommand {
+    /// Create the tables and a starting population of users and products (no orders).
+    Seed {
+        /// Users to create.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Products to create.
+        #[arg(long, default_value_t = 300)]
+        products: usize,
+        /// Seed of the draws; default from the clock.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Generate a past of users, products and orders following the shop's rules, loaded with
+    /// COPY; the same seed, span and sizes give the same rows.
+    History {
+        /// Days of history before --until.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Seed of the draws.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The day after the span (YYYY-MM-DD); default today (UTC).
+        #[arg(long)]
+        until: Option<chrono::NaiveDate>,
+        /// Users existing before the span.
+        #[arg(long, default_value_t = 1000)]
+        initial_users: usize,
+        /// Products existing before the span.
+        #[arg(long, default_value_t = 300)]
+        initial_products: usize,
+        /// New users per day.
+        #[arg(long, default_value_t = 30)]
+        users_per_day: usize,
+        /// New products per day.
+        #[arg(long, default_value_t = 5)]
+        products_per_day: usize,
+        /// Orders per day.
+        #[arg(long, default_value_t = 300)]
+        orders_per_day: usize,
     },
 }
 

@@ -44,7 +44,7 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     let c = load(&sources(&f, &[])).unwrap();
     assert_eq!(
         c.runtime.enabled,
-        vec!["heartbeat", "recorder", "ftp-sync", "adaptive-card"]
+        vec!["heartbeat", "recorder", "ftp-sync", "adaptive-card", "commerce"]
     );
     let ac = c.pipelines.get::<AdaptiveCardConfig>();
     assert!(ac.t2a.standin && ac.demo_users > 0 && ac.role == Role::All);
@@ -53,6 +53,14 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     let real = load(&sources(&f, &[("T2A_API_URL", "https://t2a.internal")])).unwrap();
     assert!(!real.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
     assert!(c.pipelines.get::<FtpSyncConfig>().demo);
+    let shop = c
+        .pipelines
+        .get::<crate::pipelines::commerce::CommerceConfig>();
+    assert!(shop.demo);
+    assert_eq!(
+        (shop.db.database.as_str(), shop.users_key().as_str()),
+        ("sesac_db", "cache:users")
+    );
     assert!(c.pipelines.get::<RecorderConfig>().s3.enabled);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
     assert!(c.pipelines.get::<RecorderConfig>().demo);
@@ -568,7 +576,17 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
             .contains_key("DEMO_SRC"),
         "no demo servers either: a real job cannot name them"
     );
-    assert_eq!(real.runtime.demos_off, vec!["recorder", "ftp-sync"]);
+    assert_eq!(
+        real.runtime.demos_off,
+        vec!["recorder", "ftp-sync", "commerce"]
+    );
+    assert!(
+        !real
+            .pipelines
+            .get::<crate::pipelines::commerce::CommerceConfig>()
+            .demo,
+        "the shop's generators publish into a real cluster only when asked"
+    );
 
     let mut s = sources(&f, RECORDER_SEED_ENV);
     s.demo_into_cluster = true;
@@ -577,6 +595,12 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
         asked.pipelines.get::<RecorderConfig>().demo && asked.pipelines.get::<FtpSyncConfig>().demo
     );
     assert!(asked.runtime.demos_off.is_empty() && asked.runtime.demo_into_cluster);
+    assert!(
+        asked
+            .pipelines
+            .get::<crate::pipelines::commerce::CommerceConfig>()
+            .demo
+    );
 }
 
 #[test]
@@ -723,4 +747,41 @@ fn a_reload_restarts_only_the_pipelines_whose_settings_changed() {
     assert_eq!((r.added.len(), r.removed.len()), (0, 0));
     assert_eq!(r.unchanged, vec!["heartbeat"]);
     assert!(r.notes[0].contains("--enable"), "{:?}", r.notes);
+}
+
+#[test]
+fn commerce_in_production_needs_the_postgres_variables() {
+    use crate::pipelines::commerce::CommerceConfig;
+    let f = file("[runtime]\nenable = [\"commerce\"]\n");
+    let found = problems(load(&sources(&f, &[("DB_TYPE", "production")])));
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    for var in ["POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_PASSWORD"] {
+        assert!(text.iter().any(|t| t.contains(var)), "{var}: {text:?}");
+    }
+    let env = [
+        ("DB_TYPE", "production"),
+        ("POSTGRES_HOST", "db.example"),
+        ("POSTGRES_USER", "shop"),
+        ("POSTGRES_PASSWORD", "pw"),
+        ("CACHE_REFRESH_INTERVAL", "30"),
+        ("CACHE_BATCH_SIZE", "500"),
+    ];
+    let c = load(&sources(&f, &env)).unwrap();
+    let cc = c.pipelines.get::<CommerceConfig>();
+    assert_eq!(
+        (
+            cc.db.host.as_str(),
+            cc.db.user.as_str(),
+            cc.db.database.as_str()
+        ),
+        ("db.example", "shop", "sesac_db")
+    );
+    assert_eq!(cc.cache_refresh_interval, Duration::from_secs(30));
+    assert_eq!(
+        (cc.cache_split_users(), cc.cache_split_products()),
+        ((300, 200), (350, 150))
+    );
+    // Locally the defaults do.
+    let local = load(&sources(&f, &[])).unwrap();
+    assert_eq!(local.pipelines.get::<CommerceConfig>().db.host, "127.0.0.1");
 }

@@ -2,6 +2,7 @@
 
 pub mod adaptive_card;
 pub mod backfill;
+pub mod commerce;
 pub mod ftp_sync;
 pub mod heartbeat;
 pub mod recorder;
@@ -172,6 +173,7 @@ pub const PIPELINES: &[PipelineDef] = &[
     recorder::DEF,
     ftp_sync::DEF,
     adaptive_card::DEF,
+    commerce::DEF,
 ];
 
 /// What runs when neither `--enable` nor `runtime.enable` names anything.

@@ -4,6 +4,7 @@
 mod adaptive_card;
 mod admin;
 mod binary;
+mod commerce;
 mod deploy;
 mod dlq;
 mod ftp_sync;
