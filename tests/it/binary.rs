@@ -384,6 +384,8 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
         "adaptive-card.sales_org_worker: healthy",
         "adaptive-card.adaptive_card_worker: healthy",
         "# adaptive-card: T2A stand-in at http://127.0.0.1:",
+        "commerce.orders: healthy",
+        "commerce.postgres: healthy",
     ] {
         assert!(health.contains(line), "{line} not in {health}");
     }
