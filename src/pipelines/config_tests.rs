@@ -44,7 +44,13 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     let c = load(&sources(&f, &[])).unwrap();
     assert_eq!(
         c.runtime.enabled,
-        vec!["heartbeat", "recorder", "ftp-sync", "adaptive-card", "commerce"]
+        vec![
+            "heartbeat",
+            "recorder",
+            "ftp-sync",
+            "adaptive-card",
+            "commerce"
+        ]
     );
     let ac = c.pipelines.get::<AdaptiveCardConfig>();
     assert!(ac.t2a.standin && ac.demo_users > 0 && ac.role == Role::All);
