@@ -15,6 +15,7 @@ use crate::config::reload::{ReloadError, Reloaded};
 use crate::config::Config;
 use crate::pipelines::Health;
 use crate::sources::kafka::KafkaConnection;
+use crate::telemetry::names;
 
 /// What the tree was built from; a reload replaces it as a whole.
 #[derive(Clone)]
@@ -99,15 +100,28 @@ impl Handle {
     /// Re-reads and applies the configuration, and records what runs after it.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let Some(reload) = &self.reload else {
+            metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => "refused").increment(1);
             return Err(ReloadError::Unavailable(
                 "this instance cannot read its configuration again (it was not started from \
                  the command line)"
                     .into(),
             ));
         };
-        let (report, built) = reload().await?;
-        self.set_built(built);
-        Ok(report)
+        let outcome = match reload().await {
+            Ok((report, built)) => {
+                self.set_built(built);
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        };
+        let label = match &outcome {
+            Ok(r) if !r.failed.is_empty() => "failed",
+            Ok(r) if r.changed_anything() => "applied",
+            Ok(_) => "unchanged",
+            Err(_) => "refused",
+        };
+        metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => label).increment(1);
+        outcome
     }
 
     /// Whether an operator paused the pipeline.

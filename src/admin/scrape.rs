@@ -4,7 +4,8 @@
 //!
 //! The Prometheus recorder cannot forget a series, so the paths this port has exported and no
 //! longer finds in the registry (a removed child) are remembered and their lines dropped from
-//! the rendered text; a path that comes back is shown again.
+//! the rendered text; a path that comes back is shown again. So are the up and paused series of
+//! a pipeline that a reload removed.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -62,7 +63,8 @@ impl Scrape {
             }
             current.insert(path);
         }
-        for pipeline in &h.config().runtime.enabled {
+        let enabled = h.config().runtime.enabled.clone();
+        for pipeline in &enabled {
             let up = if h.pipeline_up(pipeline) { 1.0 } else { 0.0 };
             metrics::gauge!(names::PIPELINE_UP, "pipeline" => pipeline.clone()).set(up);
             let paused = if h.pipeline_paused(pipeline) {
@@ -77,8 +79,33 @@ impl Scrape {
             exported.extend(current.iter().cloned());
             exported.difference(&current).cloned().collect()
         };
-        without_paths(&telemetry::prometheus().render(), &gone)
+        without_disabled(
+            &without_paths(&telemetry::prometheus().render(), &gone),
+            &enabled,
+        )
     }
+}
+
+/// Series that only an enabled pipeline has: a pipeline a reload removed is not up or paused.
+const PER_ENABLED_PIPELINE: &[&str] = &[names::PIPELINE_UP, names::PIPELINE_PAUSED];
+
+/// The exposition text without the per-pipeline state of pipelines that are not enabled.
+fn without_disabled(text: &str, enabled: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let stale = PER_ENABLED_PIPELINE
+            .iter()
+            .any(|name| line.starts_with(&format!("{name}{{")))
+            && line
+                .split_once("pipeline=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .is_some_and(|(p, _)| !enabled.iter().any(|e| e == p));
+        if !stale {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The exposition text without the samples labelled with one of the `gone` paths.
@@ -121,5 +148,15 @@ mod tests {
              actord_actor_up{path=\"/p/ab\"} 1\nactord_build_info{version=\"1\"} 1\n"
         );
         assert_eq!(without_paths(text, &BTreeSet::new()), text);
+    }
+
+    #[test]
+    fn drops_the_pipeline_state_of_pipelines_no_longer_enabled() {
+        let text = "actord_pipeline_up{pipeline=\"a\"} 1\nactord_pipeline_up{pipeline=\"b\"} 1\n\
+                    actord_pipeline_paused{pipeline=\"b\"} 0\nactord_schedule_runs_started_total{pipeline=\"b\",entry=\"e\"} 2\n";
+        assert_eq!(
+            without_disabled(text, &["a".to_owned()]),
+            "actord_pipeline_up{pipeline=\"a\"} 1\nactord_schedule_runs_started_total{pipeline=\"b\",entry=\"e\"} 2\n"
+        );
     }
 }

@@ -27,7 +27,6 @@ use crate::config::reload::{reconcile, ReloadError, Reloaded};
 use crate::config::{Config, ConfigError, Problem};
 use crate::pipelines::{Health, Resources};
 use crate::sources::kafka::KafkaConnection;
-use crate::telemetry::names;
 
 /// What the running tree was built from: the admin port reads it.
 #[derive(Clone)]
@@ -84,7 +83,6 @@ impl Reloader {
         let old = live.current.config.clone();
         let mut report = reconcile(&old, &mut new);
         let invalid = |message: String| {
-            metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => "refused").increment(1);
             ReloadError::Invalid(ConfigError {
                 problems: vec![Problem::new(&new.source, "", message)],
             })
@@ -101,8 +99,6 @@ impl Reloader {
             Ok(p) => p,
             Err(e) => {
                 if let Some(c) = e.downcast_ref::<ConfigError>() {
-                    metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => "refused")
-                        .increment(1);
                     return Err(ReloadError::Invalid(c.clone()));
                 }
                 return Err(invalid(format!("{e:#}")));
@@ -168,14 +164,6 @@ impl Reloader {
             health: Arc::new(health),
             schedules: Arc::new(schedules),
         };
-        let outcome = if !report.failed.is_empty() {
-            "failed"
-        } else if report.changed_anything() {
-            "applied"
-        } else {
-            "unchanged"
-        };
-        metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(1);
         if report.failed.is_empty() {
             info!(config = %report.config, restarted = ?report.restarted, added = ?report.added, removed = ?report.removed, unchanged = ?report.unchanged, "configuration reloaded");
         } else {

@@ -166,6 +166,11 @@ async fn a_reload_adds_and_removes_pipelines_and_refuses_an_invalid_file() {
         .all(|(_, n)| *n == 0));
     let (_, health) = get(&p.base, "/health").await;
     assert!(health.contains("ftp-sync."), "{health}");
+    let (_, metrics) = get(&p.base, "/metrics").await;
+    assert!(
+        metrics.contains("actord_pipeline_up{pipeline=\"ftp-sync\"} 1"),
+        "{metrics}"
+    );
 
     // An invalid file is refused with every problem named, and nothing changes: through the
     // admin port and through SIGHUP alike.
@@ -208,6 +213,12 @@ async fn a_reload_adds_and_removes_pipelines_and_refuses_an_invalid_file() {
     let (status, health) = get(&p.base, "/health").await;
     assert_eq!(status, 200, "{health}");
     assert!(!health.contains("ftp-sync."), "{health}");
+    let (_, metrics) = get(&p.base, "/metrics").await;
+    assert!(
+        !metrics.contains("actord_pipeline_up{pipeline=\"ftp-sync\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("actord_config_reloads_total{outcome=\"refused\"} 2"));
     assert!(restarts_below(&t, "/heartbeat")
         .iter()
         .all(|(_, n)| *n == 0));
