@@ -74,6 +74,36 @@ pub enum Command {
         #[arg(long, default_value_t = 5, value_name = "SECONDS")]
         timeout: u64,
     },
+    /// Run the embedded broker (librdkafka's in-process mock cluster) on its own, so several
+    /// actord processes on this machine can share one: prints `bootstrap=<host:port>` on the
+    /// first line of stdout and serves until SIGINT or SIGTERM. For local runs and tests only:
+    /// it keeps at most 5 MiB per partition and nothing survives its exit.
+    #[command(name = "embedded-broker")]
+    EmbeddedBroker {
+        /// Topics to create, as NAME:PARTITIONS (repeat the flag or separate with commas).
+        #[arg(
+            long = "create-topic",
+            value_delimiter = ',',
+            value_name = "NAME:PARTITIONS"
+        )]
+        create_topic: Vec<String>,
+    },
+}
+
+/// Parses `NAME:PARTITIONS` of `actord embedded-broker --create-topic`.
+pub fn topic_spec(spec: &str) -> Result<(String, i32), String> {
+    let (name, partitions) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--create-topic {spec:?}: expected NAME:PARTITIONS"))?;
+    let partitions: i32 = partitions.parse().map_err(|_| {
+        format!("--create-topic {spec:?}: the partition count must be a positive number")
+    })?;
+    if name.is_empty() || partitions < 1 {
+        return Err(format!(
+            "--create-topic {spec:?}: expected a topic name and at least one partition"
+        ));
+    }
+    Ok((name.to_owned(), partitions))
 }
 
 #[derive(Debug, Clone, Subcommand)]

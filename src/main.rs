@@ -63,6 +63,7 @@ async fn main() -> ExitCode {
         }
         Command::Commerce(cmd) => commerce(&cli, cmd).await,
         Command::Probe { endpoint, timeout } => probe(&cli, *endpoint, *timeout).await,
+        Command::EmbeddedBroker { create_topic } => embedded_broker(&cli, create_topic).await,
     }
 }
 
@@ -136,6 +137,63 @@ async fn commerce(cli: &Cli, cmd: &cli::CommerceCommand) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `actord embedded-broker`: the mock cluster alone, until a signal.
+async fn embedded_broker(cli: &Cli, specs: &[String]) -> ExitCode {
+    use std::io::Write;
+    let topics = match specs
+        .iter()
+        .map(|s| cli::topic_spec(s))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Logs go to stderr; stdout carries only the bootstrap line.
+    let format = if cli.log_json {
+        actord::config::LogFormat::Json
+    } else {
+        actord::config::LogFormat::Text
+    };
+    telemetry::init_logging(format, "info", cli.verbose);
+    let broker = match actord::sources::kafka::embedded::EmbeddedKafka::start() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: the embedded broker did not start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for (name, partitions) in &topics {
+        if let Err(e) = broker.create_topic(name, *partitions) {
+            eprintln!("error: creating topic {name}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "bootstrap={}", broker.bootstrap())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    drop(out);
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("error: cannot install the signal handlers");
+        return ExitCode::from(1);
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    drop(broker);
+    ExitCode::SUCCESS
 }
 
 /// `actord tree`: exit 1 with one clear line when the admin port cannot be read.

@@ -330,6 +330,53 @@ impl Drop for Tansu {
     }
 }
 
+/// librdkafka's mock cluster in a process of its own (`actord embedded-broker`): unlike tansu
+/// it expires the sessions of members that were killed or stopped, so a partition moves to the
+/// survivors within `session.timeout.ms`, and it keeps its data while it lives.
+pub struct MockBroker {
+    bootstrap: String,
+    child: Child,
+}
+
+impl MockBroker {
+    /// Starts the broker with `topics` (name, partitions) created.
+    pub fn start(topics: &[(&str, i32)]) -> MockBroker {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_actord"));
+        cmd.arg("embedded-broker")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        for (name, partitions) in topics {
+            cmd.arg("--create-topic")
+                .arg(format!("{name}:{partitions}"));
+        }
+        let mut child = cmd.spawn().expect("spawn actord embedded-broker");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let bootstrap = line
+            .trim()
+            .strip_prefix("bootstrap=")
+            .unwrap_or_else(|| panic!("embedded-broker printed {line:?}"))
+            .to_owned();
+        MockBroker { bootstrap, child }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A TCP proxy to a real service that a test can take down and bring back (an outage as the
 /// client sees it: refused connections and dropped sessions).
 pub struct Proxy {
@@ -340,6 +387,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
+        Proxy::start_with(target, None).await
+    }
+
+    /// A proxy that passes at most `bytes_per_second` in each direction of each connection: a
+    /// slow peer, so that uploads stay in flight for seconds.
+    pub async fn start_throttled(target: &str, bytes_per_second: u64) -> Proxy {
+        Proxy::start_with(target, Some(bytes_per_second)).await
+    }
+
+    async fn start_with(target: &str, throttle: Option<u64>) -> Proxy {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -362,7 +419,19 @@ impl Proxy {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let copy = async {
+                        match throttle {
+                            None => {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                            Some(rate) => {
+                                let (cr, cw) = client.split();
+                                let (sr, sw) = server.split();
+                                tokio::join!(paced(cr, sw, rate), paced(sr, cw, rate));
+                            }
+                        }
+                    };
                     let cut = async {
                         while gen.load(Ordering::Acquire) == born {
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -392,6 +461,32 @@ impl Proxy {
     pub fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// Copies `from` into `to` at no more than `rate` bytes per second, then half-closes `to`.
+async fn paced(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    rate: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chunk = (rate / 20).clamp(512, 64 * 1024) as usize;
+    let mut buf = vec![0u8; chunk];
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        sent += n as u64;
+        let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+    }
+    let _ = to.shutdown().await;
 }
 
 /// A client of the local PostgreSQL server.
