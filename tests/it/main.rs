@@ -11,6 +11,7 @@ mod ftp_sync;
 mod kafka;
 mod leases;
 mod live_view;
+mod object_group;
 mod objects;
 mod postgres_sink;
 mod recorder;

@@ -21,7 +21,7 @@ use crate::support::{get, until, wait_ready, Process, S3Server, Tansu};
 
 /// One Parquet row, as read back.
 #[derive(Debug, Clone, PartialEq)]
-enum Row {
+pub(crate) enum Row {
     Tick {
         nanos: i64,
         symbol: String,
@@ -47,7 +47,7 @@ impl Row {
 }
 
 /// Every object under `market-data/`: key → rows in file order.
-async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<Row>> {
+pub(crate) async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<Row>> {
     let listing: Vec<_> = store
         .list(Some(&"market-data".into()))
         .try_collect()
@@ -141,12 +141,12 @@ fn decode_rows(key: &str, b: &RecordBatch) -> Vec<Row> {
     }
 }
 
-fn total_rows(objects: &BTreeMap<String, Vec<Row>>) -> usize {
+pub(crate) fn total_rows(objects: &BTreeMap<String, Vec<Row>>) -> usize {
     objects.values().map(Vec::len).sum()
 }
 
 /// Tick volumes are their indices: every index in `0..n` must appear exactly once.
-fn assert_every_tick_once(objects: &BTreeMap<String, Vec<Row>>, n: i64) {
+pub(crate) fn assert_every_tick_once(objects: &BTreeMap<String, Vec<Row>>, n: i64) {
     let mut seen: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
     for (key, rows) in objects {
         for row in rows {
@@ -165,7 +165,7 @@ fn assert_every_tick_once(objects: &BTreeMap<String, Vec<Row>>, n: i64) {
 /// Keys follow the seed's layout: the hour directory is the hour of every record inside, and
 /// the name carries the first record's time, its partition and its offset, then the writer's
 /// ownership generation (`data_<time>_<partition>_<offset>.g<generation>.parquet`).
-fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
+pub(crate) fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
     for (key, rows) in objects {
         let first = DateTime::<Utc>::from_timestamp_nanos(rows[0].nanos());
         let kind = if key.contains("/tick/") {
@@ -202,7 +202,7 @@ fn assert_key_layout(objects: &BTreeMap<String, Vec<Row>>) {
     }
 }
 
-fn env_of<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub(crate) fn env_of<'a>(owned: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     owned.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
