@@ -435,3 +435,86 @@ async fn a_missing_database_fails_the_start_with_how_to_create_it() {
     );
     assert!(p.log().contains(expected), "{}", p.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_t2a_outage_opens_the_circuit_shown_on_health_and_the_tree_and_the_run_completes_after_it(
+) {
+    let orgs = ["1000", "2000"];
+    let redis = redis_db(10).await;
+    // The stand-in answers 503 while `down` is set.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = down.clone();
+    let app = standin::router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let flag = flag.clone();
+            async move {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return axum::response::IntoResponse::into_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    );
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = setup(&orgs, 1).await;
+    let actord = InProcess::start(&config(&redis, &api, &s, &orgs)).await;
+    let (status, body) = post(&actord.base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(Duration::from_secs(30), "the T2A circuit open", || async {
+        let health = crate::support::get(&actord.base, "/health").await.1;
+        let t = tree(&actord.base).await;
+        let m = actor(&t, "/adaptive-card/monitor");
+        health.contains("adaptive-card.t2a: unhealthy")
+            && m["counters"]["t2a_circuit_open"] == 1
+            && m["unhealthy"].as_str().is_some_and(|u| u.contains("503"))
+            && m["counters"]["sales_org_enqueued"] == 2
+            && m["counters"]["sales_org_remaining"] == 2
+    })
+    .await;
+    // The gauges (their values are the process's, which other tests here share).
+    let metrics = crate::support::get(&actord.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_adaptive_card_circuit_open{dependency=\"t2a\"}"),
+        "{metrics}"
+    );
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    until(Duration::from_secs(60), "the run to end", || async {
+        let e = run_entry(&actord.base).await;
+        e["runs"]["succeeded"].as_u64().unwrap_or(0) + e["runs"]["failed"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let outcome = run_entry(&actord.base).await["last_outcome"].clone();
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    assert!(entries(&mut conn(&redis).await, "sales_org_queue:dlq")
+        .await
+        .is_empty());
+    assert_eq!(cards(&s.results).await.len(), 4);
+    // The circuit closed, and the run's drain counters add up.
+    until(
+        Duration::from_secs(10),
+        "the monitor to show it",
+        || async {
+            let t = tree(&actord.base).await;
+            let c = actor(&t, "/adaptive-card/monitor")["counters"].clone();
+            c["t2a_circuit_open"] == 0
+                && c["sales_org_done"] == 2
+                && c["sales_org_dead_lettered"] == 0
+                && c["sales_org_remaining"] == 0
+                && c["adaptive_card_enqueued"] == 2
+                && c["adaptive_card_done"] == 2
+        },
+    )
+    .await;
+    let health = crate::support::get(&actord.base, "/health").await.1;
+    assert!(health.contains("adaptive-card.t2a: healthy"), "{health}");
+    let metrics = crate::support::get(&actord.base, "/metrics").await.1;
+    assert!(
+        metrics.contains("actord_adaptive_card_run_jobs{stage=\"adaptive_card\",state=\"done\"}"),
+        "{metrics}"
+    );
+    actord.shutdown().await;
+}

@@ -13,7 +13,7 @@ use actord_actors::Probe;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
-use super::{card, AdaptiveCardConfig};
+use super::{card, names, AdaptiveCardConfig};
 
 /// How often the database is checked.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -137,6 +137,8 @@ impl DatabaseWatchState {
                     info!(database = %db.name, "adaptive-card database answers again");
                     self.probe.set_unhealthy(None);
                 }
+                metrics::gauge!(names::ADAPTIVE_CARD_CIRCUIT_OPEN, "dependency" => "database")
+                    .set(0.0);
                 self.probe.progress(0, 0);
             }
             Err(e) => {
@@ -146,6 +148,8 @@ impl DatabaseWatchState {
                     warn!(error = %reason, "adaptive-card database unavailable");
                 }
                 self.probe.set_unhealthy(Some(reason));
+                metrics::gauge!(names::ADAPTIVE_CARD_CIRCUIT_OPEN, "dependency" => "database")
+                    .set(1.0);
             }
         }
     }

@@ -9,11 +9,13 @@
 mod card;
 mod csv;
 mod database;
+mod monitor;
 pub mod names;
 pub mod reset;
 mod run;
 mod sales_org;
 pub mod standin;
+mod status;
 mod t2a;
 
 use std::sync::Arc;
@@ -506,7 +508,25 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     }
     let ac = Arc::new(ac);
 
+    let breaker = Arc::new(status::Breaker::default());
+    let runs = Arc::new(status::RunStatus::default());
     let mut children = Vec::new();
+    let (b, r) = (breaker.clone(), runs.clone());
+    let monitor = ChildSpec::worker("monitor", move |ctx| {
+        let args = monitor::MonitorArgs {
+            probe: ctx.probe,
+            breaker: b.clone(),
+            runs: r.clone(),
+        };
+        async move {
+            let (actor, _) =
+                ractor::Actor::spawn_linked(None, monitor::PipelineMonitor, args, ctx.supervisor)
+                    .await?;
+            Ok(actor.get_cell())
+        }
+    })
+    .shutdown(STOP_QUICK);
+    children.push(sup.child(&root.child("monitor"), monitor));
     let config_for_db = ac.clone();
     let database = ChildSpec::worker("database", move |ctx| {
         let args = database::DatabaseWatchArgs {
@@ -544,7 +564,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             connection: connection.clone(),
             source: stage(&ac, SALES_ORG_QUEUE, SALES_ORG_GROUP, "sales_org_worker"),
             decode: Arc::new(sales_org::decode),
-            sink: sales_org::SalesOrgSink::factory(ac.clone(), store.clone()),
+            sink: sales_org::SalesOrgSink::factory(ac.clone(), store.clone(), breaker.clone()),
             lanes: ac.max_workers_sales,
             buffer: ONE_JOB,
             retry: RetryPolicy::default(),
@@ -570,7 +590,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         children.push(cards.child_spec(&root, sup));
     }
     if let (true, Some(settings)) = (ac.role.scheduler(), &ac.schedule) {
-        let job = run::job(ac.clone(), connection, store);
+        let job = run::job(ac.clone(), connection, store, runs);
         let entry = settings
             .entry(run::ENTRY, job)
             .context("opening the schedule's lease store")?;
@@ -601,6 +621,10 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             "adaptive_card_worker",
             root.child("adaptive-card").child("consumer-0"),
         ));
+        health.push(HealthCheck {
+            component: "t2a",
+            check: Arc::new(move |_| !breaker.is_open()),
+        });
     }
     let note = standin.map(|_| {
         format!(

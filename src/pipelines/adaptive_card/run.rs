@@ -27,6 +27,7 @@ use redis::aio::MultiplexedConnection;
 use tracing::info;
 
 use super::csv::Table;
+use super::status::{RunCounts, RunStatus, StageCounts};
 use super::t2a::DATASETS;
 use super::{
     card, database, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE,
@@ -42,11 +43,43 @@ pub fn job(
     config: Arc<AdaptiveCardConfig>,
     connection: RedisConnection,
     store: Arc<dyn ObjectStore>,
+    runs: Arc<RunStatus>,
 ) -> Job {
     Job::new(move |ctx| {
-        let (config, connection, store) = (config.clone(), connection.clone(), store.clone());
-        async move { run(ctx, &config, &connection, store).await }
+        let (config, connection, store, runs) = (
+            config.clone(),
+            connection.clone(),
+            store.clone(),
+            runs.clone(),
+        );
+        async move { run(ctx, &config, &connection, store, &runs).await }
     })
+}
+
+/// Which stage's counters a drain updates.
+#[derive(Clone, Copy)]
+enum Stage {
+    SalesOrg,
+    AdaptiveCard,
+}
+
+impl Stage {
+    fn counts(self, c: &mut RunCounts) -> &mut StageCounts {
+        match self {
+            Stage::SalesOrg => &mut c.sales_org,
+            Stage::AdaptiveCard => &mut c.adaptive_card,
+        }
+    }
+}
+
+/// Entries in a stream (0 when it does not exist): a stage's dead letters are what its
+/// dead-letter stream gained during the run.
+async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> Result<u64, String> {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)
 }
 
 fn redis_err(e: redis::RedisError) -> String {
@@ -92,21 +125,37 @@ async fn enqueue(
     Ok(())
 }
 
-/// Waits until the group holds nothing pending or undelivered; reports progress as it shrinks.
+/// Waits until the group holds nothing pending or undelivered; reports progress as it shrinks,
+/// and the stage's drain counters (`enqueued` set by the caller) in `runs`.
+#[allow(clippy::too_many_arguments)]
 async fn drained(
     ctx: &RunContext,
     conn: &mut MultiplexedConnection,
     stream: &str,
     group: &str,
     timeout: Duration,
+    runs: &RunStatus,
+    stage: Stage,
+    dlq_before: u64,
 ) -> Result<monitor::StreamStatus, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = u64::MAX;
+    let dlq = format!("{stream}:dlq");
     loop {
         let s = monitor::read(conn, stream, group)
             .await
             .map_err(redis_err)?;
+        let dead = xlen(conn, &dlq).await?.saturating_sub(dlq_before);
         let left = s.pending + s.lag.unwrap_or(u64::MAX / 2);
+        runs.update(|c| {
+            let counts = stage.counts(c);
+            counts.remaining = left.min(counts.enqueued);
+            counts.dead_lettered = dead;
+            counts.done = counts
+                .enqueued
+                .saturating_sub(counts.remaining)
+                .saturating_sub(dead);
+        });
         if s.group_exists && left == 0 {
             return Ok(s);
         }
@@ -172,6 +221,7 @@ async fn run(
     config: &AdaptiveCardConfig,
     connection: &RedisConnection,
     store: Arc<dyn ObjectStore>,
+    runs: &RunStatus,
 ) -> Result<RunSummary, String> {
     let run_id = ctx.due.timestamp_millis();
     let mut conn = connection.connect(Duration::from_secs(10)).await?;
@@ -183,7 +233,8 @@ async fn run(
     {
         return Err("another run is active (adaptive_card:active_run is set)".to_owned());
     }
-    let outcome = stages(&ctx, config, &mut conn, store, run_id).await;
+    runs.start(run_id);
+    let outcome = stages(&ctx, config, &mut conn, store, run_id, runs).await;
     let cleared = reset::clear_active(&mut conn, run_id).await;
     let summary = outcome?;
     cleared.map_err(redis_err)?;
@@ -196,6 +247,7 @@ async fn stages(
     conn: &mut MultiplexedConnection,
     store: Arc<dyn ObjectStore>,
     run_id: i64,
+    runs: &RunStatus,
 ) -> Result<RunSummary, String> {
     ensure_group(conn, SALES_ORG_QUEUE, SALES_ORG_GROUP).await?;
     ensure_group(conn, ADAPTIVE_CARD_QUEUE, ADAPTIVE_CARD_GROUP).await?;
@@ -207,6 +259,8 @@ async fn stages(
         .iter()
         .map(|o| serde_json::json!({"run_id": run_id, "sales_org": o}))
         .collect();
+    let dlq_before = xlen(conn, &format!("{SALES_ORG_QUEUE}:dlq")).await?;
+    runs.update(|c| c.sales_org.enqueued = jobs.len() as u64);
     enqueue(conn, SALES_ORG_QUEUE, &jobs).await?;
     info!(
         run_id,
@@ -219,6 +273,9 @@ async fn stages(
         SALES_ORG_QUEUE,
         SALES_ORG_GROUP,
         config.stage_timeout,
+        runs,
+        Stage::SalesOrg,
+        dlq_before,
     )
     .await?;
     let rows = merge(&store, run_id).await?;
@@ -247,6 +304,8 @@ async fn stages(
             serde_json::json!({"run_id": run_id, "user_id": r.get::<_, String>(0), "sales_org": r.get::<_, String>(1)})
         })
         .collect();
+    let dlq_before = xlen(conn, &format!("{ADAPTIVE_CARD_QUEUE}:dlq")).await?;
+    runs.update(|c| c.adaptive_card.enqueued = jobs.len() as u64);
     enqueue(conn, ADAPTIVE_CARD_QUEUE, &jobs).await?;
     info!(
         run_id,
@@ -259,6 +318,9 @@ async fn stages(
         ADAPTIVE_CARD_QUEUE,
         ADAPTIVE_CARD_GROUP,
         config.stage_timeout,
+        runs,
+        Stage::AdaptiveCard,
+        dlq_before,
     )
     .await?;
     let trimmed = trimmed

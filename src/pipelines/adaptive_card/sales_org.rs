@@ -4,8 +4,10 @@
 //! The job is the stream field `data`: `{"run_id": 1733450400000, "sales_org": "1000"}`. A
 //! failure of the job itself (an organisation the API does not know, a body that is not rows) is
 //! retried with backoff up to `max_retries` attempts, then the job goes to `sales_org_queue:dlq`.
-//! An API that is down (refused, timeout, 5xx, 429) is the writer's transient failure: retried,
-//! then the stage restarts and waits; such a job is never dead-lettered.
+//! An API that is down (refused, timeout, 5xx, 429) is the writer's transient failure, retried;
+//! when it repeats across jobs (`BREAKER_THRESHOLD` in a row) the T2A circuit opens and every
+//! worker holds its job and retries it as a probe (1 s doubling to 30 s) until the API answers;
+//! such a job is never dead-lettered.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use tracing::warn;
 
 use super::csv::Table;
 use super::names;
+use super::status::{Breaker, PROBE_BACKOFF};
 use super::t2a::{FetchError, T2a, DATASETS};
 use super::AdaptiveCardConfig;
 
@@ -43,6 +46,7 @@ pub fn org_file(run_id: i64, dataset: &str, sales_org: &str) -> ObjectPath {
 
 pub struct SalesOrgSink {
     config: Arc<AdaptiveCardConfig>,
+    breaker: Arc<Breaker>,
     t2a: T2a,
     store: Arc<dyn ObjectStore>,
     progress: Progress,
@@ -57,13 +61,15 @@ impl SalesOrgSink {
     pub fn factory(
         config: Arc<AdaptiveCardConfig>,
         store: Arc<dyn ObjectStore>,
+        breaker: Arc<Breaker>,
     ) -> SinkFactory<SalesOrgSink> {
         Arc::new(move || {
-            let (config, store) = (config.clone(), store.clone());
+            let (config, store, breaker) = (config.clone(), store.clone(), breaker.clone());
             Box::pin(async move {
                 let t2a = T2a::new(config.t2a.clone()).map_err(SinkError::fatal)?;
                 Ok(SalesOrgSink {
                     config,
+                    breaker,
                     t2a,
                     store,
                     progress: Progress::none(),
@@ -105,18 +111,32 @@ impl Sink<SalesOrgJob> for SalesOrgSink {
         let mut rejected = Vec::new();
         for (index, e) in records.iter().enumerate() {
             let mut attempt = 0u32;
+            let mut probes = 0u32;
             loop {
                 attempt += 1;
                 match self.process(&e.record).await {
                     Ok(_) => {
+                        self.breaker.succeeded();
                         metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "done").increment(1);
                         break;
                     }
                     Err(Failure::Unavailable(m)) => {
                         metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "unavailable").increment(1);
-                        return Err(SinkError::transient(m));
+                        if !self.breaker.failed(&m) {
+                            return Err(SinkError::transient(m));
+                        }
+                        // The circuit is open: hold the job and try it again as a probe. An
+                        // outage costs the job no attempt; each answered probe shows the
+                        // worker is waiting, not hung.
+                        attempt -= 1;
+                        let delay = PROBE_BACKOFF.delay(probes);
+                        probes = probes.saturating_add(1);
+                        self.progress.advanced(1, 0);
+                        tokio::time::sleep(delay).await;
                     }
                     Err(Failure::Job { class, message }) => {
+                        // The API answered: it is up.
+                        self.breaker.succeeded();
                         metrics::counter!(names::ADAPTIVE_CARD_JOBS_TOTAL, "stage" => "sales_org", "outcome" => "failed").increment(1);
                         if attempt >= self.config.max_retries {
                             rejected.push(Rejection {
