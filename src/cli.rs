@@ -58,6 +58,17 @@ pub enum Command {
     Check,
     /// Print the live tree of a running instance (its admin port: --admin, else the config's).
     Tree(TreeArgs),
+    /// Run one backfill in the foreground (the seed's `app.py --mode ...`): exit 0 when
+    /// everything up to the high watermarks is archived and committed, 1 when the run failed,
+    /// 3 when another run of the group holds the lease, 2 on a configuration error.
+    Backfill {
+        /// Where to start: the group's committed offsets, the beginning, or a date.
+        #[arg(long, value_enum, default_value_t = BackfillMode::Incremental)]
+        mode: BackfillMode,
+        /// With --mode continue: YYYY-MM-DD[THH:MM[:SS]][offset]; without an offset, Asia/Seoul.
+        #[arg(long, value_name = "DATE")]
+        from_date: Option<String>,
+    },
     /// Operations on the adaptive-card pipeline's Redis streams.
     #[command(name = "adaptive-card", subcommand)]
     AdaptiveCard(AdaptiveCardCommand),
@@ -104,6 +115,24 @@ pub fn topic_spec(spec: &str) -> Result<(String, i32), String> {
         ));
     }
     Ok((name.to_owned(), partitions))
+}
+
+/// `actord backfill --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackfillMode {
+    Incremental,
+    Fresh,
+    Continue,
+}
+
+impl BackfillMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillMode::Incremental => "incremental",
+            BackfillMode::Fresh => "fresh",
+            BackfillMode::Continue => "continue",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -227,6 +256,16 @@ impl Cli {
     /// Reads the configuration with the process environment, plus `--env-file` read as the
     /// original services read theirs (variables already set win).
     pub fn load_config(&self) -> Result<Config, ConfigError> {
+        self.load_config_with(&[], None)
+    }
+
+    /// [`Cli::load_config`] with `extra` environment variables over the process's (a
+    /// subcommand's own settings) and `enable` over `--enable`.
+    pub fn load_config_with(
+        &self,
+        extra: &[(String, String)],
+        enable: Option<Vec<String>>,
+    ) -> Result<Config, ConfigError> {
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
         if let Some(path) = &self.env_file {
             let fail = |message: String| ConfigError {
@@ -242,10 +281,11 @@ impl Cli {
                 .map_err(|e| fail(format!("line {}: {}", e.line, e.message)))?;
             env.extend(vars);
         }
+        env.extend(extra.iter().cloned());
         config::load(&Sources {
             config_path: self.config.clone(),
             env,
-            enable: self.enable.clone(),
+            enable: enable.or_else(|| self.enable.clone()),
             admin: self.admin.clone(),
             demo_into_cluster: self.demo_into_cluster,
             bootstrap_servers: self.bootstrap_servers.clone(),

@@ -64,6 +64,7 @@ async fn main() -> ExitCode {
         Command::Commerce(cmd) => commerce(&cli, cmd).await,
         Command::Probe { endpoint, timeout } => probe(&cli, *endpoint, *timeout).await,
         Command::EmbeddedBroker { create_topic } => embedded_broker(&cli, create_topic).await,
+        Command::Backfill { mode, from_date } => backfill(&cli, *mode, from_date.as_deref()).await,
     }
 }
 
@@ -196,6 +197,31 @@ async fn embedded_broker(cli: &Cli, specs: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `actord backfill`: one run in the foreground.
+async fn backfill(cli: &Cli, mode: cli::BackfillMode, from_date: Option<&str>) -> ExitCode {
+    use actord::pipelines::backfill::foreground;
+    let overrides = foreground::overrides(mode.as_str(), from_date);
+    let config = match cli.load_config_with(&overrides, Some(vec!["backfill".to_owned()])) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli, &config);
+    ExitCode::from(foreground::run(config).await.code())
+}
+
+/// Logs as the configuration says, `--log-json` and `-v` winning.
+fn init_logging(cli: &Cli, config: &actord::config::Config) {
+    let format = if cli.log_json {
+        actord::config::LogFormat::Json
+    } else {
+        config.log.format
+    };
+    telemetry::init_logging(format, &config.log.level, cli.verbose);
+}
+
 /// `actord tree`: exit 1 with one clear line when the admin port cannot be read.
 async fn tree(cli: &Cli, args: &cli::TreeArgs) -> ExitCode {
     let config = if cli.admin.is_none() {
@@ -268,12 +294,7 @@ async fn run(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let format = if cli.log_json {
-        actord::config::LogFormat::Json
-    } else {
-        config.log.format
-    };
-    telemetry::init_logging(format, &config.log.level, cli.verbose);
+    init_logging(cli, &config);
     let listener = match TcpListener::bind(config.admin.listen).await {
         Ok(l) => l,
         Err(e) => {

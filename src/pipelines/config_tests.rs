@@ -49,7 +49,8 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
             "recorder",
             "ftp-sync",
             "adaptive-card",
-            "commerce"
+            "commerce",
+            "backfill"
         ]
     );
     let ac = c.pipelines.get::<AdaptiveCardConfig>();
@@ -59,6 +60,11 @@ fn the_shipped_file_is_valid_and_runs_embedded() {
     let real = load(&sources(&f, &[("T2A_API_URL", "https://t2a.internal")])).unwrap();
     assert!(!real.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
     assert!(c.pipelines.get::<FtpSyncConfig>().demo);
+    assert!(
+        c.pipelines
+            .get::<crate::pipelines::backfill::BackfillConfig>()
+            .demo
+    );
     let shop = c
         .pipelines
         .get::<crate::pipelines::commerce::CommerceConfig>();
@@ -571,7 +577,17 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
     );
     assert!(embedded.runtime.demos_off.is_empty());
 
-    let real = load(&sources(&f, RECORDER_SEED_ENV)).unwrap();
+    // The recorder seed's KAFKA_GROUP_ID is also the backfill seed's: name the pipelines.
+    let seed = |f| {
+        let mut s = sources(f, RECORDER_SEED_ENV);
+        s.enable = Some(vec![
+            "recorder".into(),
+            "ftp-sync".into(),
+            "commerce".into(),
+        ]);
+        s
+    };
+    let real = load(&seed(&f)).unwrap();
     assert!(!real.pipelines.get::<RecorderConfig>().demo);
     assert!(!real.pipelines.get::<FtpSyncConfig>().demo);
     assert!(
@@ -594,7 +610,7 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
         "the shop's generators publish into a real cluster only when asked"
     );
 
-    let mut s = sources(&f, RECORDER_SEED_ENV);
+    let mut s = seed(&f);
     s.demo_into_cluster = true;
     let asked = load(&s).unwrap();
     assert!(
@@ -605,6 +621,18 @@ fn demo_generators_stay_off_against_a_real_cluster_unless_asked_for() {
         asked
             .pipelines
             .get::<crate::pipelines::commerce::CommerceConfig>()
+            .demo
+    );
+
+    let cluster = load(&sources(&f, &[("KAFKA_BROKERS", "kafka-1.internal:9092")])).unwrap();
+    assert_eq!(
+        cluster.runtime.demos_off,
+        vec!["recorder", "ftp-sync", "commerce", "backfill"]
+    );
+    assert!(
+        !cluster
+            .pipelines
+            .get::<crate::pipelines::backfill::BackfillConfig>()
             .demo
     );
 }

@@ -174,6 +174,7 @@ pub const PIPELINES: &[PipelineDef] = &[
     ftp_sync::DEF,
     adaptive_card::DEF,
     commerce::DEF,
+    backfill::DEF,
 ];
 
 /// What runs when neither `--enable` nor `runtime.enable` names anything.

@@ -362,6 +362,8 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
                 && count_files(&dir.join("data/objects/market-data"), ".parquet") > 0
                 && count_files(&dir.join("data/ftp-sync/destination/archive"), ".bin") > 0
                 && adaptive_card_runs(&p.base).await > 0
+                // The backfill's run at start archives the demo's history.
+                && count_files(&dir.join("data/objects/fms-temphum"), ".parquet") > 0
         },
     )
     .await;
@@ -387,6 +389,7 @@ async fn the_shipped_configuration_shows_data_flowing_in_every_pipeline() {
         "# adaptive-card: T2A stand-in at http://127.0.0.1:",
         "commerce.orders: healthy",
         "commerce.postgres: healthy",
+        "backfill.objects: healthy",
     ] {
         assert!(health.contains(line), "{line} not in {health}");
     }
@@ -432,7 +435,11 @@ fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
     let demos = |out: &str| out.matches("demo supervisor").count();
     let (code, out, err) = run_to_end(&["check"], None, &[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(demos(&out), 2, "recorder and ftp-sync demos: {out}");
+    assert_eq!(
+        demos(&out),
+        3,
+        "recorder, ftp-sync and backfill demos: {out}"
+    );
     let real = [("KAFKA_BROKERS", "kafka-1.internal:9092")];
     let (code, out, err) = run_to_end(&["check"], None, &real);
     assert_eq!(code, 0, "{err}");
@@ -443,7 +450,7 @@ fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
     );
     let (code, out, err) = run_to_end(&["check", "--demo-into-cluster"], None, &real);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(demos(&out), 2, "{out}");
+    assert_eq!(demos(&out), 3, "{out}");
     // adaptive-card's T2A stand-in runs only while T2A_API_URL names no real API.
     let (code, out, err) = run_to_end(&["check"], None, &[]);
     assert_eq!(code, 0, "{err}");

@@ -3,6 +3,7 @@
 
 mod adaptive_card;
 mod admin;
+mod backfill;
 mod binary;
 mod commerce;
 mod deploy;

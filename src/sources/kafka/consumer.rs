@@ -215,31 +215,7 @@ impl ConsumerState {
                 t
             }
         };
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        SourceRecord {
-            origin: Origin {
-                topic,
-                partition: m.partition(),
-                offset: m.offset(),
-                epoch: 0,
-            },
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            timestamp_ms: m.timestamp().to_millis(),
-            headers,
-        }
+        source_record(m, topic)
     }
 
     /// Tracks records and hands them downstream; records older than a start time are acked.
@@ -592,6 +568,38 @@ impl Actor for KafkaConsumer {
             }
         }
         Ok(())
+    }
+}
+
+/// Copies a fetched message of `topic` into an owned record (epoch 0: the reader sets it).
+pub(crate) fn source_record(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    topic: Topic,
+) -> SourceRecord {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    SourceRecord {
+        origin: Origin {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            epoch: 0,
+        },
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        timestamp_ms: m.timestamp().to_millis(),
+        headers,
     }
 }
 

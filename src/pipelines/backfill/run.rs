@@ -1,0 +1,656 @@
+//! One backfill run: read the topic from the mode's start up to the high watermarks captured
+//! when the run starts, hand the records to the run's subtree (buffer → writer → Parquet
+//! objects; poison → dead-letter producer), commit what is durable, and report a summary.
+//!
+//! Guarantees:
+//! - Nothing is committed before the objects (or the dead-letter topic) hold it: commits follow
+//!   the acknowledgements of the run's writer, in offset order per partition ([`Tracker`]).
+//! - The run ends at the watermarks it captured: records produced meanwhile are left for the
+//!   next run, so a run always finishes.
+//! - A `continue` run skips records older than its from-date on the client, whatever offset
+//!   the broker answered for that time (the end, 0, or nothing): the result does not depend on
+//!   the broker's time index.
+//! - When the run's subtree restarts (an object store outage outlasting the writer's retries),
+//!   the reader goes back to the last committed offsets of this run and reads on; the sink
+//!   replaces the objects of the uncommitted batches, so nothing is lost or written twice.
+//!   A subtree that gives up (its restart budget spent) or makes no progress for the stall
+//!   limit fails the run, with everything up to its last commit kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actord_actors::buffer::BufferMsg;
+use actord_actors::offsets::Tracker;
+use actord_actors::record::{Acker, DeadLetter, Envelope, Item, Origin, SourceRecord, Topic};
+use chrono::{DateTime, Utc};
+use ractor::ActorRef;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::mode::{Mode, KST};
+use super::reading::{self, Reading};
+use crate::sources::kafka::consumer::source_record;
+use crate::sources::kafka::KafkaConnection;
+
+/// How long a metadata, watermark or offset request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Records pushed to the buffer in one message.
+const CHUNK: usize = 1_000;
+
+/// What a run reads, and how.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub connection: KafkaConnection,
+    pub topic: String,
+    pub group: String,
+    pub mode: Mode,
+    pub timestamp_field: Option<String>,
+    /// Records per object batch; the reader keeps at most twice this in flight.
+    pub batch_size: usize,
+    /// A run that acknowledges nothing for this long while it waits fails.
+    pub stall_limit: Duration,
+}
+
+/// One partition's part of a run.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    /// The log-start offset when the run began.
+    pub low: i64,
+    /// Where the run started reading.
+    pub start: i64,
+    /// The high watermark captured at the start: the run reads up to it (exclusive).
+    pub end: i64,
+}
+
+/// What a run did, for the log, the terminal and the admin view.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub mode: String,
+    pub records: u64,
+    pub objects: u64,
+    /// Bytes of the messages written into objects.
+    pub bytes: u64,
+    pub skipped: u64,
+    pub dead_letters: u64,
+    /// Record times of the first and last record written (RFC 3339, Asia/Seoul).
+    pub first_time: Option<String>,
+    pub last_time: Option<String>,
+    pub duration_seconds: f64,
+    pub partitions: Vec<PartitionRange>,
+}
+
+impl Summary {
+    /// One line: `fresh: 1200 records in 4 objects (96000 bytes), 2 dead letters, …`.
+    pub fn line(&self) -> String {
+        let range = match (&self.first_time, &self.last_time) {
+            (Some(a), Some(b)) => format!(", records from {a} to {b}"),
+            _ => String::new(),
+        };
+        format!(
+            "{}: {} records in {} objects ({} bytes), {} skipped, {} dead letters{range}, {:.1}s",
+            self.mode,
+            self.records,
+            self.objects,
+            self.bytes,
+            self.skipped,
+            self.dead_letters,
+            self.duration_seconds
+        )
+    }
+}
+
+/// What the sink reports of the objects it completed during a run.
+#[derive(Default)]
+pub struct Written {
+    pub records: std::sync::atomic::AtomicU64,
+    pub objects: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Nanoseconds of the earliest and latest record written (i64::MAX / i64::MIN when none).
+    pub first_nanos: std::sync::atomic::AtomicI64,
+    pub last_nanos: std::sync::atomic::AtomicI64,
+}
+
+impl Written {
+    pub fn new() -> Arc<Self> {
+        let w = Written::default();
+        w.first_nanos
+            .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+        w.last_nanos
+            .store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(w)
+    }
+
+    /// Counts a completed write of `records` in `objects` objects.
+    pub fn add(&self, records: &[Envelope<Reading>], objects: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.records.fetch_add(records.len() as u64, Relaxed);
+        self.objects.fetch_add(objects, Relaxed);
+        let bytes: usize = records.iter().map(|e| e.bytes).sum();
+        self.bytes.fetch_add(bytes as u64, Relaxed);
+        for e in records {
+            let n = e.record.time.timestamp_nanos_opt().unwrap_or_default();
+            self.first_nanos.fetch_min(n, Relaxed);
+            self.last_nanos.fetch_max(n, Relaxed);
+        }
+    }
+}
+
+/// The run's subtree as the reader sees it: where records go, and how it is doing.
+pub trait Downstream: Send + Sync {
+    /// The buffer of the subtree's current incarnation, if it runs.
+    fn buffer(&self) -> Option<ActorRef<BufferMsg<Reading>>>;
+    /// Why the subtree is not running, once it gave up for good.
+    fn gave_up(&self) -> Option<String>;
+}
+
+/// Reports progress to the scheduler's run context (or the terminal).
+pub type Report = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Reads one run and returns its summary. `stop` resolving asks the run to end early: it then
+/// fails without committing past what is durable.
+pub async fn execute(
+    settings: &RunSettings,
+    downstream: &dyn Downstream,
+    written: Arc<Written>,
+    report: Report,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, String> {
+    let started = Instant::now();
+    let consumer = Arc::new(consumer(settings)?);
+    let ranges = plan(&consumer, settings).await?;
+    info!(pipeline = "backfill", mode = %settings.mode, topic = %settings.topic, group = %settings.group, partitions = ?ranges, "backfill run started");
+    let mut reader = Reader::new(settings, consumer.clone(), ranges.clone(), written.clone());
+    let outcome = tokio::select! {
+        r = reader.run(downstream, &report) => r,
+        () = stop => Err("stopped before the run finished".to_owned()),
+    };
+    outcome?;
+    // Everything up to each watermark is durable (written, dead-lettered or skipped).
+    let ends: Vec<(i32, i64)> = ranges.iter().map(|r| (r.partition, r.end)).collect();
+    commit(&consumer, &settings.topic, &ends).await?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let kst = |n: i64| {
+        DateTime::<Utc>::from_timestamp_nanos(n)
+            .with_timezone(&KST)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+    };
+    let (first, last) = (
+        written.first_nanos.load(Relaxed),
+        written.last_nanos.load(Relaxed),
+    );
+    Ok(Summary {
+        mode: settings.mode.to_string(),
+        records: written.records.load(Relaxed),
+        objects: written.objects.load(Relaxed),
+        bytes: written.bytes.load(Relaxed),
+        skipped: reader.skipped,
+        dead_letters: reader.dead_letters,
+        first_time: (first != i64::MAX).then(|| kst(first)),
+        last_time: (last != i64::MIN).then(|| kst(last)),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        partitions: ranges,
+    })
+}
+
+/// A consumer of the run's group that is assigned partitions by hand: it joins no group,
+/// reads where it is told and commits under the group's name.
+fn consumer(settings: &RunSettings) -> Result<BaseConsumer, String> {
+    let mut config = settings.connection.client_config();
+    config
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "20");
+    for (k, v) in &settings.connection.properties {
+        config.set(k, v);
+    }
+    config
+        .create()
+        .map_err(|e| format!("cannot create the kafka consumer: {e}"))
+}
+
+/// Runs a blocking client call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a kafka request panicked: {e}"))?
+}
+
+/// The partitions, their watermarks and where this run starts in each.
+async fn plan(
+    consumer: &Arc<BaseConsumer>,
+    settings: &RunSettings,
+) -> Result<Vec<PartitionRange>, String> {
+    let (c, topic, mode) = (consumer.clone(), settings.topic.clone(), settings.mode);
+    blocking(move || {
+        let meta = c
+            .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+            .map_err(|e| format!("cannot read the metadata of {topic}: {e}"))?;
+        let t = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| format!("topic {topic} does not exist"))?;
+        if let Some(e) = t.error() {
+            return Err(format!("topic {topic}: {e:?}"));
+        }
+        let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        partitions.sort_unstable();
+        if partitions.is_empty() {
+            return Err(format!("topic {topic} has no partitions"));
+        }
+        let mut marks = BTreeMap::new();
+        for &p in &partitions {
+            let (low, high) = c
+                .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+                .map_err(|e| format!("cannot read the watermarks of {topic}/{p}: {e}"))?;
+            marks.insert(p, (low.max(0), high.max(0)));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = match mode {
+            Mode::Fresh | Mode::Continue(Some(_)) => BTreeMap::new(),
+            Mode::Incremental | Mode::Continue(None) => {
+                let list = c
+                    .committed_offsets(tpl.clone(), REQUEST_TIMEOUT)
+                    .map_err(|e| format!("cannot read the committed offsets: {e}"))?;
+                list.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+        };
+        let by_time: BTreeMap<i32, i64> = match mode.from() {
+            None => BTreeMap::new(),
+            Some(from) => {
+                let mut q = TopicPartitionList::new();
+                for &p in &partitions {
+                    q.add_partition_offset(&topic, p, Offset::Offset(from.timestamp_millis()))
+                        .map_err(|e| e.to_string())?;
+                }
+                match c.offsets_for_times(q, REQUEST_TIMEOUT) {
+                    Ok(list) => list
+                        .elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) => Some((e.partition(), o)),
+                            _ => None,
+                        })
+                        .collect(),
+                    Err(e) => {
+                        warn!(pipeline = "backfill", error = %e, "the broker cannot look offsets up by time; reading from the beginning and skipping older records");
+                        BTreeMap::new()
+                    }
+                }
+            }
+        };
+        Ok(partitions
+            .iter()
+            .map(|p| {
+                let (low, high) = marks[p];
+                let start = match mode {
+                    Mode::Fresh => low,
+                    Mode::Continue(Some(_)) => by_time.get(p).copied().unwrap_or(low),
+                    Mode::Incremental | Mode::Continue(None) => {
+                        committed.get(p).copied().unwrap_or(low)
+                    }
+                };
+                // Retention may have passed a committed offset; a recreated topic may be
+                // shorter than one; a broker may answer a time with an offset out of range.
+                let start = if start > high { low } else { start.max(low) };
+                PartitionRange {
+                    partition: *p,
+                    low,
+                    start,
+                    end: high,
+                }
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Commits `offsets` (next offset to read, per partition) under the run's group.
+async fn commit(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), String> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .map_err(|e| e.to_string())?;
+    }
+    let c = consumer.clone();
+    blocking(move || {
+        c.commit(&tpl, CommitMode::Sync)
+            .map_err(|e| format!("cannot commit offsets: {e}"))
+    })
+    .await
+}
+
+/// The reading side of a run.
+struct Reader {
+    settings: RunSettings,
+    consumer: Arc<BaseConsumer>,
+    topic: Topic,
+    ranges: Vec<PartitionRange>,
+    /// Where each partition resumes after its subtree restarted: the last commit of this run.
+    resume: HashMap<i32, i64>,
+    /// Next offset expected per partition; a partition at its end is done.
+    next: HashMap<i32, i64>,
+    tracker: Tracker,
+    acks: mpsc::UnboundedReceiver<Vec<Origin>>,
+    acker: Acker,
+    skipped: u64,
+    dead_letters: u64,
+    written: Arc<Written>,
+}
+
+impl Reader {
+    fn new(
+        settings: &RunSettings,
+        consumer: Arc<BaseConsumer>,
+        ranges: Vec<PartitionRange>,
+        written: Arc<Written>,
+    ) -> Self {
+        let (tx, acks) = mpsc::unbounded_channel();
+        let acker = Acker::new(move |origins| {
+            let _ = tx.send(origins);
+        });
+        Reader {
+            topic: Topic::intern(&settings.topic),
+            settings: settings.clone(),
+            consumer,
+            resume: ranges.iter().map(|r| (r.partition, r.start)).collect(),
+            next: HashMap::new(),
+            ranges,
+            tracker: Tracker::new(),
+            acks,
+            acker,
+            skipped: 0,
+            dead_letters: 0,
+            written,
+        }
+    }
+
+    fn end(&self, partition: i32) -> i64 {
+        self.ranges
+            .iter()
+            .find(|r| r.partition == partition)
+            .map_or(0, |r| r.end)
+    }
+
+    fn all_read(&self) -> bool {
+        self.ranges
+            .iter()
+            .all(|r| self.next.get(&r.partition).copied().unwrap_or(r.end) >= r.end)
+    }
+
+    /// (Re)assigns every unfinished partition at its resume point, under new epochs: acks of
+    /// records handed to an earlier incarnation of the subtree no longer count.
+    fn assign(&mut self) -> Result<(), String> {
+        self.tracker = Tracker::new();
+        self.next.clear();
+        let mut tpl = TopicPartitionList::new();
+        for r in &self.ranges {
+            let at = self.resume[&r.partition];
+            self.tracker.assign(self.topic, r.partition);
+            if at < r.end {
+                tpl.add_partition_offset(&self.settings.topic, r.partition, Offset::Offset(at))
+                    .map_err(|e| e.to_string())?;
+                self.next.insert(r.partition, at);
+            }
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| format!("cannot assign the partitions: {e}"))
+    }
+
+    fn take_acks(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(origins) = self.acks.try_recv() {
+            for o in &origins {
+                any |= self.tracker.ack(o);
+            }
+        }
+        any
+    }
+
+    /// Commits what became committable and moves the resume points there.
+    async fn commit_progress(&mut self) -> Result<(), String> {
+        let commits = self.tracker.take_commits();
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<(i32, i64)> = commits.iter().map(|(_, p, o)| (*p, *o)).collect();
+        if let Err(e) = commit(&self.consumer, &self.settings.topic, &offsets).await {
+            for (t, p, o) in commits {
+                self.tracker.uncommit(t, p, o);
+            }
+            return Err(e);
+        }
+        for (p, o) in offsets {
+            self.resume.insert(p, o);
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, downstream: &dyn Downstream, report: &Report) -> Result<(), String> {
+        let mut buffer = self.wait_for(downstream, None).await?;
+        self.assign()?;
+        let max_in_flight = self.settings.batch_size.saturating_mul(2).max(CHUNK);
+        let mut pending: Vec<Item<Reading>> = Vec::with_capacity(CHUNK);
+        let mut last_ack = Instant::now();
+        let mut flushed = false;
+        let mut reported = (0u64, 0u64);
+        loop {
+            if self.take_acks() {
+                last_ack = Instant::now();
+                self.commit_progress().await?;
+            }
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                let now = (
+                    self.written.records.load(Relaxed),
+                    self.written.bytes.load(Relaxed),
+                );
+                report(now.0 - reported.0, now.1 - reported.1);
+                reported = now;
+            }
+            let current = downstream.buffer();
+            if current.as_ref().map(|b| b.get_id()) != Some(buffer.get_id()) {
+                // The subtree restarted: what it held is gone. Read again from the last commit.
+                warn!(
+                    pipeline = "backfill",
+                    "the run's writer restarted; reading again from the last committed offsets"
+                );
+                buffer = self.wait_for(downstream, Some(&buffer)).await?;
+                self.assign()?;
+                pending.clear();
+                flushed = false;
+                last_ack = Instant::now();
+                continue;
+            }
+            let done_reading = self.all_read();
+            if done_reading && pending.is_empty() && self.tracker.in_flight_records() == 0 {
+                return Ok(());
+            }
+            let full = self.tracker.in_flight_records() >= max_in_flight;
+            if done_reading || full {
+                if !pending.is_empty() {
+                    let items = std::mem::take(&mut pending);
+                    buffer
+                        .cast(BufferMsg::Push(items))
+                        .map_err(|_| "the run's buffer is gone".to_owned())?;
+                }
+                if !flushed {
+                    let _ = buffer.cast(BufferMsg::FlushNow);
+                    flushed = true;
+                }
+                if last_ack.elapsed() > self.settings.stall_limit {
+                    return Err(format!(
+                        "no records became durable for {:?}; giving up (committed up to the last durable batch)",
+                        self.settings.stall_limit
+                    ));
+                }
+                if let Some(reason) = downstream.gave_up() {
+                    return Err(reason);
+                }
+                tokio::select! {
+                    Some(origins) = self.acks.recv() => {
+                        for o in &origins {
+                            if self.tracker.ack(o) {
+                                last_ack = Instant::now();
+                            }
+                        }
+                        self.commit_progress().await?;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+            flushed = false;
+            // Read what librdkafka has fetched; wait briefly when it has nothing.
+            let mut got = 0;
+            while got < CHUNK {
+                let Some(message) = self.consumer.poll(Duration::ZERO) else {
+                    break;
+                };
+                let m = message.map_err(|e| format!("reading {}: {e}", self.settings.topic))?;
+                got += 1;
+                let (p, offset) = (m.partition(), m.offset());
+                let end = self.end(p);
+                let Some(next) = self.next.get(&p).copied() else {
+                    continue;
+                };
+                if offset >= end || offset < next {
+                    continue;
+                }
+                self.next.insert(p, offset + 1);
+                let source = source_record(&m, self.topic);
+                let bytes = source.size();
+                let Some(epoch) = self.tracker.dispatched(self.topic, p, offset, bytes) else {
+                    continue;
+                };
+                let source = SourceRecord {
+                    origin: Origin {
+                        epoch,
+                        ..source.origin
+                    },
+                    ..source
+                };
+                match reading::decode(&source, self.settings.timestamp_field.as_deref()) {
+                    Ok(r) if self.settings.mode.from().is_some_and(|from| r.time < from) => {
+                        self.skipped += 1;
+                        self.tracker.ack(&source.origin);
+                    }
+                    Ok(record) => pending.push(Item::Good(Envelope {
+                        record,
+                        bytes: source.payload.as_ref().map_or(0, Vec::len),
+                        source,
+                        acker: self.acker.clone(),
+                    })),
+                    Err(poison) => {
+                        self.dead_letters += 1;
+                        warn!(pipeline = "backfill", partition = p, offset, error = %poison, "message without a usable timestamp, dead-lettering it");
+                        pending.push(Item::Poison(DeadLetter {
+                            source,
+                            acker: self.acker.clone(),
+                            poison,
+                            stage: "decode",
+                            retry_count: 0,
+                        }));
+                    }
+                }
+                if offset + 1 >= end {
+                    self.next.insert(p, end);
+                }
+            }
+            if pending.len() >= CHUNK || (got == 0 && !pending.is_empty()) {
+                let items = std::mem::take(&mut pending);
+                buffer
+                    .cast(BufferMsg::Push(items))
+                    .map_err(|_| "the run's buffer is gone".to_owned())?;
+            }
+            if got == 0 {
+                self.catch_up_positions();
+                tokio::select! {
+                    Some(origins) = self.acks.recv() => {
+                        for o in &origins {
+                            if self.tracker.ack(o) {
+                                last_ack = Instant::now();
+                            }
+                        }
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+
+    /// Partitions whose position passed their end without a record at the end's last offset
+    /// (a transaction marker, a compacted record) are done too: the position is one past the
+    /// last message handed to this consumer, so everything below it was seen.
+    fn catch_up_positions(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let end = self.end(e.partition());
+                if let Some(next) = self.next.get_mut(&e.partition()) {
+                    if o >= end && *next < end {
+                        *next = end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the subtree runs a buffer other than `old`.
+    async fn wait_for(
+        &self,
+        downstream: &dyn Downstream,
+        old: Option<&ActorRef<BufferMsg<Reading>>>,
+    ) -> Result<ActorRef<BufferMsg<Reading>>, String> {
+        let since = Instant::now();
+        loop {
+            if let Some(b) = downstream.buffer() {
+                if old.is_none_or(|o| o.get_id() != b.get_id()) {
+                    return Ok(b);
+                }
+            }
+            if let Some(reason) = downstream.gave_up() {
+                return Err(reason);
+            }
+            if since.elapsed() > self.settings.stall_limit {
+                return Err(format!(
+                    "the run's writer did not start within {:?}",
+                    self.settings.stall_limit
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
