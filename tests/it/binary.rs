@@ -437,8 +437,8 @@ fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         demos(&out),
-        3,
-        "recorder, ftp-sync and backfill demos: {out}"
+        4,
+        "recorder, ftp-sync, commerce and backfill demos: {out}"
     );
     let real = [("KAFKA_BROKERS", "kafka-1.internal:9092")];
     let (code, out, err) = run_to_end(&["check"], None, &real);
@@ -450,7 +450,7 @@ fn demo_generators_run_only_on_the_embedded_broker_unless_asked_for() {
     );
     let (code, out, err) = run_to_end(&["check", "--demo-into-cluster"], None, &real);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(demos(&out), 3, "{out}");
+    assert_eq!(demos(&out), 4, "{out}");
     // adaptive-card's T2A stand-in runs only while T2A_API_URL names no real API.
     let (code, out, err) = run_to_end(&["check"], None, &[]);
     assert_eq!(code, 0, "{err}");
