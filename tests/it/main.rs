@@ -5,6 +5,7 @@ mod adaptive_card;
 mod admin;
 mod backfill;
 mod binary;
+mod crash;
 mod commerce;
 mod deploy;
 mod dlq;
