@@ -121,7 +121,7 @@ async fn main() {
                 database: "postgres".into(),
                 schema: our_schema.into(),
                 pool_size: 3,
-                forget_offsets: false,
+                forget_offsets: None,
                 ..DbSettings::default()
             },
             "timescaledb",

@@ -402,7 +402,7 @@ impl CommerceConfig {
             database: d.database.clone().unwrap_or_else(|| database.to_owned()),
             schema,
             pool_size: consumers as u32 + 1,
-            forget_offsets: false,
+            forget_offsets: None,
             lock_timeout: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(300),
             rejection: BreakerSettings::default(),

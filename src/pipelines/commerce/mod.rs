@@ -225,7 +225,10 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         .client()
         .map_err(|e| anyhow::anyhow!("pipelines.commerce.redis_url: {e}"))?;
     let settings = DbSettings {
-        forget_offsets: resources.kafka.embedded,
+        forget_offsets: resources
+            .kafka
+            .embedded
+            .then(|| resources.kafka.bootstrap.clone()),
         ..cc.db.clone()
     };
     let jobs_db = Database::new(

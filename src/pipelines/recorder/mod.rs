@@ -258,7 +258,7 @@ impl RecorderConfig {
                 database: t.database.clone().unwrap_or_else(|| "postgres".to_owned()),
                 schema,
                 pool_size: db_write_workers as u32 + 1,
-                forget_offsets: false,
+                forget_offsets: None,
                 lock_timeout: check.duration(
                     &k("timescale.lock_timeout"),
                     t.lock_timeout.as_deref(),
@@ -352,7 +352,10 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
 
     let group = format!("{}-timescale", rc.group);
     let settings = DbSettings {
-        forget_offsets: resources.kafka.embedded,
+        forget_offsets: resources
+            .kafka
+            .embedded
+            .then(|| resources.kafka.bootstrap.clone()),
         ..rc.db.clone()
     };
     let tables = Arc::new(RecorderTables::default());
@@ -488,7 +491,7 @@ fn s3_path(
     let rc = config.pipelines.get::<RecorderConfig>();
     let target = store::open_target(&rc.s3.location, &config.s3)
         .map_err(|e| anyhow::anyhow!("pipelines.recorder.s3: {e}"))?;
-    let replay_since = resources.kafka.embedded.then(chrono::Utc::now);
+    let replay_since = resources.kafka.embedded_since();
     let objects = Objects::new(
         target,
         rc.s3.prefix.clone(),

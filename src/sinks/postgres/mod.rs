@@ -66,9 +66,11 @@ pub struct DbSettings {
     pub schema: String,
     /// Connections in the pool (one per writer plus one).
     pub pool_size: u32,
-    /// Drop this group's stored offsets at start: the embedded broker begins empty on every
-    /// run, so offsets kept from an earlier run would skip its records.
-    pub forget_offsets: bool,
+    /// The embedded broker's address, when the path reads it: it begins empty on every run, so
+    /// this group's offsets kept from an earlier run would skip its records. They are dropped
+    /// once per broker (the first set-up on it), never again while it lives: a restarted or
+    /// reloaded path keeps what it stored on the same broker.
+    pub forget_offsets: Option<String>,
     /// `lock_timeout` of every session.
     pub lock_timeout: Duration,
     /// `statement_timeout` of the writers' sessions (the schema set-up runs without one).
@@ -87,7 +89,7 @@ impl Default for DbSettings {
             database: "postgres".to_owned(),
             schema: "public".to_owned(),
             pool_size: 3,
-            forget_offsets: false,
+            forget_offsets: None,
             lock_timeout: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(300),
             rejection: BreakerSettings::default(),
@@ -379,7 +381,11 @@ impl Database {
                 list.join("; ")
             )));
         }
-        if let (Some(o), true) = (&self.offsets, settings.forget_offsets) {
+        if let (Some(o), Some(broker)) = (&self.offsets, &settings.forget_offsets) {
+            let once = (broker.clone(), schema_name.to_owned(), o.group.clone());
+            if !first_on_broker(&once) {
+                return self.setup.finish(settings, client).await;
+            }
             let gone = client
                 .execute(
                     &format!(
@@ -391,6 +397,7 @@ impl Database {
                 .await
                 .map_err(error::pg)?;
             o.ledger.forget();
+            forgotten_on_broker(once);
             if gone > 0 {
                 info!(group = %o.group, partitions = gone, "embedded broker: offsets stored by an earlier run no longer apply, forgotten");
             }
@@ -472,4 +479,24 @@ impl OffsetSource for Database {
             })
             .collect())
     }
+}
+
+/// (broker, schema, group) whose offsets of an earlier broker were already dropped by this
+/// process.
+type BrokerGroup = (String, String, String);
+
+fn forgotten() -> &'static std::sync::Mutex<std::collections::HashSet<BrokerGroup>> {
+    static FORGOTTEN: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashSet<BrokerGroup>>,
+    > = std::sync::OnceLock::new();
+    FORGOTTEN.get_or_init(Default::default)
+}
+
+/// Whether the group's offsets were not yet dropped for this broker.
+fn first_on_broker(key: &BrokerGroup) -> bool {
+    !forgotten().lock().expect("forgotten lock").contains(key)
+}
+
+fn forgotten_on_broker(key: BrokerGroup) {
+    forgotten().lock().expect("forgotten lock").insert(key);
 }

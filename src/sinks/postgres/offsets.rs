@@ -23,7 +23,7 @@
 //! partition and this process neither held nor read it), is invisible here; so is everything
 //! after a restart. Lowering a stored offset by hand while the path runs (to replay) reads as
 //! a regression too: the path reports it and re-reads from the lowered offset, which is what
-//! the replay asks for. With `forget_offsets` (the embedded broker) the marks are dropped with
+//! the replay asks for. With `forget_offsets` (the embedded broker, once per broker) the marks are dropped with
 //! the rows.
 
 use std::collections::{BTreeMap, HashMap};

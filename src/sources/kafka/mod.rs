@@ -36,6 +36,29 @@ impl KafkaConnection {
         }
     }
 
+    /// For the embedded broker: when this process first built a path on it. Its records and
+    /// its offsets begin then, so an object sink treats older objects as another broker's
+    /// (replaced on replay); every later build on the same broker (a restart, a reload) gets
+    /// the same time and keeps what was written since.
+    pub fn embedded_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static SINCE: OnceLock<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>> =
+            OnceLock::new();
+        if !self.embedded {
+            return None;
+        }
+        let mut since = SINCE
+            .get_or_init(Default::default)
+            .lock()
+            .expect("embedded-since lock");
+        Some(
+            *since
+                .entry(self.bootstrap.clone())
+                .or_insert_with(chrono::Utc::now),
+        )
+    }
+
     /// A client config with the bootstrap servers and the extra properties.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
