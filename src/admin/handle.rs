@@ -46,6 +46,9 @@ pub struct Handle {
     pub started: SystemTime,
     built: Arc<RwLock<Built>>,
     reload: Option<Reload>,
+    /// One reload at a time, from re-reading to recording what runs, so that a SIGHUP and a
+    /// `POST /api/config/reload` arriving together cannot leave the older result recorded.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Handle {
@@ -63,6 +66,7 @@ impl Handle {
             started,
             built: Arc::new(RwLock::new(built)),
             reload: None,
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -107,6 +111,7 @@ impl Handle {
                     .into(),
             ));
         };
+        let serial = self.reloading.lock().await;
         let outcome = match reload().await {
             Ok((report, built)) => {
                 self.set_built(built);
@@ -114,6 +119,7 @@ impl Handle {
             }
             Err(e) => Err(e),
         };
+        drop(serial);
         let label = match &outcome {
             Ok(r) if !r.failed.is_empty() => "failed",
             Ok(r) if r.changed_anything() => "applied",

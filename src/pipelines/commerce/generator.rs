@@ -28,6 +28,9 @@ pub struct GeneratorArgs {
     pub settings: GeneratorSettings,
 }
 
+/// How often a paused generator looks whether it was resumed.
+pub(super) const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub enum GeneratorMsg {
     Users,
     Product,
@@ -99,6 +102,11 @@ impl Actor for Generator {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if state.args.probe.is_paused() {
+            // Paused: nothing is published; the message comes back after a while.
+            myself.send_after(PAUSED_RECHECK, move || message);
+            return Ok(());
+        }
         let now = chrono::Utc::now();
         match message {
             GeneratorMsg::Users => {

@@ -91,6 +91,11 @@ impl Actor for OrderProducer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let OrderProducerMsg::Order = message;
+        if state.args.probe.is_paused() {
+            // Paused: no orders (the cache is not refreshed either).
+            myself.send_after(super::generator::PAUSED_RECHECK, || OrderProducerMsg::Order);
+            return Ok(());
+        }
         match state.caches().await {
             Ok((users, products)) => {
                 let now = chrono::Utc::now();

@@ -76,6 +76,10 @@ impl Actor for Jobs {
         _: (),
         state: &mut JobsState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.args.probe.is_paused() {
+            myself.send_after(Duration::from_millis(200), || ());
+            return Ok(());
+        }
         state.seq += 1;
         let seq = state.seq;
         let name = format!("file-{seq:06}.bin");

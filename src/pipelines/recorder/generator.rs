@@ -87,6 +87,12 @@ impl Actor for Generator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let GeneratorMsg::Tick = message;
+        // A paused pipeline's demo publishes nothing (the embedded broker would only drop
+        // what nobody reads).
+        if state.args.probe.is_paused() {
+            myself.send_after(TICK, || GeneratorMsg::Tick);
+            return Ok(());
+        }
         let per_tick = (state.args.rate as u64).div_ceil(10);
         let now_ms = chrono::Utc::now().timestamp_millis();
         for _ in 0..per_tick {
