@@ -112,7 +112,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             row_group_rows: c.row_group_size,
             path: root.child("run").child("writer-0").to_string(),
             // With the embedded broker offsets start at zero on every process start.
-            replay_since: resources.kafka.embedded.then(chrono::Utc::now),
+            replay_since: resources.kafka.embedded_since(),
         },
     );
     let parent = Arc::default();
