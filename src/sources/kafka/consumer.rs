@@ -61,7 +61,9 @@ pub enum ConsumerMsg {
 }
 
 pub struct ConsumerState {
-    consumer: StreamConsumer<PathContext>,
+    /// Taken in `post_stop`, so that closing it (leaving the group, which can wait on the
+    /// broker) happens off the async workers.
+    consumer: Option<StreamConsumer<PathContext>>,
     shared: Arc<Shared>,
     acker: Acker,
     settings: SourceSettings,
@@ -103,6 +105,12 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 const PAUSE_AFTER: Duration = Duration::from_millis(250);
 
 impl ConsumerState {
+    fn consumer(&self) -> &StreamConsumer<PathContext> {
+        self.consumer
+            .as_ref()
+            .expect("the consumer lives until post_stop")
+    }
+
     fn drain_acks(&mut self) {
         let acked = self.shared.drain_acks();
         if acked > 0 {
@@ -152,7 +160,7 @@ impl ConsumerState {
         for (topic, partition, next) in &commits {
             let _ = tpl.add_partition_offset(topic.as_str(), *partition, Offset::Offset(*next));
         }
-        let consumer = &self.consumer;
+        let consumer = self.consumer();
         match off_worker(|| consumer.commit(&tpl, mode)) {
             Ok(()) => {
                 metrics::counter!(names::OFFSETS_COMMITTED_TOTAL, "path" => self.path.clone())
@@ -182,20 +190,20 @@ impl ConsumerState {
     }
 
     fn assignment(&self) -> TopicPartitionList {
-        self.consumer.assignment().unwrap_or_default()
+        self.consumer().assignment().unwrap_or_default()
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<(), ActorProcessingErr> {
         let tpl = self.assignment();
         if paused {
-            self.consumer.pause(&tpl)?;
+            self.consumer().pause(&tpl)?;
             if self.held {
                 info!(path = %self.path, partitions = tpl.count(), "pipeline paused by an operator, pausing partitions");
             } else {
                 info!(path = %self.path, partitions = tpl.count(), "in-flight bound held, pausing partitions");
             }
         } else {
-            self.consumer.resume(&tpl)?;
+            self.consumer().resume(&tpl)?;
             debug!(path = %self.path, "resuming");
         }
         self.paused = paused;
@@ -360,7 +368,11 @@ impl ConsumerState {
         if self.paused {
             // Serve group events and wait for acks; anything still delivered is kept.
             let mut last = None;
-            let mut stream = self.consumer.stream();
+            let mut stream = self
+                .consumer
+                .as_ref()
+                .expect("the consumer lives until post_stop")
+                .stream();
             while let Some(Some(Ok(m))) = stream.next().now_or_never() {
                 self.stash.push_back(Self::record(&m, &mut last));
             }
@@ -385,7 +397,11 @@ impl ConsumerState {
         }
         // One stream for the whole chunk: registering a waker per message is costly.
         let mut last = None;
-        let mut stream = self.consumer.stream();
+        let mut stream = self
+            .consumer
+            .as_ref()
+            .expect("the consumer lives until post_stop")
+            .stream();
         if chunk.is_empty() {
             match tokio::time::timeout(POLL_WAIT, stream.next()).await {
                 Ok(Some(Ok(m))) => chunk.push(Self::record(&m, &mut last)),
@@ -422,7 +438,7 @@ impl ConsumerState {
     /// timeout, or earlier when the supervisor's stop deadline leaves less, so that the commit
     /// still happens before the consumer is killed.
     async fn drain(&mut self) {
-        let _ = self.consumer.pause(&self.assignment());
+        let _ = self.consumer().pause(&self.assignment());
         let _ = self.broadcast(|| SourceMsg::FlushNow);
         let mut deadline = Instant::now() + self.settings.drain_timeout;
         if let Some(stop) = self.probe.stop_deadline() {
@@ -447,7 +463,7 @@ impl ConsumerState {
             let _ = tokio::time::timeout(remaining, self.shared.acked.notified()).await;
         }
         self.commit(CommitMode::Sync);
-        self.consumer.unsubscribe();
+        self.consumer().unsubscribe();
     }
 }
 
@@ -529,7 +545,7 @@ impl Actor for KafkaConsumer {
         info!(path = %path, group = %args.settings.group, topics = ?args.settings.topics, start = ?args.settings.start, "consumer started");
         myself.cast(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
-            consumer,
+            consumer: Some(consumer),
             shared,
             acker,
             settings: args.settings,
@@ -550,6 +566,9 @@ impl Actor for KafkaConsumer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.drain().await;
+        if let Some(consumer) = state.consumer.take() {
+            off_worker(move || drop(consumer));
+        }
         info!(path = %state.path, "consumer stopped");
         Ok(())
     }
