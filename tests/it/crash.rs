@@ -5,14 +5,14 @@
 //! CI runs the short form. The long form of the reliability suite:
 //! `ACTORD_CRASH_MESSAGES=1000000 ACTORD_CRASH_KILLS=20 cargo test --test it crash:: -- --nocapture`
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+use crate::object_group::distinct;
 use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick, BASE};
-use crate::recorder_s3::{assert_every_tick_once, env_of, objects, Row};
+use crate::recorder_s3::{assert_every_tick_once, env_of, objects};
 use crate::support::{wait_ready, MockBroker, Process, S3Server};
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -67,18 +67,6 @@ impl Moments {
     }
 }
 
-fn ticks_in(objects: &std::collections::BTreeMap<String, Vec<Row>>) -> usize {
-    objects
-        .values()
-        .flatten()
-        .filter_map(|r| match r {
-            Row::Tick { volume, .. } => Some(*volume),
-            Row::Book { .. } => None,
-        })
-        .collect::<BTreeSet<i64>>()
-        .len()
-}
-
 #[tokio::test]
 async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     let n = setting("ACTORD_CRASH_MESSAGES", 30_000) as i64;
@@ -116,7 +104,7 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let rows = count(&schema, "tick_data").await;
-        if rows >= n && ticks_in(&objects(&store).await) == n as usize {
+        if rows >= n && distinct(&objects(&store).await) == n as usize {
             break;
         }
         if Instant::now() > deadline {

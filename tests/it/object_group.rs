@@ -45,7 +45,7 @@ fn ticks(range: std::ops::Range<i64>) -> Vec<String> {
 }
 
 /// Distinct tick volumes (= indices) found in the objects.
-fn distinct(objects: &std::collections::BTreeMap<String, Vec<Row>>) -> usize {
+pub(crate) fn distinct(objects: &std::collections::BTreeMap<String, Vec<Row>>) -> usize {
     objects
         .values()
         .flatten()
