@@ -197,3 +197,12 @@ pub fn describe_metrics() {
 
 #[cfg(test)]
 mod config_tests;
+#[cfg(test)]
+pub(crate) mod poison;
+
+/// Parses a JSON message. The whole body must be UTF-8, as JSON is: serde skips the fields a
+/// type does not read without looking at their bytes, so invalid bytes there would pass.
+pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("the message is not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}

@@ -27,13 +27,14 @@ use super::csv::Table;
 use super::names;
 use super::t2a::DATASETS;
 use super::AdaptiveCardConfig;
+use crate::pipelines::from_json;
 use crate::sinks::postgres::check::{col, Column, INT8, JSONB, TEXT};
 use crate::sinks::postgres::{
     classify, ident, Classifier, Database, DbSettings as PgSettings, PostgresSink, Setup,
     Table as PgTable, Writes,
 };
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserJob {
     pub run_id: i64,
     pub user_id: String,
@@ -41,8 +42,8 @@ pub struct UserJob {
 }
 
 pub fn decode(r: &SourceRecord) -> Result<UserJob, Poison> {
-    let job: UserJob = serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-        .map_err(|e| Poison::new("JsonError", e.to_string()))?;
+    let job: UserJob = from_json(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("JsonError", e))?;
     if job.user_id.is_empty() {
         return Err(Poison::new("MissingField", "user_id is empty"));
     }
@@ -488,5 +489,34 @@ mod tests {
             ..job
         };
         assert!(evaluate(low, &none, &rows).is_none());
+    }
+
+    use crate::pipelines::poison::{self, Field, Rng, Shape};
+    use serde_json::Map;
+
+    fn good_job(rng: &mut Rng) -> (Map<String, Value>, UserJob) {
+        let job = UserJob {
+            run_id: rng.next_u64() as i64,
+            user_id: rng.text(16),
+            sales_org: rng.alnum(6),
+        };
+        let m = json!({"run_id": job.run_id, "user_id": job.user_id, "sales_org": job.sales_org});
+        (m.as_object().unwrap().clone(), job)
+    }
+
+    #[test]
+    fn generated_malformed_user_jobs_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("run_id", Field::Int),
+                ("user_id", Field::Text),
+                ("sales_org", Field::Text),
+            ],
+            rules: vec![("user_id", json!("")), ("run_id", json!(1.5))],
+        };
+        let tally = poison::run(51, &shape, good_job, |p| {
+            decode(&poison::record("user_queue", p))
+        });
+        eprintln!("user jobs: {tally:?}");
     }
 }

@@ -23,16 +23,17 @@ use super::names;
 use super::status::{Breaker, PROBE_BACKOFF};
 use super::t2a::{FetchError, T2a, DATASETS};
 use super::AdaptiveCardConfig;
+use crate::pipelines::from_json;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SalesOrgJob {
     pub run_id: i64,
     pub sales_org: String,
 }
 
 pub fn decode(r: &SourceRecord) -> Result<SalesOrgJob, Poison> {
-    let job: SalesOrgJob = serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-        .map_err(|e| Poison::new("JsonError", e.to_string()))?;
+    let job: SalesOrgJob = from_json(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("JsonError", e))?;
     if job.sales_org.is_empty() || job.sales_org.contains('/') {
         return Err(Poison::new("BadSalesOrg", format!("{:?}", job.sales_org)));
     }
@@ -159,5 +160,38 @@ impl Sink<SalesOrgJob> for SalesOrgSink {
         } else {
             Err(SinkError::rejected(rejected))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::pipelines::poison::{self, Field, Rng, Shape};
+    use serde_json::{json, Map, Value};
+
+    fn good_job(rng: &mut Rng) -> (Map<String, Value>, SalesOrgJob) {
+        let job = SalesOrgJob {
+            run_id: rng.next_u64() as i64,
+            sales_org: rng.text(8),
+        };
+        let m = json!({"run_id": job.run_id, "sales_org": job.sales_org});
+        (m.as_object().unwrap().clone(), job)
+    }
+
+    #[test]
+    fn generated_malformed_sales_org_jobs_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![("run_id", Field::Int), ("sales_org", Field::Text)],
+            rules: vec![
+                ("sales_org", json!("")),
+                ("sales_org", json!("10/00")),
+                ("sales_org", json!("../x")),
+            ],
+        };
+        let tally = poison::run(52, &shape, good_job, |p| {
+            decode(&poison::record("sales_org_queue", p))
+        });
+        eprintln!("sales-org jobs: {tally:?}");
     }
 }

@@ -10,6 +10,7 @@ use actord_actors::record::{Poison, SourceRecord};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::pipelines::from_json;
 use crate::pipelines::recorder::model::timestamp;
 
 /// The fields tried, in order, when no timestamp field is configured.
@@ -28,8 +29,7 @@ pub fn decode(r: &SourceRecord, field: Option<&str>) -> Result<Reading, Poison> 
         None | Some([]) => return Err(Poison::new("EmptyMessage", "the message has no value")),
         Some(b) => b,
     };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| Poison::new("JsonError", e.to_string()))?;
+    let value: Value = from_json(bytes).map_err(|e| Poison::new("JsonError", e))?;
     let Value::Object(fields) = value else {
         return Err(Poison::new(
             "NotAnObject",
@@ -141,5 +141,45 @@ mod tests {
         ] {
             assert_eq!(decode(&rec(json), None).unwrap_err().class, class, "{json}");
         }
+    }
+
+    use crate::pipelines::poison::{self, any_time, Field, Rng, Shape};
+    use serde_json::json;
+
+    fn good_reading(rng: &mut Rng) -> (Map<String, Value>, Reading) {
+        let (mut ts, time) = any_time(rng);
+        if ts.is_i64() && rng.one_in(3) {
+            // A string of digits counts as the number.
+            ts = json!(ts.to_string());
+        }
+        let mut m = json!({
+            "timestamp": ts,
+            "temperature": rng.range(-4_000, 6_000) as f64 / 100.0,
+            "humidity": rng.range(0, 100),
+            "device": rng.text(10),
+        });
+        if rng.one_in(3) {
+            m["location"] = json!({"site": rng.text(6), "floor": [rng.range(-3, 90)]});
+        }
+        let fields = m.as_object().unwrap().clone();
+        (fields.clone(), Reading { fields, time })
+    }
+
+    #[test]
+    fn generated_malformed_readings_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![("timestamp", Field::Epoch)],
+            rules: vec![
+                ("timestamp", json!("9999-01-01T00:00:00Z")),
+                ("timestamp", json!("99999999999999999999")),
+                ("timestamp", json!(" ")),
+                ("timestamp", json!("12a")),
+                ("timestamp", json!(-1.0e17)),
+            ],
+        };
+        let tally = poison::run(31, &shape, good_reading, |payload| {
+            decode(&poison::record("fms-temphum", payload), None)
+        });
+        eprintln!("readings: {tally:?}");
     }
 }

@@ -13,6 +13,8 @@ use actord_actors::record::{Poison, SourceRecord};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pipelines::from_json;
+
 /// The grade every new user starts with.
 pub const NEW_USER_GRADE: &str = "BRONZE";
 
@@ -61,8 +63,7 @@ pub struct Order {
 }
 
 fn json<T: for<'de> Deserialize<'de>>(r: &SourceRecord) -> Result<T, Poison> {
-    serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-        .map_err(|e| Poison::new("JsonError", e.to_string()))
+    from_json(r.payload.as_deref().unwrap_or_default()).map_err(|e| Poison::new("JsonError", e))
 }
 
 fn id(field: &str, v: &str) -> Result<(), Poison> {
@@ -154,5 +155,161 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(u.grade, "BRONZE");
+    }
+
+    use crate::pipelines::poison::{self, Field, Rng, Shape};
+    use serde_json::{json, Map, Value};
+
+    fn created_at(rng: &mut Rng) -> (Value, DateTime<Utc>) {
+        let t = DateTime::from_timestamp_millis(rng.range(0, 4_000_000_000_000)).unwrap();
+        let seoul = chrono::FixedOffset::east_opt(9 * 3600).unwrap();
+        let text = if rng.one_in(2) {
+            t.to_rfc3339()
+        } else {
+            t.with_timezone(&seoul).to_rfc3339()
+        };
+        (json!(text), t)
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn good_user(rng: &mut Rng) -> (Map<String, Value>, User) {
+        let (at, created_at) = created_at(rng);
+        let user = User {
+            user_id: rng.text(12),
+            name: rng.text(20),
+            gender: rng.pick(&["M", "F"]).to_string(),
+            age: rng.range(0, 120) as i32,
+            address: rng.text(30),
+            grade: rng.pick(&GRADES).to_string(),
+            created_at,
+        };
+        let mut m = object(json!({
+            "user_id": user.user_id, "name": user.name, "gender": user.gender, "age": user.age,
+            "address": user.address, "grade": user.grade, "created_at": at,
+        }));
+        if user.grade == NEW_USER_GRADE && rng.one_in(2) {
+            m.remove("grade");
+        }
+        (m, user)
+    }
+
+    fn good_product(rng: &mut Rng) -> (Map<String, Value>, Product) {
+        let (at, created_at) = created_at(rng);
+        let p = Product {
+            product_id: rng.text(12),
+            name: rng.text(20),
+            category: rng.text(8),
+            price: rng.range(0, 10_000_000_000),
+            created_at,
+        };
+        let m = object(json!({
+            "product_id": p.product_id, "name": p.name, "category": p.category,
+            "price": p.price, "created_at": at,
+        }));
+        (m, p)
+    }
+
+    fn good_order(rng: &mut Rng) -> (Map<String, Value>, Order) {
+        let (at, created_at) = created_at(rng);
+        let quantity = rng.range(1, 1_000) as i32;
+        let unit_price = rng.range(100, 100_000_000);
+        let o = Order {
+            order_id: rng.text(12),
+            user_id: rng.text(12),
+            product_id: rng.text(12),
+            quantity,
+            unit_price,
+            total_amount: unit_price * quantity as i64,
+            scenario: rng.one_in(2).then(|| rng.text(10)),
+            created_at,
+        };
+        let m = object(json!({
+            "order_id": o.order_id, "user_id": o.user_id, "product_id": o.product_id,
+            "quantity": o.quantity, "unit_price": o.unit_price, "total_amount": o.total_amount,
+            "scenario": o.scenario, "created_at": at,
+        }));
+        (m, o)
+    }
+
+    #[test]
+    fn generated_malformed_users_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("user_id", Field::Text),
+                ("name", Field::Text),
+                ("gender", Field::Text),
+                ("age", Field::Int32),
+                ("address", Field::Text),
+                ("created_at", Field::Rfc3339),
+            ],
+            rules: vec![
+                ("user_id", json!("")),
+                ("user_id", json!("  ")),
+                ("grade", json!("PLATINUM")),
+                ("grade", json!("")),
+                ("grade", Value::Null),
+                ("email", json!("a@b")),
+            ],
+        };
+        let tally = poison::run(41, &shape, good_user, |p| {
+            decode_user(&poison::record("users", p))
+        });
+        eprintln!("users: {tally:?}");
+    }
+
+    #[test]
+    fn generated_malformed_products_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("product_id", Field::Text),
+                ("name", Field::Text),
+                ("category", Field::Text),
+                ("price", Field::Int),
+                ("created_at", Field::Rfc3339),
+            ],
+            rules: vec![
+                ("product_id", json!("")),
+                ("price", json!(-1)),
+                ("price", json!(i64::MIN)),
+                ("stock", json!(3)),
+            ],
+        };
+        let tally = poison::run(42, &shape, good_product, |p| {
+            decode_product(&poison::record("products", p))
+        });
+        eprintln!("products: {tally:?}");
+    }
+
+    #[test]
+    fn generated_malformed_orders_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("order_id", Field::Text),
+                ("user_id", Field::Text),
+                ("product_id", Field::Text),
+                ("quantity", Field::Int32),
+                ("unit_price", Field::Int),
+                ("total_amount", Field::Int),
+                ("created_at", Field::Rfc3339),
+            ],
+            rules: vec![
+                ("order_id", json!("")),
+                ("user_id", json!(" ")),
+                ("product_id", json!("")),
+                ("quantity", json!(0)),
+                ("quantity", json!(-3)),
+                ("unit_price", json!(-1)),
+                ("unit_price", json!(i64::MAX)),
+                ("total_amount", json!(1)),
+                ("scenario", json!(7)),
+            ],
+        };
+        let tally = poison::run(43, &shape, good_order, |p| {
+            decode_order(&poison::record("orders", p))
+        });
+        eprintln!("orders: {tally:?}");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use actord_actors::record::{Poison, SourceRecord};
 use serde::Deserialize;
 
+use crate::pipelines::from_json;
 use crate::sinks::files::normalise;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn decode(r: &SourceRecord, servers: &Roots) -> Result<Job, Poison> {
         None | Some([]) => return Err(Poison::new("EmptyMessage", "the message has no payload")),
         Some(p) => p,
     };
-    let raw: RawJob = serde_json::from_slice(payload)
+    let raw: RawJob = from_json(payload)
         .map_err(|e| Poison::new("InvalidJson", format!("not a transfer job: {e}")))?;
     let id = match raw.job_id {
         None | Some(serde_json::Value::Null) => uuid::Uuid::new_v4().to_string(),
@@ -207,5 +208,91 @@ mod tests {
             let err = decode(&record(payload), &servers()).unwrap_err();
             assert_eq!(err.class, class, "{payload}");
         }
+    }
+
+    use crate::pipelines::poison::{self, Field, Rng, Shape};
+    use serde_json::{json, Map, Value};
+
+    fn segments(rng: &mut Rng) -> String {
+        (0..1 + rng.below(4))
+            .map(|_| rng.alnum(10))
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    fn good_job(rng: &mut Rng) -> (Map<String, Value>, Job) {
+        let id = rng.text(20);
+        // No root: absolute or relative as given. Root /data: relative paths go under it.
+        let source = segments(rng);
+        let source = if rng.one_in(2) {
+            format!("/{source}")
+        } else {
+            source
+        };
+        let destination = segments(rng);
+        let (sent, normal) = if rng.one_in(2) {
+            (
+                format!("/data/{destination}"),
+                format!("/data/{destination}"),
+            )
+        } else {
+            (destination.clone(), format!("/data/{destination}"))
+        };
+        let m = json!({
+            "job_id": id,
+            "source": {"hostname": "SRC", "path": source},
+            "destination": {"hostname": "DST", "path": sent},
+        });
+        let job = Job {
+            id,
+            source: Endpoint {
+                hostname: "SRC".into(),
+                path: source,
+            },
+            destination: Endpoint {
+                hostname: "DST".into(),
+                path: normal,
+            },
+        };
+        (m.as_object().unwrap().clone(), job)
+    }
+
+    #[test]
+    fn generated_malformed_jobs_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![("source", Field::Object), ("destination", Field::Object)],
+            rules: vec![
+                ("job_id", json!(5)),
+                ("job_id", json!("")),
+                ("job_id", json!("  ")),
+                ("job_id", json!("a\nb")),
+                ("job_id", json!(["j"])),
+                ("source", json!({"hostname": "NOPE", "path": "/a"})),
+                ("source", json!({"hostname": "SRC"})),
+                ("source", json!({"path": "/a"})),
+                ("source", json!({"hostname": "", "path": "/a"})),
+                ("source", json!({"hostname": 5, "path": "/a"})),
+                ("source", json!({"hostname": "SRC", "path": ["a"]})),
+                ("source", json!({"hostname": "SRC", "path": "../x"})),
+                ("source", json!({"hostname": "SRC", "path": "a\\b"})),
+                ("source", json!({"hostname": "SRC", "path": "/"})),
+                ("source", json!({"hostname": "SRC", "path": "a\u{1}b"})),
+                (
+                    "destination",
+                    json!({"hostname": "DST", "path": "/data/../etc/passwd"}),
+                ),
+                ("destination", json!({"hostname": "DST", "path": "../../x"})),
+                (
+                    "destination",
+                    json!({"hostname": "DST", "path": "/etc/passwd"}),
+                ),
+                ("destination", json!({"hostname": "DST", "path": "/data"})),
+                ("destination", json!({"hostname": "DST", "path": " "})),
+            ],
+        };
+        let tally = poison::run(21, &shape, good_job, |payload| {
+            decode(&poison::record("file-transfer-jobs", payload), &servers())
+        });
+        eprintln!("transfer jobs: {tally:?}");
     }
 }

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::pipelines::from_json;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tick {
     pub time: DateTime<Utc>,
@@ -85,8 +87,7 @@ pub fn decode(r: &SourceRecord) -> Result<Market, Poison> {
         .as_deref()
         .ok_or_else(|| Poison::new("EmptyMessage", "the message has no value"))?;
     if is_orderbook_topic(r.origin.topic.as_str()) {
-        let raw: RawOrderBook = serde_json::from_slice(bytes)
-            .map_err(|e| Poison::new("InvalidOrderBook", e.to_string()))?;
+        let raw: RawOrderBook = from_json(bytes).map_err(|e| Poison::new("InvalidOrderBook", e))?;
         Ok(Market::OrderBook(OrderBook {
             time: timestamp(&raw.timestamp)?,
             symbol: symbol(raw.symbol)?,
@@ -94,8 +95,7 @@ pub fn decode(r: &SourceRecord) -> Result<Market, Poison> {
             asks: raw.asks,
         }))
     } else {
-        let raw: RawTick =
-            serde_json::from_slice(bytes).map_err(|e| Poison::new("InvalidTick", e.to_string()))?;
+        let raw: RawTick = from_json(bytes).map_err(|e| Poison::new("InvalidTick", e))?;
         for (name, v) in [
             ("price", raw.price),
             ("change", raw.change),
@@ -287,5 +287,104 @@ mod tests {
         assert!(is_orderbook_topic("market.orderbook"));
         assert!(is_orderbook_topic("MARKET_ORDER_BOOK"));
         assert!(!is_orderbook_topic("market.tick"));
+    }
+
+    use crate::pipelines::poison::{self, any_time, Field, Rng, Shape};
+    use serde_json::{json, Map};
+
+    fn cents(rng: &mut Rng) -> f64 {
+        rng.range(-100_000_000_000, 100_000_000_000) as f64 / 100.0
+    }
+
+    fn good_tick(rng: &mut Rng) -> (Map<String, Value>, Market) {
+        let (ts, time) = any_time(rng);
+        let tick = Tick {
+            time,
+            symbol: rng.text(12),
+            price: cents(rng),
+            volume: rng.next_u64() as i64,
+            change: cents(rng),
+            change_rate: cents(rng),
+        };
+        let mut m = json!({
+            "symbol": tick.symbol, "price": tick.price, "volume": tick.volume,
+            "change": tick.change, "change_rate": tick.change_rate, "timestamp": ts,
+        });
+        if rng.one_in(3) {
+            m["exchange"] = json!({"name": rng.text(5), "deep": [[[{"a": 1}]]]});
+        }
+        (m.as_object().unwrap().clone(), Market::Tick(tick))
+    }
+
+    fn good_book(rng: &mut Rng) -> (Map<String, Value>, Market) {
+        let (ts, time) = any_time(rng);
+        let levels = |rng: &mut Rng| {
+            (0..rng.below(6))
+                .map(|_| Level {
+                    price: cents(rng),
+                    quantity: rng.range(0, 1_000_000) as f64 / 10.0,
+                })
+                .collect::<Vec<_>>()
+        };
+        let book = OrderBook {
+            time,
+            symbol: rng.text(12),
+            bids: levels(rng),
+            asks: levels(rng),
+        };
+        let m = json!({
+            "symbol": book.symbol, "timestamp": ts, "bids": book.bids, "asks": book.asks,
+        });
+        (m.as_object().unwrap().clone(), Market::OrderBook(book))
+    }
+
+    #[test]
+    fn generated_malformed_ticks_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("symbol", Field::Text),
+                ("price", Field::Float),
+                ("volume", Field::Int),
+                ("change", Field::Float),
+                ("change_rate", Field::Float),
+                ("timestamp", Field::Epoch),
+            ],
+            rules: vec![
+                ("symbol", json!("")),
+                ("symbol", json!("A\u{0}B")),
+                ("volume", json!(1.0)),
+                ("timestamp", json!("9999-01-01T00:00:00Z")),
+                ("timestamp", json!(-1.0e17)),
+                ("timestamp", json!(1.5e15)),
+            ],
+        };
+        let tally = poison::run(11, &shape, good_tick, |payload| {
+            decode(&poison::record("market.tick", payload))
+        });
+        eprintln!("ticks: {tally:?}");
+    }
+
+    #[test]
+    fn generated_malformed_order_books_are_all_poison_and_good_ones_decode() {
+        let shape = Shape {
+            fields: vec![
+                ("symbol", Field::Text),
+                ("timestamp", Field::Epoch),
+                ("bids", Field::List),
+                ("asks", Field::List),
+            ],
+            rules: vec![
+                ("symbol", json!("")),
+                ("bids", json!([{"price": 1.0}])),
+                ("asks", json!([{"quantity": 1.0}])),
+                ("bids", json!([{"price": "1", "quantity": 1}])),
+                ("asks", json!([{"price": 1, "quantity": null}])),
+                ("timestamp", json!("0000-01-01T00:00:00Z")),
+            ],
+        };
+        let tally = poison::run(12, &shape, good_book, |payload| {
+            decode(&poison::record("market.orderbook", payload))
+        });
+        eprintln!("order books: {tally:?}");
     }
 }
