@@ -518,3 +518,178 @@ async fn a_t2a_outage_opens_the_circuit_shown_on_health_and_the_tree_and_the_run
     );
     actord.shutdown().await;
 }
+
+/// The drain counters of `stream` for `run` (`<stream>:drain:<run>`), and their expiry (ms).
+async fn drain_counts(
+    c: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    run: &str,
+) -> (std::collections::BTreeMap<String, u64>, i64) {
+    let key = format!("{stream}:drain:{run}");
+    let counts = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(c)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(c).await.unwrap();
+    (counts, ttl)
+}
+
+/// Adds a job of an earlier run to `stream`, as that run's driver did; with `holder`, a
+/// consumer of `group` reads it and never acknowledges it (a hung worker).
+async fn earlier_job(
+    c: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    job: Value,
+    holder: Option<&str>,
+) {
+    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(c)
+        .await;
+    assert!(created.is_ok() || created.is_err_and(|e| e.code() == Some("BUSYGROUP")));
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("data")
+        .arg(job.to_string())
+        .arg("run_id")
+        .arg(job["run_id"].to_string())
+        .query_async(c)
+        .await
+        .unwrap();
+    if let Some(holder) = holder {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(holder)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(c)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_drain_is_counted_per_run_id_in_redis_by_workers_in_another_process() {
+    let redis = redis_db(9).await;
+    let api = t2a(0).await;
+    let orgs = ["1000", "2000", "unknown-9"];
+    let s = setup(&["1000", "2000"], 2).await;
+    let mut c = conn(&redis).await;
+    // Earlier runs left jobs behind: one held by a worker that hangs (not idle long enough to
+    // be taken over during the run), in each stage, and one not delivered yet.
+    earlier_job(
+        &mut c,
+        "sales_org_queue",
+        "sales_org_group",
+        serde_json::json!({"run_id": 1, "sales_org": "1000"}),
+        Some("hung-worker"),
+    )
+    .await;
+    earlier_job(
+        &mut c,
+        "sales_org_queue",
+        "sales_org_group",
+        serde_json::json!({"run_id": 2, "sales_org": "2000"}),
+        None,
+    )
+    .await;
+    earlier_job(
+        &mut c,
+        "adaptive_card_queue",
+        "adaptive_card_group",
+        serde_json::json!({"run_id": 1, "user_id": "u-1000-0", "sales_org": "1000"}),
+        Some("hung-worker"),
+    )
+    .await;
+    let toml = config(&redis, &api, &s, &orgs).replacen(
+        "[pipelines.adaptive-card]\n",
+        "[pipelines.adaptive-card]\nclaim_idle = \"10m\"\n",
+        1,
+    );
+    let with_role = |role: &str| {
+        toml.replacen(
+            "[pipelines.adaptive-card]\n",
+            &format!("[pipelines.adaptive-card]\nrole = \"{role}\"\n"),
+            1,
+        )
+    };
+    // The driver takes no jobs: every count it sees comes from the other process's workers.
+    let driver = crate::support::Process::start(&with_role("scheduler"), &[], &[]);
+    let workers = crate::support::Process::start(&with_role("workers"), &[], &[]);
+    crate::support::wait_ready(&driver.base).await;
+    crate::support::wait_ready(&workers.base).await;
+    let outcome = run_once(&driver.base, 0).await;
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    // The run's id: the one run whose counters were set when it enqueued.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("adaptive_card_queue:drain:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let run = keys[0].rsplit(':').next().unwrap().to_owned();
+
+    // The run's own jobs, each counted once: the dead-lettered organisation too.
+    let (sales, ttl) = drain_counts(&mut c, "sales_org_queue", &run).await;
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("enqueued".to_owned(), 3),
+        ("acked".to_owned(), 2),
+        ("dead_lettered".to_owned(), 1),
+    ]
+    .into();
+    assert_eq!(sales, expected, "run {run}");
+    assert!(ttl > 0, "the counters expire ({ttl} ms)");
+    let (cards_counts, _) = drain_counts(&mut c, "adaptive_card_queue", &run).await;
+    assert_eq!(cards_counts["enqueued"], 4, "{cards_counts:?}");
+    assert_eq!(cards_counts["acked"], 4, "{cards_counts:?}");
+    assert_eq!(cards_counts.get("dead_lettered"), None, "{cards_counts:?}");
+    let letters = entries(&mut c, "sales_org_queue:dlq").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["run_id"], run);
+    // The earlier run's undelivered job was done during this run and counted in its own run.
+    let (earlier, _) = drain_counts(&mut c, "sales_org_queue", "2").await;
+    assert_eq!(earlier.get("acked"), Some(&1), "{earlier:?}");
+    // The hung worker still holds its jobs: the group was never empty, and the run drained.
+    for (stream, group) in [
+        ("sales_org_queue", "sales_org_group"),
+        ("adaptive_card_queue", "adaptive_card_group"),
+    ] {
+        let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(pending.count(), 1, "{stream}");
+    }
+    assert!(drain_counts(&mut c, "sales_org_queue", "1")
+        .await
+        .0
+        .is_empty());
+    // The driver shows the run's counters on its monitor.
+    until(
+        Duration::from_secs(20),
+        "the counters on the monitor",
+        || async {
+            let t = tree(&driver.base).await;
+            let m = &actor(&t, "/adaptive-card/monitor")["counters"];
+            m["sales_org_enqueued"] == 3
+                && m["sales_org_done"] == 2
+                && m["sales_org_dead_lettered"] == 1
+                && m["adaptive_card_done"] == 4
+                && m["adaptive_card_remaining"] == 0
+        },
+    )
+    .await;
+}

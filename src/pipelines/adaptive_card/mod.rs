@@ -32,6 +32,7 @@ use super::{HealthCheck, Pipeline, PipelineDef, Resources, TopicSpec};
 use crate::config::schedule::{self, RawSchedule, ScheduleSettings};
 use crate::config::{Check, Config, EnvKey, PipelineConfig, RawSupervision, Secret, Section, Unit};
 use crate::sinks::objects::store::{self, Location};
+use crate::sources::redis::drain::DrainCounting;
 use crate::sources::redis::path::RedisPath;
 use crate::sources::redis::{consumer_name, RedisConnection, StreamSettings};
 
@@ -455,6 +456,19 @@ impl AdaptiveCardConfig {
     }
 }
 
+/// The entry field naming a job's run, beside the job itself in `data`.
+pub const RUN_FIELD: &str = "run_id";
+
+/// Each stage's jobs counted per run in Redis (`<stream>:drain:<run_id>`): the drain test of
+/// the run's driver. The counters are kept a day after their last change, or twice the stage
+/// timeout and an hour if that is longer, so they outlast any run.
+pub fn drain_counting(ac: &AdaptiveCardConfig) -> DrainCounting {
+    DrainCounting {
+        field: RUN_FIELD.to_owned(),
+        ttl: (ac.stage_timeout * 2 + Duration::from_secs(3600)).max(Duration::from_secs(86_400)),
+    }
+}
+
 /// The stream settings of one stage.
 fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> StreamSettings {
     let mut s = StreamSettings::new(stream, group);
@@ -469,6 +483,7 @@ fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> St
     s.claim_idle = ac.claim_idle;
     s.max_deliveries = ac.max_retries;
     s.max_in_flight_records = (ac.batch_count * 2).max(10);
+    s.drain_counting = Some(drain_counting(ac));
     s
 }
 

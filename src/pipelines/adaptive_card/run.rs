@@ -1,11 +1,13 @@
 //! The scheduled entry `run`: one run of both stages, driven by the process holding the run's
 //! lease (workers in every process take the jobs).
 //!
-//! 1. Enqueue one sales-org job per organisation into `sales_org_queue` (field `data`).
-//! 2. Wait until the stage is drained: the group has no pending entry and no undelivered one
-//!    (`XINFO GROUPS` pending and lag; XLEN does not shrink on XACK, so the seed's
-//!    `xlen == 0 and pending == 0` test would never fire). Dead-lettered jobs are acked, so they
-//!    count as done.
+//! 1. Enqueue one sales-org job per organisation into `sales_org_queue` (field `data`, and the
+//!    run id in field `run_id`), raising the run's `enqueued` counter in the same transaction.
+//! 2. Wait until the stage is drained: acked + dead-lettered == enqueued for the run id, as
+//!    counted in Redis in `<stream>:drain:<run_id>` by the workers of every process, each count
+//!    in the same script as its XACK (see `sources::redis::drain`). Neither XLEN (it does not
+//!    shrink on XACK, so the seed's `xlen == 0 and pending == 0` test would never fire) nor
+//!    the group's pending and lag (they cover every run's entries) tell when one run is done.
 //! 3. Merge the run's per-organisation files into `Material.csv` and `GSCM.csv` (at the top of
 //!    the output and under `runs/<run_id>/`).
 //! 4. Enqueue one job per user (from the users table) into `adaptive_card_queue` and wait
@@ -30,11 +32,12 @@ use super::csv::Table;
 use super::status::{RunCounts, RunStatus, StageCounts};
 use super::t2a::DATASETS;
 use super::{
-    card, database, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP, ADAPTIVE_CARD_QUEUE,
-    SALES_ORG_GROUP, SALES_ORG_QUEUE,
+    card, database, drain_counting, reset, AdaptiveCardConfig, ADAPTIVE_CARD_GROUP,
+    ADAPTIVE_CARD_QUEUE, SALES_ORG_GROUP, SALES_ORG_QUEUE,
 };
+use crate::sources::redis::drain::{self, DrainCounts};
 use crate::sources::redis::trim::trim_consumed;
-use crate::sources::redis::{monitor, RedisConnection};
+use crate::sources::redis::RedisConnection;
 
 /// The entry's name: its lease key is `adaptive-card/run`.
 pub const ENTRY: &str = "run";
@@ -72,16 +75,6 @@ impl Stage {
     }
 }
 
-/// Entries in a stream (0 when it does not exist): a stage's dead letters are what its
-/// dead-letter stream gained during the run.
-async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> Result<u64, String> {
-    redis::cmd("XLEN")
-        .arg(stream)
-        .query_async(conn)
-        .await
-        .map_err(redis_err)
-}
-
 fn redis_err(e: redis::RedisError) -> String {
     format!("redis: {e}")
 }
@@ -105,70 +98,45 @@ async fn ensure_group(
     }
 }
 
-async fn enqueue(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-    jobs: &[serde_json::Value],
-) -> Result<(), String> {
-    for chunk in jobs.chunks(500) {
-        let mut pipe = redis::pipe();
-        for j in chunk {
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("data")
-                .arg(j.to_string())
-                .ignore();
-        }
-        let () = pipe.query_async(conn).await.map_err(redis_err)?;
-    }
-    Ok(())
-}
-
-/// Waits until the group holds nothing pending or undelivered; reports progress as it shrinks,
-/// and the stage's drain counters (`enqueued` set by the caller) in `runs`.
-#[allow(clippy::too_many_arguments)]
+/// Waits until the run's jobs of `stream` are all acknowledged or dead-lettered, as counted
+/// in Redis; reports progress as they finish, and the counters in `runs`.
 async fn drained(
     ctx: &RunContext,
     conn: &mut MultiplexedConnection,
     stream: &str,
-    group: &str,
+    run_id: i64,
     timeout: Duration,
     runs: &RunStatus,
     stage: Stage,
-    dlq_before: u64,
-) -> Result<monitor::StreamStatus, String> {
+) -> Result<DrainCounts, String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = u64::MAX;
-    let dlq = format!("{stream}:dlq");
+    let batch = run_id.to_string();
+    let mut finished = 0;
     loop {
-        let s = monitor::read(conn, stream, group)
-            .await
-            .map_err(redis_err)?;
-        let dead = xlen(conn, &dlq).await?.saturating_sub(dlq_before);
-        let left = s.pending + s.lag.unwrap_or(u64::MAX / 2);
-        runs.update(|c| {
-            let counts = stage.counts(c);
-            counts.remaining = left.min(counts.enqueued);
-            counts.dead_lettered = dead;
-            counts.done = counts
-                .enqueued
-                .saturating_sub(counts.remaining)
-                .saturating_sub(dead);
-        });
-        if s.group_exists && left == 0 {
-            return Ok(s);
-        }
-        if left < last {
-            if last != u64::MAX {
-                ctx.progress(last - left, 0);
+        let c = drain::read(conn, stream, &batch).await.map_err(redis_err)?;
+        runs.update(|r| {
+            *stage.counts(r) = StageCounts {
+                enqueued: c.enqueued,
+                done: c.acked,
+                dead_lettered: c.dead_lettered,
+                remaining: c.remaining(),
             }
-            last = left;
+        });
+        let now = c.acked + c.dead_lettered;
+        if now > finished {
+            ctx.progress(now - finished, 0);
+            finished = now;
+        }
+        if c.drained() {
+            return Ok(c);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
-                "{stream} not drained within {timeout:?}: {} pending, {:?} undelivered",
-                s.pending, s.lag
+                "{stream} not drained within {timeout:?}: of {} jobs of run {run_id}, {} done, {} dead-lettered, {} left",
+                c.enqueued,
+                c.acked,
+                c.dead_lettered,
+                c.remaining()
             ));
         }
         tokio::select! {
@@ -176,6 +144,28 @@ async fn drained(
             () = ctx.stopped() => return Err("the scheduler is stopping".to_owned()),
         }
     }
+}
+
+/// Enqueues the run's jobs, counted under the run id.
+async fn enqueue(
+    conn: &mut MultiplexedConnection,
+    config: &AdaptiveCardConfig,
+    stream: &str,
+    run_id: i64,
+    jobs: &[serde_json::Value],
+) -> Result<(), String> {
+    let jobs: Vec<String> = jobs.iter().map(serde_json::Value::to_string).collect();
+    drain::enqueue(
+        conn,
+        stream,
+        &drain_counting(config),
+        &run_id.to_string(),
+        "data",
+        &jobs,
+    )
+    .await
+    .map_err(redis_err)?;
+    Ok(())
 }
 
 /// Merges the run's per-organisation files of each dataset; returns the rows merged.
@@ -259,23 +249,20 @@ async fn stages(
         .iter()
         .map(|o| serde_json::json!({"run_id": run_id, "sales_org": o}))
         .collect();
-    let dlq_before = xlen(conn, &format!("{SALES_ORG_QUEUE}:dlq")).await?;
-    runs.update(|c| c.sales_org.enqueued = jobs.len() as u64);
-    enqueue(conn, SALES_ORG_QUEUE, &jobs).await?;
+    enqueue(conn, config, SALES_ORG_QUEUE, run_id, &jobs).await?;
     info!(
         run_id,
         sales_orgs = jobs.len(),
         "adaptive-card run: stage 1 enqueued"
     );
-    drained(
+    let sales = drained(
         ctx,
         conn,
         SALES_ORG_QUEUE,
-        SALES_ORG_GROUP,
+        run_id,
         config.stage_timeout,
         runs,
         Stage::SalesOrg,
-        dlq_before,
     )
     .await?;
     let rows = merge(&store, run_id).await?;
@@ -285,7 +272,9 @@ async fn stages(
     ctx.progress(rows, 0);
     info!(
         run_id,
-        rows, "adaptive-card run: stage 1 drained, files merged"
+        rows,
+        dead_lettered = sales.dead_lettered,
+        "adaptive-card run: stage 1 drained, files merged"
     );
 
     let users = db
@@ -304,23 +293,20 @@ async fn stages(
             serde_json::json!({"run_id": run_id, "user_id": r.get::<_, String>(0), "sales_org": r.get::<_, String>(1)})
         })
         .collect();
-    let dlq_before = xlen(conn, &format!("{ADAPTIVE_CARD_QUEUE}:dlq")).await?;
-    runs.update(|c| c.adaptive_card.enqueued = jobs.len() as u64);
-    enqueue(conn, ADAPTIVE_CARD_QUEUE, &jobs).await?;
+    enqueue(conn, config, ADAPTIVE_CARD_QUEUE, run_id, &jobs).await?;
     info!(
         run_id,
         users = jobs.len(),
         "adaptive-card run: stage 2 enqueued"
     );
-    drained(
+    let cards = drained(
         ctx,
         conn,
         ADAPTIVE_CARD_QUEUE,
-        ADAPTIVE_CARD_GROUP,
+        run_id,
         config.stage_timeout,
         runs,
         Stage::AdaptiveCard,
-        dlq_before,
     )
     .await?;
     let trimmed = trimmed
@@ -331,9 +317,11 @@ async fn stages(
         records: (orgs.len() + jobs.len()) as u64,
         bytes: 0,
         note: Some(format!(
-            "run {run_id}: {} sales orgs, {rows} merged rows, {} users; {trimmed} stream entries trimmed",
+            "run {run_id}: {} sales orgs ({} dead-lettered), {rows} merged rows, {} users ({} dead-lettered); {trimmed} stream entries trimmed",
             orgs.len(),
-            jobs.len()
+            sales.dead_lettered,
+            jobs.len(),
+            cards.dead_lettered
         )),
     })
 }

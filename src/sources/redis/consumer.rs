@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{describe, id_millis, is_nogroup, monitor, RedisConnection, StreamSettings};
+use super::{describe, drain, id_millis, is_nogroup, monitor, RedisConnection, StreamSettings};
 use crate::telemetry::names;
 
 pub struct RedisConsumer;
@@ -76,6 +76,8 @@ pub enum ConsumerMsg {
 /// An entry handed downstream and not acknowledged yet.
 struct Flight {
     id: String,
+    /// The batch it counts in (see [`super::drain`]), when the path counts batches.
+    batch: Option<String>,
     /// When its idle time in Redis was last reset.
     touched: Instant,
 }
@@ -109,8 +111,8 @@ pub struct ConsumerState {
     inflight: HashMap<i64, Flight>,
     /// Ids in `inflight`, so an entry is never handed out twice by this incarnation.
     held: HashSet<String>,
-    /// Ids acknowledged by the path and not yet by Redis.
-    to_ack: Vec<String>,
+    /// Ids (with their batch) acknowledged by the path and not yet by Redis.
+    to_ack: Vec<(String, Option<String>)>,
     next_lane: usize,
     group_ready: bool,
     /// Where the look at this consumer's own pending entries goes on; `None` once done.
@@ -265,7 +267,7 @@ impl ConsumerState {
             }
             if let Some(f) = self.inflight.remove(&o.offset) {
                 self.held.remove(&f.id);
-                self.to_ack.push(f.id);
+                self.to_ack.push((f.id, f.batch));
             }
         }
     }
@@ -321,13 +323,21 @@ impl ConsumerState {
         while !self.to_ack.is_empty() {
             let n = self.to_ack.len().min(ACK_CHUNK);
             let (stream, group) = (self.settings.stream.clone(), self.settings.group.clone());
-            let ids: Vec<String> = self.to_ack[..n].to_vec();
-            let _acked: u64 = redis::cmd("XACK")
-                .arg(&stream)
-                .arg(&group)
-                .arg(&ids)
-                .query_async(self.conn())
-                .await?;
+            let chunk = self.to_ack[..n].to_vec();
+            let counting = self.settings.drain_counting.as_ref().map(|c| c.ttl);
+            let _acked: u64 = match counting {
+                // Each ack counted in its batch in the same script.
+                Some(ttl) => drain::ack(self.conn(), &stream, &group, ttl, &chunk).await?,
+                None => {
+                    let ids: Vec<&String> = chunk.iter().map(|(id, _)| id).collect();
+                    redis::cmd("XACK")
+                        .arg(&stream)
+                        .arg(&group)
+                        .arg(&ids)
+                        .query_async(self.conn())
+                        .await?
+                }
+            };
             self.to_ack.drain(..n);
             metrics::counter!(names::RECORDS_ACKED_TOTAL, "path" => self.path.clone())
                 .increment(n as u64);
@@ -450,7 +460,7 @@ impl ConsumerState {
         }
         if !gone.is_empty() {
             warn!(path = %self.path, entries = gone.len(), "pending entries were removed from the stream; acknowledging them");
-            self.to_ack.extend(gone);
+            self.to_ack.extend(gone.into_iter().map(|id| (id, None)));
         }
         if !entries.is_empty() {
             info!(path = %self.path, consumer = %self.name, entries = entries.len(), "taking up this consumer's pending entries");
@@ -720,10 +730,17 @@ impl ConsumerState {
                 deliveries,
             );
             self.held.insert(entry.id.clone());
+            let batch = self.settings.drain_counting.as_ref().and_then(|c| {
+                entry
+                    .map
+                    .get(&c.field)
+                    .map(|v| String::from_utf8_lossy(&self::bytes(v)).into_owned())
+            });
             self.inflight.insert(
                 self.seq,
                 Flight {
                     id: entry.id.clone(),
+                    batch,
                     touched: now,
                 },
             );

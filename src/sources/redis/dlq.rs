@@ -8,7 +8,9 @@
 //!
 //! Guarantees: letters are written one at a time in arrival order; a failed XADD is retried
 //! with backoff, at most `MAX_ATTEMPTS` times, then the writer fails so its path restarts and
-//! the entry, still pending, is read again. A letter whose ack was lost may be written twice.
+//! the entry, still pending, is read again. A letter whose ack was lost may be written twice,
+//! unless the path counts batches: then the letter, the entry's XACK and its count are one
+//! script that writes nothing for an entry acknowledged already (see [`super::drain`]).
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use tracing::{error, info, warn};
 
+use super::drain::{self, DrainCounting};
 use super::{describe, RedisConnection};
 use crate::telemetry::names;
 
@@ -47,6 +50,9 @@ pub struct DlqArgs {
     pub connection: RedisConnection,
     /// Appended to the source stream: `:dlq` by default.
     pub suffix: String,
+    /// The source's group, and its batch counting (the letter then acks its entry itself).
+    pub group: String,
+    pub counting: Option<DrainCounting>,
 }
 
 pub struct DlqState {
@@ -56,6 +62,18 @@ pub struct DlqState {
     addr: String,
     conn: Option<MultiplexedConnection>,
     suffix: String,
+    group: String,
+    counting: Option<DrainCounting>,
+}
+
+/// The id of the stream entry a letter is about (the record's key).
+fn entry_id(letter: &DeadLetter) -> String {
+    letter
+        .source
+        .key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default()
 }
 
 /// The fields of the dead-letter entry for `letter`, at `now`.
@@ -67,18 +85,12 @@ pub fn fields(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Vec<(S
         .filter(|(k, _)| !ADDED_FIELDS.contains(&k.as_str()) && k != "x-delivery-count")
         .cloned()
         .collect();
-    let id = letter
-        .source
-        .key
-        .as_deref()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .unwrap_or_default();
     let added = [
         letter.poison.to_string(),
         letter.poison.class.clone(),
         letter.stage.to_owned(),
         letter.retry_count.to_string(),
-        id,
+        entry_id(letter),
         now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     ];
     for (k, v) in ADDED_FIELDS.iter().zip(added) {
@@ -88,18 +100,50 @@ pub fn fields(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Vec<(S
 }
 
 impl DlqState {
-    async fn write(&mut self, stream: &str, fields: &[(String, Vec<u8>)]) -> Result<(), String> {
+    /// Writes the letter of `letter` to `stream`; false when the path counts batches and the
+    /// entry had been acknowledged already, so nothing was written.
+    async fn write(
+        &mut self,
+        stream: &str,
+        letter: &DeadLetter,
+        fields: &[(String, Vec<u8>)],
+    ) -> Result<bool, String> {
         if self.conn.is_none() {
             self.conn = Some(self.connection.connect(Duration::from_secs(5)).await?);
         }
         let conn = self.conn.as_mut().expect("connected");
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream).arg("*");
-        for (k, v) in fields {
-            cmd.arg(k).arg(v.as_slice());
-        }
-        let written: Result<String, _> = cmd.query_async(conn).await;
-        written.map(|_| ()).map_err(|e| {
+        let written: Result<bool, _> = match &self.counting {
+            Some(counting) => {
+                let id = entry_id(letter);
+                let batch = letter
+                    .source
+                    .headers
+                    .iter()
+                    .find(|(k, _)| *k == counting.field)
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                drain::dead_letter(
+                    conn,
+                    letter.source.origin.topic.as_str(),
+                    &self.group,
+                    stream,
+                    &id,
+                    batch.as_deref(),
+                    counting.ttl,
+                    fields,
+                )
+                .await
+            }
+            None => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(stream).arg("*");
+                for (k, v) in fields {
+                    cmd.arg(k).arg(v.as_slice());
+                }
+                let added: Result<String, _> = cmd.query_async(conn).await;
+                added.map(|_| true)
+            }
+        };
+        written.map_err(|e| {
             self.conn = None;
             describe(&self.addr, &e)
         })
@@ -128,6 +172,8 @@ impl Actor for RedisDlq {
             connection: args.connection,
             conn: None,
             suffix: args.suffix,
+            group: args.group,
+            counting: args.counting,
         })
     }
 
@@ -147,8 +193,8 @@ impl Actor for RedisDlq {
         state.probe.hold(1);
         let mut attempt = 1;
         let outcome = loop {
-            match state.write(&stream, &body).await {
-                Ok(()) => break Ok(()),
+            match state.write(&stream, &letter, &body).await {
+                Ok(written) => break Ok(written),
                 Err(e) if attempt >= MAX_ATTEMPTS => break Err(e),
                 Err(e) => {
                     metrics::counter!(names::DLQ_ERRORS_TOTAL, "path" => state.path.clone())
@@ -163,9 +209,13 @@ impl Actor for RedisDlq {
         };
         state.probe.release(1);
         match outcome {
-            Ok(()) => {
+            Ok(written) => {
                 state.probe.set_unhealthy(None);
-                metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => state.path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
+                if written {
+                    metrics::counter!(names::DLQ_RECORDS_TOTAL, "path" => state.path.clone(), "topic" => letter.source.origin.topic.to_string()).increment(1);
+                } else {
+                    info!(path = %state.path, stream = %stream, "entry acknowledged already, no dead letter written");
+                }
                 state.probe.progress(1, letter.source.size() as u64);
                 letter.acker.ack(vec![letter.source.origin]);
                 if let Some(done) = done {

@@ -8,6 +8,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod drain;
 pub mod monitor;
 pub mod path;
 pub mod trim;
@@ -110,6 +111,8 @@ pub struct StreamSettings {
     /// How often stream length, pending entries and consumers are read for metrics and the
     /// tree (by consumer 0).
     pub monitor_interval: Duration,
+    /// Count acknowledged and dead-lettered entries per batch in Redis (see [`drain`]).
+    pub drain_counting: Option<drain::DrainCounting>,
 }
 
 impl StreamSettings {
@@ -135,6 +138,7 @@ impl StreamSettings {
                 factor: 2.0,
             },
             monitor_interval: Duration::from_secs(5),
+            drain_counting: None,
         }
     }
 

@@ -68,11 +68,17 @@ where
         let owns_dlq = self.dlq_suffix.is_some();
         if let Some(suffix) = self.dlq_suffix.clone() {
             let (connection, out) = (self.connection.clone(), dlq_slot.clone());
+            let (group, counting) = (
+                self.source.group.clone(),
+                self.source.drain_counting.clone(),
+            );
             let spec = ChildSpec::worker("dlq", move |ctx| {
                 let args = DlqArgs {
                     probe: ctx.probe,
                     connection: connection.clone(),
                     suffix: suffix.clone(),
+                    group: group.clone(),
+                    counting: counting.clone(),
                 };
                 let out = out.clone();
                 async move {
