@@ -548,6 +548,12 @@ impl<'a> Check<'a> {
         self.problems.push(Problem::new(origin, key, message));
     }
 
+    /// Where `key` was set when not in the file: an environment variable (e.g.
+    /// "environment variable DB_HOST") or a flag.
+    pub fn origin(&self, key: &str) -> Option<&str> {
+        self.origins.get(key).map(String::as_str)
+    }
+
     /// Parses a duration such as "500ms", "30s" or "2m".
     pub fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
         match raw {

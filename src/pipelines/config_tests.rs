@@ -819,3 +819,58 @@ fn commerce_in_production_needs_the_postgres_variables() {
     let local = load(&sources(&f, &[])).unwrap();
     assert_eq!(local.pipelines.get::<CommerceConfig>().db.host, "127.0.0.1");
 }
+
+#[test]
+fn the_t2a_standin_runs_only_on_the_local_defaults_unless_asked_for() {
+    let load_ac = |f: &tempfile::NamedTempFile, env: &[(&str, &str)]| {
+        let mut s = sources(f, env);
+        s.enable = Some(vec!["adaptive-card".into()]);
+        load(&s)
+    };
+    let f = file(EMBEDDED);
+    assert!(load_ac(&f, &[]).is_ok());
+    let found = problems(load_ac(&f, &[("DB_NAME", "cards")]));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "pipelines.adaptive-card.t2a.url");
+    assert!(found[0].message.contains("(DB_NAME is set)"), "{found:?}");
+    let prefixed = problems(load_ac(
+        &f,
+        &[("ACTORD_ADAPTIVE_CARD_REDIS_URL", "redis://127.0.0.1/2")],
+    ));
+    assert!(
+        prefixed[0]
+            .message
+            .contains("ACTORD_ADAPTIVE_CARD_REDIS_URL is set"),
+        "{prefixed:?}"
+    );
+    // Services on another host, named in the file.
+    let remote = file(&EMBEDDED.replace(
+        "redis_url = \"redis://127.0.0.1:6379/0\"",
+        "redis_url = \"redis://:pw@redis.internal:6379/0\"",
+    ));
+    let found = problems(load_ac(&remote, &[]));
+    assert!(
+        found[0].message.contains("(Redis is on redis.internal)"),
+        "{found:?}"
+    );
+    assert!(!found[0].message.contains("pw"), "{found:?}");
+    // Asked for, or a real API named: no refusal.
+    let asked = load_ac(
+        &f,
+        &[
+            ("DB_NAME", "cards"),
+            ("ACTORD_ADAPTIVE_CARD_T2A_STANDIN", "true"),
+        ],
+    )
+    .unwrap();
+    assert!(asked.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
+    let real = load_ac(
+        &f,
+        &[
+            ("DB_NAME", "cards"),
+            ("T2A_API_URL", "https://t2a.internal"),
+        ],
+    )
+    .unwrap();
+    assert!(!real.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
+}

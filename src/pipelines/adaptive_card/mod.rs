@@ -60,6 +60,7 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::new("ROLE", "role", Unit::Str),
         EnvKey::new("OUTPUT", "output", Unit::Str),
         EnvKey::new("SCENARIOS", "scenarios", Unit::Str),
+        EnvKey::new("T2A_STANDIN", "t2a_standin", Unit::Bool),
     ],
     env_scan: None,
     kafka_keys: None,
@@ -116,6 +117,11 @@ pub struct RawAdaptiveCard {
     pub results_table: Option<String>,
     /// Longest wait for a stage to drain, e.g. "1h".
     pub stage_timeout: Option<String>,
+    /// Run the T2A stand-in (`t2a.url = "standin"`, T2A_API_URL unset) even though the
+    /// environment names the database or Redis, or they are on another host: the stand-in's
+    /// demo rows, cards and users then go there. Without it such a start is refused. Default
+    /// false (ACTORD_ADAPTIVE_CARD_T2A_STANDIN).
+    pub t2a_standin: Option<bool>,
     /// The T2A API.
     #[serde(default)]
     pub t2a: RawT2a,
@@ -331,6 +337,9 @@ impl AdaptiveCardConfig {
                 format!("expected an http(s) URL or \"{STANDIN}\", found {url:?}"),
             );
         }
+        if standin && !raw.t2a_standin.unwrap_or(false) {
+            guard_standin(raw, check);
+        }
         let sales_orgs = raw.sales_orgs.clone().unwrap_or_default();
         if sales_orgs
             .iter()
@@ -454,6 +463,67 @@ impl AdaptiveCardConfig {
             schedule,
         }
     }
+}
+
+/// Keys whose value in the environment means the pipeline runs against real services.
+const SERVICE_KEYS: [&str; 6] = [
+    "redis_url",
+    "db.host",
+    "db.port",
+    "db.name",
+    "db.user",
+    "db.password",
+];
+
+/// A host on this machine: loopback, or a Unix socket.
+fn local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The stand-in writes demo data (cards, and users with `demo_users`): it runs only against
+/// the local defaults, unless asked for with `t2a_standin = true`. Refused when a seed's
+/// environment names the database or Redis (a deployment moved over that did not set
+/// T2A_API_URL), or when either is on another host.
+fn guard_standin(raw: &RawAdaptiveCard, check: &mut Check<'_>) {
+    let k = |f: &str| format!("pipelines.adaptive-card.{f}");
+    let mut reasons: Vec<String> = SERVICE_KEYS
+        .iter()
+        .filter_map(|f| {
+            let origin = check.origin(&k(f))?;
+            let var = origin.strip_prefix("environment variable ")?;
+            Some(format!("{var} is set"))
+        })
+        .collect();
+    let redis_host = raw.redis_url.as_deref().and_then(|u| {
+        let url = reqwest::Url::parse(u).ok()?;
+        (url.scheme() != "unix" && url.scheme() != "redis+unix")
+            .then(|| url.host_str().unwrap_or_default().to_owned())
+    });
+    if let Some(h) = redis_host.filter(|h| !local_host(h)) {
+        reasons.push(format!("Redis is on {h}"));
+    }
+    if let Some(h) = raw.db.host.as_deref().filter(|h| !local_host(h)) {
+        reasons.push(format!("PostgreSQL is on {h}"));
+    }
+    if reasons.is_empty() {
+        return;
+    }
+    check.problem(
+        &k("t2a.url"),
+        format!(
+            "is \"{STANDIN}\" (T2A_API_URL is not set), so the T2A stand-in would write demo \
+             rows, cards and users into services that are not the local defaults ({}); expected \
+             T2A_API_URL naming the T2A API, or pipelines.adaptive-card.t2a_standin = true \
+             (ACTORD_ADAPTIVE_CARD_T2A_STANDIN=true) to run the stand-in there on purpose",
+            reasons.join(", ")
+        ),
+    );
 }
 
 /// The entry field naming a job's run, beside the job itself in `data`.
