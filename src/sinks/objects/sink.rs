@@ -34,8 +34,8 @@
 //!   an object of a newer generation. Taking a generation aborts the multipart uploads older
 //!   generations left behind.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,7 +46,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use tracing::{debug, info, warn};
 
 use super::keys::{self, Group, Layout};
@@ -64,6 +64,7 @@ const META_LAST_OFFSET: &str = "actord.last_offset";
 const META_LAST_NANOS: &str = "actord.last_nanos";
 
 /// Where the objects of a sink go.
+#[derive(Clone)]
 pub struct Target {
     /// Listing, removal, single-part writes and the ledger.
     pub store: Arc<dyn ObjectStore>,
@@ -100,12 +101,34 @@ pub struct Settings {
     pub replay_since: Option<DateTime<Utc>>,
 }
 
-/// Totals of what a sink wrote, see [`Objects::written`].
+/// What a sink's objects hold, see [`Objects::written`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
     pub objects: u64,
     pub records: u64,
+    /// Bytes of the objects (Parquet files), not of the messages.
     pub bytes: u64,
+    /// The earliest and the latest record time in those objects.
+    pub first: Option<DateTime<Utc>>,
+    pub last: Option<DateTime<Utc>>,
+}
+
+impl Written {
+    fn add(&mut self, records: u64, bytes: u64, first: DateTime<Utc>, last: DateTime<Utc>) {
+        self.objects += 1;
+        self.records += records;
+        self.bytes += bytes;
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+    }
+
+    /// An object this sink made visible is gone again (replaced or removed); the time range
+    /// stays, as whatever replaces it holds the same records.
+    fn remove(&mut self, records: u64, bytes: u64) {
+        self.objects = self.objects.saturating_sub(1);
+        self.records = self.records.saturating_sub(records);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
 }
 
 /// State shared by the writers of one path.
@@ -120,8 +143,11 @@ pub struct Objects<F: ParquetFormat> {
     path: String,
     replay_since: Option<DateTime<Utc>>,
     health: AtomicU8,
-    /// Objects, records and bytes made visible since the sink was opened.
-    written: [AtomicU64; 3],
+    /// The objects made visible since the sink was opened and still in the store.
+    written: Mutex<Written>,
+    /// Every (stream, partition, generation) this sink took: the objects of those generations
+    /// are its own, counted in `written`.
+    taken: Mutex<HashSet<(String, i32, u64)>>,
     /// By (stream, partition).
     owners: Mutex<HashMap<(String, i32), Owner>>,
 }
@@ -144,7 +170,8 @@ impl<F: ParquetFormat> Objects<F> {
             path: settings.path,
             replay_since: settings.replay_since,
             health: AtomicU8::new(HEALTH_UNKNOWN),
-            written: Default::default(),
+            written: Mutex::default(),
+            taken: Mutex::default(),
             owners: Mutex::new(HashMap::new()),
         })
     }
@@ -157,15 +184,45 @@ impl<F: ParquetFormat> Objects<F> {
         &self.format
     }
 
-    /// What the sink's writers made visible since it was opened (a run's summary). An object
-    /// removed again because its writer lost the partition is not counted.
+    /// What the objects the sink's writers made visible since it was opened hold (a run's
+    /// summary): records a replay found already stored are not in it, and an object of its own
+    /// that it replaced (a retried or replayed batch) or removed again (its writer lost the
+    /// partition) counts no more.
     pub fn written(&self) -> Written {
-        let [objects, records, bytes] = self.written.each_ref().map(|c| c.load(Ordering::Relaxed));
-        Written {
-            objects,
-            records,
+        *self.written.lock().expect("written lock")
+    }
+
+    /// Counts the object of `group` (`bytes` long) that just became visible.
+    fn count_visible(&self, group: &Group<'_, F::Record>, bytes: u64) {
+        let mut times = group.records.iter().map(|e| self.format.time(&e.record));
+        let Some(t0) = times.next() else {
+            return;
+        };
+        let (first, last) = times.fold((t0, t0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        self.written.lock().expect("written lock").add(
+            group.records.len() as u64,
             bytes,
-        }
+            first,
+            last,
+        );
+    }
+
+    /// Whether the object named `name` is of a generation this sink took.
+    fn own(&self, stream: &str, name: &keys::ObjectName) -> bool {
+        self.taken.lock().expect("taken lock").contains(&(
+            stream.to_owned(),
+            name.partition,
+            name.generation,
+        ))
+    }
+
+    /// Rows and size of an object of its own this sink is about to replace or remove.
+    async fn counted(&self, meta: &ObjectMeta) -> Result<(u64, u64), SinkError> {
+        let rows = self
+            .footer(meta)
+            .await?
+            .map_or(0, |m| m.file_metadata().num_rows().max(0) as u64);
+        Ok((rows, meta.size))
     }
 
     /// False while writes fail; true before the first write and after a successful one.
@@ -241,6 +298,10 @@ impl<F: ParquetFormat> Objects<F> {
             info!(key = %u.key, generation = u.generation, "aborted an incomplete upload an earlier owner left");
             self.ledger.close_upload(&u.marker).await;
         }
+        self.taken
+            .lock()
+            .expect("taken lock")
+            .insert((stream.to_owned(), partition, generation));
         let owner = Owner {
             epoch,
             generation,
@@ -314,24 +375,22 @@ impl<F: ParquetFormat> Objects<F> {
             self.still_owner(g, owners[&(g.stream, g.partition)].generation, fence)
                 .await?;
         }
-        self.remove_stale(&mut groups, &owners).await?;
+        let present = self.remove_stale(&mut groups, &owners).await?;
         for group in groups.iter().filter(|g| !g.records.is_empty()) {
             let generation = owners[&(group.stream, group.partition)].generation;
             let key = self.key(group, generation);
+            // A retry of a batch whose objects partly completed rewrites them under the same key.
+            let replaces = match present.get(&key) {
+                Some(meta) => Some(self.counted(meta).await?),
+                None => None,
+            };
             let started = Instant::now();
             let bytes = self
-                .upload(group, &key, generation, progress, fence)
+                .upload(group, &key, generation, replaces, progress, fence)
                 .await?;
             metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
             metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
                 .increment(bytes);
-            for (count, n) in self
-                .written
-                .iter()
-                .zip([1, group.records.len() as u64, bytes])
-            {
-                count.fetch_add(n, Ordering::Relaxed);
-            }
             debug!(key = %key, records = group.records.len(), bytes, elapsed = ?started.elapsed(), "object written");
         }
         let mut known = self.owners.lock().expect("owners lock");
@@ -348,12 +407,13 @@ impl<F: ParquetFormat> Objects<F> {
 
     /// Removes objects of earlier, uncommitted cuts of the records in `groups`, and drops from
     /// the first batch of an assignment the records an uncommitted object already holds (see
-    /// the module documentation).
+    /// the module documentation). Returns the objects of its own already stored under a key
+    /// the batch is about to rewrite.
     async fn remove_stale(
         &self,
         groups: &mut [Group<'_, F::Record>],
         owners: &BTreeMap<(&str, i32), Owner>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<HashMap<String, ObjectMeta>, SinkError> {
         let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
         // The record time (to the second) at each offset of the batch, per stream and partition.
         let mut stamps: HashMap<(&str, i32, i64), String> = HashMap::new();
@@ -373,6 +433,7 @@ impl<F: ParquetFormat> Objects<F> {
             fresh.push(self.key(g, owners[&(g.stream, g.partition)].generation));
         }
         let mut listings: HashMap<String, Vec<ObjectMeta>> = HashMap::new();
+        let mut present: HashMap<String, ObjectMeta> = HashMap::new();
         for g in groups.iter_mut() {
             let dir = self
                 .layout
@@ -407,15 +468,30 @@ impl<F: ParquetFormat> Objects<F> {
                 }
                 let same_log =
                     stamps.get(&(g.stream, g.partition, name.offset)) == Some(&name.stamp);
+                let rewritten = fresh.iter().any(|k| k == meta.location.as_ref());
+                if rewritten && self.own(g.stream, &name) {
+                    present.insert(meta.location.to_string(), meta.clone());
+                }
                 let stale = (lo..=hi).contains(&name.offset)
                     && same_log
-                    && !fresh.iter().any(|k| k == meta.location.as_ref())
+                    && !rewritten
                     && self.replay_since.is_none_or(|t| meta.last_modified >= t);
                 if stale {
+                    let own = if self.own(g.stream, &name) {
+                        Some(self.counted(meta).await?)
+                    } else {
+                        None
+                    };
                     self.store
                         .delete(&meta.location)
                         .await
                         .map_err(store_error)?;
+                    if let Some((rows, size)) = own {
+                        self.written
+                            .lock()
+                            .expect("written lock")
+                            .remove(rows, size);
+                    }
                     metrics::counter!(names::S3_OBJECTS_REPLACED_TOTAL, "path" => self.path.clone())
                         .increment(1);
                     info!(key = %meta.location, "removed an object of an uncommitted batch before rewriting its records");
@@ -436,7 +512,7 @@ impl<F: ParquetFormat> Objects<F> {
                 }
             }
         }
-        Ok(())
+        Ok(present)
     }
 
     /// How many of the group's first records the object already holds: its footer names its
@@ -474,6 +550,23 @@ impl<F: ParquetFormat> Objects<F> {
 
     /// The last offset and its record time from an object's footer, if it has them.
     async fn footer_last(&self, meta: &ObjectMeta) -> Result<Option<(i64, i64)>, SinkError> {
+        let Some(parsed) = self.footer(meta).await? else {
+            return Ok(None);
+        };
+        let kv = parsed.file_metadata().key_value_metadata();
+        let value = |key: &str| -> Option<i64> {
+            kv?.iter()
+                .find(|e| e.key == key)?
+                .value
+                .as_deref()?
+                .parse()
+                .ok()
+        };
+        Ok(value(META_LAST_OFFSET).zip(value(META_LAST_NANOS)))
+    }
+
+    /// An object's Parquet footer, if it has a readable one.
+    async fn footer(&self, meta: &ObjectMeta) -> Result<Option<ParquetMetaData>, SinkError> {
         let size = meta.size;
         if size < 12 {
             return Ok(None);
@@ -495,31 +588,22 @@ impl<F: ParquetFormat> Objects<F> {
             .get_range(&meta.location, size - 8 - len..size - 8)
             .await
             .map_err(store_error)?;
-        let Ok(parsed) = ParquetMetaDataReader::decode_metadata(&footer) else {
-            return Ok(None);
-        };
-        let kv = parsed.file_metadata().key_value_metadata();
-        let value = |key: &str| -> Option<i64> {
-            kv?.iter()
-                .find(|e| e.key == key)?
-                .value
-                .as_deref()?
-                .parse()
-                .ok()
-        };
-        Ok(value(META_LAST_OFFSET).zip(value(META_LAST_NANOS)))
+        Ok(ParquetMetaDataReader::decode_metadata(&footer).ok())
     }
 
     /// Encodes one group on a blocking thread and streams it into `key`: one PUT when it fits
     /// in a part, a multipart upload otherwise. Row groups handed to the encoder and parts sent
     /// are progress, so a long upload that moves is not taken for a stuck one. The object is
     /// made visible only while this writer still owns the partition, and removed again when a
-    /// newer owner appeared meanwhile. Returns the object's size.
+    /// newer owner appeared meanwhile. `replaces` (rows, size) is this sink's object already
+    /// under `key`, which the new one replaces in [`Objects::written`]. Returns the object's
+    /// size.
     async fn upload(
         &self,
         group: &Group<'_, F::Record>,
         key: &str,
         generation: u64,
+        replaces: Option<(u64, u64)>,
         progress: &Progress,
         fence: &Fence,
     ) -> Result<u64, SinkError> {
@@ -628,11 +712,22 @@ impl<F: ParquetFormat> Objects<F> {
             }
             (None, None) => return Err(SinkError::fatal("the Parquet encoder produced nothing")),
         }
+        {
+            let mut written = self.written.lock().expect("written lock");
+            if let Some((rows, bytes)) = replaces {
+                written.remove(rows, bytes);
+            }
+        }
+        self.count_visible(group, size);
         // A newer owner that appeared meanwhile must not find this object beside its own.
         if let Err(e) = self.still_owner(group, generation, fence).await {
             if e.class == "Fenced" {
                 match self.store.delete(path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => self
+                        .written
+                        .lock()
+                        .expect("written lock")
+                        .remove(group.records.len() as u64, size),
                     Err(d) => {
                         warn!(key = %key, error = %d, "cannot remove an object written after losing the partition")
                     }
@@ -731,7 +826,7 @@ impl<F: ParquetFormat> Sink<F::Record> for ParquetSink<F> {
 mod tests {
     use super::*;
     use crate::sinks::objects::keys::Granularity;
-    use crate::sinks::objects::parquet::tests::{reading, Readings};
+    use crate::sinks::objects::parquet::tests::{reading, Reading, Readings};
     use actord_actors::scheduler::Tz;
     use object_store::memory::InMemory;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -853,5 +948,110 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// What the Parquet objects in the store hold, as [`Written`] counts them.
+    async fn stored(store: &Arc<dyn ObjectStore>) -> Written {
+        let listing: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
+        let mut w = Written::default();
+        for meta in listing
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let rows = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+            w.objects += 1;
+            w.records += rows;
+            w.bytes += meta.size;
+        }
+        w
+    }
+
+    /// Readings of partition 0 at `times` (UTC, 2025-11-19), offsets from 0, read under
+    /// assignment `epoch`.
+    fn batch(times: &[&str], epoch: u64) -> Vec<Envelope<Reading>> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut e = reading(0, i as i64, &format!("2025-11-19T{t}:00Z"), i as f64);
+                e.source.origin.epoch = epoch;
+                e
+            })
+            .collect()
+    }
+
+    fn counts(w: Written) -> (u64, u64, u64) {
+        (w.objects, w.records, w.bytes)
+    }
+
+    #[tokio::test]
+    async fn written_counts_what_the_store_holds_after_a_retry_and_a_replay() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let objects = readings_by_kst_day(&store);
+        let mut sink = (objects.factory())().await.unwrap();
+        // Three readings before midnight in Seoul (15:00 UTC), three after: two objects.
+        let times = ["14:57", "14:58", "14:59", "15:00", "15:01", "15:02"];
+        let batch = batch(&times, 1);
+        sink.write(&batch).await.unwrap();
+        assert_eq!(counts(objects.written()), counts(stored(&store).await));
+        assert_eq!(objects.written().objects, 2);
+        // The same batch again (a retry after some of its objects completed): the same keys,
+        // counted once.
+        sink.write(&batch).await.unwrap();
+        assert_eq!(counts(objects.written()), counts(stored(&store).await));
+        assert_eq!(objects.written().records, 6);
+        // A replay of the same records under a new assignment, cut elsewhere: the first
+        // assignment's objects are removed and no longer counted.
+        let replay = self::batch(&times, 2);
+        sink.write(&replay[..2]).await.unwrap();
+        sink.write(&replay[2..]).await.unwrap();
+        let w = objects.written();
+        assert_eq!(counts(w), counts(stored(&store).await));
+        assert_eq!((w.objects, w.records), (3, 6));
+        assert_eq!(
+            (w.first, w.last),
+            (Some(batch[0].record.time), Some(batch[5].record.time))
+        );
+    }
+
+    #[tokio::test]
+    async fn records_an_earlier_owner_already_stored_are_not_counted() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let times = [
+            "01:00", "01:01", "01:02", "01:03", "01:04", "01:05", "01:06", "01:07",
+        ];
+        let batch = batch(&times, 1);
+        let earlier = readings_by_kst_day(&store);
+        (earlier.factory())()
+            .await
+            .unwrap()
+            .write(&batch[..5])
+            .await
+            .unwrap();
+        // Another process replays from offset 2 (the log start moved into the object): 2..=4
+        // are in the earlier object already.
+        let objects = readings_by_kst_day(&store);
+        let mut sink = (objects.factory())().await.unwrap();
+        sink.write(&self::batch(&times, 2)[2..]).await.unwrap();
+        let w = objects.written();
+        assert_eq!((w.objects, w.records), (1, 3));
+        assert_eq!(
+            (w.first, w.last),
+            (Some(batch[5].record.time), Some(batch[7].record.time))
+        );
+        let all = stored(&store).await;
+        assert_eq!((all.objects, all.records), (2, 8));
+        assert_eq!(w.bytes + earlier.written().bytes, all.bytes);
     }
 }
