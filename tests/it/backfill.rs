@@ -265,6 +265,114 @@ async fn fresh_after_incremental_leaves_each_record_in_exactly_one_object() {
     assert!(next.contains("incremental: 0 records"), "{next}");
 }
 
+/// The figures of a summary line: records, objects, bytes, first and last record time.
+fn summary_figures(line: &str) -> (u64, u64, u64, Option<String>, Option<String>) {
+    let number = |before: &str| -> u64 {
+        let end = line
+            .find(before)
+            .unwrap_or_else(|| panic!("no {before:?} in {line}"));
+        let start = line[..end].rfind([' ', '(']).map_or(0, |i| i + 1);
+        line[start..end].parse().unwrap()
+    };
+    let range = line.split_once(", records from ").map(|(_, r)| {
+        let (first, rest) = r.split_once(" to ").unwrap();
+        let last = rest.rsplit_once(", ").unwrap().0;
+        (first.to_owned(), last.to_owned())
+    });
+    (
+        number(" records"),
+        number(" objects"),
+        number(" bytes"),
+        range.clone().map(|r| r.0),
+        range.map(|r| r.1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_what_the_sink_wrote_not_what_the_run_read() {
+    let s = Setup::new();
+    // Readings of 20 kB into partition 0: the mock cluster keeps 5 MiB per partition, so the
+    // second 150 move the log start into the first run's object.
+    let pad = "x".repeat(20_000);
+    let start = at("2025-11-19T01:00:00Z");
+    let message = |seq: i64| {
+        let t = (start + chrono::TimeDelta::seconds(seq))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        (
+            0,
+            json!({"seq": seq, "temperature": 21.0, "pad": pad, "timestamp": t}),
+        )
+    };
+    produce(
+        s.bootstrap(),
+        &s.topic,
+        &(0..150).map(message).collect::<Vec<_>>(),
+    )
+    .await;
+    let first = s.ok(&["--mode", "incremental"], 1000).await;
+    assert_eq!(summary_figures(&first).0, 150, "{first}");
+    let before = objects(&s.store()).await;
+    assert_eq!(before.len(), 1, "{:?}", before.keys());
+    produce(
+        s.bootstrap(),
+        &s.topic,
+        &(150..300).map(message).collect::<Vec<_>>(),
+    )
+    .await;
+    let low = {
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", s.bootstrap())
+            .create()
+            .unwrap();
+        rdkafka::consumer::Consumer::fetch_watermarks(&c, &s.topic, 0, Duration::from_secs(10))
+            .unwrap()
+            .0
+    };
+    assert!(low > 0 && low < 150, "log start {low}");
+    // A fresh run reads 300 - low records; those up to 149 are in the first object already,
+    // which it keeps (it starts below the log start) and does not write again.
+    let (code, out, err) = s.backfill(&["--mode", "fresh"], 1000).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("lease is \"none\""),
+        "no warning about the lease: {err}"
+    );
+    let after = objects(&s.store()).await;
+    assert_each_once(&after, 0..300);
+    let new: BTreeMap<&String, &Vec<RecordBatch>> = after
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .collect();
+    let rows: usize = new
+        .values()
+        .flat_map(|b| b.iter())
+        .map(|b| b.num_rows())
+        .sum();
+    let listing: Vec<_> = s.store().list(None).try_collect().await.unwrap();
+    let bytes: u64 = listing
+        .iter()
+        .filter(|m| new.contains_key(&m.location.to_string()))
+        .map(|m| m.size)
+        .sum();
+    let kst = |seq: i64| {
+        (start + chrono::TimeDelta::seconds(seq))
+            .with_timezone(&actord::pipelines::backfill::mode::KST)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+    };
+    assert_eq!(
+        summary_figures(&out),
+        (
+            rows as u64,
+            new.len() as u64,
+            bytes,
+            Some(kst(150)),
+            Some(kst(299))
+        ),
+        "{out}"
+    );
+    assert_eq!((rows, new.len()), (150, 1), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_from_a_date_starts_at_its_first_record_in_seoul_time() {
     let s = Setup::new();

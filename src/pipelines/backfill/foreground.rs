@@ -4,15 +4,18 @@
 //! It starts the backfill pipeline alone (no admin port, no schedule firing, no demo) and
 //! asks its scheduler for a run of the entry `run`, so the run takes the same lease as a
 //! scheduled one and never runs beside a scheduled run of the same group in another process
-//! sharing that lease. Progress goes to a terminal on stderr; the summary to stdout.
+//! sharing that lease. Without a lease store (`schedule.lease = "none"`, the default) nothing
+//! can see runs of other processes: it says so on stderr before it starts. Progress goes to a
+//! terminal on stderr; the summary to stdout.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use actord_actors::scheduler::{Outcome as RunOutcome, RunNowError};
 
-use super::{DEF, ENTRY};
+use super::{BackfillConfig, DEF, ENTRY};
 use crate::config::Config;
+use crate::leases::LeaseKind;
 use crate::runtime;
 
 /// How the foreground run ended, as the process exit status.
@@ -54,8 +57,26 @@ pub fn overrides(mode: &str, from_date: Option<&str>) -> Vec<(String, String)> {
     env
 }
 
+/// The warning a foreground run prints when its lease cannot exclude runs of other processes.
+pub fn lease_warning(config: &Config) -> Option<String> {
+    let c = config.pipelines.get::<BackfillConfig>();
+    let lease = c.schedule.as_ref().map_or(LeaseKind::None, |s| s.lease);
+    (lease == LeaseKind::None).then(|| {
+        format!(
+            "pipelines.backfill.schedule.lease is \"none\": this run cannot see runs of other \
+             processes, so a scheduled backfill of the group {} in a running actord, or another \
+             `actord backfill`, may run at the same time; set lease = \"redis\" or \"postgres\" \
+             (and lease_url) in [pipelines.backfill.schedule] of every process that runs backfill",
+            c.group
+        )
+    })
+}
+
 /// Runs one backfill with `config` (already carrying [`overrides`]) and reports it.
 pub async fn run(config: Config) -> Exit {
+    if let Some(w) = lease_warning(&config) {
+        eprintln!("warning: {w}");
+    }
     let mut running = match runtime::start(config).await {
         Ok(r) => r,
         Err(e) => {

@@ -5,27 +5,26 @@
 //! when the run ends the subtree is removed again, so between runs `/backfill` holds only its
 //! scheduler (and the demo generator).
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actord_actors::buffer::{Buffer, BufferArgs, BufferLimits, BufferMsg};
-use actord_actors::record::{DlqMsg, Envelope};
+use actord_actors::record::DlqMsg;
 use actord_actors::scheduler::{
     Job, RunSummary, Scheduler, SchedulerArgs, SchedulerConfig, SchedulerHandle,
 };
-use actord_actors::sink::{Progress, Sink, SinkError, SinkFactory};
 use actord_actors::writer::{RetryPolicy, Writer, WriterArgs, WriterMsg};
 use actord_actors::{ActorPath, ChildSpec, Fence, Probe, Restart, Strategy, SupervisorMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef, ActorStatus};
 use tracing::{error, info, warn};
 
-use super::mode::KST;
+use super::format::Readings;
 use super::names;
 use super::reading::Reading;
-use super::run::{self, Downstream, Report, RunSettings, Written};
+use super::run::{self, Downstream, Report, RunSettings};
 use crate::config::Supervision;
+use crate::sinks::objects::sink::{Objects, ParquetSink, Written};
 use crate::sources::kafka::dlq::{DlqArgs, DlqProducer};
 use crate::sources::kafka::path::{STOP_DLQ, STOP_QUICK};
 use crate::sources::kafka::KafkaConnection;
@@ -41,49 +40,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Cell = Arc<Mutex<Option<ActorCell>>>;
 
-/// A sink that counts what its inner sink completed, for the run's summary: records, bytes of
-/// their messages, objects (one per partition and Seoul day of a write, the layout's) and the
-/// record time range.
-pub struct Counted<S> {
-    inner: S,
-    written: Arc<Written>,
-}
-
-impl<S: Sink<Reading>> Sink<Reading> for Counted<S> {
-    async fn write(&mut self, records: &[Envelope<Reading>]) -> Result<(), SinkError> {
-        self.inner.write(records).await?;
-        let objects: HashSet<(i32, chrono::NaiveDate)> = records
-            .iter()
-            .map(|e| {
-                (
-                    e.source.origin.partition,
-                    e.record.time.with_timezone(&KST).date_naive(),
-                )
-            })
-            .collect();
-        self.written.add(records, objects.len() as u64);
-        metrics::counter!(names::BACKFILL_RECORDS_TOTAL).increment(records.len() as u64);
-        metrics::counter!(names::BACKFILL_BYTES_TOTAL)
-            .increment(records.iter().map(|e| e.bytes as u64).sum());
-        Ok(())
-    }
-
-    fn attach_progress(&mut self, progress: Progress) {
-        self.inner.attach_progress(progress);
-    }
-
-    fn attach_fence(&mut self, fence: Fence) {
-        self.inner.attach_fence(fence);
-    }
-}
+/// Opens the shared Parquet object sink for one run.
+pub type OpenObjects = Box<dyn Fn() -> Arc<Objects<Readings>> + Send + Sync>;
 
 /// Everything a run needs besides its settings: the shared sink, the pipeline's supervisor,
 /// and what the subtree's actors are wired with.
-pub struct Runner<S> {
+pub struct Runner {
     pub settings: RunSettings,
     pub connection: KafkaConnection,
     pub dlq_suffix: String,
-    pub sink: SinkFactory<S>,
+    /// Each run opens the sink anew: its [`Objects::written`] is then the run's summary.
+    pub objects: OpenObjects,
+    /// The sink of the current (or last) run, for the health component.
+    pub current: Arc<Mutex<Option<Arc<Objects<Readings>>>>>,
     pub supervision: Supervision,
     pub root: ActorPath,
     /// The `/backfill` supervisor, recorded by the scheduler's start.
@@ -93,15 +62,31 @@ pub struct Runner<S> {
     pub demo_ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// The addresses a run's subtree fills in as its actors start.
-#[derive(Default, Clone)]
+/// The addresses a run's subtree fills in as its actors start, and the run's sink.
+#[derive(Clone)]
 struct Slots {
     buffer: Arc<Mutex<Option<ActorRef<BufferMsg<Reading>>>>>,
     supervisor: Cell,
     writer_probe: Arc<Mutex<Option<Probe>>>,
+    objects: Arc<Objects<Readings>>,
+}
+
+impl Slots {
+    fn new(objects: Arc<Objects<Readings>>) -> Self {
+        Slots {
+            buffer: Arc::default(),
+            supervisor: Arc::default(),
+            writer_probe: Arc::default(),
+            objects,
+        }
+    }
 }
 
 impl Downstream for Slots {
+    fn written(&self) -> Written {
+        self.objects.written()
+    }
+
     fn buffer(&self) -> Option<ActorRef<BufferMsg<Reading>>> {
         self.buffer
             .lock()
@@ -129,9 +114,9 @@ impl Downstream for Slots {
     }
 }
 
-impl<S: Sink<Reading> + 'static> Runner<S> {
-    /// The subtree of one run, writing through `written`'s counters.
-    fn subtree(&self, written: Arc<Written>, slots: &Slots) -> ChildSpec {
+impl Runner {
+    /// The subtree of one run, writing into `slots`' sink.
+    fn subtree(&self, slots: &Slots) -> ChildSpec {
         let root = self.root.child(RUN);
         let sup = &self.supervision;
         let dlq_slot: Arc<Mutex<Option<ActorRef<DlqMsg>>>> = Arc::default();
@@ -159,16 +144,7 @@ impl<S: Sink<Reading> + 'static> Runner<S> {
             }
         })
         .shutdown(STOP_DLQ);
-        let inner = self.sink.clone();
-        let counted: SinkFactory<Counted<S>> = Arc::new(move || {
-            let (inner, written) = (inner.clone(), written.clone());
-            Box::pin(async move {
-                Ok(Counted {
-                    inner: inner().await?,
-                    written,
-                })
-            })
-        });
+        let sink = slots.objects.factory();
         let (dlq_in, out, probe_out) = (
             dlq_slot.clone(),
             writer_slot.clone(),
@@ -183,7 +159,7 @@ impl<S: Sink<Reading> + 'static> Runner<S> {
             *probe_out.lock().expect("slot lock") = Some(ctx.probe.clone());
             let args = WriterArgs {
                 probe: ctx.probe,
-                sink: counted.clone(),
+                sink: sink.clone(),
                 dlq,
                 retry: RetryPolicy::default(),
                 fence: Fence::new(),
@@ -197,7 +173,7 @@ impl<S: Sink<Reading> + 'static> Runner<S> {
                 }
                 let (actor, _) = Actor::spawn_linked(
                     None,
-                    Writer::<Reading, Counted<S>>::default(),
+                    Writer::<Reading, ParquetSink<Readings>>::default(),
                     args,
                     ctx.supervisor,
                 )
@@ -272,9 +248,10 @@ impl<S: Sink<Reading> + 'static> Runner<S> {
             .clone()
             .ok_or("the backfill pipeline is not running")?
             .into();
-        let written = Written::new();
-        let slots = Slots::default();
-        let spec = self.subtree(written.clone(), &slots);
+        let objects = (self.objects)();
+        *self.current.lock().expect("slot lock") = Some(objects.clone());
+        let slots = Slots::new(objects);
+        let spec = self.subtree(&slots);
         // A subtree left by a run that was dropped (its process kept running) goes first.
         let _ = parent
             .call(
@@ -290,7 +267,7 @@ impl<S: Sink<Reading> + 'static> Runner<S> {
             Ok(CallResult::Success(Err(e))) => return Err(format!("cannot start the run: {e}")),
             _ => return Err("the backfill supervisor did not answer".to_owned()),
         }
-        let result = run::execute(&self.settings, &slots, written, report, stop).await;
+        let result = run::execute(&self.settings, &slots, report, stop).await;
         match parent
             .call(
                 |r| SupervisorMsg::RemoveChild(RUN.to_owned(), r),
@@ -330,8 +307,9 @@ pub fn scheduler(
     .shutdown(shutdown))
 }
 
-/// The entry's job: one run per call, counted in the backfill metrics.
-pub fn job<S: Sink<Reading> + 'static>(runner: Arc<Runner<S>>) -> Job {
+/// The entry's job: one run per call, counted in the backfill metrics (records and bytes as
+/// the run's objects become visible).
+pub fn job(runner: Arc<Runner>) -> Job {
     Job::new(move |ctx| {
         let runner = runner.clone();
         async move {
@@ -343,6 +321,8 @@ pub fn job<S: Sink<Reading> + 'static>(runner: Arc<Runner<S>>) -> Job {
             let report: Report = Arc::new(move |records, bytes| {
                 if records > 0 || bytes > 0 {
                     progress.progress(records, bytes);
+                    metrics::counter!(names::BACKFILL_RECORDS_TOTAL).increment(records);
+                    metrics::counter!(names::BACKFILL_BYTES_TOTAL).increment(bytes);
                 }
             });
             let stopping = ctx.clone();

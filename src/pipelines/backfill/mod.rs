@@ -104,17 +104,22 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let s3 = s3_connection(&c, &config.s3);
     let target = store::open_target(&c.store.location, &s3)
         .map_err(|e| anyhow::anyhow!("pipelines.backfill: {e}"))?;
-    let objects = Objects::open(
-        target,
-        format::Readings,
-        Layout::new(c.store.prefix.clone(), mode::KST, Granularity::Day),
-        Settings {
-            row_group_rows: c.row_group_size,
-            path: root.child("run").child("writer-0").to_string(),
-            // With the embedded broker offsets start at zero on every process start.
-            replay_since: resources.kafka.embedded_since(),
-        },
-    );
+    let layout = Layout::new(c.store.prefix.clone(), mode::KST, Granularity::Day);
+    let objects_settings = Settings {
+        row_group_rows: c.row_group_size,
+        path: root.child("run").child("writer-0").to_string(),
+        // With the embedded broker offsets start at zero on every process start.
+        replay_since: resources.kafka.embedded_since(),
+    };
+    let objects: job::OpenObjects = Box::new(move || {
+        Objects::open(
+            target.clone(),
+            format::Readings,
+            layout.clone(),
+            objects_settings.clone(),
+        )
+    });
+    let current: Arc<std::sync::Mutex<Option<Arc<Objects<format::Readings>>>>> = Arc::default();
     let parent = Arc::default();
     let (demo_ready, ready_rx) = tokio::sync::watch::channel(false);
     let runner = Arc::new(job::Runner {
@@ -129,7 +134,8 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         },
         connection: resources.kafka.clone(),
         dlq_suffix: c.dlq_suffix.clone(),
-        sink: objects.factory(),
+        objects,
+        current: current.clone(),
         supervision: config.supervision.clone(),
         root: root.clone(),
         parent: Arc::clone(&parent),
@@ -168,14 +174,20 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
             format!("/{}", c.store.prefix)
         }
     );
-    let health_objects = objects.clone();
     Ok(Pipeline {
         spec,
         health: vec![
             super::running("scheduler", root.child("scheduler")),
             HealthCheck {
                 component: "objects",
-                check: Arc::new(move |_| health_objects.healthy()),
+                // The last run's sink: healthy until a run's write fails.
+                check: Arc::new(move |_| {
+                    current
+                        .lock()
+                        .expect("sink slot lock")
+                        .as_ref()
+                        .is_none_or(|o| o.healthy())
+                }),
             },
         ],
         notes: Arc::new(move || vec![where_to.clone()]),
@@ -263,6 +275,19 @@ mod tests {
             c.store.location,
             Location::Dir("data/objects/fms-temphum".into())
         );
+    }
+
+    #[test]
+    fn a_foreground_run_warns_only_without_a_lease_store() {
+        let warning = foreground::lease_warning(&load("", &[]).unwrap()).unwrap();
+        assert!(warning.contains("backfill-loader"), "{warning}");
+        assert!(warning.contains("lease = \"redis\""), "{warning}");
+        let leased = load(
+            "[pipelines.backfill.schedule]\nevery = \"3d\"\nlease = \"redis\"\nlease_url = \"redis://127.0.0.1:6379\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(foreground::lease_warning(&leased), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use super::mode::{Mode, KST};
 use super::reading::{self, Reading};
+use crate::sinks::objects::sink::Written;
 use crate::sources::kafka::consumer::source_record;
 use crate::sources::kafka::KafkaConnection;
 
@@ -69,17 +70,20 @@ pub struct PartitionRange {
     pub end: i64,
 }
 
-/// What a run did, for the log, the terminal and the admin view.
+/// What a run did, for the log, the terminal and the admin view. Records, objects, bytes and
+/// the time range are what the object sink made visible during the run and the store still
+/// holds: records an earlier run's object already held are not in them, nor are objects the
+/// run replaced itself (a retried or replayed batch).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub mode: String,
     pub records: u64,
     pub objects: u64,
-    /// Bytes of the messages written into objects.
+    /// Bytes of the Parquet objects written.
     pub bytes: u64,
     pub skipped: u64,
     pub dead_letters: u64,
-    /// Record times of the first and last record written (RFC 3339, Asia/Seoul).
+    /// Times of the earliest and the latest record written (RFC 3339, Asia/Seoul).
     pub first_time: Option<String>,
     pub last_time: Option<String>,
     pub duration_seconds: f64,
@@ -106,51 +110,17 @@ impl Summary {
     }
 }
 
-/// What the sink reports of the objects it completed during a run.
-#[derive(Default)]
-pub struct Written {
-    pub records: std::sync::atomic::AtomicU64,
-    pub objects: std::sync::atomic::AtomicU64,
-    pub bytes: std::sync::atomic::AtomicU64,
-    /// Nanoseconds of the earliest and latest record written (i64::MAX / i64::MIN when none).
-    pub first_nanos: std::sync::atomic::AtomicI64,
-    pub last_nanos: std::sync::atomic::AtomicI64,
-}
-
-impl Written {
-    pub fn new() -> Arc<Self> {
-        let w = Written::default();
-        w.first_nanos
-            .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
-        w.last_nanos
-            .store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
-        Arc::new(w)
-    }
-
-    /// Counts a completed write of `records` in `objects` objects.
-    pub fn add(&self, records: &[Envelope<Reading>], objects: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.records.fetch_add(records.len() as u64, Relaxed);
-        self.objects.fetch_add(objects, Relaxed);
-        let bytes: usize = records.iter().map(|e| e.bytes).sum();
-        self.bytes.fetch_add(bytes as u64, Relaxed);
-        for e in records {
-            let n = e.record.time.timestamp_nanos_opt().unwrap_or_default();
-            self.first_nanos.fetch_min(n, Relaxed);
-            self.last_nanos.fetch_max(n, Relaxed);
-        }
-    }
-}
-
 /// The run's subtree as the reader sees it: where records go, and how it is doing.
 pub trait Downstream: Send + Sync {
     /// The buffer of the subtree's current incarnation, if it runs.
     fn buffer(&self) -> Option<ActorRef<BufferMsg<Reading>>>;
     /// Why the subtree is not running, once it gave up for good.
     fn gave_up(&self) -> Option<String>;
+    /// What the run's objects hold so far, as the object sink counts them.
+    fn written(&self) -> Written;
 }
 
-/// Reports progress to the scheduler's run context (or the terminal).
+/// Reports progress (records, object bytes newly written) to the scheduler's run context.
 pub type Report = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Reads one run and returns its summary. `stop` resolving asks the run to end early: it then
@@ -158,7 +128,6 @@ pub type Report = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub async fn execute(
     settings: &RunSettings,
     downstream: &dyn Downstream,
-    written: Arc<Written>,
     report: Report,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, String> {
@@ -166,34 +135,30 @@ pub async fn execute(
     let consumer = Arc::new(consumer(settings)?);
     let ranges = plan(&consumer, settings).await?;
     info!(pipeline = "backfill", mode = %settings.mode, topic = %settings.topic, group = %settings.group, partitions = ?ranges, "backfill run started");
-    let mut reader = Reader::new(settings, consumer.clone(), ranges.clone(), written.clone());
+    let mut reader = Reader::new(settings, consumer.clone(), ranges.clone());
     let outcome = tokio::select! {
         r = reader.run(downstream, &report) => r,
         () = stop => Err("stopped before the run finished".to_owned()),
     };
+    reader.report_written(downstream, &report);
     outcome?;
     // Everything up to each watermark is durable (written, dead-lettered or skipped).
     let ends: Vec<(i32, i64)> = ranges.iter().map(|r| (r.partition, r.end)).collect();
     commit(&consumer, &settings.topic, &ends).await?;
-    use std::sync::atomic::Ordering::Relaxed;
-    let kst = |n: i64| {
-        DateTime::<Utc>::from_timestamp_nanos(n)
-            .with_timezone(&KST)
+    let kst = |t: DateTime<Utc>| {
+        t.with_timezone(&KST)
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
     };
-    let (first, last) = (
-        written.first_nanos.load(Relaxed),
-        written.last_nanos.load(Relaxed),
-    );
+    let written = downstream.written();
     Ok(Summary {
         mode: settings.mode.to_string(),
-        records: written.records.load(Relaxed),
-        objects: written.objects.load(Relaxed),
-        bytes: written.bytes.load(Relaxed),
+        records: written.records,
+        objects: written.objects,
+        bytes: written.bytes,
         skipped: reader.skipped,
         dead_letters: reader.dead_letters,
-        first_time: (first != i64::MAX).then(|| kst(first)),
-        last_time: (last != i64::MIN).then(|| kst(last)),
+        first_time: written.first.map(kst),
+        last_time: written.last.map(kst),
         duration_seconds: started.elapsed().as_secs_f64(),
         partitions: ranges,
     })
@@ -364,7 +329,8 @@ struct Reader {
     acker: Acker,
     skipped: u64,
     dead_letters: u64,
-    written: Arc<Written>,
+    /// Records and object bytes reported so far.
+    reported: (u64, u64),
 }
 
 impl Reader {
@@ -372,7 +338,6 @@ impl Reader {
         settings: &RunSettings,
         consumer: Arc<BaseConsumer>,
         ranges: Vec<PartitionRange>,
-        written: Arc<Written>,
     ) -> Self {
         let (tx, acks) = mpsc::unbounded_channel();
         let acker = Acker::new(move |origins| {
@@ -390,8 +355,23 @@ impl Reader {
             acker,
             skipped: 0,
             dead_letters: 0,
-            written,
+            reported: (0, 0),
         }
+    }
+
+    /// Reports what the run's objects gained since the last report. The sink's totals shrink
+    /// when it replaces an object of its own, and grow back as the replacement lands: only
+    /// growth past what was reported counts.
+    fn report_written(&mut self, downstream: &dyn Downstream, report: &Report) {
+        let w = downstream.written();
+        let (records, bytes) = (
+            w.records.saturating_sub(self.reported.0),
+            w.bytes.saturating_sub(self.reported.1),
+        );
+        if records > 0 || bytes > 0 {
+            report(records, bytes);
+        }
+        self.reported = (self.reported.0.max(w.records), self.reported.1.max(w.bytes));
     }
 
     fn end(&self, partition: i32) -> i64 {
@@ -463,21 +443,12 @@ impl Reader {
         let mut pending: Vec<Item<Reading>> = Vec::with_capacity(CHUNK);
         let mut last_ack = Instant::now();
         let mut flushed = false;
-        let mut reported = (0u64, 0u64);
         loop {
             if self.take_acks() {
                 last_ack = Instant::now();
                 self.commit_progress().await?;
             }
-            {
-                use std::sync::atomic::Ordering::Relaxed;
-                let now = (
-                    self.written.records.load(Relaxed),
-                    self.written.bytes.load(Relaxed),
-                );
-                report(now.0 - reported.0, now.1 - reported.1);
-                reported = now;
-            }
+            self.report_written(downstream, report);
             let current = downstream.buffer();
             if current.as_ref().map(|b| b.get_id()) != Some(buffer.get_id()) {
                 // The subtree restarted: what it held is gone. Read again from the last commit.
