@@ -109,14 +109,20 @@ pub fn apply(
         .map(|(name, _)| *name)
         .collect();
     for name in &ambiguous {
-        let forms: Vec<String> = claimed[name].iter().map(|p| prefixed(p, name)).collect();
+        let owners = &claimed[name];
+        let forms: Vec<String> = owners
+            .iter()
+            .map(|p| format!("{} for {p}", prefixed(p, name)))
+            .collect();
         problems.push(Problem::new(
             format!("environment variable {name}"),
             "",
             format!(
-                "is ambiguous with pipelines {} enabled; set {} instead",
-                claimed[name].join(", "),
-                forms.join(" or ")
+                "belongs to the seeds of {}, which are enabled together, so it cannot say which one it sets; \
+                 unset {name} (in the environment and any --env-file) and set {} (a pipeline without \
+                 its variable keeps its configured value)",
+                owners.join(" and "),
+                forms.join(", ")
             ),
         ));
     }

@@ -309,9 +309,12 @@ fn seed_names_shared_by_enabled_pipelines_are_ambiguous() {
     // Two owners: an error naming both prefixed forms.
     let (_, p) = run(&[("KAFKA_GROUP_ID", "g1")], &[&a, &b]);
     assert_eq!(p.len(), 1);
+    assert_eq!(p[0].origin, "environment variable KAFKA_GROUP_ID");
     assert!(
-        p[0].message
-            .contains("ACTORD_RECORDER_KAFKA_GROUP_ID or ACTORD_BACKFILL_KAFKA_GROUP_ID"),
+        p[0].message.contains(
+            "unset KAFKA_GROUP_ID (in the environment and any --env-file) and set \
+             ACTORD_RECORDER_KAFKA_GROUP_ID for recorder, ACTORD_BACKFILL_KAFKA_GROUP_ID for backfill"
+        ),
         "{}",
         p[0].message
     );
