@@ -48,6 +48,23 @@ pub struct TopicSpec {
     pub partitions: i32,
 }
 
+impl TopicSpec {
+    /// A topic of `partitions` partitions and its dead-letter topic `<name><dlq_suffix>`, which
+    /// has one.
+    pub fn with_dlq(name: &str, dlq_suffix: &str, partitions: i32) -> [TopicSpec; 2] {
+        [
+            TopicSpec {
+                name: name.to_owned(),
+                partitions,
+            },
+            TopicSpec {
+                name: format!("{name}{dlq_suffix}"),
+                partitions: 1,
+            },
+        ]
+    }
+}
+
 /// Shared connections handed to pipeline builders, and where they register what the admin
 /// port needs from them.
 #[derive(Clone, Debug)]

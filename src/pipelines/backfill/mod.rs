@@ -67,16 +67,7 @@ pub const DEF: PipelineDef = PipelineDef {
 
 fn topics(config: &Config) -> Vec<TopicSpec> {
     let c = config.pipelines.get::<BackfillConfig>();
-    vec![
-        TopicSpec {
-            name: c.topic.clone(),
-            partitions: 3,
-        },
-        TopicSpec {
-            name: c.dlq_topic(),
-            partitions: 1,
-        },
-    ]
+    TopicSpec::with_dlq(&c.topic, &c.dlq_suffix, 3).to_vec()
 }
 
 /// The shared `[s3]` connection with the pipeline's MinIO settings over it.

@@ -82,18 +82,7 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
     let cc = config.pipelines.get::<CommerceConfig>();
     [&cc.users_topic, &cc.products_topic, &cc.orders_topic]
         .into_iter()
-        .flat_map(|t| {
-            [
-                TopicSpec {
-                    name: t.clone(),
-                    partitions: 3,
-                },
-                TopicSpec {
-                    name: format!("{t}-dlq"),
-                    partitions: 1,
-                },
-            ]
-        })
+        .flat_map(|t| TopicSpec::with_dlq(t, "-dlq", 3))
         .collect()
 }
 

@@ -429,18 +429,7 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
     let c = &config.pipelines.get::<FtpSyncConfig>();
     c.topics
         .iter()
-        .flat_map(|t| {
-            [
-                TopicSpec {
-                    name: t.clone(),
-                    partitions: 3,
-                },
-                TopicSpec {
-                    name: format!("{t}{}", c.dlq_suffix),
-                    partitions: 1,
-                },
-            ]
-        })
+        .flat_map(|t| TopicSpec::with_dlq(t, &c.dlq_suffix, 3))
         .collect()
 }
 

@@ -329,18 +329,7 @@ fn topics(config: &Config) -> Vec<TopicSpec> {
         .get::<RecorderConfig>()
         .topics
         .iter()
-        .flat_map(|t| {
-            [
-                TopicSpec {
-                    name: t.clone(),
-                    partitions: 3,
-                },
-                TopicSpec {
-                    name: format!("{t}-dlq"),
-                    partitions: 1,
-                },
-            ]
-        })
+        .flat_map(|t| TopicSpec::with_dlq(t, "-dlq", 3))
         .collect()
 }
 
