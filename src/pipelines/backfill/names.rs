@@ -1,5 +1,5 @@
-//! The backfill pipeline's metric names. Records and bytes are counted once a run's objects
-//! are complete, per run outcome.
+//! The backfill pipeline's metric names. Records and bytes are counted as a run's objects
+//! become visible, as the object sink counts them (the run's summary).
 
 actord_actors::declare_metrics! {
     counter BACKFILL_RUNS_STARTED_TOTAL = "actord_backfill_runs_started_total":
@@ -11,7 +11,7 @@ actord_actors::declare_metrics! {
     counter BACKFILL_RECORDS_TOTAL = "actord_backfill_records_total":
         "Records a backfill run wrote into Parquet objects.";
     counter BACKFILL_BYTES_TOTAL = "actord_backfill_bytes_total" in Bytes:
-        "Message bytes a backfill run wrote into Parquet objects.";
+        "Bytes of the Parquet objects a backfill run wrote.";
     counter BACKFILL_SKIPPED_TOTAL = "actord_backfill_skipped_total":
         "Records a continue run skipped for being older than its from-date.";
     counter BACKFILL_DEAD_LETTERS_TOTAL = "actord_backfill_dead_letters_total":
