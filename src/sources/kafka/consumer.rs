@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::context::{PathContext, Shared};
 use super::{KafkaConnection, SourceSettings, StartFrom};
+use crate::sources::lanes;
 use crate::telemetry::names;
 
 pub struct KafkaConsumer;
@@ -121,15 +122,7 @@ impl ConsumerState {
 
     /// Sends a control message to every lane, even when one of them is gone.
     fn broadcast(&self, make: impl Fn() -> SourceMsg) -> Result<(), ActorProcessingErr> {
-        let failed = self
-            .downstream
-            .iter()
-            .filter(|d| d.cast(make()).is_err())
-            .count();
-        if failed > 0 {
-            return Err("a decoder is gone".into());
-        }
-        Ok(())
+        lanes::broadcast(&self.downstream, make)
     }
 
     fn forward_revoked(&mut self) -> Result<(), ActorProcessingErr> {
@@ -294,14 +287,7 @@ impl ConsumerState {
             };
             routed[lane].push(r);
         }
-        for (lane, records) in routed.into_iter().enumerate() {
-            if !records.is_empty() {
-                self.downstream[lane]
-                    .cast(SourceMsg::Records(records, self.acker.clone()))
-                    .map_err(|_| "a decoder is gone")?;
-            }
-        }
-        Ok(())
+        lanes::hand_out(&self.downstream, routed, &self.acker)
     }
 
     fn publish_gauges(&self) {

@@ -51,6 +51,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{describe, drain, id_millis, is_nogroup, monitor, RedisConnection, StreamSettings};
+use crate::sources::lanes;
 use crate::telemetry::names;
 
 pub struct RedisConsumer;
@@ -273,15 +274,7 @@ impl ConsumerState {
     }
 
     fn broadcast(&self, make: impl Fn() -> SourceMsg) -> Result<(), ActorProcessingErr> {
-        let failed = self
-            .downstream
-            .iter()
-            .filter(|d| d.cast(make()).is_err())
-            .count();
-        if failed > 0 {
-            return Err("a decoder is gone".into());
-        }
-        Ok(())
+        lanes::broadcast(&self.downstream, make)
     }
 
     fn conn(&mut self) -> &mut MultiplexedConnection {
@@ -773,14 +766,7 @@ impl ConsumerState {
             metrics::counter!(names::RECORDS_CONSUMED_TOTAL, "path" => self.path.clone(), "topic" => self.settings.stream.clone()).increment(n as u64);
             self.probe.progress(n as u64, bytes);
         }
-        for (lane, records) in routed.into_iter().enumerate() {
-            if !records.is_empty() {
-                self.downstream[lane]
-                    .cast(SourceMsg::Records(records, self.acker.clone()))
-                    .map_err(|_| "a decoder is gone")?;
-            }
-        }
-        Ok(())
+        lanes::hand_out(&self.downstream, routed, &self.acker)
     }
 
     fn publish_gauges(&self) {
