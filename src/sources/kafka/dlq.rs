@@ -89,12 +89,36 @@ struct Shared {
     topics: Mutex<Topics>,
     /// How long a metadata look-up or a topic creation may take.
     admin_timeout: Duration,
+    /// The producer's `message.max.bytes`: no letter is larger.
+    max_message_bytes: usize,
 }
 
 #[derive(Default)]
 struct Topics {
     ready: std::collections::BTreeSet<String>,
     problems: BTreeMap<String, String>,
+}
+
+/// The most of a letter's error text that its body and its header carry: a decoder's message
+/// may quote the whole record.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// librdkafka's default `message.max.bytes`, the largest message the producer sends.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// Kept free under `message.max.bytes` for the record's framing.
+const FRAMING_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how much was left out.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
 }
 
 /// The DLQ payload for a dead letter, at `now` (RFC 3339, seconds, UTC).
@@ -106,10 +130,55 @@ pub fn payload(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Value
     };
     json!({
         "original_message": original,
-        "error": letter.poison.to_string(),
+        "error": bounded(&letter.poison.to_string(), MAX_ERROR_BYTES),
         "timestamp": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "retry_count": letter.retry_count,
     })
+}
+
+/// The letter's body, at most `max_message_bytes` with its headers. A record that fit the
+/// source topic can outgrow that as a letter (bytes that are not UTF-8 grow when written as
+/// text, control characters as escapes); then `original_message` keeps the first part of the
+/// record as text, `original_truncated` is true and `original_bytes` is the record's size. The
+/// record itself stays at its partition and offset, which the headers name.
+pub fn body(
+    letter: &DeadLetter,
+    now: chrono::DateTime<chrono::Utc>,
+    max_message_bytes: usize,
+) -> Vec<u8> {
+    let mut value = payload(letter, now);
+    let whole = serde_json::to_vec(&value).expect("a JSON value serialises");
+    let headers: usize = letter
+        .source
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 16)
+        .sum::<usize>()
+        + MAX_ERROR_BYTES
+        + 1024
+        + letter.source.key.as_ref().map_or(0, Vec::len);
+    let budget = max_message_bytes.saturating_sub(headers + FRAMING_BYTES);
+    if whole.len() <= budget {
+        return whole;
+    }
+    let bytes = letter.source.payload.as_deref().unwrap_or_default();
+    let text = String::from_utf8_lossy(bytes);
+    let mut keep = budget.min(text.len());
+    loop {
+        let mut end = keep.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        value["original_message"] = Value::String(text[..end].to_owned());
+        value["original_truncated"] = Value::Bool(true);
+        value["original_bytes"] = json!(bytes.len());
+        let out = serde_json::to_vec(&value).expect("a JSON value serialises");
+        if out.len() <= budget || end == 0 {
+            return out;
+        }
+        // Escapes make the text longer than its bytes: shrink by the overshoot and retry.
+        keep = end.saturating_sub((out.len() - budget).max(end / 16));
+    }
 }
 
 /// Kafka Connect's error headers, after the record's own headers.
@@ -133,7 +202,7 @@ pub fn headers(letter: &DeadLetter, connector: &str) -> OwnedHeaders {
         ),
         (
             "__connect.errors.exception.message",
-            letter.poison.message.clone(),
+            bounded(&letter.poison.message, MAX_ERROR_BYTES),
         ),
     ];
     for (k, v) in fields {
@@ -156,6 +225,15 @@ pub fn owned_headers(pairs: &[(String, Vec<u8>)], extra: usize) -> OwnedHeaders 
             })
         },
     )
+}
+
+/// The producer's `message.max.bytes`: the connection's setting, else librdkafka's default.
+fn max_message_bytes(connection: &KafkaConnection) -> usize {
+    connection
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 /// An idempotent producer: retries never duplicate or reorder within a partition.
@@ -385,6 +463,7 @@ impl Actor for DlqProducer {
             connector,
             topics: Mutex::new(Topics::default()),
             admin_timeout: ADMIN_TIMEOUT,
+            max_message_bytes: max_message_bytes(&args.connection),
         });
         // Present at 0 from the start: a dashboard's DLQ panel and alert need the series before
         // the first letter.
@@ -445,7 +524,7 @@ impl Actor for DlqProducer {
         let (shared, alive) = (state.shared.clone(), state.alive.subscribe());
         // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
         shared.probe.hold(1);
-        let body = serde_json::to_vec(&payload(&letter, chrono::Utc::now()))?;
+        let body = body(&letter, chrono::Utc::now(), shared.max_message_bytes);
         // The first attempt is queued here, in arrival order; a missing topic is looked after
         // first (a failure is retried by the task).
         let source = letter.source.origin.topic.to_string();
@@ -515,6 +594,7 @@ mod tests {
             connector: "/p/path".into(),
             topics: Mutex::new(Topics::default()),
             admin_timeout: Duration::from_millis(500),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         };
         let err = shared.ensure("src").await.unwrap_err();
         assert!(err.contains("src-dlq"), "{err}");
@@ -530,5 +610,89 @@ mod tests {
         // Once the topic is there the report goes away.
         shared.settle("src-dlq", Ok(()));
         assert_eq!(probe.unhealthy(), None);
+    }
+
+    fn letter(payload: Vec<u8>, message: String) -> DeadLetter {
+        use actord_actors::record::{Acker, Origin, Poison, SourceRecord, Topic};
+        DeadLetter {
+            source: SourceRecord {
+                origin: Origin {
+                    topic: Topic::intern("market.tick"),
+                    partition: 2,
+                    offset: 7,
+                    epoch: 1,
+                },
+                key: None,
+                payload: Some(payload),
+                timestamp_ms: None,
+                headers: vec![("trace".into(), b"t1".to_vec())],
+            },
+            acker: Acker::new(|_| {}),
+            poison: Poison::new("InvalidSymbol", message),
+            stage: "decode",
+            retry_count: 0,
+        }
+    }
+
+    /// A record just under the broker's limit grows as a letter (bytes that are not UTF-8 become
+    /// replacement characters, a quoting error message doubles it): the letter is cut to fit,
+    /// says so, and keeps its error.
+    #[test]
+    fn a_letter_never_outgrows_the_producers_message_size() {
+        let now = chrono::Utc::now();
+        let binary: Vec<u8> = (0..990_000u32).map(|i| (i % 7 * 37 + 128) as u8).collect();
+        let quoted = format!("{:?} is not a symbol", "A".repeat(900_000));
+        for (payload, message) in [
+            (
+                binary.clone(),
+                "expected value at line 1 column 1".to_owned(),
+            ),
+            (
+                format!("{{\"symbol\": \"{}\"}}", "\\u0000".repeat(160_000)).into_bytes(),
+                quoted,
+            ),
+        ] {
+            let l = letter(payload.clone(), message);
+            let out = body(&l, now, DEFAULT_MAX_MESSAGE_BYTES);
+            assert!(
+                out.len() < DEFAULT_MAX_MESSAGE_BYTES - MAX_ERROR_BYTES,
+                "{}",
+                out.len()
+            );
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            let error = v["error"].as_str().unwrap();
+            assert!(error.starts_with("InvalidSymbol: ") && error.len() < MAX_ERROR_BYTES + 64);
+            if v.get("original_truncated").is_none() {
+                assert_eq!(
+                    v["original_message"],
+                    serde_json::from_slice::<Value>(&payload).unwrap()
+                );
+                continue;
+            }
+            assert_eq!(v["original_truncated"], true);
+            assert_eq!(v["original_bytes"], payload.len());
+            let kept = v["original_message"].as_str().unwrap();
+            assert!(String::from_utf8_lossy(&payload).starts_with(kept));
+            assert!(
+                kept.len() > 100_000,
+                "as much as fits is kept: {}",
+                kept.len()
+            );
+        }
+        let l = letter(binary, String::new());
+        let v: Value = serde_json::from_slice(&body(&l, now, DEFAULT_MAX_MESSAGE_BYTES)).unwrap();
+        assert_eq!(
+            v["original_truncated"], true,
+            "text three times the bytes does not fit"
+        );
+        // A letter that fits is the record as it came.
+        let l = letter(
+            b"{\"symbol\": \"\"}".to_vec(),
+            "\"\" is not a symbol".into(),
+        );
+        let v: Value = serde_json::from_slice(&body(&l, now, DEFAULT_MAX_MESSAGE_BYTES)).unwrap();
+        assert_eq!(v["original_message"], json!({"symbol": ""}));
+        assert!(v.get("original_truncated").is_none());
+        assert_eq!(v["error"], "InvalidSymbol: \"\" is not a symbol");
     }
 }
