@@ -1,7 +1,8 @@
 //! Kafka → TimescaleDB rows/s beside a raw `psql \copy` of the same rows into the same table
 //! layout, in one run against the local PostgreSQL.
 //!
-//! `cargo bench --bench timescale [-- ROWS]` (default 300,000 ticks).
+//! `cargo bench --bench timescale [-- ROWS]` (default 300,000 ticks); `ACTORD_BENCH_BATCH` sets
+//! the batch size (default 10,000; the recorder seed's BATCH_SIZE is 1,000).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -73,6 +74,10 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(300_000);
+    let batch: usize = std::env::var("ACTORD_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(10_000);
     let (raw_schema, our_schema) = ("bench_copy", "bench_actord");
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("ticks.csv");
@@ -140,7 +145,7 @@ async fn main() {
             sink: db.factory(Arc::new(MarketCopy::default())),
             lanes: 1,
             buffer: BufferLimits {
-                max_records: 10_000,
+                max_records: batch,
                 max_bytes: 64 << 20,
                 max_age: Duration::from_millis(500),
             },
@@ -169,7 +174,9 @@ async fn main() {
         v[v.len() / 2]
     };
     let (raw, ours, ratio) = (median(&mut raws), median(&mut ours), median(&mut ratios));
-    println!("rows: {n}, local PostgreSQL 15 (plain tables + (symbol, time) index)");
+    println!(
+        "rows: {n}, batches of {batch}, local PostgreSQL 15 (plain tables + (symbol, time) index)"
+    );
     println!("psql \\copy (CSV):                            {raw:>10.0} rows/s");
     println!("actord Kafka → binary COPY + offsets:         {ours:>10.0} rows/s");
     println!("median ratio over {rounds} rounds:                {ratio:>10.2}");

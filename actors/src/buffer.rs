@@ -5,6 +5,8 @@
 //! does not pile up sleeping timers (one per batch, each holding the actor). Reaching the source's in-flight bound forces a flush, so
 //! backpressure cannot deadlock on a half-full batch.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
@@ -12,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
 
 use crate::names;
 use crate::observe::Probe;
-use crate::record::{Batch, Item, Topic};
+use crate::record::{Batch, Item, Queued, Topic};
 use crate::writer::WriterMsg;
 
 pub struct Buffer<R>(std::marker::PhantomData<fn() -> R>);
@@ -54,6 +56,8 @@ pub struct BufferState<R: Send + 'static> {
     path: String,
     /// The flush timer of the pending batch.
     timer: Option<JoinHandle<Result<(), MessagingErr<BufferMsg<R>>>>>,
+    /// Batches sent to the writer, so it sees when more wait behind the one it handles.
+    sent: Arc<AtomicU64>,
 }
 
 impl<R: Send + 'static> BufferState<R> {
@@ -115,6 +119,7 @@ impl<R: Send + 'static> BufferState<R> {
                 id: self.batch_id,
                 items,
                 bytes,
+                queued: Queued::next(&self.sent),
             }))
             .map_err(|_| "the writer is gone")?;
         Ok(())
@@ -155,6 +160,7 @@ impl<R: Send + 'static> Actor for Buffer<R> {
             batch_id: 0,
             path,
             timer: None,
+            sent: Arc::new(AtomicU64::new(0)),
         };
         // Present at 0 from the start, so a dashboard sees an empty buffer, not a missing one.
         state.report_fill();

@@ -75,6 +75,8 @@ crate::declare_metrics! {
         "How full the buffer's current batch is against its record and byte limits (1 flushes it).";
     histogram FLUSH_DURATION_SECONDS = "actord_flush_duration_seconds" in Seconds:
         "Time one sink write took.";
+    counter WRITER_GROUPED_BATCHES_TOTAL = "actord_writer_grouped_batches_total":
+        "Batches a writer wrote together with others in one sink write (group commit).";
     counter SINK_RETRIES_TOTAL = "actord_sink_retries_total":
         "Sink write retries by error kind.";
     counter RECORDS_WRITTEN_TOTAL = "actord_records_written_total":

@@ -168,6 +168,37 @@ pub struct Batch<R> {
     pub id: u64,
     pub items: Vec<Item<R>>,
     pub bytes: usize,
+    /// Whether its buffer sent more batches after this one.
+    pub queued: Queued,
+}
+
+/// A batch's place in the sequence its buffer sent: the writer learns from it whether more
+/// batches are already on their way behind the one it handles (see [`crate::writer`]'s group
+/// commit). The default knows of none.
+#[derive(Clone, Debug, Default)]
+pub struct Queued {
+    seq: u64,
+    sent: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Queued {
+    /// The next batch of a buffer that counts what it sent in `sent`; call it right before
+    /// sending the batch.
+    pub fn next(sent: &Arc<std::sync::atomic::AtomicU64>) -> Queued {
+        let seq = sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        Queued {
+            seq,
+            sent: Some(sent.clone()),
+        }
+    }
+
+    /// The buffer sent another batch after this one (it is in the writer's mailbox or about
+    /// to be).
+    pub fn more_behind(&self) -> bool {
+        self.sent
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire) > self.seq)
+    }
 }
 
 /// Why a record cannot be processed: it goes to the dead-letter queue.

@@ -109,6 +109,15 @@ pub trait Sink<R>: Send + 'static {
     /// of the records was revoked meanwhile.
     fn attach_fence(&mut self, _fence: Fence) {}
 
+    /// How many batches queued behind each other the writer may hand over in one `write` (a
+    /// group commit: one transaction for several batches). Each batch is cut by the buffer's
+    /// rules as always; only a writer that finds more already waiting groups them. 1 (the
+    /// default) writes every batch on its own, which a sink whose output follows the batch
+    /// cuts (an object per batch) keeps.
+    fn group_batches(&self) -> usize {
+        1
+    }
+
     /// The writer is about to dead-letter `letters`, records of the batch that never reach the
     /// sink because they could not be decoded (on a path that does not own the DLQ, to skip
     /// them). A sink that judges how much of its input is refused (a rejection breaker) counts

@@ -328,6 +328,8 @@ struct SinkInner<R> {
     /// Undecodable records shown to the sink, and whether it refuses them.
     undecodable: u64,
     refuse_undecodable: bool,
+    /// What the sink answers to [`crate::sink::Sink::group_batches`].
+    group_batches: usize,
 }
 
 impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
@@ -339,6 +341,7 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
                 attempts: 0,
                 undecodable: 0,
                 refuse_undecodable: false,
+                group_batches: 1,
             })),
             mode: Arc::new(tokio::sync::watch::channel(SinkMode::Accept).0),
             poison: Arc::new(poison),
@@ -357,6 +360,11 @@ impl<R: Clone + Send + Sync + 'static> SinkControl<R> {
     /// Makes the sink refuse (a fatal error) undecodable records it is shown.
     pub fn refuse_undecodable(&self, refuse: bool) {
         self.inner.lock().expect("sink lock").refuse_undecodable = refuse;
+    }
+
+    /// How many queued batches the sink takes in one write (1 by default).
+    pub fn set_group_batches(&self, n: usize) {
+        self.inner.lock().expect("sink lock").group_batches = n;
     }
 
     /// Undecodable records the writer showed the sink.
@@ -392,6 +400,10 @@ impl<R: Clone + Send + Sync + 'static> crate::sink::Sink<R> for RecordingSink<R>
 
     fn attach_fence(&mut self, fence: crate::fence::Fence) {
         self.fence = fence;
+    }
+
+    fn group_batches(&self) -> usize {
+        self.control.inner.lock().expect("sink lock").group_batches
     }
 
     fn undecodable(

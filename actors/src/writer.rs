@@ -4,6 +4,10 @@
 //! - Items are acknowledged only after the sink made them durable (or the DLQ holds them).
 //! - Batches are written one at a time in arrival order, so a partition pinned to this writer
 //!   is written and acknowledged in offset order.
+//! - Group commit: when the sink takes several batches at once ([`Sink::group_batches`]) and
+//!   more batches already wait behind the one at hand, the writer holds it and writes the
+//!   waiting ones with it in one `write`, up to the sink's limit. An idle writer never waits
+//!   for a batch that was not sent: a lone batch is written as soon as it arrives.
 //! - Poison items reach the DLQ, and the DLQ has confirmed them, before any later item of the
 //!   batch is written.
 //! - Transient failures are retried with capped exponential backoff and jitter; when the retry
@@ -91,6 +95,9 @@ pub struct WriterState<R, S> {
     path: String,
     rng: u64,
     fence: Fence,
+    /// Batches held for a group commit, with the records they hold.
+    group: Vec<Batch<R>>,
+    grouped: u64,
 }
 
 enum Attempt {
@@ -211,9 +218,31 @@ where
         }
     }
 
-    async fn write_batch(&mut self, batch: Batch<R>) -> Result<(), ActorProcessingErr> {
+    /// Writes the batches held for a group commit as one.
+    async fn write_group(&mut self) -> Result<(), ActorProcessingErr> {
+        let group = std::mem::take(&mut self.group);
+        let held = std::mem::take(&mut self.grouped);
+        if group.len() > 1 {
+            metrics::counter!(names::WRITER_GROUPED_BATCHES_TOTAL, "path" => self.path.clone())
+                .increment(group.len() as u64);
+        }
+        let items = if group.len() == 1 {
+            group
+                .into_iter()
+                .next()
+                .map(|b| b.items)
+                .unwrap_or_default()
+        } else {
+            group.into_iter().flat_map(|b| b.items).collect()
+        };
+        let result = self.write_batch(items).await;
+        self.probe.release(held);
+        result
+    }
+
+    async fn write_batch(&mut self, items: Vec<Item<R>>) -> Result<(), ActorProcessingErr> {
         // In flight until this returns, after the acknowledgements.
-        let (items, _in_flight) = self.fence.begin(batch.items, Item::origin);
+        let (items, _in_flight) = self.fence.begin(items, Item::origin);
         let mut poison = Vec::new();
         let mut good = Vec::with_capacity(items.len());
         for item in items {
@@ -345,6 +374,7 @@ where
         // before its first batch.
         let _ = metrics::histogram!(names::FLUSH_DURATION_SECONDS, "path" => path.clone());
         metrics::counter!(names::RECORDS_WRITTEN_TOTAL, "path" => path.clone()).increment(0);
+        metrics::counter!(names::WRITER_GROUPED_BATCHES_TOTAL, "path" => path.clone()).increment(0);
         Ok(WriterState {
             sink,
             _records: std::marker::PhantomData,
@@ -354,6 +384,8 @@ where
             path,
             rng: seed,
             fence: args.fence,
+            group: Vec::new(),
+            grouped: 0,
         })
     }
 
@@ -367,9 +399,21 @@ where
             WriterMsg::Write(batch) => {
                 let n = batch.items.len() as u64;
                 state.probe.hold(n);
-                let result = state.write_batch(batch).await;
-                state.probe.release(n);
-                result
+                // A batch holding undecodable records is written on its own, so a sink that
+                // judges the share of refused records (a rejection breaker) sees them beside
+                // the good records of their own batch, as without grouping.
+                let clean = batch.items.iter().all(|i| matches!(i, Item::Good(_)));
+                if !clean && !state.group.is_empty() {
+                    state.write_group().await?;
+                }
+                let more = batch.queued.more_behind();
+                state.grouped += n;
+                state.group.push(batch);
+                if clean && more && state.group.len() < state.sink.group_batches() {
+                    // The next batch is already on its way: write them together.
+                    return Ok(());
+                }
+                state.write_group().await
             }
             // The fence already holds the revocation: batches still queued here drop the
             // records of revoked partitions when their turn comes, and the write in flight gives

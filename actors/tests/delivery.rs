@@ -363,6 +363,57 @@ async fn a_push_larger_than_the_batch_is_cut_into_exact_batches() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn batches_queued_behind_each_other_are_written_together_up_to_the_sinks_limit() {
+    let c = Chain::start(limits(4, 10), true, 3).await;
+    c.sink.set_group_batches(8);
+    // One push cuts six batches of 4: all six wait for the writer, which writes them at once.
+    c.send(numbers(0, 0..24));
+    assert!(eventually(Duration::from_secs(1), || c.acked_offsets().len() == 24).await);
+    assert_eq!(c.written(), (0..24).collect::<Vec<_>>());
+    assert_eq!(c.sink.attempts(), 1, "six queued batches, one write");
+    // A lone batch is written as it arrives; nothing waits for batches that were not sent.
+    c.send(numbers(0, 24..28));
+    assert!(eventually(Duration::from_secs(1), || c.written().len() == 28).await);
+    assert_eq!(c.sink.attempts(), 2);
+    // The sink's limit caps a group: six batches in groups of at most 4.
+    c.sink.set_group_batches(4);
+    c.send(numbers(0, 28..52));
+    assert!(eventually(Duration::from_secs(1), || c.acked_offsets().len() == 52).await);
+    assert_eq!(c.written(), (0..52).collect::<Vec<_>>());
+    assert_eq!(c.sink.attempts(), 4, "groups of 4 and 2 batches");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poison_record_in_a_group_is_isolated_and_the_groups_other_batches_land() {
+    let c = Chain::start(limits(4, 10), true, 3).await;
+    c.sink.set_group_batches(8);
+    let mut records = numbers(0, 0..12);
+    records[6] = source(0, 6, "-6");
+    c.send(records);
+    assert!(eventually(Duration::from_secs(1), || c.acked_offsets().len() == 12).await);
+    assert_eq!(c.written(), (0..12).filter(|i| *i != 6).collect::<Vec<_>>());
+    let letters = c.dlq.lock().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].source.origin.offset, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_with_undecodable_records_is_written_on_its_own() {
+    let c = Chain::start(limits(4, 10), true, 3).await;
+    c.sink.set_group_batches(8);
+    let mut records = numbers(0, 0..12);
+    records[5] = source(0, 5, "bad");
+    c.send(records);
+    assert!(eventually(Duration::from_secs(1), || c.acked_offsets().len() == 12).await);
+    assert_eq!(c.written(), (0..12).filter(|i| *i != 5).collect::<Vec<_>>());
+    // The first batch is written before the one holding the undecodable record, which goes
+    // alone (the sink judges it beside its own batch's records), then the last.
+    assert_eq!(c.sink.attempts(), 3);
+    assert_eq!(c.sink.undecodable(), 1);
+    assert_eq!(c.dlq.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn records_a_sink_rejects_one_by_one_are_dead_lettered_and_the_rest_acked_once() {
     let c = Chain::start(limits(6, 10), true, 3).await;
     c.sink.set_mode(SinkMode::RejectEach { attempts: 2 });

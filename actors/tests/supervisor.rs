@@ -910,6 +910,7 @@ async fn a_long_write_that_reports_progress_is_not_stuck() {
             id: 1,
             items,
             bytes: 10,
+            queued: Default::default(),
         }))
         .unwrap();
     // The write takes 20 s, four times `stuck_after`, moving all along.

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use actord::sinks::postgres::check::{col, INT8, TEXT};
-use actord::sinks::postgres::{ident, Classifier, Database, DbSettings, Setup, Table, Writes};
+use actord::sinks::postgres::{ident, Classifier, Database, DbSettings, Setup, Table, Tx, Writes};
 use actord_actors::record::{Acker, Envelope, Origin, SourceRecord, Topic};
 use actord_actors::sink::{Progress, Sink, SinkError};
 use actord_actors::ErrorKind;
 use futures::future::BoxFuture;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 
 use crate::support::{pg, unique};
 
@@ -65,7 +65,7 @@ struct Upsert;
 impl Writes<Order> for Upsert {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<Order>],
         _progress: &Progress,

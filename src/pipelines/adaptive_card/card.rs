@@ -20,7 +20,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio_postgres::Transaction;
+
 use tracing::warn;
 
 use super::csv::Table;
@@ -31,7 +31,7 @@ use crate::pipelines::from_json;
 use crate::sinks::postgres::check::{col, Column, INT8, JSONB, TEXT};
 use crate::sinks::postgres::{
     classify, ident, Classifier, Database, DbSettings as PgSettings, PostgresSink, Setup,
-    Table as PgTable, Writes,
+    Table as PgTable, Tx, Writes,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,7 +402,7 @@ impl CardWrites {
 impl Writes<UserJob> for CardWrites {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<UserJob>],
         progress: &Progress,

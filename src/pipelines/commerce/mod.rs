@@ -185,7 +185,7 @@ fn entries(cc: &CommerceConfig, jobs_db: Arc<Database>, redis: RedisConnection) 
         async move {
             let pool = db.pool().await.map_err(|e| e.message)?;
             let client = pool.get().await.map_err(|e| format!("database: {e}"))?;
-            let changed = grades::update(&*client, &cc.db.schema, chrono::Utc::now(), cc.grades)
+            let changed = grades::update(&**client, &cc.db.schema, chrono::Utc::now(), cc.grades)
                 .await
                 .map_err(|e| crate::sinks::postgres::describe(&e))?;
             metrics::counter!(names::COMMERCE_GRADE_CHANGES_TOTAL).increment(changed);

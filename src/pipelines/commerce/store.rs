@@ -23,12 +23,12 @@ use actord_actors::sink::{Progress, SinkError};
 use actord_actors::ErrorKind;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 
 use super::model::{Order, Product, User};
 use super::names;
 use crate::sinks::postgres::check::{col, INT4, INT8, TEXT, TIMESTAMPTZ};
-use crate::sinks::postgres::{ident, Classifier, DbSettings, Setup, Table, Writes};
+use crate::sinks::postgres::{ident, Classifier, DbSettings, Setup, Table, Tx, Writes};
 
 /// SQLSTATE foreign_key_violation.
 pub const FK_VIOLATION: &str = "23503";
@@ -153,7 +153,7 @@ pub struct UserRows;
 impl Writes<User> for UserRows {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<User>],
         _progress: &Progress,
@@ -187,7 +187,7 @@ pub struct ProductRows;
 impl Writes<Product> for ProductRows {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<Product>],
         _progress: &Progress,
@@ -265,7 +265,7 @@ fn order_statement(schema: &str) -> String {
 impl Writes<Order> for OrderRows {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<Order>],
         _progress: &Progress,

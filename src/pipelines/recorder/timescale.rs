@@ -16,14 +16,14 @@ use futures::future::BoxFuture;
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::model::Market;
 use crate::sinks::postgres::check::{col, FLOAT8, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::sinks::postgres::error::pg;
 use crate::sinks::postgres::{
-    connect_once, describe, ident, Classifier, DbSettings, Setup, Table, Writes,
+    connect_once, describe, ident, Classifier, DbSettings, Setup, Table, Tx, Writes,
 };
 
 /// Statements that hold in both modes, run in one transaction.
@@ -292,7 +292,7 @@ impl Sent<'_> {
 impl Writes<Market> for MarketCopy {
     async fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<Market>],
         progress: &Progress,
@@ -306,7 +306,12 @@ impl Writes<Market> for MarketCopy {
             pending: 0,
         };
         let mut written = 0u64;
-        {
+        let ticks = records.iter().any(|e| matches!(e.record, Market::Tick(_)));
+        let books = records
+            .iter()
+            .any(|e| matches!(e.record, Market::OrderBook(_)));
+        // A COPY without rows is a round trip for nothing.
+        if ticks {
             let copy = tx
                 .copy_in(&format!(
                     "COPY {s}.tick_data (time, symbol, price, volume, change, change_rate) FROM STDIN (FORMAT binary)"
@@ -344,7 +349,7 @@ impl Writes<Market> for MarketCopy {
             }
             w.finish().await.map_err(pg)?;
         }
-        {
+        if books {
             let copy = tx
                 .copy_in(&format!(
                     "COPY {s}.orderbook (time, symbol, bids, asks) FROM STDIN (FORMAT binary)"

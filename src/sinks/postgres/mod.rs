@@ -31,6 +31,7 @@ pub mod breaker;
 pub mod check;
 pub mod error;
 mod offsets;
+mod session;
 mod sink;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +40,6 @@ use std::time::Duration;
 
 use actord_actors::sink::{SinkError, SinkFactory};
 use bb8::Pool;
-use bb8_postgres::PostgresConnectionManager;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls};
@@ -48,12 +48,13 @@ use tracing::{error, info};
 pub use breaker::BreakerSettings;
 pub use check::{ident, Mismatch, Table};
 pub use error::{classify, classify_code, describe, Classifier};
+pub use session::{Session, Sessions, Tx};
 pub use sink::{PostgresSink, Writes};
 
 use crate::config::Secret;
 use crate::sources::kafka::OffsetSource;
 
-pub type PgPool = Pool<PostgresConnectionManager<NoTls>>;
+pub type PgPool = Pool<Sessions>;
 
 /// Where the database is and how sessions behave.
 #[derive(Clone, Debug)]
@@ -412,7 +413,7 @@ impl Database {
             .max_size(s.pool_size.max(1))
             // A database that does not answer within this is down: report it, retry later.
             .connection_timeout(Duration::from_secs(3))
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(Sessions::new(config))
             .await
             .map_err(|e| {
                 SinkError::new(

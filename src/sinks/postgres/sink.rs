@@ -9,10 +9,10 @@ use std::sync::Arc;
 use actord_actors::record::{DeadLetter, Envelope};
 use actord_actors::sink::{Progress, Sink, SinkError};
 use actord_actors::ErrorKind;
-use tokio_postgres::Transaction;
 use tracing::error;
 
 use super::check::ident;
+use super::session::Tx;
 use super::{Classifier, Database};
 use crate::telemetry::names;
 
@@ -21,16 +21,19 @@ use crate::telemetry::names;
 pub trait Writes<R>: Send + Sync + 'static {
     /// Writes `records` into the tables of `schema`; returns the rows written. A long write
     /// reports through `progress` as it moves; errors are read with `errors` (the path's
-    /// classes).
+    /// classes). Statements run through `tx` are prepared once per connection.
     fn write(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         schema: &str,
         records: &[&Envelope<R>],
         progress: &Progress,
         errors: &Classifier,
     ) -> impl Future<Output = Result<u64, SinkError>> + Send;
 }
+
+/// Batches queued behind each other a writer commits in one transaction.
+pub const GROUP_BATCHES: usize = 8;
 
 /// One writer's handle on the database.
 pub struct PostgresSink<R, W> {
@@ -58,10 +61,25 @@ where
         let errors = &self.db.errors;
         let pool = self.db.pool().await?;
         let mut conn = pool.get().await.map_err(|e| errors.run_error(e))?;
+        let result = self.in_transaction(&mut conn, records).await;
+        match &result {
+            Ok(_) => conn.alive(),
+            // An altered table may have voided a prepared statement: prepare afresh.
+            Err(_) => conn.statements().clear(),
+        }
+        result
+    }
+
+    async fn in_transaction(
+        &self,
+        conn: &mut super::Session,
+        records: &[Envelope<R>],
+    ) -> Result<u64, SinkError> {
+        let errors = &self.db.errors;
         let pg = |e: tokio_postgres::Error| errors.sink_error(&e);
         let schema = self.db.schema();
         let s = ident(schema);
-        let tx = conn.transaction().await.map_err(pg)?;
+        let tx = conn.begin().await.map_err(pg)?;
         let Some(offsets) = &self.db.offsets else {
             let all: Vec<&Envelope<R>> = records.iter().collect();
             let rows = self
@@ -82,21 +100,15 @@ where
         let topics: Vec<&str> = next.keys().map(|(t, _)| *t).collect();
         let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
         let group = &offsets.group;
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}.actord_offsets (consumer_group, topic, partition, next_offset) \
-                 SELECT $1, t, p, -1 FROM unnest($2::text[], $3::int[]) AS u(t, p) ON CONFLICT DO NOTHING"
-            ),
-            &[group, &topics, &partitions],
-        )
-        .await
-        .map_err(pg)?;
+        // One statement creates the rows missing, locks every row of the batch's partitions
+        // (in the arrays' order, the same for every writer) and returns the stored offsets.
         let rows = tx
             .query(
                 &format!(
-                    "SELECT topic, partition, next_offset FROM {s}.actord_offsets \
-                     WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[])) \
-                     ORDER BY topic, partition FOR UPDATE"
+                    "INSERT INTO {s}.actord_offsets AS o (consumer_group, topic, partition, next_offset) \
+                     SELECT $1, t, p, -1 FROM unnest($2::text[], $3::int[]) AS u(t, p) \
+                     ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = o.next_offset \
+                     RETURNING o.topic, o.partition, o.next_offset"
                 ),
                 &[group, &topics, &partitions],
             )
@@ -226,6 +238,12 @@ where
 
     fn attach_progress(&mut self, progress: Progress) {
         self.progress = progress;
+    }
+
+    /// Batches waiting behind each other commit together: one transaction, one set of offset
+    /// rows and one fsync for the group instead of one per batch.
+    fn group_batches(&self) -> usize {
+        GROUP_BATCHES
     }
 
     /// Undecodable records count as refused, so a topic of unreadable messages stops the
