@@ -22,4 +22,5 @@ mod recorder_s3;
 mod redis_streams;
 mod reload;
 mod schedules;
+mod secrets;
 mod support;
