@@ -15,6 +15,7 @@ mod leases;
 mod live_view;
 mod object_group;
 mod objects;
+mod outages;
 mod poison;
 mod postgres_sink;
 mod recorder;

@@ -501,6 +501,168 @@ pub async fn pg() -> tokio_postgres::Client {
     client
 }
 
+/// Output of a command the test depends on, trimmed; panics with its stderr when it fails.
+fn output_of(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A PostgreSQL server of the test's own (`initdb` into a temporary directory, trust auth, user
+/// `postgres`) on a loopback port. `stop` (an immediate shutdown, as a crash) and `resume` (the
+/// same port and data directory) make an outage; dropping it stops the server and removes the
+/// directory. `initdb` refuses to run as root, so as root the server runs as the `postgres` user.
+pub struct PgServer {
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+    running: bool,
+    dir: tempfile::TempDir,
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (scripts/services.sh installs it)")
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max_by_key(|b| {
+                b.parent()
+                    .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let as_postgres = output_of(Command::new("id").arg("-u"), "id -u") == "0";
+        let dir = tempfile::Builder::new()
+            .prefix("actord-pg")
+            .tempdir()
+            .unwrap();
+        if as_postgres {
+            let id = |flag: &str| -> u32 {
+                output_of(Command::new("id").args([flag, "postgres"]), "id postgres")
+                    .parse()
+                    .unwrap()
+            };
+            std::os::unix::fs::chown(dir.path(), Some(id("-u")), Some(id("-g"))).unwrap();
+        }
+        let mut server = PgServer {
+            port: free_port(),
+            bin,
+            as_postgres,
+            running: false,
+            dir,
+        };
+        let data = server.data();
+        output_of(
+            server
+                .command("initdb")
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+            "initdb",
+        );
+        server.resume();
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// The server's log (start-up, recovery, shutdown).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Starts the server again on the same port and data directory, and waits for it.
+    pub fn resume(&mut self) {
+        assert!(!self.running, "already running");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let started = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(
+            started.success(),
+            "PostgreSQL did not start:\n{}",
+            self.log()
+        );
+        self.running = true;
+    }
+
+    /// Stops the server at once, as a crash would: open sessions are cut, new ones refused.
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+    }
+
+    /// A client of the server's `postgres` database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("the test's own PostgreSQL is up");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// An s3s-fs server (a real S3 API over a directory) on a loopback port, with one bucket.
 /// `stop` and `start` simulate an outage; the data directory survives them.
 pub struct S3Server {
