@@ -419,3 +419,162 @@ async fn malformed_ticks_all_reach_the_dlq_with_their_error_and_good_ticks_land_
     drop(p);
     drop_schema(&schema).await;
 }
+
+/// The adaptive-card user-job stream (`adaptive_card_queue`, the job in the field `data`) on a
+/// Redis of the test's own: malformed entries among good jobs of a finished run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_jobs_all_reach_the_stream_dlq_and_good_jobs_land_once() {
+    // Poison stays a minority here: the stage's sink stops at half of its last 1,000 records
+    // rejected (its rejection breaker) rather than empty the stream into the DLQ.
+    let bad = setting("ACTORD_POISON_MESSAGES", 2_000) / 4;
+    let good = bad * 2;
+    let redis = crate::secrets::RedisWithPassword::start("poison-pw");
+    let url = format!("redis://:poison-pw@127.0.0.1:{}/0", redis.port);
+    let (users, results) = (
+        unique("pz_users").replace('-', "_"),
+        unique("pz_results").replace('-', "_"),
+    );
+    let db = pg().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {users} (user_id text PRIMARY KEY, sales_org text NOT NULL); \
+         INSERT INTO {users} VALUES ('u-1000-0', '1000')"
+    ))
+    .await
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[runtime]\nenable = [\"adaptive-card\"]\ncool_down = \"1s\"\n\
+         [pipelines.adaptive-card]\nredis_url = \"{url}\"\nt2a_standin = true\n\
+         sales_orgs = [\"1000\"]\nusers_table = \"{users}\"\nresults_table = \"{results}\"\n\
+         output = \"{}\"\nretry_backoff = \"50ms\"\n\
+         [pipelines.adaptive-card.t2a]\nurl = \"standin\"\n\
+         [pipelines.adaptive-card.db]\nhost = \"127.0.0.1\"\nname = \"postgres\"\n\
+         [pipelines.adaptive-card.schedule]\ncron = \"0 0 1 1 *\"\nrun_on_start = false\n",
+        out.path().display()
+    );
+    let p = Process::start(&toml, &[], &[]);
+    wait_ready(&p.base).await;
+    // A run, so that the good jobs have merged rows to read.
+    let (status, body) =
+        crate::support::post(&p.base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 200, "{body}");
+    let q = format!("SELECT max(run_id), count(*) FROM {results}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let run_id: i64 = loop {
+        if let Ok(r) = db.query_one(&q, &[]).await {
+            if r.get::<_, i64>(1) > 0 {
+                break r.get(0);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cards of the run\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    let mut rng = Rng(22);
+    let template = json!({"run_id": run_id, "user_id": "x", "sales_org": "1000"});
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut sent_bad = BTreeMap::new();
+    let (mut g, mut b) = (0, 0);
+    while g < good || b < bad {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("adaptive_card_queue").arg("*");
+        let kind = if b >= bad || (g < good && rng.below(3) != 0) {
+            let job = json!({"run_id": run_id, "user_id": format!("g-{g}"), "sales_org": "1000"});
+            cmd.arg("data").arg(job.to_string());
+            g += 1;
+            "good"
+        } else {
+            // Only run_id: any user id and sales org are a job's own business.
+            let (kind, body) = malformed(&mut rng, &template, &["run_id"], false);
+            match body {
+                Some(body) => cmd.arg("data").arg(body),
+                None => cmd.arg("note").arg("no data field"),
+            };
+            b += 1;
+            kind
+        };
+        let id: String = cmd.query_async(&mut c).await.unwrap();
+        if kind != "good" {
+            sent_bad.insert(id, kind);
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let cards =
+        format!("SELECT count(DISTINCT user_id), count(*) FROM {results} WHERE user_id LIKE 'g-%'");
+    let letters = || async {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("adaptive_card_queue:dlq")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c.clone())
+            .await
+            .unwrap();
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let field = |k: &str| {
+                    e.map
+                        .get(k)
+                        .map(|v| redis::from_redis_value_ref::<Vec<u8>>(v).unwrap())
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default()
+                };
+                (field("original_id"), field("error"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db.query_one(&cards, &[]).await.unwrap();
+        let landed: i64 = row.get(0);
+        let got = letters().await;
+        if landed >= good as i64 && got.len() >= bad {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{landed} of {good} good jobs, {} of {bad} letters\n{}",
+            got.len(),
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let got = letters().await;
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    let ids: BTreeSet<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    for (id, error) in &got {
+        let kind = sent_bad
+            .get(id)
+            .unwrap_or_else(|| panic!("a letter for {id:?}, no malformed entry: {error}"));
+        assert!(!error.is_empty(), "{id} ({kind}) without an error");
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    assert_eq!(ids.len(), bad, "every malformed entry has a letter");
+    assert_eq!(got.len(), bad, "and one only");
+    let row = db.query_one(&cards, &[]).await.unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (good as i64, 2 * good as i64),
+        "two cards (one per scenario) for each good job"
+    );
+    eprintln!(
+        "poison run (adaptive-card stream): {bad} malformed {by_kind:?} and {good} good jobs; every \
+         malformed one in adaptive_card_queue:dlq with its error, every good one's cards once, \
+         after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(p);
+    let _ = db
+        .batch_execute(&format!("DROP TABLE IF EXISTS {users}, {results}"))
+        .await;
+}

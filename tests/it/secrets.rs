@@ -17,13 +17,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::support::{free_port, get, pg, post, run_to_end, unique, Process};
 
 /// A Redis server of this test's own that requires a password.
-struct RedisWithPassword {
-    port: u16,
+pub(crate) struct RedisWithPassword {
+    pub port: u16,
     child: Child,
 }
 
 impl RedisWithPassword {
-    fn start(password: &str) -> RedisWithPassword {
+    pub fn start(password: &str) -> RedisWithPassword {
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
