@@ -47,14 +47,14 @@ async fn t2a(fail_first: usize) -> String {
     format!("http://{addr}")
 }
 
-struct Setup {
-    users: String,
-    results: String,
-    out: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) users: String,
+    pub(crate) results: String,
+    pub(crate) out: tempfile::TempDir,
 }
 
 /// Users `u-<org>-<i>` for each organisation, in a table of the test's own.
-async fn setup(orgs: &[&str], per_org: usize) -> Setup {
+pub(crate) async fn setup(orgs: &[&str], per_org: usize) -> Setup {
     let users = unique("ac_users").replace('-', "_");
     let results = unique("ac_results").replace('-', "_");
     let db = pg().await;
@@ -80,7 +80,7 @@ async fn setup(orgs: &[&str], per_org: usize) -> Setup {
     }
 }
 
-fn config(redis: &str, t2a: &str, s: &Setup, orgs: &[&str]) -> String {
+pub(crate) fn config(redis: &str, t2a: &str, s: &Setup, orgs: &[&str]) -> String {
     let orgs: Vec<String> = orgs.iter().map(|o| format!("\"{o}\"")).collect();
     format!(
         "[pipelines.adaptive-card]\nredis_url = \"{redis}\"\nsales_orgs = [{}]\n\
@@ -97,7 +97,7 @@ fn config(redis: &str, t2a: &str, s: &Setup, orgs: &[&str]) -> String {
     )
 }
 
-async fn run_entry(base: &str) -> Value {
+pub(crate) async fn run_entry(base: &str) -> Value {
     let tree = tree(base).await;
     let node = actor(&tree, "/adaptive-card");
     node["schedules"]
@@ -121,7 +121,7 @@ async fn run_once(base: &str, runs_before: u64) -> Value {
     run_entry(base).await["last_outcome"].clone()
 }
 
-async fn cards(results: &str) -> Vec<(String, String, Value)> {
+pub(crate) async fn cards(results: &str) -> Vec<(String, String, Value)> {
     pg().await
         .query(
             &format!("SELECT user_id, scenario_id, card FROM {results} ORDER BY 1, 2"),
@@ -317,7 +317,7 @@ async fn counting_t2a() -> (
 }
 
 /// The value of `actord_adaptive_card_jobs_total` for `stage`, outcome `done`.
-async fn jobs_done(base: &str, stage: &str) -> u64 {
+pub(crate) async fn jobs_done(base: &str, stage: &str) -> u64 {
     let metrics = crate::support::get(base, "/metrics").await.1;
     metrics
         .lines()

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::recorder::{recorder_config, tick, BASE};
-use crate::support::{flatten, get, tree, until, wait_ready, PgServer, Process};
+use crate::support::{flatten, get, tree, until, wait_ready, PgServer, Process, RedisServer};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -175,4 +175,186 @@ async fn a_postgres_outage_loses_no_tick_and_leaves_the_heartbeat_alone() {
         OUTAGE.as_secs(),
         catch_up.as_secs_f64()
     );
+}
+
+/// The T2A stand-in on a free port, answering each request after `delay` (so a run lasts long
+/// enough for an outage to fall in it).
+async fn slow_t2a(delay: Duration) -> String {
+    use actord::pipelines::adaptive_card::standin;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = standin::router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            tokio::time::sleep(delay).await;
+            next.run(req).await
+        },
+    ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Ticks at 200 a second into `market.tick` until `stop` is set; returns how many were sent.
+fn steady_ticks(
+    bootstrap: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut sent = 0i64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut waits = Vec::new();
+            for i in sent..sent + 50 {
+                let (payload, key) = (tick(i, BASE), (i % 13).to_string());
+                let record = FutureRecord::to("market.tick").payload(&payload).key(&key);
+                waits.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+            for w in waits {
+                w.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+            sent += 50;
+            tokio::time::sleep_until(started + Duration::from_millis(250 * (sent as u64 / 50)))
+                .await;
+        }
+        sent
+    })
+}
+
+async fn shared_rows(schema: &str) -> i64 {
+    crate::recorder::count(schema, "tick_data").await
+}
+
+/// adaptive-card's queues on a Redis of the test's own (persistent, as a queue's server must
+/// be) and the recorder beside it in one process. A run is started; once some sales-org jobs
+/// are done Redis is killed for 30 s and started again. The run completes, nothing is
+/// dead-lettered, every user has its cards, every tick is one row, and no recorder actor
+/// restarted; the recorder's rows per second before and during the outage are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_mid_run_completes_the_run_and_leaves_the_recorder_alone() {
+    use crate::adaptive_card::{cards, config, jobs_done, run_entry, setup};
+    use crate::redis_streams::{conn, entries};
+    use crate::support::{post, InProcess};
+
+    let mut redis = RedisServer::start(true);
+    let orgs: Vec<String> = (1..=40).map(|i| format!("{}", 5000 + i)).collect();
+    let orgs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let api = slow_t2a(Duration::from_millis(300)).await;
+    let s = setup(&orgs, 1).await;
+    let schema = crate::recorder::fresh_schema();
+    let toml = config(&redis.url(), &api, &s, &orgs)
+        .replace(
+            "enable = [\"adaptive-card\"]",
+            "enable = [\"adaptive-card\", \"recorder\"]",
+        )
+        .replace("stage_timeout = \"60s\"", "stage_timeout = \"600s\"")
+        + &format!(
+            "[pipelines.recorder]\nbatch_size = 200\nbatch_timeout = \"200ms\"\n\
+             [pipelines.recorder.timescale]\nhost = \"127.0.0.1\"\nport = 5432\n\
+             user = \"postgres\"\ndatabase = \"postgres\"\nschema = \"{schema}\"\n\
+             refresh_interval = \"1s\"\n[pipelines.recorder.s3]\nenabled = false\n"
+        );
+    let actord = InProcess::start(&toml).await;
+    let info: serde_json::Value =
+        serde_json::from_str(&get(&actord.base, "/api/info").await.1).unwrap();
+    let bootstrap = info["kafka"]["bootstrap"].as_str().unwrap().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = steady_ticks(bootstrap.clone(), stop.clone());
+
+    until(Duration::from_secs(60), "the first rows", || async {
+        shared_rows(&schema).await > 0
+    })
+    .await;
+    // The recorder's rate once it has caught up with what queued while it started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rows0, t0) = (shared_rows(&schema).await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = (shared_rows(&schema).await - rows0) as f64 / t0.elapsed().as_secs_f64();
+    let (status, body) = post(&actord.base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        Duration::from_secs(60),
+        "some sales-org jobs done",
+        || async { jobs_done(&actord.base, "sales_org").await >= 4 },
+    )
+    .await;
+    let (rows1, t1) = (shared_rows(&schema).await, Instant::now());
+    let done_at_stop = jobs_done(&actord.base, "sales_org").await;
+
+    redis.stop();
+    tokio::time::sleep(OUTAGE).await;
+    let (rows2, t2) = (shared_rows(&schema).await, Instant::now());
+    let during = (rows2 - rows1) as f64 / t2.duration_since(t1).as_secs_f64();
+    redis.resume();
+    let back = Instant::now();
+
+    until(Duration::from_secs(300), "the run to end", || async {
+        let e = run_entry(&actord.base).await;
+        e["runs"]["succeeded"].as_u64().unwrap_or(0) + e["runs"]["failed"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let run_after = back.elapsed();
+    let outcome = run_entry(&actord.base).await["last_outcome"].clone();
+    assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
+    let mut c = conn(&redis.url()).await;
+    for dlq in ["sales_org_queue:dlq", "adaptive_card_queue:dlq"] {
+        assert!(entries(&mut c, dlq).await.is_empty(), "{dlq} is not empty");
+    }
+    assert_eq!(
+        cards(&s.results).await.len(),
+        orgs.len() * 2,
+        "one card per user and scenario"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = producer.await.unwrap();
+    until(Duration::from_secs(120), "every tick a row", || async {
+        shared_rows(&schema).await >= n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let row = crate::support::pg()
+        .await
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (n, n),
+        "exactly one row per tick"
+    );
+    let dead: i64 = end_offsets(&bootstrap, "market.tick-dlq", 1).values().sum();
+    assert_eq!(dead, 0, "no tick dead-lettered");
+
+    let t = tree(&actord.base).await;
+    let recorder = restarts_under(&t, "/recorder");
+    assert!(!recorder.is_empty(), "{t:#}");
+    assert!(
+        recorder.iter().all(|(_, r)| *r == 0),
+        "the recorder's actors restarted: {recorder:?}"
+    );
+    let affected: u64 = restarts_under(&t, "/adaptive-card")
+        .iter()
+        .map(|(_, r)| r)
+        .sum();
+    eprintln!(
+        "redis outage: adaptive-card run of {} sales-org jobs and {} users, Redis killed for {}s \
+         after {done_at_stop} sales-org jobs; the run succeeded {:.1}s after Redis was back, 0 \
+         dead letters, {} cards; {affected} restarts under /adaptive-card, 0 under /recorder; \
+         recorder {before:.0} rows/s before, {during:.0} during (input 200/s), {n} ticks each \
+         one row",
+        orgs.len(),
+        orgs.len(),
+        OUTAGE.as_secs(),
+        run_after.as_secs_f64(),
+        orgs.len() * 2
+    );
+    actord.shutdown().await;
+    crate::recorder::drop_schema(&schema).await;
 }

@@ -663,6 +663,72 @@ impl Drop for PgServer {
     }
 }
 
+/// A Redis server of the test's own on a loopback port. `stop` kills it and `resume` starts it
+/// again on the same port and directory. A plain one keeps nothing on disk (as the shared one), so
+/// it comes back empty; a persistent one writes every command to its append-only file before
+/// answering, so it comes back with everything it acknowledged (a queue's server).
+pub struct RedisServer {
+    pub port: u16,
+    persistent: bool,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start(persistent: bool) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            persistent,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", ""])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
+            } else {
+                ["--appendonly", "no"].as_slice()
+            })
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL): no chance to save anything more.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// An s3s-fs server (a real S3 API over a directory) on a loopback port, with one bucket.
 /// `stop` and `start` simulate an outage; the data directory survives them.
 pub struct S3Server {

@@ -26,7 +26,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use redis::aio::MultiplexedConnection;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::csv::Table;
 use super::status::{RunCounts, RunStatus, StageCounts};
@@ -79,6 +79,12 @@ fn redis_err(e: redis::RedisError) -> String {
     format!("redis: {e}")
 }
 
+/// True when an error says Redis is unreachable or the connection broke (an outage to wait
+/// out), not that it refused the command.
+fn unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
 async fn ensure_group(
     conn: &mut MultiplexedConnection,
     stream: &str,
@@ -99,9 +105,13 @@ async fn ensure_group(
 }
 
 /// Waits until the run's jobs of `stream` are all acknowledged or dead-lettered, as counted
-/// in Redis; reports progress as they finish, and the counters in `runs`.
+/// in Redis; reports progress as they finish, and the counters in `runs`. A Redis outage is
+/// waited out within the stage's timeout: the workers resume the jobs once it is back, and
+/// `conn` is replaced by a fresh connection.
+#[allow(clippy::too_many_arguments)]
 async fn drained(
     ctx: &RunContext,
+    connection: &RedisConnection,
     conn: &mut MultiplexedConnection,
     stream: &str,
     run_id: i64,
@@ -112,8 +122,36 @@ async fn drained(
     let deadline = tokio::time::Instant::now() + timeout;
     let batch = run_id.to_string();
     let mut finished = 0;
+    let mut outage: Option<tokio::time::Instant> = None;
     loop {
-        let c = drain::read(conn, stream, &batch).await.map_err(redis_err)?;
+        let c = match drain::read(conn, stream, &batch).await {
+            Ok(c) => c,
+            Err(e) if unavailable(&e) => {
+                let since = *outage.get_or_insert_with(|| {
+                    warn!(run_id, stream, error = %e, "adaptive-card run: Redis unavailable while the stage drains; waiting for it within the stage timeout");
+                    tokio::time::Instant::now()
+                });
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "{stream} not drained within {timeout:?}: Redis unavailable for the last {:?}: {}",
+                        since.elapsed(),
+                        redis_err(e)
+                    ));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = ctx.stopped() => return Err("the scheduler is stopping".to_owned()),
+                }
+                if let Ok(fresh) = connection.connect(Duration::from_secs(10)).await {
+                    *conn = fresh;
+                }
+                continue;
+            }
+            Err(e) => return Err(redis_err(e)),
+        };
+        if let Some(since) = outage.take() {
+            info!(run_id, stream, after = ?since.elapsed(), "adaptive-card run: Redis is back; the stage drains on");
+        }
         runs.update(|r| {
             *stage.counts(r) = StageCounts {
                 enqueued: c.enqueued,
@@ -224,7 +262,7 @@ async fn run(
         return Err("another run is active (adaptive_card:active_run is set)".to_owned());
     }
     runs.start(run_id);
-    let outcome = stages(&ctx, config, &mut conn, store, run_id, runs).await;
+    let outcome = stages(&ctx, config, connection, &mut conn, store, run_id, runs).await;
     let cleared = reset::clear_active(&mut conn, run_id).await;
     let summary = outcome?;
     cleared.map_err(redis_err)?;
@@ -234,6 +272,7 @@ async fn run(
 async fn stages(
     ctx: &RunContext,
     config: &AdaptiveCardConfig,
+    connection: &RedisConnection,
     conn: &mut MultiplexedConnection,
     store: Arc<dyn ObjectStore>,
     run_id: i64,
@@ -257,6 +296,7 @@ async fn stages(
     );
     let sales = drained(
         ctx,
+        connection,
         conn,
         SALES_ORG_QUEUE,
         run_id,
@@ -301,6 +341,7 @@ async fn stages(
     );
     let cards = drained(
         ctx,
+        connection,
         conn,
         ADAPTIVE_CARD_QUEUE,
         run_id,
