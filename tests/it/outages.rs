@@ -2,7 +2,7 @@
 //! another pipeline runs beside it. Nothing is lost, nothing is dead-lettered because of the
 //! outage, only the affected pipeline's subtree restarts, and the other pipeline's throughput
 //! during the outage is printed beside its throughput before. Each test stops a server of its
-//! own (`PgServer`, `RedisServer`), never the machine's shared services.
+//! own (`PgServer`, `RedisServer`, `S3Server`), never the machine's shared services.
 //!
 //! `cargo test --test it outages:: -- --nocapture`
 
@@ -13,7 +13,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::recorder::{recorder_config, tick, BASE};
-use crate::support::{flatten, get, tree, until, wait_ready, PgServer, Process, RedisServer};
+use crate::support::{
+    flatten, get, tree, until, wait_ready, PgServer, Process, RedisServer, S3Server,
+};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -356,5 +358,107 @@ async fn a_redis_outage_mid_run_completes_the_run_and_leaves_the_recorder_alone(
         orgs.len() * 2
     );
     actord.shutdown().await;
+    crate::recorder::drop_schema(&schema).await;
+}
+
+/// The recorder writes ticks into PostgreSQL and Parquet objects on an s3s-fs server of the
+/// test's own, the heartbeat runs beside it on the same embedded broker. Ticks arrive at a
+/// steady rate; the S3 server is stopped for 30 s mid-run and started again on the same port
+/// and directory. Every tick is in exactly one object and one row, the tick DLQ is empty, and no
+/// heartbeat actor restarted; the beats per second before and during the outage are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_loses_no_tick_and_leaves_the_heartbeat_alone() {
+    use crate::recorder_s3::{assert_every_tick_once, env_of, objects};
+
+    let mut s3 = S3Server::start("outage-beside");
+    let schema = crate::recorder::fresh_schema();
+    let toml = recorder_config(&schema, 5432, "").replace(
+        "enable = [\"recorder\"]",
+        "enable = [\"recorder\", \"heartbeat\"]",
+    ) + "[pipelines.heartbeat]\ninterval = \"20ms\"\n";
+    let mut env = s3.env();
+    env.push(("S3_BATCH_SIZE", "500".into()));
+    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
+    let p = Process::start(&toml, &[], &env_of(&env));
+    wait_ready(&p.base).await;
+    let bootstrap = crate::recorder::bootstrap_of(&p).await;
+    let store = s3.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = steady_ticks(bootstrap.clone(), stop.clone());
+
+    until(Duration::from_secs(60), "the first beats", || async {
+        counter(
+            &get(&p.base, "/metrics").await.1,
+            "actord_heartbeat_beats_total",
+        ) > 0.0
+    })
+    .await;
+    let mark = Rate::mark(&p.base, "actord_heartbeat_beats_total").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (before, mark) = mark.since(&p.base).await;
+    let in_objects = objects(&store).await.values().map(Vec::len).sum::<usize>();
+
+    s3.stop();
+    tokio::time::sleep(OUTAGE).await;
+    let (during, _) = mark.since(&p.base).await;
+    s3.resume();
+    // Ticks go on arriving for a while after the server is back.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = producer.await.unwrap();
+    assert!(
+        (in_objects as i64) < n,
+        "the outage falls in the middle of the run"
+    );
+
+    let ended = Instant::now();
+    until(
+        Duration::from_secs(120),
+        "every tick in Parquet and PostgreSQL",
+        || async {
+            objects(&store).await.values().map(Vec::len).sum::<usize>() as i64 >= n
+                && crate::recorder::count(&schema, "tick_data").await >= n
+        },
+    )
+    .await;
+    let catch_up = ended.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_every_tick_once(&objects(&store).await, n);
+    let row = crate::support::pg()
+        .await
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (n, n),
+        "exactly one row per tick"
+    );
+    let dead: i64 = end_offsets(&bootstrap, "market.tick-dlq", 1).values().sum();
+    assert_eq!(dead, 0, "no tick dead-lettered for the outage");
+
+    let t = tree(&p.base).await;
+    let heartbeat = restarts_under(&t, "/heartbeat");
+    assert!(!heartbeat.is_empty(), "{t:#}");
+    assert!(
+        heartbeat.iter().all(|(_, r)| *r == 0),
+        "the heartbeat's actors restarted: {heartbeat:?}"
+    );
+    let recorder: Vec<(String, u64)> = restarts_under(&t, "/recorder")
+        .into_iter()
+        .filter(|(_, r)| *r > 0)
+        .collect();
+    eprintln!(
+        "s3 outage: {n} ticks at 200/s, s3s-fs down {}s with {in_objects} ticks in objects; every \
+         tick in exactly one object and one row, 0 dead letters, restarts under /recorder: \
+         {recorder:?}, 0 under /heartbeat; heartbeat {before:.1} beats/s before, {during:.1} \
+         during; everything written {:.1}s after the last tick was produced",
+        OUTAGE.as_secs(),
+        catch_up.as_secs_f64()
+    );
+    drop(p);
     crate::recorder::drop_schema(&schema).await;
 }
