@@ -404,7 +404,10 @@ where
                 // the good records of their own batch, as without grouping.
                 let clean = batch.items.iter().all(|i| matches!(i, Item::Good(_)));
                 if !clean && !state.group.is_empty() {
-                    state.write_group().await?;
+                    if let Err(e) = state.write_group().await {
+                        state.probe.release(n);
+                        return Err(e);
+                    }
                 }
                 let more = batch.queued.more_behind();
                 state.grouped += n;

@@ -4,12 +4,16 @@
 //! Guarantees:
 //! - A statement is parsed and planned once per connection, not once per batch: [`Tx`]'s
 //!   `execute`, `query` and `copy_in` take SQL text and prepare it on the connection's first use
-//!   of that text. A failed batch empties the connection's statements (a table altered under a
-//!   prepared statement is prepared again on the next attempt).
+//!   of that text. A failed batch empties the connection's statements, and the failure a
+//!   statement kept too long causes (a table altered under it: SQLSTATE 0A000 "cached plan must
+//!   not change result type"; a statement the server does not know: 26000) is retried, not
+//!   fatal. A server that forgets statements between transactions (a transaction-pooling proxy
+//!   in front of it) turns keeping them off for the connection.
 //! - A connection handed out by the pool is checked with a round trip only when it has not
-//!   completed a statement for [`FRESH_FOR`]: a busy writer's checkout costs nothing, one that
-//!   sat idle (through a restart of the server, say) is tested first. A socket that closed is
-//!   dropped by the pool either way.
+//!   completed a statement for [`FRESH_FOR`] or its socket closed: a busy writer's checkout
+//!   costs nothing, one that sat idle (through a restart of the server, say) is tested first.
+//!   A peer that vanished without closing (a moved address, a cut network) is found by TCP
+//!   keepalives on every session (see `DbSettings::pg_config`).
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -36,15 +40,25 @@ pub struct Session {
 
 /// Prepared statements by their SQL text.
 #[derive(Default)]
-pub struct Statements(Mutex<HashMap<String, Statement>>);
+pub struct Statements {
+    kept: Mutex<HashMap<String, Statement>>,
+    /// The server forgot a kept statement: prepare in every transaction from now on.
+    off: std::sync::atomic::AtomicBool,
+}
+
+/// SQLSTATEs a statement kept across transactions can cause and a fresh one cures.
+const STALE_STATEMENT: [&str; 2] = ["0A000", "26000"];
 
 impl Statements {
     fn get(&self, sql: &str) -> Option<Statement> {
-        self.0.lock().expect("statements lock").get(sql).cloned()
+        self.kept.lock().expect("statements lock").get(sql).cloned()
     }
 
     fn keep(&self, sql: &str, statement: Statement) {
-        let mut map = self.0.lock().expect("statements lock");
+        if self.off.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut map = self.kept.lock().expect("statements lock");
         if map.len() >= MAX_STATEMENTS {
             map.clear();
         }
@@ -53,12 +67,26 @@ impl Statements {
 
     /// Forgets every statement (they are prepared again on next use).
     pub fn clear(&self) {
-        self.0.lock().expect("statements lock").clear();
+        self.kept.lock().expect("statements lock").clear();
+    }
+
+    /// After a failed batch: forgets every statement, and says whether the failure came from a
+    /// kept statement gone stale (SQLSTATE `class` `SqlState0A000` or `SqlState26000` while
+    /// statements were kept), which a retry with fresh statements cures. A statement the
+    /// server no longer knows turns keeping off for good.
+    pub fn failed(&self, class: &str) -> bool {
+        let had = !self.is_empty();
+        self.clear();
+        let code = class.strip_prefix("SqlState").unwrap_or_default();
+        if code == "26000" {
+            self.off.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        had && STALE_STATEMENT.contains(&code)
     }
 
     /// How many statements are kept.
     pub fn len(&self) -> usize {
-        self.0.lock().expect("statements lock").len()
+        self.kept.lock().expect("statements lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -188,7 +216,7 @@ impl bb8::ManageConnection for Sessions {
     }
 
     async fn is_valid(&self, session: &mut Session) -> Result<(), Error> {
-        if session.fresh() {
+        if session.fresh() && !session.client.is_closed() {
             return Ok(());
         }
         session.client.simple_query("").await?;
@@ -198,5 +226,95 @@ impl bb8::ManageConnection for Sessions {
 
     fn has_broken(&self, session: &mut Session) -> bool {
         session.client.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bb8::ManageConnection;
+
+    fn local() -> Config {
+        let mut c = Config::new();
+        c.host("127.0.0.1")
+            .port(5432)
+            .user("postgres")
+            .dbname("postgres");
+        c
+    }
+
+    fn class(e: &Error) -> String {
+        format!(
+            "SqlState{}",
+            e.as_db_error().expect("a server error").code().code()
+        )
+    }
+
+    /// Against the local PostgreSQL: a kept statement whose table changed under it fails with
+    /// 0A000 once and works prepared afresh; a server that forgot the statements (DEALLOCATE,
+    /// as a transaction-pooling proxy does) fails with 26000 once and keeping turns off.
+    #[tokio::test]
+    async fn stale_statements_are_retried_fresh_and_forgotten_ones_turn_keeping_off() {
+        let table = format!("actord_session_test_{}", std::process::id());
+        let mut session = Sessions::new(local())
+            .connect()
+            .await
+            .expect("local PostgreSQL");
+        session
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1)"
+            ))
+            .await
+            .unwrap();
+        let select = format!("SELECT a FROM {table}");
+        {
+            let tx = session.begin().await.unwrap();
+            assert_eq!(tx.query(&select, &[]).await.unwrap().len(), 1);
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(session.statements().len(), 1, "kept");
+        session
+            .batch_execute(&format!("ALTER TABLE {table} ALTER COLUMN a TYPE bigint"))
+            .await
+            .unwrap();
+        let err = {
+            let tx = session.begin().await.unwrap();
+            tx.query(&select, &[]).await.unwrap_err()
+        };
+        assert!(session.statements().failed(&class(&err)), "{err:?}");
+        {
+            let tx = session.begin().await.unwrap();
+            let rows = tx.query(&select, &[]).await.unwrap();
+            assert_eq!(rows[0].get::<_, i64>(0), 1);
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(session.statements().len(), 1, "kept afresh");
+        // Keep one again, then let the server forget it.
+        {
+            let tx = session.begin().await.unwrap();
+            tx.query(&select, &[]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        session.batch_execute("DEALLOCATE ALL").await.unwrap();
+        let err = {
+            let tx = session.begin().await.unwrap();
+            tx.query(&select, &[]).await.unwrap_err()
+        };
+        assert_eq!(class(&err), "SqlState26000", "{err:?}");
+        assert!(session.statements().failed(&class(&err)));
+        {
+            let tx = session.begin().await.unwrap();
+            tx.query(&select, &[]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert!(session.statements().is_empty(), "keeping is off");
+        assert!(
+            !session.statements().failed("SqlState23505"),
+            "other errors are not retried as stale"
+        );
+        session
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
     }
 }

@@ -61,13 +61,19 @@ where
         let errors = &self.db.errors;
         let pool = self.db.pool().await?;
         let mut conn = pool.get().await.map_err(|e| errors.run_error(e))?;
-        let result = self.in_transaction(&mut conn, records).await;
-        match &result {
-            Ok(_) => conn.alive(),
-            // An altered table may have voided a prepared statement: prepare afresh.
-            Err(_) => conn.statements().clear(),
+        match self.in_transaction(&mut conn, records).await {
+            Ok(rows) => {
+                conn.alive();
+                Ok(rows)
+            }
+            // A kept statement gone stale (a table altered under it) is cured by preparing it
+            // afresh: retried, whatever the path's classes say of its SQLSTATE.
+            Err(e) if conn.statements().failed(&e.class) => Err(SinkError::transient(format!(
+                "a prepared statement went stale, preparing it again: {}",
+                e.message
+            ))),
+            Err(e) => Err(e),
         }
-        result
     }
 
     async fn in_transaction(

@@ -86,16 +86,19 @@ end
 return n
 ";
 
-/// Dead-letters an entry still pending: XACK, and only when that acknowledged it, XADD of the
-/// letter and the count. KEYS[1] the stream, KEYS[2] the dead-letter stream, KEYS[3] the
-/// batch's hash (optional); ARGV[1] the group, ARGV[2] the entry id, ARGV[3] the hash's
-/// expiry (ms), then the letter's fields and values. Returns 1 when written, 0 when the entry
-/// was acknowledged already (its letter or its work is done).
+/// Dead-letters an entry still pending: only when it is pending, XADD of the letter, then XACK
+/// and the count. The letter is written before the acknowledgement, so a failing XADD (a
+/// script is not rolled back) leaves the entry pending, to be dead-lettered again, never
+/// acknowledged without its letter. KEYS[1] the stream, KEYS[2] the dead-letter stream,
+/// KEYS[3] the batch's hash (optional); ARGV[1] the group, ARGV[2] the entry id, ARGV[3] the
+/// hash's expiry (ms), then the letter's fields and values. Returns 1 when written, 0 when the
+/// entry was acknowledged already (its letter or its work is done).
 const DEAD_LETTER: &str = r"
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if KEYS[3] then
   redis.call('HINCRBY', KEYS[3], 'dead_lettered', 1)
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
