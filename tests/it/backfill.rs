@@ -22,18 +22,18 @@ use serde_json::{json, Value};
 use crate::kafka::{committed, embedded, end_offsets, read_until};
 use crate::support::{run_to_end, unique, S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
-const PARTITIONS: i32 = 3;
+pub(crate) const PARTITIONS: i32 = 3;
 
 /// One produced message: where it landed and what it said.
 #[derive(Clone, Debug)]
-struct Sent {
-    partition: i32,
-    offset: i64,
+pub(crate) struct Sent {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
     value: Value,
 }
 
 /// Produces each `(partition, message)` and returns where each landed.
-async fn produce(bootstrap: &str, topic: &str, messages: &[(i32, Value)]) -> Vec<Sent> {
+pub(crate) async fn produce(bootstrap: &str, topic: &str, messages: &[(i32, Value)]) -> Vec<Sent> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -70,7 +70,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 /// `n` readings a minute apart from `start`, spread over the partitions by sequence number.
-fn readings(from_seq: i64, n: i64, start: &str) -> Vec<(i32, Value)> {
+pub(crate) fn readings(from_seq: i64, n: i64, start: &str) -> Vec<(i32, Value)> {
     let start = at(start);
     (from_seq..from_seq + n)
         .map(|s| {
@@ -84,15 +84,15 @@ fn readings(from_seq: i64, n: i64, start: &str) -> Vec<(i32, Value)> {
 }
 
 /// A backfill setup: a broker with the topic and its DLQ topic, a bucket on s3s-fs, a group.
-struct Setup {
+pub(crate) struct Setup {
     kafka: actord::sources::kafka::embedded::EmbeddedKafka,
     s3: S3Server,
-    topic: String,
-    group: String,
+    pub(crate) topic: String,
+    pub(crate) group: String,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         let topic = unique("fms-temphum");
         let kafka = embedded(&topic, PARTITIONS);
         Setup {
@@ -103,7 +103,7 @@ impl Setup {
         }
     }
 
-    fn bootstrap(&self) -> &str {
+    pub(crate) fn bootstrap(&self) -> &str {
         self.kafka.bootstrap()
     }
 
@@ -138,19 +138,19 @@ impl Setup {
         .unwrap()
     }
 
-    async fn ok(&self, args: &[&str], batch_size: u32) -> String {
+    pub(crate) async fn ok(&self, args: &[&str], batch_size: u32) -> String {
         let (code, out, err) = self.backfill(args, batch_size).await;
         assert_eq!(code, 0, "backfill {args:?} failed:\n{out}\n{err}");
         out
     }
 
-    fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         self.s3.client()
     }
 }
 
 /// Every data object of the bucket: key → its batches.
-async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<RecordBatch>> {
+pub(crate) async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<RecordBatch>> {
     let listing: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut out = BTreeMap::new();
     for meta in listing
@@ -714,7 +714,7 @@ async fn the_scheduler_runs_at_start_and_on_request_and_the_tree_shows_the_runs(
 
 impl Setup {
     /// `actord backfill <args>` as a running process, with the seed's environment.
-    fn start(&self, args: &[&str], batch_size: u32) -> crate::support::Process {
+    pub(crate) fn start(&self, args: &[&str], batch_size: u32) -> crate::support::Process {
         let toml = format!(
             "[runtime]\nshutdown_timeout = \"10s\"\n[pipelines.backfill]\nbatch_size = {batch_size}\n"
         );

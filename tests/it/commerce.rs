@@ -16,13 +16,13 @@ use crate::kafka::read_until;
 use crate::recorder::{drop_schema, produce};
 use crate::support::{get, pg, tree, unique, until, InProcess, Process};
 
-fn fresh_schema() -> String {
+pub(crate) fn fresh_schema() -> String {
     unique("shop").replace('-', "_")
 }
 
 /// A commerce-only configuration on database `postgres`, in `schema`, with Redis keys under
 /// a prefix of the schema's name.
-fn shop_config(schema: &str, extra: &str) -> String {
+pub(crate) fn shop_config(schema: &str, extra: &str) -> String {
     format!(
         r#"[runtime]
 enable = ["commerce"]
@@ -66,7 +66,7 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("Redis on 127.0.0.1:6379 (scripts/services.sh starts it)")
 }
 
-async fn drop_keys(prefix: &str) {
+pub(crate) async fn drop_keys(prefix: &str) {
     let mut conn = redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -82,30 +82,37 @@ async fn drop_keys(prefix: &str) {
     }
 }
 
-fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 30, 12, 0, 0).unwrap()
 }
 
-fn user(id: &str, at: DateTime<Utc>) -> String {
+pub(crate) fn user(id: &str, at: DateTime<Utc>) -> String {
     json!({"user_id": id, "name": "홍길동", "gender": "F", "age": 33, "address": "서울 1구",
            "grade": "BRONZE", "created_at": at.to_rfc3339()})
     .to_string()
 }
 
-fn product(id: &str, price: i64, at: DateTime<Utc>) -> String {
+pub(crate) fn product(id: &str, price: i64, at: DateTime<Utc>) -> String {
     json!({"product_id": id, "name": format!("item {id}"), "category": "food", "price": price,
            "created_at": at.to_rfc3339()})
     .to_string()
 }
 
-fn order(id: &str, user: &str, product: &str, qty: i64, price: i64, at: DateTime<Utc>) -> String {
+pub(crate) fn order(
+    id: &str,
+    user: &str,
+    product: &str,
+    qty: i64,
+    price: i64,
+    at: DateTime<Utc>,
+) -> String {
     json!({"order_id": id, "user_id": user, "product_id": product, "quantity": qty,
            "unit_price": price, "total_amount": qty * price, "scenario": "popular_single",
            "created_at": at.to_rfc3339()})
     .to_string()
 }
 
-async fn scalar(sql: &str) -> i64 {
+pub(crate) async fn scalar(sql: &str) -> i64 {
     pg().await
         .query_one(sql, &[])
         .await
@@ -114,7 +121,7 @@ async fn scalar(sql: &str) -> i64 {
 }
 
 /// Orders, the sum of order_count, and users whose last_ordered_at is not their latest order.
-async fn counters(schema: &str) -> (i64, i64, i64) {
+pub(crate) async fn counters(schema: &str) -> (i64, i64, i64) {
     let s = format!("\"{schema}\"");
     (
         scalar(&format!("SELECT count(*) FROM {s}.orders")).await,
