@@ -34,6 +34,8 @@ pub mod core_metrics {
             "Records handed downstream and not yet committable.";
         gauge KAFKA_PAUSED_PARTITIONS = "actord_kafka_paused_partitions":
             "Partitions paused by backpressure or by an operator pause of the pipeline.";
+        counter KAFKA_PAUSES_TOTAL = "actord_kafka_pauses_total":
+            "Times a consumer paused its partitions, by reason: backpressure (its in-flight bound held) or operator.";
         gauge KAFKA_CONSUMER_LAG = "actord_kafka_consumer_lag":
             "Consumer lag summed over the topic's assigned partitions.";
         counter KAFKA_CONSUME_ERRORS_TOTAL = "actord_kafka_consume_errors_total":

@@ -16,6 +16,7 @@ mod live_view;
 mod object_group;
 mod objects;
 mod outages;
+mod overload;
 mod poison;
 mod postgres_sink;
 mod recorder;

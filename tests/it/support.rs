@@ -382,6 +382,7 @@ impl Drop for MockBroker {
 pub struct Proxy {
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -403,7 +404,9 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicU64::new(0));
+        let rate = Arc::new(AtomicU64::new(throttle.unwrap_or(u64::MAX)));
         let (up2, gen2, target) = (up.clone(), generation.clone(), target.to_owned());
+        let rate2 = rate.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -413,7 +416,7 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let (target, gen) = (target.clone(), gen2.clone());
+                let (target, gen, rate) = (target.clone(), gen2.clone(), rate2.clone());
                 let born = gen.load(Ordering::Acquire);
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
@@ -425,10 +428,10 @@ impl Proxy {
                                 let _ =
                                     tokio::io::copy_bidirectional(&mut client, &mut server).await;
                             }
-                            Some(rate) => {
+                            Some(_) => {
                                 let (cr, cw) = client.split();
                                 let (sr, sw) = server.split();
-                                tokio::join!(paced(cr, sw, rate), paced(sr, cw, rate));
+                                tokio::join!(paced(cr, sw, &rate), paced(sr, cw, &rate));
                             }
                         }
                     };
@@ -447,8 +450,15 @@ impl Proxy {
         Proxy {
             port,
             up,
+            rate,
             generation,
         }
+    }
+
+    /// Changes a throttled proxy's rate, for the open connections too.
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.rate
+            .store(bytes_per_second, std::sync::atomic::Ordering::Release);
     }
 
     /// Refuses new connections and cuts the open ones.
@@ -463,27 +473,29 @@ impl Proxy {
     }
 }
 
-/// Copies `from` into `to` at no more than `rate` bytes per second, then half-closes `to`.
+/// Copies `from` into `to` at no more than `rate` bytes per second (read at every chunk, so a
+/// test can change it mid-run), then half-closes `to`.
 async fn paced(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,
-    rate: u64,
+    rate: &std::sync::atomic::AtomicU64,
 ) {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let chunk = (rate / 20).clamp(512, 64 * 1024) as usize;
-    let mut buf = vec![0u8; chunk];
-    let started = tokio::time::Instant::now();
-    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut due = tokio::time::Instant::now();
     loop {
-        let n = match from.read(&mut buf).await {
+        let r = rate.load(Ordering::Acquire).max(1);
+        let chunk = (r / 20).clamp(512, 64 * 1024) as usize;
+        let n = match from.read(&mut buf[..chunk]).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        sent += n as u64;
-        let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+        due = due.max(tokio::time::Instant::now() - Duration::from_secs(1))
+            + Duration::from_secs_f64(n as f64 / r as f64);
         tokio::time::sleep_until(due).await;
     }
     let _ = to.shutdown().await;

@@ -190,6 +190,13 @@ impl ConsumerState {
         let tpl = self.assignment();
         if paused {
             self.consumer().pause(&tpl)?;
+            let reason = if self.held {
+                "operator"
+            } else {
+                "backpressure"
+            };
+            metrics::counter!(names::KAFKA_PAUSES_TOTAL, "path" => self.path.clone(), "reason" => reason)
+                .increment(1);
             if self.held {
                 info!(path = %self.path, partitions = tpl.count(), "pipeline paused by an operator, pausing partitions");
             } else {
@@ -528,6 +535,11 @@ impl Actor for KafkaConsumer {
                 shared.push_acks(origins);
             }
         });
+        metrics::gauge!(names::KAFKA_PAUSED_PARTITIONS, "path" => path.clone()).set(0.0);
+        for reason in ["backpressure", "operator"] {
+            metrics::counter!(names::KAFKA_PAUSES_TOTAL, "path" => path.clone(), "reason" => reason)
+                .increment(0);
+        }
         info!(path = %path, group = %args.settings.group, topics = ?args.settings.topics, start = ?args.settings.start, "consumer started");
         myself.cast(ConsumerMsg::Poll)?;
         Ok(ConsumerState {

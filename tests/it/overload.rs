@@ -1,0 +1,233 @@
+//! Overload: ticks arrive for a minute at more than ten times the rate the recorder's sink
+//! manages (PostgreSQL behind a throttling proxy). actord's peak RSS stays below the stated
+//! bound, the consumer's pauses show in `/metrics`, and once the sink is fast again every tick
+//! lands exactly once.
+//!
+//! `cargo test --test it overload:: -- --nocapture`
+
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::kafka::end_offsets;
+use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick, BASE};
+use crate::support::{get, wait_ready, MockBroker, Process, Proxy};
+
+const MIB: u64 = 1 << 20;
+/// The Kafka source's in-flight bound per consumer (`max_in_flight_bytes`).
+const IN_FLIGHT_BYTES: u64 = 64 * MIB;
+/// The recorder's `max_buffer_size`, its consumers' `max_in_flight_records`: 20,000 ticks of
+/// about 140 bytes, well under the byte bound even at the ~1 KiB each costs in memory.
+const IN_FLIGHT_RECORDS: u64 = 20_000;
+/// librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes` = 16384).
+const PREFETCH: u64 = 16 * MIB;
+/// One fetch response on top of a full queue: at most `max.partition.fetch.bytes` (1 MiB) for
+/// each partition of the topic.
+const PARTITIONS: i32 = 24;
+const FETCH: u64 = PARTITIONS as u64 * MIB;
+/// Allocator slack: a quarter of the in-flight and prefetch terms.
+const SLACK_DIVISOR: u64 = 4;
+/// How long the input outruns the sink.
+const OVERLOAD: Duration = Duration::from_secs(60);
+/// Ticks a second during the overload.
+const RATE: u64 = 12_000;
+/// The throttled PostgreSQL connection, bytes a second each way.
+const SLOW: u64 = 25_000;
+
+/// `VmRSS` and `VmHWM` of a process, in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The sum of a metric's series whose line contains `filter`.
+fn metric(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing() {
+    let broker = MockBroker::start(&[
+        ("market.tick", PARTITIONS),
+        ("market.orderbook", 1),
+        ("market.tick-dlq", 1),
+        ("market.orderbook-dlq", 1),
+    ]);
+    let proxy = Proxy::start_throttled("127.0.0.1:5432", SLOW).await;
+    let schema = fresh_schema();
+    // One consumer, one path (PostgreSQL only): the bound's multiplier is 1.
+    let (consumers, paths) = (1u64, 1u64);
+    let toml = recorder_config(&schema, proxy.port, "consumers = 1");
+    let p = Process::start(
+        &toml,
+        &[],
+        &[
+            ("KAFKA_BROKERS", broker.bootstrap()),
+            ("S3_WRITE_ENABLED", "false"),
+            ("MAX_BUFFER_SIZE", &IN_FLIGHT_RECORDS.to_string()),
+        ],
+    );
+    wait_ready(&p.base).await;
+    let pid = p.child.id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle, _) = rss(pid);
+    let in_flight = consumers * paths * (IN_FLIGHT_BYTES + PREFETCH + FETCH);
+    let bound = idle + in_flight + in_flight / SLACK_DIVISOR;
+
+    let n = (RATE * OVERLOAD.as_secs()) as i64;
+    let producer = {
+        let bootstrap = broker.bootstrap().to_owned();
+        tokio::spawn(async move {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("compression.type", "lz4")
+                .set("linger.ms", "20")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()
+                .unwrap();
+            let step = (RATE / 10) as i64;
+            let started = tokio::time::Instant::now();
+            for (k, start) in (0..n).step_by(step as usize).enumerate() {
+                let mut waits = Vec::new();
+                for i in start..(start + step).min(n) {
+                    let (payload, key) = (tick(i, BASE), (i % 97).to_string());
+                    let record = FutureRecord::to("market.tick").payload(&payload).key(&key);
+                    waits.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                }
+                for w in waits {
+                    w.await.unwrap().map_err(|(e, _)| e).unwrap();
+                }
+                tokio::time::sleep_until(started + Duration::from_millis(100 * (k as u64 + 1)))
+                    .await;
+            }
+        })
+    };
+
+    // Sample RSS and the pause metrics every second while the input outruns the sink.
+    let started = Instant::now();
+    let (mut peak_rss, mut paused_max, mut samples) = (0u64, 0f64, 0);
+    while !producer.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (now, hwm) = rss(pid);
+        peak_rss = peak_rss.max(now).max(hwm);
+        let scrape = get(&p.base, "/metrics").await.1;
+        paused_max = paused_max.max(metric(
+            &scrape,
+            "actord_kafka_paused_partitions",
+            "timescale",
+        ));
+        samples += 1;
+        if std::env::var_os("ACTORD_OVERLOAD_TRACE").is_some() {
+            eprintln!(
+                "{samples:>3} s: RSS {:.1} MiB, in flight {}, paused {}, rows {}",
+                mib(now),
+                metric(&scrape, "actord_kafka_in_flight_records", "timescale"),
+                metric(&scrape, "actord_kafka_paused_partitions", "timescale"),
+                count(&schema, "tick_data").await
+            );
+        }
+        assert!(
+            peak_rss < bound,
+            "RSS {:.1} MiB at {samples} s reached the bound {:.1} MiB (idle {:.1} MiB)",
+            mib(peak_rss),
+            mib(bound),
+            mib(idle)
+        );
+    }
+    producer.await.unwrap();
+    let produced_in = started.elapsed();
+    let rows_during = count(&schema, "tick_data").await;
+    let scrape = get(&p.base, "/metrics").await.1;
+    let pauses = metric(
+        &scrape,
+        "actord_kafka_pauses_total",
+        "reason=\"backpressure\"",
+    );
+    let (_, hwm) = rss(pid);
+    peak_rss = peak_rss.max(hwm);
+
+    // The sink at full speed again: the backlog drains, every tick exactly once.
+    proxy.set_rate(u64::MAX / 2);
+    let drain = Instant::now();
+    let deadline = drain + Duration::from_secs(300);
+    loop {
+        let rows = count(&schema, "tick_data").await;
+        if rows >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} rows of {n}; actord log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let drained_in = drain.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let row = crate::support::pg()
+        .await
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, unique): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, unique), (n, n), "exactly one row per tick");
+    let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
+        .values()
+        .sum();
+    assert_eq!(dead, 0, "no tick dead-lettered");
+    let (_, hwm) = rss(pid);
+    peak_rss = peak_rss.max(hwm);
+
+    assert!(
+        paused_max > 0.0 && pauses >= 1.0,
+        "the consumer never showed paused (paused partitions at most {paused_max}, \
+         {pauses} backpressure pauses)"
+    );
+    assert!(
+        peak_rss < bound,
+        "peak RSS {:.1} MiB, bound {:.1} MiB (idle {:.1} MiB)",
+        mib(peak_rss),
+        mib(bound),
+        mib(idle)
+    );
+    let sink_rate = rows_during as f64 / produced_in.as_secs_f64();
+    eprintln!(
+        "overload: {n} ticks at {:.0}/s for {:.0}s, the throttled sink at {sink_rate:.0} rows/s \
+         ({:.1}x); idle RSS {:.1} MiB, peak RSS (VmHWM) {:.1} MiB, bound {:.1} MiB = idle + \
+         {consumers} consumer x {paths} path x ({:.0} in flight + {:.0} prefetch + {:.0} fetch) \
+         MiB + 1/{SLACK_DIVISOR} slack; {pauses} backpressure pauses, up to {paused_max} \
+         partitions paused; drained in {:.1}s, every tick exactly once, 0 dead letters",
+        n as f64 / produced_in.as_secs_f64(),
+        produced_in.as_secs_f64(),
+        n as f64 / produced_in.as_secs_f64() / sink_rate.max(1.0),
+        mib(idle),
+        mib(peak_rss),
+        mib(bound),
+        mib(IN_FLIGHT_BYTES),
+        mib(PREFETCH),
+        mib(FETCH),
+        drained_in.as_secs_f64()
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}
