@@ -3,7 +3,8 @@
 //! bound, the consumer's pauses show in `/metrics`, and once the sink is fast again every tick
 //! lands exactly once.
 //!
-//! `cargo test --test it overload:: -- --nocapture`
+//! `cargo test --test it overload:: -- --nocapture` (with `ACTORD_OVERLOAD_TRACE=1` it prints
+//! each second's RSS, records in flight, paused partitions and rows).
 
 use std::time::{Duration, Instant};
 
