@@ -170,16 +170,11 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     }
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (rows, unique): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!((rows, unique), (n, n), "rows at each kill: {at_kill:?}");
+    assert_eq!(
+        crate::recorder::tick_rows(&schema).await,
+        (n, n),
+        "rows at each kill: {at_kill:?}"
+    );
     assert_every_tick_once(&objects(&store).await, n);
     eprintln!(
         "crash run: {n} ticks, {kills} SIGKILLs (rows at each: {at_kill:?}), exactly once in \

@@ -87,16 +87,11 @@ async fn assert_exactly_once(
     let objects = objects(&store).await;
     assert_every_tick_once(&objects, n);
     assert_key_layout(&objects);
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (rows, unique): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!((rows, unique), (n, n), "rows in PostgreSQL");
+    assert_eq!(
+        crate::recorder::tick_rows(schema).await,
+        (n, n),
+        "rows in PostgreSQL"
+    );
     objects
         .keys()
         .filter_map(|k| k.rsplit_once(".g")?.1.strip_suffix(".parquet"))

@@ -67,16 +67,7 @@ impl Rate {
 }
 
 async fn rows(db: &PgServer, schema: &str) -> (i64, i64) {
-    let row = db
-        .client()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+    crate::recorder::tick_rows_on(&db.client().await, schema).await
 }
 
 /// The recorder writes ticks into a PostgreSQL of the test's own, the heartbeat runs beside it
@@ -318,16 +309,8 @@ async fn a_redis_outage_mid_run_completes_the_run_and_leaves_the_recorder_alone(
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        crate::recorder::tick_rows(&schema).await,
         (n, n),
         "exactly one row per tick"
     );
@@ -424,16 +407,8 @@ async fn an_s3_outage_loses_no_tick_and_leaves_the_heartbeat_alone() {
     let catch_up = ended.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_every_tick_once(&objects(&store).await, n);
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        crate::recorder::tick_rows(&schema).await,
         (n, n),
         "exactly one row per tick"
     );
@@ -560,16 +535,8 @@ async fn an_ftp_outage_loses_no_job_and_leaves_the_recorder_alone() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        crate::recorder::tick_rows(&schema).await,
         (n, n),
         "exactly one row per tick"
     );

@@ -182,16 +182,11 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
     }
     let drained_in = drain.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (rows, unique): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!((rows, unique), (n, n), "exactly one row per tick");
+    assert_eq!(
+        crate::recorder::tick_rows(&schema).await,
+        (n, n),
+        "exactly one row per tick"
+    );
     let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
         .values()
         .sum();

@@ -84,6 +84,24 @@ pub(crate) async fn count(schema: &str, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Rows in the schema's tick table and the distinct ticks among them (each tick carries its own
+/// volume), on `client`'s database.
+pub(crate) async fn tick_rows_on(client: &tokio_postgres::Client, schema: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// [`tick_rows_on`] the machine's PostgreSQL.
+pub(crate) async fn tick_rows(schema: &str) -> (i64, i64) {
+    tick_rows_on(&pg().await, schema).await
+}
+
 pub(crate) async fn drop_schema(schema: &str) {
     let _ = pg()
         .await

@@ -481,16 +481,11 @@ async fn a_sigkill_mid_batch_loses_and_duplicates_nothing_in_either_sink() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let row = crate::support::pg()
-        .await
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT volume) FROM \"{schema}\".tick_data"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!((rows, distinct), (n, n), "killed at {at_kill:?}");
+    assert_eq!(
+        crate::recorder::tick_rows(&schema).await,
+        (n, n),
+        "killed at {at_kill:?}"
+    );
     let objects = objects(&store).await;
     assert_every_tick_once(&objects, n);
     assert_key_layout(&objects);
