@@ -79,7 +79,9 @@ impl Tracker {
         self.partitions.get(&(topic, partition)).map(|p| p.epoch)
     }
 
-    /// Records a record handed downstream. Offsets of one partition must increase.
+    /// Records a record handed downstream, holding `bytes` of memory while in flight
+    /// ([`crate::record::SourceRecord::in_flight_size`]). Offsets of one partition must
+    /// increase.
     pub fn dispatched(
         &mut self,
         topic: Topic,

@@ -113,8 +113,16 @@ pub struct SourceRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// What a record costs in memory while it is in flight, besides its bytes
+/// ([`SourceRecord::size`]): the record itself and its decoded form in the buffers and
+/// writers, the slots of the vectors that hold them, its offset entry and the allocator's
+/// share. Measured with the recorder's ticks (about 140 bytes each) held in flight as a path
+/// holds them (README, "Bounded memory"). The in-flight byte bounds count it per record.
+pub const IN_FLIGHT_OVERHEAD: usize = 1024;
+
 impl SourceRecord {
-    /// Approximate memory held by the record, for byte bounds.
+    /// The record's bytes (payload, key and headers, and a small fixed part), for batch
+    /// sizes and progress.
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len)
             + self.key.as_ref().map_or(0, Vec::len)
@@ -124,6 +132,12 @@ impl SourceRecord {
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
             + 64
+    }
+
+    /// What the record holds in memory while in flight: its bytes plus
+    /// [`IN_FLIGHT_OVERHEAD`]. In-flight byte bounds count this.
+    pub fn in_flight_size(&self) -> usize {
+        self.size() + IN_FLIGHT_OVERHEAD
     }
 }
 

@@ -32,6 +32,8 @@ pub mod core_metrics {
             "Partition offsets committed to Kafka.";
         gauge KAFKA_IN_FLIGHT_RECORDS = "actord_kafka_in_flight_records":
             "Records handed downstream and not yet committable.";
+        gauge KAFKA_IN_FLIGHT_BYTES = "actord_kafka_in_flight_bytes":
+            "Memory held by the records in flight, as the in-flight bytes bound counts it (bytes plus a fixed cost per record).";
         gauge KAFKA_PAUSED_PARTITIONS = "actord_kafka_paused_partitions":
             "Partitions paused by backpressure or by an operator pause of the pipeline.";
         counter KAFKA_PAUSES_TOTAL = "actord_kafka_pauses_total":
@@ -49,6 +51,8 @@ pub mod core_metrics {
 
         gauge REDIS_IN_FLIGHT_RECORDS = "actord_redis_in_flight_records":
             "Stream entries handed downstream and not yet acknowledged.";
+        gauge REDIS_IN_FLIGHT_BYTES = "actord_redis_in_flight_bytes":
+            "Memory held by the entries in flight, as the in-flight bytes bound counts it (bytes plus a fixed cost per entry).";
         counter REDIS_ERRORS_TOTAL = "actord_redis_errors_total":
             "Failed rounds of a Redis consumer (Redis unreachable or failing); each is retried.";
         counter REDIS_CLAIMED_TOTAL = "actord_redis_claimed_total":

@@ -1,10 +1,12 @@
 //! Overload: ticks arrive for a minute at more than ten times the rate the recorder's sink
-//! manages (PostgreSQL behind a throttling proxy). actord's peak RSS stays below the stated
-//! bound, the consumer's pauses show in `/metrics`, and once the sink is fast again every tick
-//! lands exactly once.
+//! manages (PostgreSQL behind a throttling proxy). The recorder runs at its shipped settings
+//! (batches, `max_buffer_size`, the Kafka source's in-flight bytes); actord's peak RSS stays
+//! below the stated bound, the consumer's pauses show in `/metrics`, and once the sink is fast
+//! again every tick lands exactly once.
 //!
 //! `cargo test --test it overload:: -- --nocapture` (with `ACTORD_OVERLOAD_TRACE=1` it prints
-//! each second's RSS, records in flight, paused partitions and rows).
+//! each second's RSS, records and bytes in flight, paused partitions and rows;
+//! `ACTORD_OVERLOAD_MAX_BUFFER_SIZE=N` runs it with another `max_buffer_size`).
 
 use std::time::{Duration, Instant};
 
@@ -16,11 +18,9 @@ use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick, B
 use crate::support::{get, wait_ready, MockBroker, Process, Proxy};
 
 const MIB: u64 = 1 << 20;
-/// The Kafka source's in-flight bound per consumer (`max_in_flight_bytes`).
+/// The Kafka source's in-flight bound per consumer (`max_in_flight_bytes`), which counts each
+/// record with what it holds in memory in flight.
 const IN_FLIGHT_BYTES: u64 = 64 * MIB;
-/// The recorder's `max_buffer_size`, its consumers' `max_in_flight_records`: 20,000 ticks of
-/// about 140 bytes, well under the byte bound even at the ~1 KiB each costs in memory.
-const IN_FLIGHT_RECORDS: u64 = 20_000;
 /// librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes` = 16384).
 const PREFETCH: u64 = 16 * MIB;
 /// One fetch response on top of a full queue: at most `max.partition.fetch.bytes` (1 MiB) for
@@ -75,16 +75,19 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
     let schema = fresh_schema();
     // One consumer, one path (PostgreSQL only): the bound's multiplier is 1.
     let (consumers, paths) = (1u64, 1u64);
-    let toml = recorder_config(&schema, proxy.port, "consumers = 1");
-    let p = Process::start(
-        &toml,
-        &[],
-        &[
-            ("KAFKA_BROKERS", broker.bootstrap()),
-            ("S3_WRITE_ENABLED", "false"),
-            ("MAX_BUFFER_SIZE", &IN_FLIGHT_RECORDS.to_string()),
-        ],
-    );
+    // The recorder's own batch size and age, not the quicker ones of the other tests.
+    let tuned = recorder_config(&schema, proxy.port, "consumers = 1");
+    let toml = tuned.replace("batch_size = 200\nbatch_timeout = \"200ms\"\n", "");
+    assert_ne!(toml, tuned);
+    let max_buffer_size = std::env::var("ACTORD_OVERLOAD_MAX_BUFFER_SIZE").ok();
+    let mut env = vec![
+        ("KAFKA_BROKERS", broker.bootstrap()),
+        ("S3_WRITE_ENABLED", "false"),
+    ];
+    if let Some(n) = &max_buffer_size {
+        env.push(("MAX_BUFFER_SIZE", n));
+    }
+    let p = Process::start(&toml, &[], &env);
     wait_ready(&p.base).await;
     let pid = p.child.id();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -137,9 +140,10 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
         samples += 1;
         if std::env::var_os("ACTORD_OVERLOAD_TRACE").is_some() {
             eprintln!(
-                "{samples:>3} s: RSS {:.1} MiB, in flight {}, paused {}, rows {}",
+                "{samples:>3} s: RSS {:.1} MiB, in flight {} ({:.1} MiB), paused {}, rows {}",
                 mib(now),
                 metric(&scrape, "actord_kafka_in_flight_records", "timescale"),
+                metric(&scrape, "actord_kafka_in_flight_bytes", "timescale") / MIB as f64,
                 metric(&scrape, "actord_kafka_paused_partitions", "timescale"),
                 count(&schema, "tick_data").await
             );
@@ -208,11 +212,12 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
     );
     let sink_rate = rows_during as f64 / produced_in.as_secs_f64();
     eprintln!(
-        "overload: {n} ticks at {:.0}/s for {:.0}s, the throttled sink at {sink_rate:.0} rows/s \
+        "overload (max_buffer_size {}): {n} ticks at {:.0}/s for {:.0}s, the throttled sink at {sink_rate:.0} rows/s \
          ({:.1}x); idle RSS {:.1} MiB, peak RSS (VmHWM) {:.1} MiB, bound {:.1} MiB = idle + \
          {consumers} consumer x {paths} path x ({:.0} in flight + {:.0} prefetch + {:.0} fetch) \
          MiB + 1/{SLACK_DIVISOR} slack; {pauses} backpressure pauses, up to {paused_max} \
          partitions paused; drained in {:.1}s, every tick exactly once, 0 dead letters",
+        max_buffer_size.as_deref().unwrap_or("default"),
         n as f64 / produced_in.as_secs_f64(),
         produced_in.as_secs_f64(),
         n as f64 / produced_in.as_secs_f64() / sink_rate.max(1.0),

@@ -130,6 +130,8 @@ pub struct Options {
     pub claim_idle: Duration,
     pub max_deliveries: u32,
     pub lease_name: bool,
+    /// Per consumer; the source's default unless a test bounds it.
+    pub max_in_flight_bytes: Option<usize>,
 }
 
 impl Options {
@@ -144,6 +146,7 @@ impl Options {
             claim_idle: Duration::from_secs(30),
             max_deliveries: 3,
             lease_name: false,
+            max_in_flight_bytes: None,
         }
     }
 }
@@ -166,6 +169,9 @@ impl TestPath {
         source.claim_interval = Duration::from_millis(200);
         source.max_deliveries = o.max_deliveries;
         source.lease_name = o.lease_name;
+        if let Some(bytes) = o.max_in_flight_bytes {
+            source.max_in_flight_bytes = bytes;
+        }
         source.monitor_interval = Duration::from_millis(200);
         source.reconnect = Backoff {
             initial: Duration::from_millis(50),
@@ -289,6 +295,58 @@ async fn every_entry_is_written_once_and_acknowledged() {
         consumer.counter("stream_length") == 600 && consumer.counter("stream_pending") == 0
     })
     .await;
+    p.stop().await;
+}
+
+/// Large entries against a stalled sink: a consumer holds no more than its bytes bound (and one
+/// read past it), however many entries its records bound would allow; then all are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_stop_at_the_in_flight_bytes_bound() {
+    let stream = unique("large");
+    let mut o = Options::new(&stream);
+    o.consumers = 1;
+    o.lanes = 1;
+    // Ten entries of 20 KB each, counted with what they hold in flight.
+    let entry = 20_000;
+    let one = entry + actord_actors::record::IN_FLIGHT_OVERHEAD;
+    o.max_in_flight_bytes = Some(10 * one);
+    let read = StreamSettings::new("s", "g").count;
+    let mut c = conn(LOCAL).await;
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        let data = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(entry - 20));
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("data")
+            .arg(data)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+    let sink = accepting();
+    sink.set_mode(SinkMode::Blocked);
+    let p = TestPath::start(&o, sink).await;
+    let consumer = p.probe("consumer-0");
+    until(Duration::from_secs(10), "entries in flight", || async {
+        consumer.counter("in_flight") >= 10
+    })
+    .await;
+    // Acks are held back by the sink: the count would rise now if the bound let it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = consumer.counter("in_flight");
+    assert!(
+        (10..=10 + read as u64).contains(&held),
+        "{held} entries in flight, bound 10 (+ one read of {read})"
+    );
+    p.sink.set_mode(SinkMode::Accept);
+    until(Duration::from_secs(30), "200 jobs written", || async {
+        p.written().len() >= 200
+    })
+    .await;
+    assert_eq!(
+        p.written().into_iter().collect::<BTreeSet<_>>(),
+        (0..200).collect()
+    );
     p.stop().await;
 }
 

@@ -520,7 +520,7 @@ impl Reader {
                 }
                 self.next.insert(p, offset + 1);
                 let source = source_record(&m, self.topic);
-                let bytes = source.size();
+                let bytes = source.in_flight_size();
                 let Some(epoch) = self.tracker.dispatched(self.topic, p, offset, bytes) else {
                     continue;
                 };

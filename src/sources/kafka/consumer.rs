@@ -12,6 +12,8 @@
 //!   uploads of them) and waits, bounded by `revoke_wait`, until no write of them is in flight,
 //!   so a write that completes in time is committed rather than written again by the next owner.
 //! - At most `max_in_flight_records` / `max_in_flight_bytes` are handed out and unacknowledged.
+//!   A record counts with what it holds in memory while in flight, its bytes and the fixed
+//!   cost of a decoded record ([`SourceRecord::in_flight_size`]).
 //!   At the bound the consumer pauses its partitions (librdkafka then drops its prefetch) and
 //!   asks every buffer to flush, so a half-full batch cannot hold the bound closed. It keeps
 //!   polling while paused so that it stays in the group.
@@ -243,9 +245,12 @@ impl ConsumerState {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             for mut r in records {
                 let size = r.size();
-                let Some(epoch) =
-                    tracker.dispatched(r.origin.topic, r.origin.partition, r.origin.offset, size)
-                else {
+                let Some(epoch) = tracker.dispatched(
+                    r.origin.topic,
+                    r.origin.partition,
+                    r.origin.offset,
+                    r.in_flight_size(),
+                ) else {
                     continue; // fetched before a revoke: the new owner reads it
                 };
                 r.origin.epoch = epoch;
@@ -301,6 +306,8 @@ impl ConsumerState {
         let t = self.shared.tracker.lock().expect("tracker lock");
         metrics::gauge!(names::KAFKA_IN_FLIGHT_RECORDS, "path" => self.path.clone())
             .set(t.in_flight_records() as f64);
+        metrics::gauge!(names::KAFKA_IN_FLIGHT_BYTES, "path" => self.path.clone())
+            .set(t.in_flight_bytes() as f64);
         self.probe
             .set_counter("in_flight", t.in_flight_records() as u64);
         self.probe

@@ -21,8 +21,11 @@
 //!   takeover (counted, under the delivery limit), not as this consumer's own.
 //! - An entry taken over after more than `max_deliveries` deliveries goes to the dead-letter
 //!   stream with its delivery count instead of being processed again.
-//! - At most `max_in_flight_records` entries are handed out and unacknowledged; at the bound
-//!   the consumer stops reading and asks every buffer to flush.
+//! - At most `max_in_flight_records` entries / `max_in_flight_bytes` are handed out and
+//!   unacknowledged (an entry counts with what it holds in memory while in flight,
+//!   [`SourceRecord::in_flight_size`]); at the bound the consumer stops reading and asks every
+//!   buffer to flush. A read takes at most `count` entries, so the bytes bound is passed by
+//!   at most one read.
 //! - A Redis outage is waited out: the consumer reports itself unhealthy, reconnects with
 //!   backoff and goes on where it was; entries in flight stay in flight.
 //! - While an operator has paused the pipeline the consumer reads, recovers and claims
@@ -81,6 +84,8 @@ struct Flight {
     batch: Option<String>,
     /// When its idle time in Redis was last reset.
     touched: Instant,
+    /// What it holds in memory while in flight.
+    bytes: usize,
 }
 
 pub struct ConsumerState {
@@ -110,6 +115,8 @@ pub struct ConsumerState {
     /// The offset of the last entry handed out: local, increasing, mapped to the entry id.
     seq: i64,
     inflight: HashMap<i64, Flight>,
+    /// The sum of `bytes` over `inflight`.
+    inflight_bytes: usize,
     /// Ids in `inflight`, so an entry is never handed out twice by this incarnation.
     held: HashSet<String>,
     /// Ids (with their batch) acknowledged by the path and not yet by Redis.
@@ -267,6 +274,7 @@ impl ConsumerState {
                 continue;
             }
             if let Some(f) = self.inflight.remove(&o.offset) {
+                self.inflight_bytes -= f.bytes;
                 self.held.remove(&f.id);
                 self.to_ack.push((f.id, f.batch));
             }
@@ -282,6 +290,9 @@ impl ConsumerState {
     }
 
     fn room(&self) -> usize {
+        if self.inflight_bytes >= self.settings.max_in_flight_bytes {
+            return 0;
+        }
         self.settings
             .max_in_flight_records
             .saturating_sub(self.inflight.len())
@@ -537,6 +548,7 @@ impl ConsumerState {
                 // Taken over while this consumer could not reach Redis (or acknowledged
                 // elsewhere): its new owner finishes and acknowledges it.
                 let id = f.id.clone();
+                self.inflight_bytes -= f.bytes;
                 self.inflight.remove(&k);
                 self.held.remove(&id);
                 warn!(path = %self.path, consumer = %name, id = %id, "an entry this consumer held was taken over by another; leaving it to its new owner");
@@ -729,12 +741,15 @@ impl ConsumerState {
                     .get(&c.field)
                     .map(|v| String::from_utf8_lossy(&self::bytes(v)).into_owned())
             });
+            let held = r.in_flight_size();
+            self.inflight_bytes += held;
             self.inflight.insert(
                 self.seq,
                 Flight {
                     id: entry.id.clone(),
                     batch,
                     touched: now,
+                    bytes: held,
                 },
             );
             let over = deliveries.is_some_and(|n| n > self.settings.max_deliveries as usize);
@@ -772,6 +787,8 @@ impl ConsumerState {
     fn publish_gauges(&self) {
         metrics::gauge!(names::REDIS_IN_FLIGHT_RECORDS, "path" => self.path.clone())
             .set(self.inflight.len() as f64);
+        metrics::gauge!(names::REDIS_IN_FLIGHT_BYTES, "path" => self.path.clone())
+            .set(self.inflight_bytes as f64);
         self.probe
             .set_counter("in_flight", self.inflight.len() as u64);
         self.probe
@@ -977,6 +994,7 @@ impl Actor for RedisConsumer {
             epoch: epoch(),
             seq: 0,
             inflight: HashMap::new(),
+            inflight_bytes: 0,
             held: HashSet::new(),
             to_ack: Vec::new(),
             next_lane: 0,

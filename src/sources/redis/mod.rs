@@ -104,6 +104,9 @@ pub struct StreamSettings {
     pub payload_field: Option<String>,
     /// Entries handed downstream and not yet acknowledged, per consumer.
     pub max_in_flight_records: usize,
+    /// What those entries may hold in memory, per consumer (each counted with
+    /// [`actord_actors::record::SourceRecord::in_flight_size`]).
+    pub max_in_flight_bytes: usize,
     /// How long a stopping consumer waits for in-flight entries to be acknowledged.
     pub drain_timeout: Duration,
     /// Waits between attempts to reach Redis again.
@@ -131,6 +134,7 @@ impl StreamSettings {
             max_deliveries: 3,
             payload_field: None,
             max_in_flight_records: 1_000,
+            max_in_flight_bytes: 64 << 20,
             drain_timeout: Duration::from_secs(8),
             reconnect: Backoff {
                 initial: Duration::from_millis(200),
