@@ -238,6 +238,34 @@ impl fmt::Display for Poison {
     }
 }
 
+/// The most of a poison record's error text that a dead letter carries: a decoder's message may
+/// quote the whole record.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+impl Poison {
+    /// `<class>: <message>`, cut to [`MAX_ERROR_BYTES`].
+    pub fn bounded_text(&self) -> String {
+        bounded(&self.to_string(), MAX_ERROR_BYTES)
+    }
+
+    /// The message alone, cut to [`MAX_ERROR_BYTES`].
+    pub fn bounded_message(&self) -> String {
+        bounded(&self.message, MAX_ERROR_BYTES)
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how much was left out.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// A record on its way to the dead-letter queue; acked to its source once the DLQ holds it.
 #[derive(Debug)]
 pub struct DeadLetter {

@@ -67,3 +67,72 @@ async fn a_missing_dlq_topic_is_created_and_each_letter_written_once() {
     assert_eq!(actor(&t, "/heartbeat/beats/dlq")["restarts"], 0);
     assert_eq!(get(&p.base, "/ready").await.0, 200);
 }
+
+/// A DLQ topic whose own `max.message.bytes` is below the producer's: a large poison record's
+/// letter is cut to fit the topic, not the producer.
+#[tokio::test]
+async fn a_letter_fits_the_dlq_topics_own_message_size() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let tansu = Tansu::start();
+    let topic = unique("beats");
+    tansu.create_topic(&topic, 1);
+    let dlq = format!("{topic}-dlq");
+    let limit = 100_000usize;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .create()
+        .unwrap();
+    let limit_text = limit.to_string();
+    let created = admin
+        .create_topics(
+            [&NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", &limit_text)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\n[runtime]\nenable = [\"heartbeat\"]\n[pipelines.heartbeat]\ninterval = \"200ms\"\ntopic = \"{topic}\"\ngroup = \"{}\"\n",
+        tansu.bootstrap(),
+        unique("group")
+    );
+    let p = Process::start(&toml, &[], &[]);
+    wait_ready(&p.base).await;
+    // 300 KB: under the producer's 1 MB, three times the topic's limit.
+    let large = format!("not json {}", "x".repeat(300_000));
+    produce_raw(tansu.bootstrap(), &topic, &[&large]).await;
+    let bootstrap = tansu.bootstrap().to_owned();
+    let letters =
+        tokio::task::spawn_blocking(move || read_until(&bootstrap, &dlq, |r| !r.is_empty()))
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 1, "log:\n{}", p.log());
+    let (body, headers) = &letters[0];
+    let size = serde_json::to_vec(body).unwrap().len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    assert!(
+        size <= limit,
+        "a letter of {size} bytes, the topic takes {limit}"
+    );
+    assert_eq!(body["original_truncated"], true);
+    assert_eq!(body["original_bytes"], large.len());
+    let kept = body["original_message"].as_str().unwrap();
+    assert!(
+        large.starts_with(kept) && kept.len() > limit / 2,
+        "{}",
+        kept.len()
+    );
+    assert!(
+        p.log()
+            .contains("dead letters sized by the topic's max.message.bytes"),
+        "{}",
+        p.log()
+    );
+}

@@ -122,8 +122,8 @@ pub struct Beat {
 }
 
 fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
-    serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-        .map_err(|e| Poison::new("JsonError", e.to_string()))
+    super::from_json(r.payload.as_deref().unwrap_or_default())
+        .map_err(|e| Poison::new("JsonError", e))
 }
 
 fn topics(config: &Config) -> Vec<TopicSpec> {
@@ -236,4 +236,42 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         ],
         notes: Arc::new(Vec::new),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use actord_actors::record::{Origin, Topic};
+
+    use super::*;
+
+    fn record(payload: &[u8]) -> SourceRecord {
+        SourceRecord {
+            origin: Origin {
+                topic: Topic::intern("actord.heartbeat"),
+                partition: 0,
+                offset: 0,
+                epoch: 1,
+            },
+            key: None,
+            payload: Some(payload.to_vec()),
+            timestamp_ms: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_beat_decodes() {
+        let beat = decode(&record(br#"{"seq": 7, "at": "2025-11-19T16:12:34.123Z"}"#)).unwrap();
+        assert_eq!((beat.seq, beat.scheduled), (7, false));
+    }
+
+    /// As every decoder: bytes that are not UTF-8 are refused even in a field nobody reads.
+    #[test]
+    fn a_beat_that_is_not_utf8_is_poison() {
+        let p = decode(&record(
+            b"{\"seq\": 7, \"at\": \"now\", \"note\": \"\xff\xfe\"}",
+        ))
+        .unwrap_err();
+        assert!(p.message.contains("not UTF-8"), "{p}");
+    }
 }

@@ -15,6 +15,9 @@
 //!   again before a letter is retried: created with the admin API (as many partitions as its
 //!   source topic, the broker's replication) where the broker allows it, otherwise reported as
 //!   a health error of this actor (the pipeline is not up) until it exists.
+//! - A letter is at most the smaller of the producer's `message.max.bytes` and the DLQ topic's
+//!   own `max.message.bytes`, read from the broker (describe configs) once the topic is known
+//!   to exist; a broker that does not answer that leaves the producer's limit.
 //! - The source offset stays uncommitted until Kafka holds the letter, so nothing is lost while
 //!   the DLQ is unreachable; a letter whose last attempt timed out may still land, so a letter
 //!   is written at least once.
@@ -23,17 +26,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actord_actors::record::{DeadLetter, DlqMsg};
+use actord_actors::record::{DeadLetter, DlqMsg, MAX_ERROR_BYTES};
 use actord_actors::{Backoff, Probe};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::KafkaConnection;
 use crate::telemetry::names;
@@ -97,29 +100,15 @@ struct Shared {
 struct Topics {
     ready: std::collections::BTreeSet<String>,
     problems: BTreeMap<String, String>,
+    /// Each DLQ topic's own `max.message.bytes`, where the broker told it.
+    limits: BTreeMap<String, usize>,
 }
-
-/// The most of a letter's error text that its body and its header carry: a decoder's message
-/// may quote the whole record.
-pub const MAX_ERROR_BYTES: usize = 4096;
 
 /// librdkafka's default `message.max.bytes`, the largest message the producer sends.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// Kept free under `message.max.bytes` for the record's framing.
 const FRAMING_BYTES: usize = 1024;
-
-/// `text` cut to at most `max` bytes (on a character boundary), saying how much was left out.
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
-}
 
 /// The DLQ payload for a dead letter, at `now` (RFC 3339, seconds, UTC).
 pub fn payload(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Value {
@@ -130,7 +119,7 @@ pub fn payload(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Value
     };
     json!({
         "original_message": original,
-        "error": bounded(&letter.poison.to_string(), MAX_ERROR_BYTES),
+        "error": letter.poison.bounded_text(),
         "timestamp": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "retry_count": letter.retry_count,
     })
@@ -202,7 +191,7 @@ pub fn headers(letter: &DeadLetter, connector: &str) -> OwnedHeaders {
         ),
         (
             "__connect.errors.exception.message",
-            bounded(&letter.poison.message, MAX_ERROR_BYTES),
+            letter.poison.bounded_message(),
         ),
     ];
     for (k, v) in fields {
@@ -276,6 +265,53 @@ impl Shared {
         self.topics.lock().expect("topics lock").ready.remove(topic);
     }
 
+    /// The largest letter `topic` takes: the producer's limit, or the topic's own if smaller.
+    fn limit(&self, topic: &str) -> usize {
+        let topics = self.topics.lock().expect("topics lock");
+        topics
+            .limits
+            .get(topic)
+            .map_or(self.max_message_bytes, |l| (*l).min(self.max_message_bytes))
+    }
+
+    /// Reads the topic's `max.message.bytes` from the broker and keeps it; a broker that does
+    /// not describe topic configs (the embedded one) leaves the producer's limit.
+    async fn learn_limit(&self, topic: &str) {
+        let options = AdminOptions::new().request_timeout(Some(self.admin_timeout));
+        let resource = ResourceSpecifier::Topic(topic);
+        let described = tokio::time::timeout(
+            self.admin_timeout * 2,
+            self.admin.describe_configs([&resource], &options),
+        )
+        .await;
+        let limit = match described {
+            Ok(Ok(results)) => results.into_iter().find_map(|r| {
+                r.ok()?
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            }),
+            Ok(Err(e)) => {
+                debug!(path = %self.path, topic = %topic, error = %e, "topic configs not described; letters sized by the producer's message.max.bytes");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(limit) = limit.filter(|l| *l > 0) {
+            if limit < self.max_message_bytes {
+                info!(path = %self.path, topic = %topic, max_message_bytes = limit, "dead letters sized by the topic's max.message.bytes");
+            }
+            self.topics
+                .lock()
+                .expect("topics lock")
+                .limits
+                .insert(topic.to_owned(), limit);
+        }
+    }
+
     /// Records the outcome for `topic` and reports the remaining problems on the probe.
     fn settle(&self, topic: &str, outcome: Result<(), String>) {
         let mut t = self.topics.lock().expect("topics lock");
@@ -310,6 +346,12 @@ impl Shared {
     }
 
     async fn make_sure(&self, source: &str, topic: &str) -> Result<(), String> {
+        self.find_or_create(source, topic).await?;
+        self.learn_limit(topic).await;
+        Ok(())
+    }
+
+    async fn find_or_create(&self, source: &str, topic: &str) -> Result<(), String> {
         // A metadata look-up blocks its thread: it runs off the async workers.
         let (producer, admin_timeout) = (self.producer.clone(), self.admin_timeout);
         let names = (source.to_owned(), topic.to_owned());
@@ -361,12 +403,13 @@ impl Shared {
         }
     }
 
-    /// Hands one attempt at `letter` to the producer's queue: what is enqueued in one order is
-    /// written in that order.
-    fn enqueue(&self, letter: &DeadLetter, body: &[u8]) -> Result<DeliveryFuture, String> {
+    /// Hands one attempt at `letter` to the producer's queue, sized for its topic as known now:
+    /// what is enqueued in one order is written in that order.
+    fn enqueue(&self, letter: &DeadLetter) -> Result<DeliveryFuture, String> {
         let topic = format!("{}{}", letter.source.origin.topic, self.suffix);
+        let body = body(letter, chrono::Utc::now(), self.limit(&topic));
         let mut record = FutureRecord::to(&topic)
-            .payload(body)
+            .payload(&body)
             .headers(headers(letter, &self.connector));
         if let Some(key) = &letter.source.key {
             record = record.key(key);
@@ -381,7 +424,6 @@ impl Shared {
     async fn deliver(
         &self,
         letter: &DeadLetter,
-        body: &[u8],
         first: Result<DeliveryFuture, String>,
         mut alive: watch::Receiver<()>,
     ) -> Result<(), String> {
@@ -393,7 +435,7 @@ impl Shared {
             let queued = match pending.take() {
                 Some(queued) => queued,
                 None => match self.ensure(&source).await {
-                    Ok(()) => self.enqueue(letter, body),
+                    Ok(()) => self.enqueue(letter),
                     Err(e) => Err(e),
                 },
             };
@@ -524,16 +566,15 @@ impl Actor for DlqProducer {
         let (shared, alive) = (state.shared.clone(), state.alive.subscribe());
         // Held until Kafka answers, so a DLQ that cannot deliver looks stuck.
         shared.probe.hold(1);
-        let body = body(&letter, chrono::Utc::now(), shared.max_message_bytes);
         // The first attempt is queued here, in arrival order; a missing topic is looked after
         // first (a failure is retried by the task).
         let source = letter.source.origin.topic.to_string();
         let first = match shared.ensure(&source).await {
-            Ok(()) => shared.enqueue(&letter, &body),
+            Ok(()) => shared.enqueue(&letter),
             Err(e) => Err(e),
         };
         tokio::spawn(async move {
-            let outcome = shared.deliver(&letter, &body, first, alive).await;
+            let outcome = shared.deliver(&letter, first, alive).await;
             shared.probe.release(1);
             drop(permit);
             match outcome {

@@ -2,7 +2,7 @@
 //! them to their source once Redis holds them.
 //!
 //! A dead-letter entry keeps every field of the original entry and adds `error` (class and
-//! message), `error_class`, `stage` (`decode`, `sink` or `source` for the delivery limit),
+//! message, cut at [`actord_actors::record::MAX_ERROR_BYTES`]), `error_class`, `stage` (`decode`, `sink` or `source` for the delivery limit),
 //! `retry_count`, `original_id` and `failed_at` (RFC 3339, UTC); an original field of the same
 //! name as one of these is left out.
 //!
@@ -86,7 +86,7 @@ pub fn fields(letter: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> Vec<(S
         .cloned()
         .collect();
     let added = [
-        letter.poison.to_string(),
+        letter.poison.bounded_text(),
         letter.poison.class.clone(),
         letter.stage.to_owned(),
         letter.retry_count.to_string(),
@@ -231,5 +231,45 @@ impl Actor for RedisDlq {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actord_actors::record::{Acker, Origin, Poison, SourceRecord, Topic, MAX_ERROR_BYTES};
+
+    use super::*;
+
+    /// A decoder's message may quote a whole entry: the letter carries at most the cap of it.
+    #[test]
+    fn a_long_error_is_cut_to_the_cap() {
+        let letter = DeadLetter {
+            source: SourceRecord {
+                origin: Origin {
+                    topic: Topic::intern("jobs"),
+                    partition: 0,
+                    offset: 0,
+                    epoch: 1,
+                },
+                key: Some(b"1-0".to_vec()),
+                payload: Some(b"{}".to_vec()),
+                timestamp_ms: None,
+                headers: vec![("data".into(), b"{}".to_vec())],
+            },
+            acker: Acker::new(|_| {}),
+            poison: Poison::new("JsonError", "é".repeat(100_000)),
+            stage: "decode",
+            retry_count: 0,
+        };
+        let fields = fields(&letter, chrono::Utc::now());
+        let error = &fields.iter().find(|(k, _)| k == "error").unwrap().1;
+        let error = std::str::from_utf8(error).unwrap();
+        assert!(error.starts_with("JsonError: é"), "{error:.40}");
+        assert!(error.len() < MAX_ERROR_BYTES + 64, "{} bytes", error.len());
+        assert!(
+            error.ends_with("more bytes)"),
+            "{}",
+            &error[error.len() - 40..]
+        );
     }
 }
