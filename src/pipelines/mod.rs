@@ -220,6 +220,11 @@ pub(crate) mod poison;
 /// Parses a JSON message. The whole body must be UTF-8, as JSON is: serde skips the fields a
 /// type does not read without looking at their bytes, so invalid bytes there would pass.
 pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    from_json_borrowed(bytes)
+}
+
+/// [`from_json`] for a type that borrows strings from the message.
+pub fn from_json_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("the message is not UTF-8: {e}"))?;
     serde_json::from_str(text).map_err(|e| e.to_string())
 }

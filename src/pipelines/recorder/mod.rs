@@ -309,18 +309,21 @@ fn rejection(t: &RawTimescale, check: &mut Check<'_>) -> BreakerSettings {
     BreakerSettings { window, share }
 }
 
-fn decode(r: &SourceRecord) -> Result<Market, Poison> {
-    let decoded = model::decode(r);
-    match &decoded {
-        Ok(Market::Tick(_)) => {
-            metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "tick").increment(1)
+/// The TimescaleDB path's decoding, which also counts messages by kind. The counters are
+/// looked up once, when the path is built, not per message.
+fn counting_decode() -> impl Fn(&SourceRecord) -> Result<Market, Poison> + Send + Sync {
+    let ticks = metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "tick");
+    let books = metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "orderbook");
+    let errors = metrics::counter!(names::RECORDER_ERRORS_TOTAL);
+    move |r| {
+        let decoded = model::decode(r);
+        match &decoded {
+            Ok(Market::Tick(_)) => ticks.increment(1),
+            Ok(Market::OrderBook(_)) => books.increment(1),
+            Err(_) => errors.increment(1),
         }
-        Ok(Market::OrderBook(_)) => {
-            metrics::counter!(names::RECORDER_MESSAGES_TOTAL, "kind" => "orderbook").increment(1)
-        }
-        Err(_) => metrics::counter!(names::RECORDER_ERRORS_TOTAL).increment(1),
+        decoded
     }
-    decoded
 }
 
 fn topics(config: &Config) -> Vec<TopicSpec> {
@@ -384,7 +387,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         id: "timescale".into(),
         connection: resources.kafka.clone(),
         source,
-        decode: Arc::new(decode),
+        decode: Arc::new(counting_decode()),
         sink: db.factory(Arc::new(MarketCopy::default())),
         lanes: rc.db_write_workers,
         buffer: BufferLimits {

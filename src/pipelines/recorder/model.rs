@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::pipelines::from_json;
+use std::borrow::Cow;
+
+use crate::pipelines::from_json_borrowed;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tick {
@@ -52,32 +54,118 @@ impl Market {
     }
 }
 
-/// Whether a topic carries order books (its name mentions `orderbook`) or ticks.
+/// Whether a topic carries order books (its name mentions `orderbook`, in any case, with `_`,
+/// `-` or `.` anywhere in it) or ticks. Asked for every record: it allocates nothing.
 pub fn is_orderbook_topic(topic: &str) -> bool {
-    topic
-        .to_ascii_lowercase()
-        .replace(['_', '-', '.'], "")
-        .contains("orderbook")
+    const WORD: &[u8] = b"orderbook";
+    let letters = || {
+        topic
+            .bytes()
+            .filter(|b| !matches!(b, b'_' | b'-' | b'.'))
+            .map(|b| b.to_ascii_lowercase())
+    };
+    let len = letters().count();
+    (0..=len.saturating_sub(WORD.len()))
+        .take_while(|_| len >= WORD.len())
+        .any(|start| {
+            letters()
+                .skip(start)
+                .take(WORD.len())
+                .eq(WORD.iter().copied())
+        })
 }
 
 // Producers may add fields; only the documented ones are read.
 #[derive(Deserialize)]
-struct RawTick {
+struct RawTick<'a> {
     symbol: String,
     price: f64,
     volume: i64,
     change: f64,
     change_rate: f64,
-    timestamp: Value,
+    #[serde(borrow)]
+    timestamp: Stamp<'a>,
 }
 
 // Producers may add fields; only the documented ones are read.
 #[derive(Deserialize)]
-struct RawOrderBook {
+struct RawOrderBook<'a> {
     symbol: String,
-    timestamp: Value,
+    #[serde(borrow)]
+    timestamp: Stamp<'a>,
     bids: Vec<Level>,
     asks: Vec<Level>,
+}
+
+/// A message's timestamp as written, read without building a JSON value: a number, or a
+/// string borrowed from the message (owned only when it holds escapes). Any other JSON value is
+/// kept as it is, so that [`stamp_time`] rejects it as poison with the value in its message.
+pub enum Stamp<'a> {
+    Int(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    Other(Value),
+}
+
+impl Stamp<'_> {
+    /// The value as JSON text, for a poison message.
+    fn json(&self) -> String {
+        match self {
+            Stamp::Int(i) => i.to_string(),
+            Stamp::Float(f) => Value::from(*f).to_string(),
+            Stamp::Text(t) => Value::from(t.as_ref()).to_string(),
+            Stamp::Other(v) => v.to_string(),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Stamp<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Stamp<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a timestamp")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Stamp<'de>, E> {
+                Ok(i64::try_from(v).map_or(Stamp::Other(Value::from(v)), Stamp::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Text(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Other(Value::Bool(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Other(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Stamp<'de>, E> {
+                Ok(Stamp::Other(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Stamp<'de>, A::Error> {
+                Value::deserialize(serde::de::value::SeqAccessDeserializer::new(a))
+                    .map(Stamp::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Stamp<'de>, A::Error> {
+                Value::deserialize(serde::de::value::MapAccessDeserializer::new(a))
+                    .map(Stamp::Other)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Decodes a record by its topic's kind.
@@ -87,15 +175,16 @@ pub fn decode(r: &SourceRecord) -> Result<Market, Poison> {
         .as_deref()
         .ok_or_else(|| Poison::new("EmptyMessage", "the message has no value"))?;
     if is_orderbook_topic(r.origin.topic.as_str()) {
-        let raw: RawOrderBook = from_json(bytes).map_err(|e| Poison::new("InvalidOrderBook", e))?;
+        let raw: RawOrderBook =
+            from_json_borrowed(bytes).map_err(|e| Poison::new("InvalidOrderBook", e))?;
         Ok(Market::OrderBook(OrderBook {
-            time: timestamp(&raw.timestamp)?,
+            time: stamp_time(&raw.timestamp)?,
             symbol: symbol(raw.symbol)?,
             bids: raw.bids,
             asks: raw.asks,
         }))
     } else {
-        let raw: RawTick = from_json(bytes).map_err(|e| Poison::new("InvalidTick", e))?;
+        let raw: RawTick = from_json_borrowed(bytes).map_err(|e| Poison::new("InvalidTick", e))?;
         for (name, v) in [
             ("price", raw.price),
             ("change", raw.change),
@@ -109,7 +198,7 @@ pub fn decode(r: &SourceRecord) -> Result<Market, Poison> {
             }
         }
         Ok(Market::Tick(Tick {
-            time: timestamp(&raw.timestamp)?,
+            time: stamp_time(&raw.timestamp)?,
             symbol: symbol(raw.symbol)?,
             price: raw.price,
             volume: raw.volume,
@@ -131,33 +220,52 @@ fn symbol(s: String) -> Result<String, Poison> {
 
 /// RFC 3339, or epoch seconds / milliseconds / microseconds / nanoseconds by magnitude.
 pub fn timestamp(v: &Value) -> Result<DateTime<Utc>, Poison> {
-    let bad = |why: &str| Poison::new("InvalidTimestamp", format!("{v}: {why}"));
+    let stamp = match v {
+        Value::String(s) => Stamp::Text(Cow::Borrowed(s)),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Stamp::Int(i),
+            (None, None, Some(f)) => Stamp::Float(f),
+            _ => Stamp::Other(v.clone()),
+        },
+        other => Stamp::Other(other.clone()),
+    };
+    stamp_time(&stamp)
+}
+
+/// [`timestamp`] of a [`Stamp`].
+pub fn stamp_time(v: &Stamp<'_>) -> Result<DateTime<Utc>, Poison> {
+    let bad = |why: &str| Poison::new("InvalidTimestamp", format!("{}: {why}", v.json()));
+    let float = |f: f64| -> Result<i128, Poison> {
+        if !f.is_finite() || f.abs() >= 1e11 {
+            return Err(bad("a fractional timestamp must be in seconds"));
+        }
+        // Whole seconds and the fraction apart: f64 cannot hold epoch nanoseconds exactly.
+        let secs = f.trunc();
+        Ok(secs as i128 * 1_000_000_000 + ((f - secs) * 1e9).round() as i128)
+    };
+    let nanos = |n: i128| {
+        i64::try_from(n)
+            .map(DateTime::from_timestamp_nanos)
+            .map_err(|_| bad("out of range"))
+    };
     let parsed = match v {
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
+        Stamp::Text(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| bad(&e.to_string()))?,
-        Value::Number(n) => {
-            let nanos: i128 = if let Some(i) = n.as_i64() {
-                let i = i as i128;
-                match i.abs() {
-                    a if a < 100_000_000_000 => i * 1_000_000_000,
-                    a if a < 100_000_000_000_000 => i * 1_000_000,
-                    a if a < 100_000_000_000_000_000 => i * 1_000,
-                    _ => i,
-                }
-            } else {
-                let f = n.as_f64().ok_or_else(|| bad("not a number"))?;
-                if !f.is_finite() || f.abs() >= 1e11 {
-                    return Err(bad("a fractional timestamp must be in seconds"));
-                }
-                // Whole seconds and the fraction apart: f64 cannot hold epoch nanoseconds exactly.
-                let secs = f.trunc();
-                secs as i128 * 1_000_000_000 + ((f - secs) * 1e9).round() as i128
-            };
-            let nanos = i64::try_from(nanos).map_err(|_| bad("out of range"))?;
-            DateTime::from_timestamp_nanos(nanos)
+        Stamp::Int(i) => {
+            let i = *i as i128;
+            nanos(match i.abs() {
+                a if a < 100_000_000_000 => i * 1_000_000_000,
+                a if a < 100_000_000_000_000 => i * 1_000_000,
+                a if a < 100_000_000_000_000_000 => i * 1_000,
+                _ => i,
+            })?
         }
-        _ => return Err(bad("expected an RFC 3339 string or a number")),
+        Stamp::Float(f) => nanos(float(*f)?)?,
+        Stamp::Other(Value::Number(n)) => {
+            nanos(float(n.as_f64().ok_or_else(|| bad("not a number"))?)?)?
+        }
+        Stamp::Other(_) => return Err(bad("expected an RFC 3339 string or a number")),
     };
     // Both sinks store nanoseconds since the epoch in 64 bits.
     if parsed.timestamp_nanos_opt().is_none() {
@@ -219,6 +327,42 @@ mod tests {
                 "InvalidTimestamp",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn timestamps_in_a_message_decode_as_their_json_values_would() {
+        let tick = |ts: &str| {
+            decode(&rec(
+                "market.tick",
+                &format!(
+                    r#"{{"symbol":"A","price":1.0,"volume":1,"change":0,"change_rate":0,"timestamp":{ts}}}"#
+                ),
+            ))
+        };
+        let want = timestamp(&serde_json::json!("2025-11-19T16:12:34Z")).unwrap();
+        // Escapes in the string: read into an owned string instead of borrowed.
+        for ts in [
+            r#""2025-11-19T16:12:34Z""#,
+            r#""2025-11-19T16:12:34Z""#,
+            "1763568754",
+            "1763568754000",
+            "1763568754.0",
+        ] {
+            assert_eq!(tick(ts).unwrap().time(), want, "{ts}");
+        }
+        for ts in [
+            "true",
+            "null",
+            "[1]",
+            r#"{"a":1}"#,
+            "18446744073709551615",
+            "-1.5e17",
+        ] {
+            let e = tick(ts).unwrap_err();
+            assert_eq!(e.class, "InvalidTimestamp", "{ts}");
+            let value: Value = serde_json::from_str(ts).unwrap();
+            assert_eq!(e.message, timestamp(&value).unwrap_err().message, "{ts}");
         }
     }
 
@@ -286,7 +430,12 @@ mod tests {
     fn orderbook_topics_are_recognised_by_name() {
         assert!(is_orderbook_topic("market.orderbook"));
         assert!(is_orderbook_topic("MARKET_ORDER_BOOK"));
+        assert!(is_orderbook_topic("order-book"));
+        assert!(is_orderbook_topic("x.Order.Book.v2"));
         assert!(!is_orderbook_topic("market.tick"));
+        assert!(!is_orderbook_topic("orderboo"));
+        assert!(!is_orderbook_topic("order_bo_x_ok"));
+        assert!(!is_orderbook_topic(""));
     }
 
     use crate::pipelines::poison::{self, any_time, Field, Rng, Shape};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use actord_actors::record::Envelope;
 use actord_actors::scheduler::Tz;
+use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
@@ -170,24 +171,36 @@ pub fn batch(kind: Kind, records: &[&Envelope<Market>]) -> Result<RecordBatch, A
                     Market::Tick(_) => None,
                 })
                 .collect();
-            let json = |levels: &Vec<Level>| {
-                serde_json::to_string(levels).unwrap_or_else(|_| "[]".to_owned())
-            };
             vec![
                 Arc::new(Int64Array::from_iter_values(books.iter().map(|(n, _)| *n))),
                 Arc::new(StringArray::from_iter_values(
                     books.iter().map(|(_, o)| o.symbol.as_str()),
                 )),
-                Arc::new(StringArray::from_iter_values(
-                    books.iter().map(|(_, o)| json(&o.bids)),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    books.iter().map(|(_, o)| json(&o.asks)),
-                )),
+                levels_json(books.iter().map(|(_, o)| &o.bids)),
+                levels_json(books.iter().map(|(_, o)| &o.asks)),
             ]
         }
     };
     RecordBatch::try_new(schema(kind), columns)
+}
+
+/// A column of order-book sides as JSON text, each serialized once straight into the column's
+/// buffer (one scratch buffer for the column, no string per row).
+fn levels_json<'a>(sides: impl ExactSizeIterator<Item = &'a Vec<Level>>) -> ArrayRef {
+    let mut column = StringBuilder::with_capacity(sides.len(), sides.len() * 64);
+    let mut scratch: Vec<u8> = Vec::with_capacity(256);
+    for levels in sides {
+        scratch.clear();
+        // Levels are two numbers each: writing them into memory cannot fail.
+        match serde_json::to_writer(&mut scratch, levels)
+            .ok()
+            .and_then(|()| std::str::from_utf8(&scratch).ok())
+        {
+            Some(text) => column.append_value(text),
+            None => column.append_value("[]"),
+        }
+    }
+    Arc::new(column.finish())
 }
 
 #[cfg(test)]

@@ -142,15 +142,20 @@ where
             }
             offsets.ledger.observed(topic, *partition, *n);
         }
+        // The stored offset of each of the batch's partitions, keyed as the records are (no
+        // string per record).
+        let floor: BTreeMap<(&str, i32), i64> = next
+            .keys()
+            .map(|&(t, p)| {
+                let at = stored.get(&(t.to_owned(), p)).copied().unwrap_or(-1);
+                ((t, p), at)
+            })
+            .collect();
         let fresh: Vec<&Envelope<R>> = records
             .iter()
             .filter(|e| {
                 let o = &e.source.origin;
-                o.offset
-                    >= stored
-                        .get(&(o.topic.as_str().to_owned(), o.partition))
-                        .copied()
-                        .unwrap_or(-1)
+                o.offset >= floor[&(o.topic.as_str(), o.partition)]
             })
             .collect();
         let written = if fresh.is_empty() {
@@ -161,10 +166,7 @@ where
                 .await?
         };
 
-        let new: Vec<i64> = next
-            .iter()
-            .map(|((t, p), n)| (*n).max(stored.get(&((*t).to_owned(), *p)).copied().unwrap_or(-1)))
-            .collect();
+        let new: Vec<i64> = next.iter().map(|(k, n)| (*n).max(floor[k])).collect();
         tx.execute(
             &format!(
                 "UPDATE {s}.actord_offsets o SET next_offset = u.n, updated_at = now() \
