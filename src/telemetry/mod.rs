@@ -9,6 +9,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Log targets that would print a secret below some level, with the most they may log
+/// whatever the filter asks: the FTP client traces its control connection, `PASS <password>`
+/// included. These directives are the most specific for their targets, so a broader `trace`
+/// never reaches them.
+const SECRET_BEARING_TARGETS: [&str; 1] = ["suppaftp::async_ftp::tokio_ftp::control=debug"];
+
 /// Installs the log subscriber. `RUST_LOG` wins over `-v`, which wins over `log.level`.
 pub fn init_logging(format: LogFormat, level: &str, verbose: u8) {
     let fallback = match verbose {
@@ -19,6 +25,9 @@ pub fn init_logging(format: LogFormat, level: &str, verbose: u8) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&fallback))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = SECRET_BEARING_TARGETS.iter().fold(filter, |f, d| {
+        f.add_directive(d.parse().expect("a valid log directive"))
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,8 +1,10 @@
 //! Secrets stay secret: actord with every pipeline of the shipped `supervision.toml` enabled and
 //! a secret in every place an operator puts one (database passwords under the seeds' names, the
-//! admin token, a Redis URL with a password, S3 and MinIO keys, an FTP password, the T2A token)
-//! runs for a while, dead-letters poison, fails against a server that refuses its login, and
-//! is restarted by an operator; then everything it produced is searched for each secret.
+//! admin token, a Redis URL with a password, S3 and MinIO keys, FTP passwords, the T2A token)
+//! runs at the debug log level for a while: it writes Parquet objects to S3 and MinIO servers
+//! that require their keys, copies a file from an FTP server that accepts its password to the
+//! S3 bucket, dead-letters poison, fails against a server that refuses its login, and is
+//! restarted by an operator; then everything it produced is searched for each secret.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{free_port, get, pg, post, run_to_end, unique, Process};
+use crate::support::{free_port, get, pg, post, run_to_end, unique, FtpServer, Process, S3Server};
 
 /// A Redis server of this test's own that requires a password.
 pub(crate) struct RedisWithPassword {
@@ -134,6 +136,10 @@ async fn produce(bootstrap: &str, topic: &str, payload: &str) {
         .unwrap();
 }
 
+/// The log filter of the run: what an operator chasing a problem would set.
+const LOG_LEVELS: &str =
+    "debug,suppaftp=trace,tokio_postgres=trace,redis=trace,object_store=trace,reqwest=trace,russh=trace";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
     let tag = std::process::id();
@@ -148,6 +154,7 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         secret("FtpPw"),
         secret("T2aTok"),
     );
+    let ftp_ok_pw = secret("FtpOkPw");
     let secrets = [
         &pg_recorder,
         &pg_adaptive,
@@ -157,11 +164,18 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         &aws_secret,
         &minio_secret,
         &ftp_pw,
+        &ftp_ok_pw,
         &t2a_token,
     ];
     let redis = RedisWithPassword::start(&redis_pw);
     let redis_url = format!("redis://:{redis_pw}@127.0.0.1:{}/0", redis.port);
     let ftp_port = refusing_ftp_server().await;
+    // Servers that require the keys and the password: objects and a file are transferred.
+    let lake = S3Server::start_with_keys(&unique("lake"), "actord-access", &aws_secret);
+    let minio = S3Server::start_with_keys("fms-temphum", "minio-access", &minio_secret);
+    let ftp = FtpServer::start_with_password(&ftp_ok_pw);
+    std::fs::create_dir_all(ftp.root().join("in")).unwrap();
+    std::fs::write(ftp.root().join("in/b.bin"), vec![7u8; 300_000]).unwrap();
 
     // The shipped configuration, with tables of this test's own.
     let schema = unique("secrets").replace('-', "_");
@@ -181,7 +195,16 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         );
     assert_ne!(toml, shipped);
     let ftp_port = ftp_port.to_string();
-    let env: Vec<(&str, &str)> = vec![
+    let mut owned: Vec<(String, String)> = lake
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    owned.extend(ftp.env("REAL_FTP"));
+    owned.push(("MINIO_ENDPOINT".into(), minio.endpoint()));
+    owned.push(("LAKE_TYPE".into(), "s3".into()));
+    owned.push(("LAKE_HOST".into(), lake.bucket.clone()));
+    let mut env: Vec<(&str, &str)> = vec![
         ("ACTORD_ADMIN_TOKEN", &token),
         ("TIMESCALEDB_PASSWORD", &pg_recorder),
         ("DB_NAME", "postgres"),
@@ -203,7 +226,12 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         ("LOCKED_FTP_USER", "actord"),
         ("LOCKED_FTP_PASS", &ftp_pw),
         ("LOCKED_FTP_ROOT", "/data"),
+        // Debug everywhere, and trace for the clients that carry a secret.
+        ("RUST_LOG", LOG_LEVELS),
     ];
+    // The S3 server's own variables in place of the placeholders above.
+    env.retain(|(k, _)| !owned.iter().any(|(o, _)| o == k));
+    env.extend(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut p = Process::start(&toml, &[], &env);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -238,6 +266,9 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         &job("escape", "/data/../etc/passwd"),
     )
     .await;
+    let copy = json!({"job_id": "copy", "source": {"hostname": "REAL_FTP", "path": "/in/b.bin"},
+                      "destination": {"hostname": "LAKE", "path": "copied/b.bin"}});
+    produce(&bootstrap, "file-transfer-jobs", &copy.to_string()).await;
     let mut r = redis::Client::open(redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -272,6 +303,36 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eprintln!("secrets: letters written and the login tried");
+    // The transfers that need the keys and the password.
+    let keys = |server: &S3Server| {
+        let store = server.client();
+        async move {
+            use futures::TryStreamExt;
+            store
+                .list(None)
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (in_lake, in_minio) = (keys(&lake).await, keys(&minio).await);
+        let copied = in_lake.iter().any(|k| k == "copied/b.bin");
+        let ticks = in_lake.iter().any(|k| k.ends_with(".parquet"));
+        let readings = in_minio.iter().any(|k| k.ends_with(".parquet"));
+        if copied && ticks && readings {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "copied {copied}, tick objects {ticks}, reading objects {readings}\n{}",
+            get(&p.base, "/health").await.1
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("secrets: objects and the file transferred");
     let deadline = Instant::now() + Duration::from_secs(30);
     let redis_letters: Vec<redis::Value> = loop {
         let v: Vec<redis::Value> = redis::cmd("XRANGE")
@@ -344,6 +405,10 @@ async fn no_secret_appears_in_logs_admin_answers_metrics_or_dead_letters() {
     p.wait_exit(Duration::from_secs(60));
     let log = p.log();
     assert!(log.contains("LOCKED_FTP"), "the login was tried: {log}");
+    assert!(
+        log.contains(" DEBUG ") && log.contains(" TRACE "),
+        "the run logged at the debug and trace levels"
+    );
     produced.push(("the log".to_owned(), log));
     let (_, out, err) = run_to_end(&["check"], Some(&toml), &env);
     produced.push(("actord check".to_owned(), format!("{out}\n{err}")));

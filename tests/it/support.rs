@@ -746,6 +746,8 @@ impl Drop for RedisServer {
 pub struct S3Server {
     pub port: u16,
     pub bucket: String,
+    access_key: String,
+    secret_key: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -755,11 +757,18 @@ pub const S3_SECRET_KEY: &str = "actord-test-secret";
 
 impl S3Server {
     pub fn start(bucket: &str) -> S3Server {
+        Self::start_with_keys(bucket, S3_ACCESS_KEY, S3_SECRET_KEY)
+    }
+
+    /// A server that requires these keys.
+    pub fn start_with_keys(bucket: &str, access_key: &str, secret_key: &str) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("root").join(bucket)).unwrap();
         let mut server = S3Server {
             port: free_port(),
             bucket: bucket.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
             child: None,
             dir,
         };
@@ -775,8 +784,8 @@ impl S3Server {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
             ("AWS_REGION", "us-east-1".to_owned()),
             ("AWS_ALLOW_HTTP", "true".to_owned()),
             ("S3_BUCKET", self.bucket.clone()),
@@ -793,7 +802,8 @@ impl S3Server {
             .unwrap();
         let child = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .args(["--access-key", &self.access_key])
+            .args(["--secret-key", &self.secret_key])
             .arg(self.dir.path().join("root"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -821,8 +831,8 @@ impl S3Server {
             .with_endpoint(self.endpoint())
             .with_bucket_name(&self.bucket)
             .with_region("us-east-1")
-            .with_access_key_id(S3_ACCESS_KEY)
-            .with_secret_access_key(S3_SECRET_KEY)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
             .with_allow_http(true)
             .build()
             .unwrap();
@@ -885,6 +895,14 @@ FTPServer(("127.0.0.1", int(port)), handler).serve_forever()
 impl FtpServer {
     pub fn start(writable: bool) -> FtpServer {
         Self::launch(writable, false, None)
+    }
+
+    /// A writable server whose user logs in with `password`.
+    pub fn start_with_password(password: &str) -> FtpServer {
+        let mut server = Self::new(true, false, None);
+        server.pass = password.to_owned();
+        server.resume();
+        server
     }
 
     /// A server whose account may store files but not rename (or read or delete) them.
