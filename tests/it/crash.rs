@@ -1,7 +1,11 @@
 //! Crash runs: a pipeline killed with SIGKILL at random (seeded) moments while it drains a
 //! backlog, restarted each time, on a broker that expires killed members.
-//! - the recorder (`actord embedded-broker`): every tick exactly one row in PostgreSQL and in
-//!   exactly one Parquet object;
+//! - the recorder (`actord embedded-broker`), both sinks behind throttling proxies so that each
+//!   kill lands while rows and objects are being written: every tick exactly one row in
+//!   PostgreSQL and in exactly one Parquet object;
+//! - ftp-sync (`actord embedded-broker`, two pyftpdlib servers, the destination's data
+//!   connections throttled so that large files are in transit when a kill lands): every job's
+//!   file byte-exact under its final name, every job committed, none dead-lettered;
 //! - a backfill run (`actord backfill --mode incremental`), rerun until one completes: every
 //!   record in exactly one object, by the objects' `kafka_partition` / `kafka_offset`;
 //! - commerce (`actord embedded-broker`): every order exactly once in `orders`, and each
@@ -9,21 +13,24 @@
 //!
 //! CI runs the short forms. The long forms of the reliability suite:
 //! `ACTORD_CRASH_MESSAGES=1000000 ACTORD_CRASH_KILLS=20 cargo test --test it crash::<name> -- --nocapture`
-//! (`ACTORD_CRASH_SEED` picks other kill moments).
+//! (`ACTORD_CRASH_SEED` picks other kill moments; for ftp-sync the messages are jobs, one file
+//! each).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::object_group::distinct;
-use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick, BASE};
-use crate::recorder_s3::{assert_every_tick_once, env_of, objects};
-use crate::support::{wait_ready, MockBroker, Process, S3Server};
+use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick_every, BASE};
+use crate::recorder_s3::{assert_every_tick_once, env_of, objects, FooterRows};
+use crate::support::{wait_ready, FtpServer, MockBroker, Process, Proxy, S3Server};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -32,7 +39,8 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Publishes ticks `0..n` with lz4 (the mock cluster keeps 5 MiB per partition), checking
+/// Publishes ticks `0..n`, 10 ms apart (a million span under three hours, so objects are cut by
+/// batch rather than by hour), with lz4 (the mock cluster keeps 5 MiB per partition), checking
 /// every delivery report.
 async fn publish(bootstrap: &str, n: i64) {
     let producer: FutureProducer = ClientConfig::new()
@@ -48,7 +56,7 @@ async fn publish(bootstrap: &str, n: i64) {
         let end = (start + 50_000).min(n);
         let mut waits = Vec::new();
         for i in start..end {
-            let payload = tick(i, BASE);
+            let payload = tick_every(i, BASE, 10);
             let key = (i % 97).to_string();
             waits.push(
                 producer
@@ -77,34 +85,27 @@ impl Moments {
     }
 }
 
-/// Waits until `progress` passes `before` (this run has written something; or it is at
-/// `total`, nothing left to write), then a random
-/// moment more, then kills `p` with SIGKILL: every kill lands mid-run. Returns the exit status
-/// instead when the process finished on its own first.
+/// Waits until `landed` holds (this run has written something, or nothing is left to write),
+/// then a random moment more, then kills `p` with SIGKILL: every kill lands mid-run. Returns
+/// the exit status instead when the process finished on its own first.
 async fn kill_mid_run<F, Fut>(
     p: &mut Process,
     moments: &mut Moments,
     high_ms: u64,
-    before: i64,
-    total: i64,
-    progress: F,
+    landed: F,
 ) -> Option<std::process::ExitStatus>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = i64>,
+    Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now = progress().await;
-        if now > before || now >= total {
-            break;
-        }
+    while !landed().await {
         if let Some(status) = p.child.try_wait().unwrap() {
             return Some(status);
         }
         assert!(
             Instant::now() < deadline,
-            "no progress past {before}; log:\n{}",
+            "this run wrote nothing; log:\n{}",
             p.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,6 +119,29 @@ where
     None
 }
 
+/// Keys of the Parquet objects under `market-data/`.
+async fn parquet_keys(store: &Arc<dyn ObjectStore>) -> HashSet<String> {
+    let listing: Vec<object_store::ObjectMeta> = store
+        .list(Some(&"market-data".into()))
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    listing
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|k| k.ends_with(".parquet"))
+        .collect()
+}
+
+/// Bytes a tick costs on the wire to PostgreSQL: a binary COPY row with its share of the batch's
+/// statements.
+const PG_BYTES_PER_TICK: u64 = 80;
+/// Bytes a tick costs on the wire to S3, measured with objects of 125 to 800 ticks: a Parquet
+/// row with its share of an object's requests (the upload, the ownership ledger, listings).
+const S3_BYTES_PER_TICK: u64 = 60;
+/// A proxy rate that holds nothing back.
+const UNTHROTTLED: u64 = u64::MAX / 2;
+
 #[tokio::test]
 async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     let n = setting("ACTORD_CRASH_MESSAGES", 30_000) as i64;
@@ -130,55 +154,144 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
         ("market.orderbook-dlq", 1),
     ]);
     let s3 = S3Server::start("crash-runs");
+    // Both sinks behind throttling proxies while the kills happen, each slow enough that it
+    // would take 20 s per kill and more to write the whole backlog (each connection is paced on
+    // its own; the PostgreSQL path writes on two). A killed run then writes a small share of it
+    // even when one path's group assigns its partitions a session timeout (10 s) before the
+    // other's: every kill lands while both paths are writing, and most of the backlog is left
+    // for the last run, unthrottled.
+    let drain = 20 * (kills + 1);
+    let pg_rate = (n as u64 * PG_BYTES_PER_TICK / drain / 2).max(4_096);
+    let s3_rate = (n as u64 * S3_BYTES_PER_TICK / drain).max(4_096);
+    let pg_proxy = Proxy::start_throttled("127.0.0.1:5432", pg_rate).await;
+    let s3_proxy = Proxy::start_throttled(&format!("127.0.0.1:{}", s3.port), s3_rate).await;
     let schema = fresh_schema();
-    let toml = recorder_config(&schema, 5432, "");
-    let mut env = s3.env();
+    let toml = recorder_config(&schema, pg_proxy.port, "");
+    let mut env: Vec<(&'static str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", s3_proxy.port),
+    ));
     env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
-    env.push(("S3_BATCH_SIZE", "2000".into()));
+    // A batch becomes an object per partition (24) and hour: batches of a tenth of the backlog
+    // (20,000 at most), so that objects hold 125 ticks in the short form and about 800 in the
+    // long one, and the objects' own requests do not dominate the S3 path.
+    let batch = (n / 10).clamp(2_000, 20_000);
+    // A kill comes up to half a batch's upload time (throttled) after both paths wrote: some
+    // runs complete and commit a batch of objects before their kill, others are cut inside one.
+    let window_ms = (batch as u64 * drain * 500 / n as u64).clamp(1_000, 10_000);
+    env.push(("S3_BATCH_SIZE", batch.to_string()));
     env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
     publish(broker.bootstrap(), n).await;
+    let store = s3.client();
+    let mut footers = FooterRows::default();
     let started = Instant::now();
 
-    let mut at_kill = Vec::new();
-    for _ in 0..kills {
+    // (rows, objects, ticks in objects) at each kill.
+    let mut at_kill: Vec<(i64, usize, u64)> = Vec::new();
+    for k in 1..=kills {
+        let rows_before = count(&schema, "tick_data").await;
+        let keys_before = parquet_keys(&store).await;
         let mut p = Process::start(&toml, &[], &env_of(&env));
         wait_ready(&p.base).await;
-        // Anywhere from the first batches to well into the backlog.
-        tokio::time::sleep(Duration::from_millis(moments.next_ms(500, 6000))).await;
-        p.signal("KILL");
-        p.wait_exit(Duration::from_secs(10));
-        at_kill.push(count(&schema, "tick_data").await);
+        // Both paths of this run have written: a row more, and an object of its own (a replay
+        // writes under a new generation, so its objects have new keys).
+        let ready = Instant::now();
+        let first_row = std::cell::Cell::new(None);
+        let first_object = std::cell::Cell::new(None);
+        let landed = || async {
+            let rows = count(&schema, "tick_data").await;
+            if rows > rows_before && first_row.get().is_none() {
+                first_row.set(Some(ready.elapsed()));
+            }
+            if first_object.get().is_none()
+                && parquet_keys(&store)
+                    .await
+                    .iter()
+                    .any(|key| !keys_before.contains(key))
+            {
+                first_object.set(Some(ready.elapsed()));
+            }
+            rows >= n || (first_row.get().is_some() && first_object.get().is_some())
+        };
+        let exited = kill_mid_run(&mut p, &mut moments, window_ms, landed).await;
+        assert!(
+            exited.is_none(),
+            "actord exited on its own ({exited:?}); log:\n{}",
+            p.log()
+        );
+        let killed = ready.elapsed();
+        // What the killed process had sent still reaches the services through the proxies
+        // (as it would from a dead process's socket buffers): the kill's state is once it has.
+        let drained = Instant::now() + Duration::from_secs(60);
+        while pg_proxy.open_connections() + s3_proxy.open_connections() > 0
+            && Instant::now() < drained
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rows = count(&schema, "tick_data").await;
+        let (objects, ticks) = footers.count(&store).await;
+        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+        eprintln!(
+            "kill {k}: {rows} rows, {objects} objects holding {ticks} ticks (after ready: first \
+             row {:.1}s, first object {:.1}s, killed {:.1}s)",
+            secs(first_row.get()),
+            secs(first_object.get()),
+            killed.as_secs_f64()
+        );
+        at_kill.push((rows, objects, ticks));
     }
+    let killed_for = started.elapsed();
 
+    pg_proxy.set_rate(UNTHROTTLED);
+    s3_proxy.set_rate(UNTHROTTLED);
     let last = Process::start(&toml, &[], &env_of(&env));
-    let store = s3.client();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let rows = count(&schema, "tick_data").await;
-        if rows >= n && distinct(&objects(&store).await) == n as usize {
+        let (objects, ticks) = footers.count(&store).await;
+        if rows >= n && ticks >= n as u64 {
             break;
         }
         if Instant::now() > deadline {
             let log = last.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
-                "{rows} rows of {n} after {kills} kills (rows at each kill: {at_kill:?})\n{}",
+                "{rows} rows and {ticks} ticks in {objects} objects of {n} after {kills} kills \
+                 (rows, objects, ticks at each kill: {at_kill:?})\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         crate::recorder::tick_rows(&schema).await,
         (n, n),
-        "rows at each kill: {at_kill:?}"
+        "rows, objects, ticks at each kill: {at_kill:?}"
     );
-    assert_every_tick_once(&objects(&store).await, n);
+    let all = objects(&store).await;
+    assert_every_tick_once(&all, n);
+    // Every kill landed while both paths were writing: neither had nothing yet nor everything.
+    for (k, (rows, _, ticks)) in at_kill.iter().enumerate() {
+        assert!(
+            (1..n).contains(rows) && (1..n as u64).contains(ticks),
+            "kill {} did not land mid-write: {rows} rows, {ticks} ticks in objects of {n}",
+            k + 1
+        );
+    }
     eprintln!(
-        "crash run: {n} ticks, {kills} SIGKILLs (rows at each: {at_kill:?}), exactly once in \
-         PostgreSQL and Parquet after {:.1}s",
+        "crash run: {n} ticks, {kills} SIGKILLs in {:.1}s, PostgreSQL throttled to {pg_rate} \
+         and S3 to {s3_rate} bytes/s a connection (rows, objects, ticks in objects at each: \
+         {at_kill:?}); exactly once in PostgreSQL and in {} Parquet objects (batches of {batch}) \
+         after {:.1}s",
+        killed_for.as_secs_f64(),
+        all.len(),
         elapsed.as_secs_f64()
     );
     drop(last);
@@ -350,8 +463,9 @@ async fn commerce_killed_again_and_again_counts_every_order_exactly_once() {
         let mut p = Process::start(&toml, &[], &env);
         wait_ready(&p.base).await;
         let before = at_kill.last().copied().unwrap_or(0);
-        kill_mid_run(&mut p, &mut moments, 500, before, n, || async {
-            counters(&schema).await.0
+        kill_mid_run(&mut p, &mut moments, 500, || async {
+            let now = counters(&schema).await.0;
+            now > before || now >= n
         })
         .await;
         at_kill.push(counters(&schema).await.0);
@@ -402,4 +516,183 @@ async fn commerce_killed_again_and_again_counts_every_order_exactly_once() {
     drop(broker);
     crate::recorder::drop_schema(&schema).await;
     crate::commerce::drop_keys(&format!("{schema}:")).await;
+}
+
+/// Size of file `i` of the ftp-sync crash run: every 20th is 6 MiB, larger than the transfer's
+/// pipe (256 KiB) and than loopback socket buffers, the others 1 to 64 KiB.
+fn job_size(i: usize) -> usize {
+    if i % 20 == 7 {
+        6 << 20
+    } else {
+        1024 + (i * 7919) % (63 * 1024)
+    }
+}
+
+/// Files under `root` by final name (not a hidden staging `.<name>.<tag>.part`), and the staged
+/// uploads.
+fn finals_and_staged(root: &std::path::Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    crate::ftp_sync::files(root).into_iter().partition(|f| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        !(name.starts_with('.') && name.ends_with(".part"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_sync_killed_again_and_again_completes_every_job_exactly_once() {
+    use crate::ftp_sync::{content, env_refs, job};
+    const TOPIC: &str = "mem-dft-img";
+    const PARTITIONS: i32 = 4;
+    const GROUP: &str = "etl-worker-group";
+    let n = setting("ACTORD_CRASH_MESSAGES", 300) as usize;
+    let kills = setting("ACTORD_CRASH_KILLS", 3);
+    let mut moments = Moments(setting("ACTORD_CRASH_SEED", 7));
+    let broker = MockBroker::start(&[(TOPIC, PARTITIONS), ("mem-dft-img-dlq", 1)]);
+    let bootstrap = broker.bootstrap().to_owned();
+    let src = FtpServer::start(true);
+    // Uploads at 2 MiB/s a connection: a large file is in transit for 3 s.
+    let dst = FtpServer::start_throttled(2 << 20);
+    let final_name = |i: usize| format!("out/{}/{i}.bin", i % 10);
+    for i in 0..n {
+        let path = src.root().join(format!("in/{}/{i}.bin", i % 10));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content(job_size(i), i as u8)).unwrap();
+    }
+    let jobs: Vec<String> = (0..n)
+        .map(|i| {
+            job(
+                &format!("crash-{i}"),
+                ("SRC_FTP_SERVER1", &format!("/in/{}/{i}.bin", i % 10)),
+                ("DST_FTP_SERVER1", &format!("/{}", final_name(i))),
+            )
+        })
+        .collect();
+    crate::recorder::produce(&bootstrap, TOPIC, jobs).await;
+    let toml = format!(
+        r#"[runtime]
+enable = ["ftp-sync"]
+cool_down = "1s"
+[supervision]
+backoff_initial = "100ms"
+backoff_max = "2s"
+max_restarts = 20
+[pipelines.ftp-sync]
+topics = ["{TOPIC}"]
+group = "{GROUP}"
+concurrency = 4
+retry_backoff = "200ms"
+retry_backoff_max = "1s"
+"#
+    );
+    let mut env = src.env("SRC_FTP_SERVER1");
+    env.extend(dst.env("DST_FTP_SERVER1"));
+    env.push(("KAFKA_BROKERS".into(), bootstrap.clone()));
+    let started = Instant::now();
+
+    // (files in place, uploads cut short) at each kill.
+    let mut at_kill: Vec<(usize, usize)> = Vec::new();
+    for k in 1..=kills {
+        let (before, staged_before) = finals_and_staged(&dst.root());
+        let before = before.len();
+        let mut p = Process::start(&toml, &[], &env_refs(&env));
+        wait_ready(&p.base).await;
+        // This run put a file in place that was not there (a replay first rewrites files that
+        // are).
+        let landed = || async {
+            let now = finals_and_staged(&dst.root()).0.len();
+            now > before || now >= n
+        };
+        // Small files land at up to 100 a second: a short moment keeps most jobs for later runs.
+        let exited = kill_mid_run(&mut p, &mut moments, 500, landed).await;
+        assert!(
+            exited.is_none(),
+            "actord exited on its own ({exited:?}); log:\n{}",
+            p.log()
+        );
+        let (finals, staged) = finals_and_staged(&dst.root());
+        let cut = staged.difference(&staged_before).count();
+        eprintln!(
+            "kill {k}: {} files in place, {cut} uploads cut short",
+            finals.len()
+        );
+        at_kill.push((finals.len(), cut));
+    }
+
+    let last = Process::start(&toml, &[], &env_refs(&env));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = finals_and_staged(&dst.root()).0.len();
+        let committed = crate::kafka::committed(&bootstrap, GROUP, TOPIC, PARTITIONS);
+        let end = crate::kafka::end_offsets(&bootstrap, TOPIC, PARTITIONS);
+        if done >= n && committed == end {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} files, committed {committed:?} of {end:?} after {kills} kills \
+             (files, uploads cut at each: {at_kill:?}); log:\n{}",
+            last.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = started.elapsed();
+    // A moment more: nothing else may arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (finals, staged) = finals_and_staged(&dst.root());
+    let want: BTreeSet<String> = (0..n).map(final_name).collect();
+    assert_eq!(finals, want, "files in place at the destination");
+    for i in 0..n {
+        let got = std::fs::read(dst.root().join(final_name(i))).unwrap();
+        assert!(
+            got == content(job_size(i), i as u8),
+            "{} differs from its source ({} bytes of {})",
+            final_name(i),
+            got.len(),
+            job_size(i)
+        );
+    }
+    // What a kill left staged is a hidden name beside the file it was for, never a final name.
+    for s in &staged {
+        let (dir, name) = s.rsplit_once('/').unwrap();
+        let of = name[1..].split(".bin.").next().unwrap();
+        assert!(
+            want.contains(&format!("{dir}/{of}.bin")),
+            "staged upload {s} is not for a job's file"
+        );
+    }
+    let dead: i64 = crate::kafka::end_offsets(&bootstrap, "mem-dft-img-dlq", 1)
+        .values()
+        .sum();
+    assert_eq!(dead, 0, "no job dead-lettered");
+    for (k, (done, _)) in at_kill.iter().enumerate() {
+        assert!(
+            (1..n).contains(done),
+            "kill {} did not land mid-run: {done} files of {n} in place",
+            k + 1
+        );
+    }
+    // Jobs done again after a kill (a replay from the last commit rewrites the same file): the
+    // destination's renames into each final name.
+    let log = dst.log();
+    let mut renames: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("RNTO ") && l.ends_with(" 250"))
+    {
+        let path = line.split("RNTO ").nth(1).unwrap().trim_end_matches(" 250");
+        if let Some(name) = want.iter().find(|w| path.ends_with(&format!("/{w}"))) {
+            *renames.entry(name.clone()).or_default() += 1;
+        }
+    }
+    let replayed = renames.values().filter(|r| **r > 1).count();
+    let large = (0..n).filter(|i| job_size(*i) > 1 << 20).count();
+    eprintln!(
+        "crash run: ftp-sync, {n} jobs ({large} files of 6 MiB), {kills} SIGKILLs (files in \
+         place, uploads cut short at each: {at_kill:?}); every file byte-exact, every job \
+         committed, 0 dead letters, {replayed} jobs done again after a kill ({} renames into \
+         place in all), {} staged uploads left by the kills, after {:.1}s",
+        renames.values().sum::<usize>(),
+        staged.len(),
+        elapsed.as_secs_f64()
+    );
+    drop(last);
 }

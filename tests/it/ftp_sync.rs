@@ -34,7 +34,7 @@ retry_backoff_max = "1s"
 }
 
 /// Bytes that ASCII mode or a truncation would damage: every byte value, CR LF pairs.
-fn content(size: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn content(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
         .map(|i| match i % 7 {
             0 => b'\r',
@@ -44,7 +44,7 @@ fn content(size: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn job(id: &str, src: (&str, &str), dst: (&str, &str)) -> String {
+pub(crate) fn job(id: &str, src: (&str, &str), dst: (&str, &str)) -> String {
     json!({
         "job_id": id,
         "source": {"hostname": src.0, "path": src.1},
@@ -74,7 +74,7 @@ fn with_wrong_password(env: Vec<(String, String)>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn env_refs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
     owned
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -92,7 +92,7 @@ fn read(root: &Path, rel: &str) -> Option<Vec<u8>> {
 }
 
 /// Every file under `root`, relative.
-fn files(root: &Path) -> BTreeSet<String> {
+pub(crate) fn files(root: &Path) -> BTreeSet<String> {
     fn walk(dir: &Path, base: &Path, out: &mut BTreeSet<String>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = entry.path();

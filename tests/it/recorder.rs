@@ -40,9 +40,14 @@ refresh_interval = "1s"
 }
 
 pub(crate) fn tick(i: i64, base: i64) -> String {
+    tick_every(i, base, 1000)
+}
+
+/// Tick `i` at `base + i * step_ms` (ms since the epoch); its volume is `i`.
+pub(crate) fn tick_every(i: i64, base: i64, step_ms: i64) -> String {
     json!({
         "symbol": format!("S{:03}", i % 7), "price": 1000.0 + i as f64 / 4.0, "volume": i,
-        "change": i as f64 / 8.0, "change_rate": -(i as f64) / 100.0, "timestamp": base + i * 1000,
+        "change": i as f64 / 8.0, "change_rate": -(i as f64) / 100.0, "timestamp": base + i * step_ms,
     })
     .to_string()
 }

@@ -2,15 +2,16 @@
 //! (s3s-fs), real PostgreSQL and Kafka brokers. Objects are read back with an S3 client and a
 //! Parquet reader, as an analytics job would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::ParquetMetaDataReader;
 use serde_json::json;
 
 use crate::kafka::end_offsets;
@@ -77,6 +78,73 @@ pub(crate) async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Ve
         out.insert(key, rows);
     }
     out
+}
+
+/// Counts the objects under `market-data/` and their rows from the Parquet footers: a listing,
+/// and two ranged reads at most for an object not seen before (by key, size and modification
+/// time). Cheap enough to poll while thousands of objects pile up; [`objects`] reads them whole.
+#[derive(Default)]
+pub(crate) struct FooterRows {
+    known: HashMap<(String, u64, DateTime<Utc>), u64>,
+}
+
+impl FooterRows {
+    /// The Parquet objects now and the rows they hold. An object whose footer cannot be read
+    /// yet (removed after the listing, or not complete) is not counted.
+    pub(crate) async fn count(&mut self, store: &Arc<dyn ObjectStore>) -> (usize, u64) {
+        let listing: Vec<ObjectMeta> = store
+            .list(Some(&"market-data".into()))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        let mut now = HashMap::new();
+        for meta in listing
+            .into_iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        {
+            let id = (meta.location.to_string(), meta.size, meta.last_modified);
+            let rows = match self.known.get(&id) {
+                Some(rows) => *rows,
+                None => match footer_rows(store, &meta).await {
+                    Some(rows) => rows,
+                    None => continue,
+                },
+            };
+            now.insert(id, rows);
+        }
+        self.known = now;
+        (self.known.len(), self.known.values().sum())
+    }
+}
+
+/// The row count in an object's Parquet footer.
+async fn footer_rows(store: &Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Option<u64> {
+    let size = meta.size;
+    if size < 12 {
+        return None;
+    }
+    // One read usually holds the whole footer.
+    let tail = store
+        .get_range(&meta.location, size.saturating_sub(64 << 10)..size)
+        .await
+        .ok()?;
+    let t = tail.len();
+    if &tail[t - 4..] != b"PAR1" {
+        return None;
+    }
+    let len = u32::from_le_bytes(tail[t - 8..t - 4].try_into().unwrap()) as usize;
+    let footer = if len + 8 <= t {
+        tail.slice(t - 8 - len..t - 8)
+    } else if (len + 8) as u64 <= size {
+        store
+            .get_range(&meta.location, size - 8 - len as u64..size - 8)
+            .await
+            .ok()?
+    } else {
+        return None;
+    };
+    let parsed = ParquetMetaDataReader::decode_metadata(&footer).ok()?;
+    Some(parsed.file_metadata().num_rows() as u64)
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {

@@ -384,6 +384,16 @@ pub struct Proxy {
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a proxied connection as open until it is dropped.
+struct OpenGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Proxy {
@@ -398,7 +408,7 @@ impl Proxy {
     }
 
     async fn start_with(target: &str, throttle: Option<u64>) -> Proxy {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
         use std::sync::Arc;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -407,6 +417,8 @@ impl Proxy {
         let rate = Arc::new(AtomicU64::new(throttle.unwrap_or(u64::MAX)));
         let (up2, gen2, target) = (up.clone(), generation.clone(), target.to_owned());
         let rate2 = rate.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open2 = open.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -418,7 +430,10 @@ impl Proxy {
                 }
                 let (target, gen, rate) = (target.clone(), gen2.clone(), rate2.clone());
                 let born = gen.load(Ordering::Acquire);
+                open2.fetch_add(1, Ordering::AcqRel);
+                let guard = OpenGuard(open2.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
@@ -452,7 +467,14 @@ impl Proxy {
             up,
             rate,
             generation,
+            open,
         }
+    }
+
+    /// Connections being passed on: a client that died leaves its connection open here until
+    /// what it had sent has reached the service.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Changes a throttled proxy's rate, for the open connections too.
@@ -859,6 +881,8 @@ pub struct FtpServer {
     nat_address: Option<String>,
     /// An upload-only account: it may list, make directories and store, never rename.
     upload_only: bool,
+    /// Bytes a second each data connection passes, each way (a slow link).
+    throttle: Option<u64>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -873,6 +897,21 @@ port, root, user, password = sys.argv[1:5]
 auth = DummyAuthorizer()
 auth.add_user(user, password, root, perm="elmw")
 FTPHandler.authorizer = auth
+FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
+"#;
+
+/// pyftpdlib with one user and data connections paced to a rate in bytes a second.
+const THROTTLED_SERVER: &str = r#"
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
+from pyftpdlib.servers import FTPServer
+port, root, user, password, rate = sys.argv[1:6]
+auth = DummyAuthorizer()
+auth.add_user(user, password, root, perm="elradfmwMT")
+ThrottledDTPHandler.read_limit = ThrottledDTPHandler.write_limit = int(rate)
+FTPHandler.authorizer = auth
+FTPHandler.dtp_handler = ThrottledDTPHandler
 FTPServer(("127.0.0.1", int(port)), FTPHandler).serve_forever()
 "#;
 
@@ -913,6 +952,15 @@ impl FtpServer {
         server
     }
 
+    /// A writable server whose data connections each pass at most `bytes_per_second` each way,
+    /// so that a large file stays in transit for seconds.
+    pub fn start_throttled(bytes_per_second: u64) -> FtpServer {
+        let mut server = Self::new(true, false, None);
+        server.throttle = Some(bytes_per_second);
+        server.resume();
+        server
+    }
+
     /// A writable server that requires explicit TLS, with a self-signed certificate.
     pub fn start_tls() -> FtpServer {
         Self::launch(true, true, None)
@@ -939,6 +987,7 @@ impl FtpServer {
             tls,
             nat_address,
             upload_only: false,
+            throttle: None,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -966,6 +1015,11 @@ impl FtpServer {
         self.dir.path().join("root")
     }
 
+    /// What the server logged (pyftpdlib logs renames, deletions and new directories).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ftp.log")).unwrap_or_default()
+    }
+
     /// The seed's variables for this server under `name`.
     pub fn env(&self, name: &str) -> Vec<(String, String)> {
         let kind = if self.tls { "ftps" } else { "ftp" };
@@ -990,6 +1044,10 @@ impl FtpServer {
             cmd.args(["-c", UPLOAD_ONLY_SERVER, &self.port.to_string()])
                 .arg(self.root())
                 .args([&self.user, &self.pass]);
+        } else if let Some(rate) = self.throttle {
+            cmd.args(["-c", THROTTLED_SERVER, &self.port.to_string()])
+                .arg(self.root())
+                .args([&self.user, &self.pass, &rate.to_string()]);
         } else if self.tls {
             cmd.args(["-c", FTPS_SERVER, &self.port.to_string()])
                 .arg(self.root())
