@@ -43,7 +43,7 @@ use actord_actors::record::Envelope;
 use actord_actors::sink::{Progress, Sink, SinkError, SinkFactory};
 use actord_actors::Fence;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
@@ -58,6 +58,11 @@ use crate::telemetry::names;
 const HEALTH_UNKNOWN: u8 = 0;
 const HEALTH_OK: u8 = 1;
 const HEALTH_FAILING: u8 = 2;
+
+/// Objects of one batch written at the same time. Each holds at most a row group, the
+/// encoder's row group and two parts in memory, so this bounds a writer's memory too; and it
+/// overlaps one object's encoding with another's upload and the fsyncs of a local directory.
+const UPLOADS_AT_ONCE: usize = 4;
 
 /// Footer metadata: the offset of the object's last record and that record's time (ns).
 const META_LAST_OFFSET: &str = "actord.last_offset";
@@ -376,22 +381,26 @@ impl<F: ParquetFormat> Objects<F> {
                 .await?;
         }
         let present = self.remove_stale(&mut groups, &owners).await?;
-        for group in groups.iter().filter(|g| !g.records.is_empty()) {
-            let generation = owners[&(group.stream, group.partition)].generation;
-            let key = self.key(group, generation);
-            // A retry of a batch whose objects partly completed rewrites them under the same key.
-            let replaces = match present.get(&key) {
-                Some(meta) => Some(self.counted(meta).await?),
-                None => None,
-            };
-            let started = Instant::now();
-            let bytes = self
-                .upload(group, &key, generation, replaces, progress, fence)
-                .await?;
-            metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
-            metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
-                .increment(bytes);
-            debug!(key = %key, records = group.records.len(), bytes, elapsed = ?started.elapsed(), "object written");
+        // The batch's objects are written a few at a time: each still checks its ownership
+        // before and after it becomes visible, and every one runs to its end (none is dropped
+        // half-way when another fails), so a failed batch leaves only whole objects of this
+        // writer's generation, which its retry or replay replaces.
+        let mut uploads = Vec::with_capacity(groups.len());
+        for group in &groups {
+            if !group.records.is_empty() {
+                let generation = owners[&(group.stream, group.partition)].generation;
+                uploads.push(self.write_object(group, generation, &present, progress, fence));
+            }
+        }
+        let results: Vec<Result<(), SinkError>> = futures::stream::iter(uploads)
+            .buffered(UPLOADS_AT_ONCE)
+            .collect()
+            .await;
+        // A fenced object explains the others' failures best: report it first.
+        let mut errors: Vec<SinkError> = results.into_iter().filter_map(Result::err).collect();
+        errors.sort_by_key(|e| e.class != "Fenced");
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
         }
         let mut known = self.owners.lock().expect("owners lock");
         for (k, o) in &owners {
@@ -402,6 +411,32 @@ impl<F: ParquetFormat> Objects<F> {
                 slot.first = false;
             }
         }
+        Ok(())
+    }
+
+    /// Writes the object of one group of a batch under `generation`.
+    async fn write_object(
+        &self,
+        group: &Group<'_, F::Record>,
+        generation: u64,
+        present: &HashMap<String, ObjectMeta>,
+        progress: &Progress,
+        fence: &Fence,
+    ) -> Result<(), SinkError> {
+        let key = self.key(group, generation);
+        // A retry of a batch whose objects partly completed rewrites them under the same key.
+        let replaces = match present.get(&key) {
+            Some(meta) => Some(self.counted(meta).await?),
+            None => None,
+        };
+        let started = Instant::now();
+        let bytes = self
+            .upload(group, &key, generation, replaces, progress, fence)
+            .await?;
+        metrics::counter!(names::S3_UPLOADS_TOTAL, "path" => self.path.clone()).increment(1);
+        metrics::counter!(names::S3_UPLOADED_BYTES_TOTAL, "path" => self.path.clone())
+            .increment(bytes);
+        debug!(key = %key, records = group.records.len(), bytes, elapsed = ?started.elapsed(), "object written");
         Ok(())
     }
 
@@ -623,9 +658,7 @@ impl<F: ParquetFormat> Objects<F> {
                     .to_string(),
             ),
         ];
-        let schema = self
-            .format
-            .schema(&group.records)
+        let schema = cpu(|| self.format.schema(&group.records))
             .map_err(|e| SinkError::fatal(format!("cannot decide the schema of {key}: {e}")))?;
         let Encoder {
             rows: rows_tx,
@@ -646,9 +679,7 @@ impl<F: ParquetFormat> Objects<F> {
                         "gave up {key}: its partition was revoked"
                     )));
                 }
-                let rows = self
-                    .format
-                    .encode(&schema, chunk)
+                let rows = cpu(|| self.format.encode(&schema, chunk))
                     .map_err(|e| SinkError::fatal(format!("cannot build a record batch: {e}")))?;
                 rows_tx
                     .send(Rows::Batch(rows))
@@ -737,6 +768,18 @@ impl<F: ParquetFormat> Objects<F> {
             return Err(e);
         }
         Ok(size)
+    }
+}
+
+/// Runs the CPU-heavy part of a write that borrows the batch (a schema, a row group's Arrow
+/// arrays) so that it does not hold up the async workers: on a multi-threaded runtime the
+/// worker first hands its other tasks to another thread. The Parquet encoding itself runs on a
+/// blocking thread of its own (see `upload`).
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
