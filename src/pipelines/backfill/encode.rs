@@ -16,6 +16,8 @@
 //! each object is self-describing, and readers that merge schemas (pyarrow's dataset, Spark,
 //! DuckDB's `union_by_name`) read them together.
 
+use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use actord_actors::record::Envelope;
@@ -24,7 +26,7 @@ use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampNanose
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 
-use super::reading::Reading;
+use super::reading::{Fields, Name, Reading};
 
 /// The columns every object has after the message's own.
 pub const TIMESTAMP_UTC: &str = "timestamp_utc";
@@ -81,21 +83,57 @@ fn nanos_type(zone: &str) -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some(zone.into()))
 }
 
-/// The inferred message columns of `readings`: (name, kind), in name order.
-fn columns<'a>(readings: impl Iterator<Item = &'a Reading>) -> Vec<(String, Kind)> {
-    let mut out: Vec<(String, Kind)> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for r in readings {
-        for (name, value) in &r.fields {
-            if RESERVED.contains(&name.as_str()) {
-                continue;
+/// The previous reading's field names and their columns: the readings of one object mostly
+/// have the same fields in the same order (the same shared names), and then need no look-up.
+#[derive(Default)]
+struct Layout {
+    names: Vec<Name>,
+    /// Per field of the reading, its column, or `None` for a reserved name.
+    columns: Vec<Option<usize>>,
+}
+
+impl Layout {
+    /// The columns of `fields`, from `lookup` when they are not the previous reading's names.
+    fn of(
+        &mut self,
+        fields: &Fields,
+        mut lookup: impl FnMut(&Name) -> Option<usize>,
+    ) -> &[Option<usize>] {
+        let same = fields.len() == self.names.len()
+            && fields
+                .iter()
+                .zip(&self.names)
+                .all(|((n, _), last)| Arc::ptr_eq(n, last));
+        if !same {
+            self.names.clear();
+            self.columns.clear();
+            for (n, _) in fields.iter() {
+                self.names.push(n.clone());
+                self.columns.push(lookup(n));
             }
-            match index.get(name.as_str()) {
-                Some(&i) => out[i].1 = out[i].1.join(Kind::of(value)),
-                None => {
-                    index.insert(name, out.len());
-                    out.push((name.clone(), Kind::of(value)));
-                }
+        }
+        &self.columns
+    }
+}
+
+/// The inferred message columns of `readings`: (name, kind), in name order.
+fn columns<'a>(readings: impl Iterator<Item = &'a Reading>) -> Vec<(Name, Kind)> {
+    let mut out: Vec<(Name, Kind)> = Vec::new();
+    let mut index: HashMap<Name, usize> = HashMap::new();
+    let mut layout = Layout::default();
+    for r in readings {
+        let columns = layout.of(&r.fields, |name| {
+            if RESERVED.contains(&&**name) {
+                return None;
+            }
+            Some(*index.entry(name.clone()).or_insert_with(|| {
+                out.push((name.clone(), Kind::Null));
+                out.len() - 1
+            }))
+        });
+        for ((_, value), column) in r.fields.iter().zip(columns) {
+            if let Some(i) = *column {
+                out[i].1 = out[i].1.join(Kind::of(value));
             }
         }
     }
@@ -107,7 +145,7 @@ fn columns<'a>(readings: impl Iterator<Item = &'a Reading>) -> Vec<(String, Kind
 pub fn schema(records: &[&Envelope<Reading>]) -> SchemaRef {
     let mut fields: Vec<Field> = columns(records.iter().map(|e| &e.record))
         .into_iter()
-        .map(|(name, kind)| Field::new(name, kind.data_type(), true))
+        .map(|(name, kind)| Field::new(name.as_ref(), kind.data_type(), true))
         .collect();
     fields.extend([
         Field::new(TIMESTAMP_UTC, nanos_type("UTC"), false),
@@ -118,51 +156,106 @@ pub fn schema(records: &[&Envelope<Reading>]) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn column(records: &[&Envelope<Reading>], name: &str, data_type: &DataType) -> ArrayRef {
-    let values = records.iter().map(|e| e.record.fields.get(name));
-    match data_type {
-        DataType::Boolean => {
-            let mut b = BooleanBuilder::with_capacity(records.len());
-            values.for_each(|v| b.append_option(v.and_then(Value::as_bool)));
-            Arc::new(b.finish())
+/// One message column being built.
+enum Column {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    /// Strings, and any other value as its JSON text.
+    Text(StringBuilder),
+}
+
+impl Column {
+    fn new(data_type: &DataType, rows: usize) -> Column {
+        match data_type {
+            DataType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
+            DataType::Int64 => Column::Int(Int64Builder::with_capacity(rows)),
+            DataType::Float64 => Column::Float(Float64Builder::with_capacity(rows)),
+            _ => Column::Text(StringBuilder::with_capacity(rows, rows * 8)),
         }
-        DataType::Int64 => {
-            let mut b = Int64Builder::with_capacity(records.len());
-            values.for_each(|v| b.append_option(v.and_then(Value::as_i64)));
-            Arc::new(b.finish())
-        }
-        DataType::Float64 => {
-            let mut b = Float64Builder::with_capacity(records.len());
-            values.for_each(|v| b.append_option(v.and_then(Value::as_f64)));
-            Arc::new(b.finish())
-        }
-        _ => {
-            let mut b = StringBuilder::with_capacity(records.len(), records.len() * 8);
-            for v in values {
-                match v {
-                    None | Some(Value::Null) => b.append_null(),
-                    Some(Value::String(s)) => b.append_value(s),
-                    Some(other) => b.append_value(other.to_string()),
+    }
+
+    fn push(&mut self, v: &Value) {
+        match self {
+            Column::Bool(b) => b.append_option(v.as_bool()),
+            Column::Int(b) => b.append_option(v.as_i64()),
+            Column::Float(b) => b.append_option(v.as_f64()),
+            Column::Text(b) => match v {
+                Value::Null => b.append_null(),
+                Value::String(s) => b.append_value(s),
+                other => {
+                    // Straight into the column: the builder takes text until the row ends.
+                    let _ = write!(b, "{other}");
+                    b.append_value("");
                 }
-            }
-            Arc::new(b.finish())
+            },
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            Column::Bool(b) => b.append_null(),
+            Column::Int(b) => b.append_null(),
+            Column::Float(b) => b.append_null(),
+            Column::Text(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Column::Bool(mut b) => Arc::new(b.finish()),
+            Column::Int(mut b) => Arc::new(b.finish()),
+            Column::Float(mut b) => Arc::new(b.finish()),
+            Column::Text(mut b) => Arc::new(b.finish()),
         }
     }
 }
 
 /// `records` (in their order) as a batch of `schema`, the schema [`schema`] gave for the
-/// object they belong to.
+/// object they belong to. One pass over the records fills every message column.
 pub fn encode(
     schema: &SchemaRef,
     records: &[&Envelope<Reading>],
 ) -> Result<RecordBatch, ArrowError> {
     let own = schema.fields().len().saturating_sub(RESERVED.len());
-    let mut arrays: Vec<ArrayRef> = schema
+    let mut columns: Vec<Column> = schema
         .fields()
         .iter()
         .take(own)
-        .map(|f| column(records, f.name(), f.data_type()))
+        .map(|f| Column::new(f.data_type(), records.len()))
         .collect();
+    let index: HashMap<&str, usize> = schema
+        .fields()
+        .iter()
+        .take(own)
+        .enumerate()
+        .map(|(i, f)| (f.name().as_str(), i))
+        .collect();
+    // Rows each column holds; a column the reading did not fill gets a null.
+    let mut filled = vec![0usize; own];
+    let mut layout = Layout::default();
+    for (row, e) in records.iter().enumerate() {
+        let fields = &e.record.fields;
+        let at = layout.of(fields, |name| {
+            if RESERVED.contains(&&**name) {
+                return None;
+            }
+            index.get(&**name).copied()
+        });
+        for ((_, value), column) in fields.iter().zip(at) {
+            if let Some(i) = *column {
+                columns[i].push(value);
+                filled[i] = row + 1;
+            }
+        }
+        for (i, column) in columns.iter_mut().enumerate() {
+            if filled[i] <= row {
+                column.push_null();
+                filled[i] = row + 1;
+            }
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
     // Decoding refused times outside the nanosecond range.
     let nanos: Vec<i64> = records
         .iter()
@@ -203,7 +296,7 @@ mod tests {
         };
         Envelope {
             record: Reading {
-                fields,
+                fields: fields.into(),
                 time: DateTime::parse_from_rfc3339("2025-11-19T15:00:00Z")
                     .unwrap()
                     .with_timezone(&Utc),

@@ -16,7 +16,7 @@
 //!   A subtree that gives up (its restart budget spent) or makes no progress for the stall
 //!   limit fails the run, with everything up to its last commit kept.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::mode::{Mode, KST};
-use super::reading::{self, Reading};
+use super::reading::{self, Names, Reading};
 use crate::sinks::objects::sink::Written;
 use crate::sources::kafka::consumer::source_record;
 use crate::sources::kafka::KafkaConnection;
@@ -327,6 +327,10 @@ struct Reader {
     tracker: Tracker,
     acks: mpsc::UnboundedReceiver<Vec<Origin>>,
     acker: Acker,
+    /// Chunks being decoded on blocking threads, in the order they were read.
+    decoding: VecDeque<tokio::task::JoinHandle<Decoded>>,
+    /// Field names shared by the readings (handed to each decoding chunk and back).
+    names: Names,
     skipped: u64,
     dead_letters: u64,
     /// Records and object bytes reported so far.
@@ -353,6 +357,8 @@ impl Reader {
             tracker: Tracker::new(),
             acks,
             acker,
+            decoding: VecDeque::new(),
+            names: Names::default(),
             skipped: 0,
             dead_letters: 0,
             reported: (0, 0),
@@ -441,6 +447,7 @@ impl Reader {
         self.assign()?;
         let max_in_flight = self.settings.batch_size.saturating_mul(2).max(CHUNK);
         let mut pending: Vec<Item<Reading>> = Vec::with_capacity(CHUNK);
+        let mut raw: Vec<SourceRecord> = Vec::with_capacity(CHUNK);
         let mut last_ack = Instant::now();
         let mut flushed = false;
         loop {
@@ -459,16 +466,31 @@ impl Reader {
                 buffer = self.wait_for(downstream, Some(&buffer)).await?;
                 self.assign()?;
                 pending.clear();
+                raw.clear();
+                // Chunks read for the old subtree: their results are dropped unseen.
+                self.decoding.clear();
                 flushed = false;
                 last_ack = Instant::now();
                 continue;
             }
             let done_reading = self.all_read();
-            if done_reading && pending.is_empty() && self.tracker.in_flight_records() == 0 {
+            if done_reading
+                && pending.is_empty()
+                && raw.is_empty()
+                && self.decoding.is_empty()
+                && self.tracker.in_flight_records() == 0
+            {
                 return Ok(());
             }
             let full = self.tracker.in_flight_records() >= max_in_flight;
             if done_reading || full {
+                // Everything read goes to the buffer before it is flushed.
+                if !raw.is_empty() {
+                    self.decode(std::mem::take(&mut raw));
+                }
+                while !self.decoding.is_empty() {
+                    self.take_decoded(&mut pending).await?;
+                }
                 if !pending.is_empty() {
                     let items = std::mem::take(&mut pending);
                     buffer
@@ -524,39 +546,25 @@ impl Reader {
                 let Some(epoch) = self.tracker.dispatched(self.topic, p, offset, bytes) else {
                     continue;
                 };
-                let source = SourceRecord {
+                raw.push(SourceRecord {
                     origin: Origin {
                         epoch,
                         ..source.origin
                     },
                     ..source
-                };
-                match reading::decode(&source, self.settings.timestamp_field.as_deref()) {
-                    Ok(r) if self.settings.mode.from().is_some_and(|from| r.time < from) => {
-                        self.skipped += 1;
-                        self.tracker.ack(&source.origin);
-                    }
-                    Ok(record) => pending.push(Item::Good(Envelope {
-                        record,
-                        bytes: source.payload.as_ref().map_or(0, Vec::len),
-                        source,
-                        acker: self.acker.clone(),
-                    })),
-                    Err(poison) => {
-                        self.dead_letters += 1;
-                        warn!(pipeline = "backfill", partition = p, offset, error = %poison, "message without a usable timestamp, dead-lettering it");
-                        pending.push(Item::Poison(DeadLetter {
-                            source,
-                            acker: self.acker.clone(),
-                            poison,
-                            stage: "decode",
-                            retry_count: 0,
-                        }));
-                    }
-                }
+                });
                 if offset + 1 >= end {
                     self.next.insert(p, end);
                 }
+            }
+            if raw.len() >= CHUNK || (got == 0 && !raw.is_empty()) {
+                if self.decoding.len() >= DECODING {
+                    self.take_decoded(&mut pending).await?;
+                }
+                self.decode(std::mem::replace(&mut raw, Vec::with_capacity(CHUNK)));
+            }
+            while self.decoding.front().is_some_and(|d| d.is_finished()) {
+                self.take_decoded(&mut pending).await?;
             }
             if pending.len() >= CHUNK || (got == 0 && !pending.is_empty()) {
                 let items = std::mem::take(&mut pending);
@@ -578,6 +586,39 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Decodes `records` on a blocking thread; [`Reader::take_decoded`] takes the results in
+    /// the order the chunks were read, so every partition reaches the buffer in offset order.
+    fn decode(&mut self, records: Vec<SourceRecord>) {
+        let field = self.settings.timestamp_field.clone();
+        let from = self.settings.mode.from();
+        let acker = self.acker.clone();
+        let names = self.names.clone();
+        self.decoding
+            .push_back(tokio::task::spawn_blocking(move || {
+                decode_chunk(records, field.as_deref(), from, &acker, names)
+            }));
+    }
+
+    /// Waits for the oldest chunk being decoded and adds its records to `pending`.
+    async fn take_decoded(&mut self, pending: &mut Vec<Item<Reading>>) -> Result<(), String> {
+        let Some(job) = self.decoding.pop_front() else {
+            return Ok(());
+        };
+        let decoded = job
+            .await
+            .map_err(|e| format!("decoding a chunk of readings panicked: {e}"))?;
+        for origin in &decoded.skipped {
+            self.tracker.ack(origin);
+        }
+        self.skipped += decoded.skipped.len() as u64;
+        self.dead_letters += decoded.poison;
+        if decoded.names.len() > self.names.len() {
+            self.names = decoded.names;
+        }
+        pending.extend(decoded.items);
+        Ok(())
     }
 
     /// Partitions whose position passed their end without a record at the end's last offset
@@ -624,4 +665,59 @@ impl Reader {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Chunks decoded at the same time, each of up to [`CHUNK`] records: the reader goes on
+/// reading while they decode.
+const DECODING: usize = 4;
+
+/// A decoded chunk.
+struct Decoded {
+    /// Readings and dead letters, in the chunk's order.
+    items: Vec<Item<Reading>>,
+    /// Records older than the run's from-date: acknowledged without being written.
+    skipped: Vec<Origin>,
+    poison: u64,
+    names: Names,
+}
+
+/// Decodes a chunk of records (on a blocking thread).
+fn decode_chunk(
+    records: Vec<SourceRecord>,
+    field: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    acker: &Acker,
+    mut names: Names,
+) -> Decoded {
+    let mut out = Decoded {
+        items: Vec::with_capacity(records.len()),
+        skipped: Vec::new(),
+        poison: 0,
+        names: Names::default(),
+    };
+    for source in records {
+        match reading::decode_with(&source, field, &mut names) {
+            Ok(r) if from.is_some_and(|from| r.time < from) => out.skipped.push(source.origin),
+            Ok(record) => out.items.push(Item::Good(Envelope {
+                record,
+                bytes: source.payload.as_ref().map_or(0, Vec::len),
+                source,
+                acker: acker.clone(),
+            })),
+            Err(poison) => {
+                out.poison += 1;
+                let (partition, offset) = (source.origin.partition, source.origin.offset);
+                warn!(pipeline = "backfill", partition, offset, error = %poison, "message without a usable timestamp, dead-lettering it");
+                out.items.push(Item::Poison(DeadLetter {
+                    source,
+                    acker: acker.clone(),
+                    poison,
+                    stage: "decode",
+                    retry_count: 0,
+                }));
+            }
+        }
+    }
+    out.names = names;
+    out
 }
