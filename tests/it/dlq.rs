@@ -68,8 +68,9 @@ async fn a_missing_dlq_topic_is_created_and_each_letter_written_once() {
     assert_eq!(get(&p.base, "/ready").await.0, 200);
 }
 
-/// A DLQ topic whose own `max.message.bytes` is below the producer's: a large poison record's
-/// letter is cut to fit the topic, not the producer.
+/// A DLQ topic whose own `max.message.bytes` is below the producer's: large poison records'
+/// letters are cut to fit the topic, not the producer, and a burst of them is not refused as one
+/// batch larger than the topic takes (the broker checks the whole batch).
 #[tokio::test]
 async fn a_letter_fits_the_dlq_topics_own_message_size() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -102,37 +103,64 @@ async fn a_letter_fits_the_dlq_topics_own_message_size() {
     );
     let p = Process::start(&toml, &[], &[]);
     wait_ready(&p.base).await;
-    // 300 KB: under the producer's 1 MB, three times the topic's limit.
-    let large = format!("not json {}", "x".repeat(300_000));
-    produce_raw(tansu.bootstrap(), &topic, &[&large]).await;
+    // 300 KB each: under the producer's 1 MB, three times the topic's limit; letters that do
+    // not compress, so that two of them in one batch would be over the limit.
+    let large: Vec<String> = (0..4u64)
+        .map(|i| format!("not json {}", noise(i, 300_000)))
+        .collect();
+    let refs: Vec<&str> = large.iter().map(String::as_str).collect();
+    produce_raw(tansu.bootstrap(), &topic, &refs).await;
     let bootstrap = tansu.bootstrap().to_owned();
+    let dlq_topic = dlq.clone();
     let letters =
-        tokio::task::spawn_blocking(move || read_until(&bootstrap, &dlq, |r| !r.is_empty()))
+        tokio::task::spawn_blocking(move || read_until(&bootstrap, &dlq_topic, |r| r.len() >= 4))
             .await
             .unwrap();
-    assert_eq!(letters.len(), 1, "log:\n{}", p.log());
-    let (body, headers) = &letters[0];
-    let size = serde_json::to_vec(body).unwrap().len()
-        + headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
-    assert!(
-        size <= limit,
-        "a letter of {size} bytes, the topic takes {limit}"
-    );
-    assert_eq!(body["original_truncated"], true);
-    assert_eq!(body["original_bytes"], large.len());
-    let kept = body["original_message"].as_str().unwrap();
-    assert!(
-        large.starts_with(kept) && kept.len() > limit / 2,
-        "{}",
-        kept.len()
-    );
+    assert_eq!(letters.len(), 4, "log:\n{}", p.log());
+    for ((body, headers), large) in letters.iter().zip(&large) {
+        let size = serde_json::to_vec(body).unwrap().len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        assert!(
+            size <= limit,
+            "a letter of {size} bytes, the topic takes {limit}"
+        );
+        assert_eq!(body["original_truncated"], true);
+        assert_eq!(body["original_bytes"], large.len());
+        let kept = body["original_message"].as_str().unwrap();
+        assert!(
+            large.starts_with(kept) && kept.len() > limit / 2,
+            "{}",
+            kept.len()
+        );
+    }
     assert!(
         p.log()
             .contains("dead letters sized by the topic's max.message.bytes"),
         "{}",
         p.log()
     );
+    let t = tree(&p.base).await;
+    assert_eq!(
+        actor(&t, "/heartbeat/beats/dlq")["restarts"],
+        0,
+        "log:\n{}",
+        p.log()
+    );
+}
+
+/// `len` letters and digits that lz4 cannot shrink, the same for the same `seed`.
+fn noise(seed: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
 }

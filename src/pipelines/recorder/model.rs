@@ -341,10 +341,11 @@ mod tests {
             ))
         };
         let want = timestamp(&serde_json::json!("2025-11-19T16:12:34Z")).unwrap();
-        // Escapes in the string: read into an owned string instead of borrowed.
         for ts in [
             r#""2025-11-19T16:12:34Z""#,
-            r#""2025-11-19T16:12:34Z""#,
+            // An escape in the string: read into an owned string instead of borrowed.
+            r#""2025-11-19T16:12:34\u005A""#,
+            r#""2025\u002d11-19T16:12:34Z""#,
             "1763568754",
             "1763568754000",
             "1763568754.0",

@@ -17,7 +17,8 @@
 //!   a health error of this actor (the pipeline is not up) until it exists.
 //! - A letter is at most the smaller of the producer's `message.max.bytes` and the DLQ topic's
 //!   own `max.message.bytes`, read from the broker (describe configs) once the topic is known
-//!   to exist; a broker that does not answer that leaves the producer's limit.
+//!   to exist; a broker that does not answer that leaves the producer's limit. Each letter
+//!   goes in a produce batch of its own, since a broker checks that limit per batch.
 //! - The source offset stays uncommitted until Kafka holds the letter, so nothing is lost while
 //!   the DLQ is unreachable; a letter whose last attempt timed out may still land, so a letter
 //!   is written at least once.
@@ -481,8 +482,16 @@ impl Actor for DlqProducer {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let timeout = ATTEMPT_TIMEOUT.as_millis().to_string();
-        let producer = producer_with(&args.connection, &[("message.timeout.ms", &timeout)])
-            .map_err(|e| format!("cannot create the DLQ producer: {e}"))?;
+        // One letter per produce batch: a broker checks a topic's `max.message.bytes` against
+        // the whole batch, so letters each sized to fit could be refused together.
+        let producer = producer_with(
+            &args.connection,
+            &[
+                ("message.timeout.ms", &timeout),
+                ("batch.num.messages", "1"),
+            ],
+        )
+        .map_err(|e| format!("cannot create the DLQ producer: {e}"))?;
         let admin: AdminClient<DefaultClientContext> = args
             .connection
             .client_config()

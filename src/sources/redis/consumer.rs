@@ -24,8 +24,9 @@
 //! - At most `max_in_flight_records` entries / `max_in_flight_bytes` are handed out and
 //!   unacknowledged (an entry counts with what it holds in memory while in flight,
 //!   [`SourceRecord::in_flight_size`]); at the bound the consumer stops reading and asks every
-//!   buffer to flush. A read takes at most `count` entries, so the bytes bound is passed by
-//!   at most one read.
+//!   buffer to flush. A read, a page of this consumer's own pending entries and a page of
+//!   entries taken over each take at most `count` entries, so the bytes bound is passed by at
+//!   most one of them.
 //! - A Redis outage is waited out: the consumer reports itself unhealthy, reconnects with
 //!   backoff and goes on where it was; entries in flight stay in flight.
 //! - While an operator has paused the pipeline the consumer reads, recovers and claims
@@ -298,6 +299,12 @@ impl ConsumerState {
             .saturating_sub(self.inflight.len())
     }
 
+    /// Entries a page of recovered or taken-over entries may hold: as many as a read, so that
+    /// those pages pass the in-flight bytes bound by no more than a read does.
+    fn page(&self, room: usize) -> usize {
+        room.min(PENDING_PAGE).min(self.settings.count.max(1))
+    }
+
     async fn ensure_group(&mut self) -> Result<(), RedisError> {
         let (stream, group, start) = (
             self.settings.stream.clone(),
@@ -417,7 +424,7 @@ impl ConsumerState {
         if room == 0 {
             return Ok(Vec::new());
         }
-        let page = room.min(PENDING_PAGE);
+        let page = self.page(room);
         let (stream, group, name) = (
             self.settings.stream.clone(),
             self.settings.group.clone(),
@@ -582,7 +589,7 @@ impl ConsumerState {
             .arg(self.settings.claim_idle.as_millis() as u64)
             .arg(&self.claim_cursor)
             .arg("COUNT")
-            .arg(room.min(PENDING_PAGE))
+            .arg(self.page(room))
             .query_async(self.conn())
             .await?;
         if reply.next_stream_id == "0-0" {
