@@ -34,32 +34,6 @@ const TOPIC: &str = "market.tick";
 const SENSORS: &str = "fms-temphum";
 const PARTITIONS: i32 = 8;
 
-fn tick(i: u64) -> String {
-    let ts = 1_763_568_754_000u64 + i;
-    format!(
-        r#"{{"symbol":"{:06}","price":{},"volume":{i},"change":{},"change_rate":{},"timestamp":{ts}}}"#,
-        i % 2000,
-        50_000.0 + (i % 1000) as f64 / 4.0,
-        (i % 300) as f64 / 8.0,
-        (i % 100) as f64 / 100.0
-    )
-}
-
-/// A sensor reading as the backfill seed's devices send it: one every 250 ms, so 1,000,000
-/// span about three Seoul days.
-fn reading(i: u64) -> String {
-    let time = chrono::DateTime::from_timestamp_millis(1_763_510_400_000 + i as i64 * 250)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    format!(
-        r#"{{"sensor_id":"fms-{:02}","temperature":{},"humidity":{},"battery":{},"timestamp":"{time}"}}"#,
-        i % 40,
-        18.0 + (i % 120) as f64 / 8.0,
-        35 + i % 30,
-        100 - i % 50
-    )
-}
-
 /// Rows of every Parquet object in `store`.
 async fn rows(store: &Arc<dyn ObjectStore>) -> u64 {
     let listing: Vec<_> = store.list(None).try_collect().await.unwrap();
@@ -175,8 +149,8 @@ async fn main() {
     kafka.create_topic(TOPIC, PARTITIONS).unwrap();
     kafka.create_topic(SENSORS, PARTITIONS).unwrap();
     kafka.create_topic(&format!("{SENSORS}-dlq"), 1).unwrap();
-    common::produce(kafka.bootstrap(), TOPIC, n, tick);
-    common::produce(kafka.bootstrap(), SENSORS, n, reading);
+    common::produce(kafka.bootstrap(), TOPIC, n, common::tick);
+    common::produce(kafka.bootstrap(), SENSORS, n, common::reading);
     let raw = common::kcat(kafka.bootstrap(), TOPIC, n);
     let raw_sensors = common::kcat(kafka.bootstrap(), SENSORS, n);
 

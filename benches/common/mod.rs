@@ -13,6 +13,51 @@ use ractor::Actor;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 
+/// A market tick as the recorder reads it (JSON, millisecond `timestamp`), the `i`-th of a
+/// stream over 2,000 symbols.
+#[allow(dead_code)]
+pub fn tick(i: u64) -> String {
+    let ts = 1_763_568_754_000u64 + i;
+    format!(
+        r#"{{"symbol":"{:06}","price":{},"volume":{i},"change":{},"change_rate":{},"timestamp":{ts}}}"#,
+        i % 2000,
+        50_000.0 + (i % 1000) as f64 / 4.0,
+        (i % 300) as f64 / 8.0,
+        (i % 100) as f64 / 100.0
+    )
+}
+
+/// [`tick`] as a CSV line of `tick_data (time, symbol, price, volume, change, change_rate)`.
+#[allow(dead_code)]
+pub fn tick_csv(i: u64) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(1_763_568_754_000 + i as i64)
+        .unwrap()
+        .to_rfc3339();
+    format!(
+        "{time},{:06},{},{i},{},{}\n",
+        i % 2000,
+        50_000.0 + (i % 1000) as f64 / 4.0,
+        (i % 300) as f64 / 8.0,
+        (i % 100) as f64 / 100.0
+    )
+}
+
+/// A sensor reading as the backfill seed's devices send it: one every 250 ms, so 1,000,000
+/// span about three Seoul days.
+#[allow(dead_code)]
+pub fn reading(i: u64) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(1_763_510_400_000 + i as i64 * 250)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        r#"{{"sensor_id":"fms-{:02}","temperature":{},"humidity":{},"battery":{},"timestamp":"{time}"}}"#,
+        i % 40,
+        18.0 + (i % 120) as f64 / 8.0,
+        35 + i % 30,
+        100 - i % 50
+    )
+}
+
 /// Produces `n` records (`payload(i)`, keys spread over partitions), lz4, and waits for them.
 pub fn produce(bootstrap: &str, topic: &str, n: u64, payload: impl Fn(u64) -> String) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
