@@ -81,12 +81,21 @@ pub fn produce(bootstrap: &str, topic: &str, n: u64, payload: impl Fn(u64) -> St
 }
 
 /// The raw consume rate: `kcat` reads the `n` records of `topic` once, with the fetch tuning
-/// actord's consumer uses, so the baseline is the real limit. `None` when kcat is missing.
+/// actord's consumer uses, so the baseline is the real limit. A kcat linked to a librdkafka
+/// older than 2.1 has no `fetch.queue.backoff.ms` (nor the one-second wait it shortens) and
+/// runs without it. `None` when kcat is missing.
 #[allow(dead_code)]
 pub fn kcat(bootstrap: &str, topic: &str, n: u64) -> Option<f64> {
-    let start = Instant::now();
-    let status = std::process::Command::new("kcat")
-        .args([
+    for tuning in [
+        &[
+            "fetch.queue.backoff.ms=20",
+            "queued.max.messages.kbytes=16384",
+        ][..],
+        &["queued.max.messages.kbytes=16384"][..],
+    ] {
+        let start = Instant::now();
+        let mut cmd = std::process::Command::new("kcat");
+        cmd.args([
             "-C",
             "-b",
             bootstrap,
@@ -97,16 +106,20 @@ pub fn kcat(bootstrap: &str, topic: &str, n: u64) -> Option<f64> {
             "-e",
             "-q",
         ])
-        .args(["-f", "%s\n"])
-        .args(["-X", "fetch.queue.backoff.ms=20"])
-        .args(["-X", "queued.max.messages.kbytes=16384"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    status
-        .success()
-        .then(|| n as f64 / start.elapsed().as_secs_f64())
+        .args(["-f", "%s\n"]);
+        for property in tuning {
+            cmd.args(["-X", property]);
+        }
+        let status = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        if status.success() {
+            return Some(n as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    None
 }
 
 /// Runs `path` under a root supervisor at `/bench` until its writers wrote `n` records and
