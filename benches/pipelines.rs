@@ -28,7 +28,6 @@ const SENSORS: &str = "fms-temphum";
 const ORDERS: &str = "orders";
 /// Enough partitions that 10M ticks stay under the mock broker's 5 MiB retention per partition.
 const PARTITIONS: i32 = 64;
-const GROUP: &str = "bench-recorder";
 /// The recorder seed's default BATCH_SIZE.
 const SEED_BATCH: u32 = 1000;
 const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
@@ -363,7 +362,9 @@ fn kcat(bootstrap: &str, topic: &str, n: u64, bytes: u64) -> Measured {
     }
 }
 
-fn recorder_toml(schema: &str, batch: u32, parquet_dir: Option<&Path>) -> String {
+/// The recorder as an operator would configure it for one run. Each run has a group of its
+/// own and migrates from no other group, so it reads the topic from the beginning.
+fn recorder_toml(schema: &str, group: &str, batch: u32, parquet_dir: Option<&Path>) -> String {
     let s3 = match parquet_dir {
         Some(dir) => format!(
             "enabled = true\ndir = \"{}\"\nbatch_timeout = \"2s\"",
@@ -373,7 +374,7 @@ fn recorder_toml(schema: &str, batch: u32, parquet_dir: Option<&Path>) -> String
     };
     format!(
         "[runtime]\nenable = [\"recorder\"]\n[log]\nlevel = \"warn\"\n\
-         [pipelines.recorder]\ngroup = \"{GROUP}\"\nbatch_size = {batch}\ndemo = false\n\
+         [pipelines.recorder]\ngroup = \"{group}\"\nmigrate_from_group = \"\"\nbatch_size = {batch}\ndemo = false\n\
          [pipelines.recorder.timescale]\nhost = \"127.0.0.1\"\nport = 5432\nuser = \"postgres\"\n\
          database = \"postgres\"\nschema = \"{schema}\"\nrefresh_interval = \"1h\"\n\
          [pipelines.recorder.s3]\n{s3}\n"
@@ -382,15 +383,21 @@ fn recorder_toml(schema: &str, batch: u32, parquet_dir: Option<&Path>) -> String
 
 /// The recorder writing all ticks into `schema` with batches of `batch`, measured by the
 /// offsets table.
-async fn recorder_pg(ctx: &Ctx, pg: &tokio_postgres::Client, schema: &str, batch: u32) -> Measured {
+async fn recorder_pg(
+    ctx: &Ctx,
+    pg: &tokio_postgres::Client,
+    schema: &str,
+    group: &str,
+    batch: u32,
+) -> Measured {
     psql("CHECKPOINT");
     let mut actord = Actord::start(
         &ctx.bin,
-        &recorder_toml(schema, batch, None),
+        &recorder_toml(schema, group, batch, None),
         &[],
         &[("KAFKA_BROKERS", ctx.bootstrap.as_str())],
     );
-    let group = format!("{GROUP}-timescale");
+    let group = format!("{group}-timescale");
     let (seconds, records) = follow("recorder → PostgreSQL", ctx.n, &mut actord, || {
         offsets_table(pg, schema, &group)
     })
@@ -610,7 +617,7 @@ async fn main() {
     let raw_sensors = kcat(&bootstrap, SENSORS, n, sensor_bytes);
 
     // (c) at the seed's default first: its tables are the definition the raw COPY copies.
-    let seed = recorder_pg(&ctx, &pg, &batch_schema, SEED_BATCH).await;
+    let seed = recorder_pg(&ctx, &pg, &batch_schema, "bench-seed-batch", SEED_BATCH).await;
 
     // (b) raw PostgreSQL ingest: the same rows, CSV, into a table of the same definition.
     pg.batch_execute(&format!(
@@ -635,7 +642,10 @@ async fn main() {
         },
     ));
     report.push(('c', seed));
-    report.push(('c', recorder_pg(&ctx, &pg, &tuned_schema, tuned).await));
+    report.push((
+        'c',
+        recorder_pg(&ctx, &pg, &tuned_schema, "bench-tuned-batch", tuned).await,
+    ));
 
     // (d) recorder → Parquet. It runs on the tuned run's schema, whose offsets are at the end,
     // so the PostgreSQL path has nothing to do and the Parquet path works alone.
@@ -643,11 +653,11 @@ async fn main() {
     std::fs::create_dir_all(&objects).unwrap();
     let mut actord = Actord::start(
         &bin,
-        &recorder_toml(&tuned_schema, tuned, Some(&objects)),
+        &recorder_toml(&tuned_schema, "bench-tuned-batch", tuned, Some(&objects)),
         &[],
         &[("KAFKA_BROKERS", bootstrap.as_str())],
     );
-    let watcher = observer(&bootstrap, &format!("{GROUP}-s3"));
+    let watcher = observer(&bootstrap, "bench-tuned-batch-s3");
     let (seconds, records) = follow("recorder → Parquet", n, &mut actord, || {
         let done = committed(&watcher, TICKS, PARTITIONS);
         async move { done }
