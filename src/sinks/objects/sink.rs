@@ -450,8 +450,9 @@ impl<F: ParquetFormat> Objects<F> {
         owners: &BTreeMap<(&str, i32), Owner>,
     ) -> Result<HashMap<String, ObjectMeta>, SinkError> {
         let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
-        // The record time (to the second) at each offset of the batch, per stream and partition.
-        let mut stamps: HashMap<(&str, i32, i64), String> = HashMap::new();
+        // The record time at each offset of the batch, per stream and partition; formatted as
+        // in object names only for the offsets of objects found.
+        let mut times: HashMap<(&str, i32, i64), DateTime<Utc>> = HashMap::new();
         let mut fresh: Vec<String> = Vec::new();
         for g in groups.iter() {
             let (lo, hi) = (g.first_offset(), g.last_offset());
@@ -460,9 +461,9 @@ impl<F: ParquetFormat> Objects<F> {
                 .and_modify(|r| *r = (r.0.min(lo), r.1.max(hi)))
                 .or_insert((lo, hi));
             for e in &g.records {
-                stamps.insert(
+                times.insert(
                     (g.stream, g.partition, e.source.origin.offset),
-                    self.layout.stamp(self.format.time(&e.record)),
+                    self.format.time(&e.record),
                 );
             }
             fresh.push(self.key(g, owners[&(g.stream, g.partition)].generation));
@@ -501,8 +502,9 @@ impl<F: ParquetFormat> Objects<F> {
                         meta.location, owner.generation
                     )));
                 }
-                let same_log =
-                    stamps.get(&(g.stream, g.partition, name.offset)) == Some(&name.stamp);
+                let same_log = times
+                    .get(&(g.stream, g.partition, name.offset))
+                    .is_some_and(|t| self.layout.stamp(*t) == name.stamp);
                 let rewritten = fresh.iter().any(|k| k == meta.location.as_ref());
                 if rewritten && self.own(g.stream, &name) {
                     present.insert(meta.location.to_string(), meta.clone());
