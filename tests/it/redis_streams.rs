@@ -302,16 +302,51 @@ async fn every_entry_is_written_once_and_acknowledged() {
 /// read past it), however many entries its records bound would allow; then all are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_entries_stop_at_the_in_flight_bytes_bound() {
+    large_entries_against_the_bytes_bound(Held::Nowhere).await;
+}
+
+/// Large entries pending under a name from before: a consumer taking them up as its own, or
+/// taking them over from a dead one, stops at its bytes bound too (and one page of a read's
+/// size past it), not a page of a hundred past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pending_entries_taken_up_or_over_stop_at_the_in_flight_bytes_bound() {
+    large_entries_against_the_bytes_bound(Held::ByItsOwnName).await;
+    large_entries_against_the_bytes_bound(Held::ByADeadConsumer).await;
+}
+
+/// Where the large entries are when the consumer starts.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// New, never delivered.
+    Nowhere,
+    /// Delivered to the consumer's own name before, never acknowledged.
+    ByItsOwnName,
+    /// Delivered to another consumer that died.
+    ByADeadConsumer,
+}
+
+/// 200 entries of 20 KB against a bound of ten and a blocked sink: at most ten and one read or
+/// page more are held; once the sink accepts, every entry is written.
+async fn large_entries_against_the_bytes_bound(held: Held) {
     let stream = unique("large");
     let mut o = Options::new(&stream);
     o.consumers = 1;
     o.lanes = 1;
+    o.claim_idle = Duration::from_millis(500);
     // Ten entries of 20 KB each, counted with what they hold in flight.
     let entry = 20_000;
-    let one = entry + actord_actors::record::IN_FLIGHT_OVERHEAD;
-    o.max_in_flight_bytes = Some(10 * one);
+    o.max_in_flight_bytes = Some(10 * (entry + actord_actors::record::IN_FLIGHT_OVERHEAD));
     let read = StreamSettings::new("s", "g").count;
     let mut c = conn(LOCAL).await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&o.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut pipe = redis::pipe();
     for i in 0..200 {
         let data = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(entry - 20));
@@ -323,75 +358,12 @@ async fn large_entries_stop_at_the_in_flight_bytes_bound() {
             .ignore();
     }
     let () = pipe.query_async(&mut c).await.unwrap();
-    let sink = accepting();
-    sink.set_mode(SinkMode::Blocked);
-    let p = TestPath::start(&o, sink).await;
-    let consumer = p.probe("consumer-0");
-    until(Duration::from_secs(10), "entries in flight", || async {
-        consumer.counter("in_flight") >= 10
-    })
-    .await;
-    // Acks are held back by the sink: the count would rise now if the bound let it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let held = consumer.counter("in_flight");
-    assert!(
-        (10..=10 + read as u64).contains(&held),
-        "{held} entries in flight, bound 10 (+ one read of {read})"
-    );
-    p.sink.set_mode(SinkMode::Accept);
-    until(Duration::from_secs(30), "200 jobs written", || async {
-        p.written().len() >= 200
-    })
-    .await;
-    assert_eq!(
-        p.written().into_iter().collect::<BTreeSet<_>>(),
-        (0..200).collect()
-    );
-    p.stop().await;
-}
-
-/// Large entries pending under a name from before: a consumer taking them up as its own, or
-/// taking them over from a dead one, stops at its bytes bound too (and one page of a read's
-/// size past it), not a page of a hundred past it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_pending_entries_taken_up_or_over_stop_at_the_in_flight_bytes_bound() {
-    for own in [true, false] {
-        let stream = unique("large-pending");
-        let mut o = Options::new(&stream);
-        o.consumers = 1;
-        o.lanes = 1;
-        o.claim_idle = Duration::from_millis(500);
-        let entry = 20_000;
-        o.max_in_flight_bytes = Some(10 * (entry + actord_actors::record::IN_FLIGHT_OVERHEAD));
-        let read = StreamSettings::new("s", "g").count;
-        let mut c = conn(LOCAL).await;
-        let () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg(&o.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let mut pipe = redis::pipe();
-        for i in 0..200 {
-            let data = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(entry - 20));
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("data")
-                .arg(data)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut c).await.unwrap();
-        // Every entry delivered once to a consumer that never acknowledged it: this one's own
-        // name from before, or another that died.
-        let holder = if own {
-            o.consumer.clone()
-        } else {
-            unique("dead")
-        };
+    let holder = match held {
+        Held::Nowhere => None,
+        Held::ByItsOwnName => Some(o.consumer.clone()),
+        Held::ByADeadConsumer => Some(unique("dead")),
+    };
+    if let Some(holder) = holder {
         let _: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&o.group)
@@ -404,33 +376,35 @@ async fn large_pending_entries_taken_up_or_over_stop_at_the_in_flight_bytes_boun
             .query_async(&mut c)
             .await
             .unwrap();
+        // Idle past claim_idle, so a takeover may take them.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let sink = accepting();
-        sink.set_mode(SinkMode::Blocked);
-        let p = TestPath::start(&o, sink).await;
-        let consumer = p.probe("consumer-0");
-        until(Duration::from_secs(10), "entries in flight", || async {
-            consumer.counter("in_flight") >= 10
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let held = consumer.counter("in_flight");
-        assert!(
-            (10..=10 + read as u64).contains(&held),
-            "own: {own}: {held} entries in flight, bound 10 (+ one page of {read})"
-        );
-        p.sink.set_mode(SinkMode::Accept);
-        until(Duration::from_secs(60), "200 jobs written", || async {
-            p.written().len() >= 200
-        })
-        .await;
-        assert_eq!(
-            p.written().into_iter().collect::<BTreeSet<_>>(),
-            (0..200).collect(),
-            "own: {own}"
-        );
-        p.stop().await;
     }
+    let sink = accepting();
+    sink.set_mode(SinkMode::Blocked);
+    let p = TestPath::start(&o, sink).await;
+    let consumer = p.probe("consumer-0");
+    until(Duration::from_secs(10), "entries in flight", || async {
+        consumer.counter("in_flight") >= 10
+    })
+    .await;
+    // Acks are held back by the sink: the count would rise now if the bound let it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held_now = consumer.counter("in_flight");
+    assert!(
+        (10..=10 + read as u64).contains(&held_now),
+        "{held:?}: {held_now} entries in flight, bound 10 (+ one read or page of {read})"
+    );
+    p.sink.set_mode(SinkMode::Accept);
+    until(Duration::from_secs(60), "200 jobs written", || async {
+        p.written().len() >= 200
+    })
+    .await;
+    assert_eq!(
+        p.written().into_iter().collect::<BTreeSet<_>>(),
+        (0..200).collect(),
+        "{held:?}"
+    );
+    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
