@@ -33,17 +33,17 @@ use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick_ev
 use crate::recorder_s3::{assert_every_tick_once, env_of, objects, FooterRows};
 use crate::support::{wait_ready, FtpServer, MockBroker, Process, Proxy, S3Server};
 
-fn setting(name: &str, default: u64) -> u64 {
+pub(crate) fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-/// Publishes ticks `0..n`, 10 ms apart (a million span under three hours, so objects are cut by
-/// batch rather than by hour), with lz4 (the mock cluster keeps 5 MiB per partition), checking
-/// every delivery report.
-async fn publish(bootstrap: &str, n: i64) {
+/// Publishes the ticks of `range`, 10 ms apart (a million span under three hours, so objects
+/// are cut by batch rather than by hour), with lz4 (the mock cluster keeps 5 MiB per
+/// partition), checking every delivery report.
+pub(crate) async fn publish(bootstrap: &str, range: std::ops::Range<i64>) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("compression.type", "lz4")
@@ -52,9 +52,9 @@ async fn publish(bootstrap: &str, n: i64) {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
-    let mut start = 0;
-    while start < n {
-        let end = (start + 50_000).min(n);
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + 50_000).min(range.end);
         let mut waits = Vec::new();
         for i in start..end {
             let payload = tick_every(i, BASE, 10);
@@ -74,10 +74,10 @@ async fn publish(bootstrap: &str, n: i64) {
 }
 
 /// A small deterministic generator for the kill moments (the run is reproducible by seed).
-struct Moments(u64);
+pub(crate) struct Moments(pub(crate) u64);
 
 impl Moments {
-    fn next_ms(&mut self, low: u64, high: u64) -> u64 {
+    pub(crate) fn next_ms(&mut self, low: u64, high: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -136,12 +136,12 @@ async fn parquet_keys(store: &Arc<dyn ObjectStore>) -> HashSet<String> {
 
 /// Bytes a tick costs on the wire to PostgreSQL: a binary COPY row with its share of the batch's
 /// statements.
-const PG_BYTES_PER_TICK: u64 = 80;
+pub(crate) const PG_BYTES_PER_TICK: u64 = 80;
 /// Bytes a tick costs on the wire to S3, measured with objects of 125 to 800 ticks: a Parquet
 /// row with its share of an object's requests (the upload, the ownership ledger, listings).
-const S3_BYTES_PER_TICK: u64 = 60;
+pub(crate) const S3_BYTES_PER_TICK: u64 = 60;
 /// A proxy rate that holds nothing back.
-const UNTHROTTLED: u64 = u64::MAX / 2;
+pub(crate) const UNTHROTTLED: u64 = u64::MAX / 2;
 
 #[tokio::test]
 async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
@@ -170,16 +170,6 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     let s3_proxy = Proxy::start_throttled(&format!("127.0.0.1:{}", s3.port), s3_rate).await;
     let schema = fresh_schema();
     let toml = recorder_config(&schema, pg_proxy.port, "");
-    let mut env: Vec<(&'static str, String)> = s3
-        .env()
-        .into_iter()
-        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
-        .collect();
-    env.push((
-        "AWS_ENDPOINT_URL",
-        format!("http://127.0.0.1:{}", s3_proxy.port),
-    ));
-    env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
     // A batch becomes an object per partition (24) and hour: batches of a tenth of the backlog
     // (20,000 at most), so that objects hold 125 ticks in the short form and about 800 in the
     // long one, and the objects' own requests do not dominate the S3 path.
@@ -187,9 +177,8 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     // A kill comes up to half a batch's upload time (throttled) after both paths wrote: some
     // runs complete and commit a batch of objects before their kill, others are cut inside one.
     let window_ms = (batch as u64 * drain * 500 / n as u64).clamp(1_000, 10_000);
-    env.push(("S3_BATCH_SIZE", batch.to_string()));
-    env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
-    publish(broker.bootstrap(), n).await;
+    let env = crate::object_group::environment(&s3, &s3_proxy, &broker, batch);
+    publish(broker.bootstrap(), 0..n).await;
     let store = s3.client();
     let mut footers = FooterRows::default();
     let started = Instant::now();

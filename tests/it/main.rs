@@ -19,6 +19,7 @@ mod outages;
 mod overload;
 mod poison;
 mod postgres_sink;
+mod rebalance;
 mod recorder;
 mod recorder_s3;
 mod redis_streams;

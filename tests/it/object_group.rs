@@ -13,18 +13,24 @@ use crate::support::{get, wait_ready, MockBroker, Process, Proxy, S3Server};
 
 const PARTITIONS: i32 = 6;
 
-fn broker() -> MockBroker {
+/// The recorder's topics on a broker of their own, `partitions` each, and their DLQ topics.
+pub(crate) fn broker(partitions: i32) -> MockBroker {
     MockBroker::start(&[
-        ("market.tick", PARTITIONS),
-        ("market.orderbook", PARTITIONS),
+        ("market.tick", partitions),
+        ("market.orderbook", partitions),
         ("market.tick-dlq", 1),
         ("market.orderbook-dlq", 1),
     ])
 }
 
-/// The recorder's environment: the S3 server reached through `proxy`, small batches so that
-/// many objects are cut while partitions move.
-fn environment(s3: &S3Server, proxy: &Proxy, broker: &MockBroker) -> Vec<(&'static str, String)> {
+/// The recorder's environment: the S3 server reached through `proxy`, objects cut every
+/// `batch` records or every second, so that many are cut while partitions move.
+pub(crate) fn environment(
+    s3: &S3Server,
+    proxy: &Proxy,
+    broker: &MockBroker,
+    batch: i64,
+) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = s3
         .env()
         .into_iter()
@@ -35,7 +41,7 @@ fn environment(s3: &S3Server, proxy: &Proxy, broker: &MockBroker) -> Vec<(&'stat
         format!("http://127.0.0.1:{}", proxy.port),
     ));
     env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
-    env.push(("S3_BATCH_SIZE", "400".into()));
+    env.push(("S3_BATCH_SIZE", batch.to_string()));
     env.push(("S3_BATCH_TIMEOUT_SEC", "1".into()));
     env
 }
@@ -59,7 +65,7 @@ pub(crate) fn distinct(objects: &std::collections::BTreeMap<String, Vec<Row>>) -
 
 /// Waits until every one of `n` ticks is in an object and a row, then checks exactly once in
 /// both, and that more than one ownership generation wrote objects.
-async fn assert_exactly_once(
+pub(crate) async fn assert_exactly_once(
     s3: &S3Server,
     schema: &str,
     n: i64,
@@ -100,7 +106,7 @@ async fn assert_exactly_once(
 }
 
 /// The sum of a counter over all its series in a process's `/metrics`.
-async fn counter(p: &Process, name: &str) -> f64 {
+pub(crate) async fn counter(p: &Process, name: &str) -> f64 {
     let (_, text) = get(&p.base, "/metrics").await;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -113,12 +119,12 @@ async fn counter(p: &Process, name: &str) -> f64 {
 /// uploads are in flight.
 #[tokio::test]
 async fn partitions_moving_under_slow_uploads_leave_every_record_in_one_object() {
-    let broker = broker();
+    let broker = broker(PARTITIONS);
     let s3 = S3Server::start("moving");
     let proxy = Proxy::start_throttled(&format!("127.0.0.1:{}", s3.port), 96 * 1024).await;
     let schema = fresh_schema();
     let toml = recorder_config(&schema, 5432, "");
-    let env = environment(&s3, &proxy, &broker);
+    let env = environment(&s3, &proxy, &broker, 400);
     let n = 24_000i64;
     produce(broker.bootstrap(), "market.tick", ticks(0..n / 2)).await;
 
@@ -160,12 +166,12 @@ async fn partitions_moving_under_slow_uploads_leave_every_record_in_one_object()
 /// neither remove nor shadow the new owner's objects.
 #[tokio::test]
 async fn a_frozen_member_thawed_after_losing_its_partitions_cannot_touch_the_new_owners_objects() {
-    let broker = broker();
+    let broker = broker(PARTITIONS);
     let s3 = S3Server::start("zombie");
     let proxy = Proxy::start_throttled(&format!("127.0.0.1:{}", s3.port), 48 * 1024).await;
     let schema = fresh_schema();
     let toml = recorder_config(&schema, 5432, "");
-    let env = environment(&s3, &proxy, &broker);
+    let env = environment(&s3, &proxy, &broker, 400);
     let n = 12_000i64;
     produce(broker.bootstrap(), "market.tick", ticks(0..n / 2)).await;
 
