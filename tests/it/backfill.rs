@@ -71,12 +71,22 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// `n` readings a minute apart from `start`, spread over the partitions by sequence number.
 pub(crate) fn readings(from_seq: i64, n: i64, start: &str) -> Vec<(i32, Value)> {
+    readings_over(from_seq, n, start, PARTITIONS)
+}
+
+/// [`readings`] spread over `partitions`.
+pub(crate) fn readings_over(
+    from_seq: i64,
+    n: i64,
+    start: &str,
+    partitions: i32,
+) -> Vec<(i32, Value)> {
     let start = at(start);
     (from_seq..from_seq + n)
         .map(|s| {
             let t = start + chrono::TimeDelta::minutes(s);
             (
-                (s % PARTITIONS as i64) as i32,
+                (s % partitions as i64) as i32,
                 reading(s, &t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             )
         })
@@ -93,8 +103,14 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) fn new() -> Setup {
+        Setup::with_partitions(PARTITIONS)
+    }
+
+    /// A setup whose topic has `partitions` (the embedded broker keeps at most 100,000
+    /// records and 5 MiB of each partition).
+    pub(crate) fn with_partitions(partitions: i32) -> Setup {
         let topic = unique("fms-temphum");
-        let kafka = embedded(&topic, PARTITIONS);
+        let kafka = embedded(&topic, partitions);
         Setup {
             kafka,
             s3: S3Server::start(&unique("fms").to_lowercase().replace('_', "-")),

@@ -341,7 +341,10 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
     let n = setting("ACTORD_CRASH_MESSAGES", 60_000) as i64;
     let kills = setting("ACTORD_CRASH_KILLS", 3);
     let mut moments = Moments(setting("ACTORD_CRASH_SEED", 7));
-    let s = crate::backfill::Setup::new();
+    // The embedded broker keeps at most 100,000 records and 5 MiB of a partition (a reading
+    // is about 130 bytes): enough partitions that it keeps them all.
+    let partitions = ((n / 30_000) as i32).max(crate::backfill::PARTITIONS);
+    let s = crate::backfill::Setup::with_partitions(partitions);
     let mut sent = Vec::new();
     let mut from = 0;
     while from < n {
@@ -350,7 +353,7 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
             crate::backfill::produce(
                 s.bootstrap(),
                 &s.topic,
-                &crate::backfill::readings(from, chunk, "2025-11-17T01:00:00Z"),
+                &crate::backfill::readings_over(from, chunk, "2025-11-17T01:00:00Z", partitions),
             )
             .await,
         );
@@ -380,16 +383,11 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
     let elapsed = started.elapsed();
     assert_each_record_once(&crate::backfill::objects(&store).await, &sent);
     assert_eq!(
-        crate::kafka::committed(
-            s.bootstrap(),
-            &s.group,
-            &s.topic,
-            crate::backfill::PARTITIONS
-        ),
-        crate::kafka::end_offsets(s.bootstrap(), &s.topic, crate::backfill::PARTITIONS)
+        crate::kafka::committed(s.bootstrap(), &s.group, &s.topic, partitions),
+        crate::kafka::end_offsets(s.bootstrap(), &s.topic, partitions)
     );
     eprintln!(
-        "crash run: backfill of {n} readings, {} SIGKILLs (objects at each: {at_kill:?}), {} run \
+        "crash run: backfill of {n} readings over {partitions} partitions, {} SIGKILLs (objects at each: {at_kill:?}), {} run \
          finished before its kill, every record in exactly one object after {:.1}s",
         at_kill.len(),
         completed_early,
@@ -403,10 +401,13 @@ async fn commerce_killed_again_and_again_counts_every_order_exactly_once() {
     let n = setting("ACTORD_CRASH_MESSAGES", 30_000) as i64;
     let kills = setting("ACTORD_CRASH_KILLS", 3);
     let mut moments = Moments(setting("ACTORD_CRASH_SEED", 7));
+    // The broker keeps at most 100,000 records and 5 MiB of a partition (an order is about 250
+    // bytes): enough partitions that it keeps every order.
+    let partitions = ((n / 20_000) as i32).max(6);
     let broker = MockBroker::start(&[
         ("users", 3),
         ("products", 3),
-        ("orders", 6),
+        ("orders", partitions),
         ("users-dlq", 1),
         ("products-dlq", 1),
         ("orders-dlq", 1),
@@ -463,7 +464,7 @@ async fn commerce_killed_again_and_again_counts_every_order_exactly_once() {
         at_kill.push(counters(&schema).await.0);
     }
     let last = Process::start(&toml, &[], &env);
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs((n as u64 / 1_000).max(600));
     while counters(&schema).await.0 < n {
         assert!(
             Instant::now() < deadline,

@@ -35,7 +35,7 @@
 //!   generations left behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -382,14 +382,28 @@ impl<F: ParquetFormat> Objects<F> {
         }
         let present = self.remove_stale(&mut groups, &owners).await?;
         // The batch's objects are written a few at a time: each still checks its ownership
-        // before and after it becomes visible, and every one runs to its end (none is dropped
-        // half-way when another fails), so a failed batch leaves only whole objects of this
-        // writer's generation, which its retry or replay replaces.
+        // before and after it becomes visible, and every one started runs to its end (none is
+        // dropped half-way when another fails), so a failed batch leaves only whole objects of
+        // this writer's generation, which its retry or replay replaces. Once one has failed,
+        // the batch has failed: those not yet started are not started.
+        let failed = AtomicBool::new(false);
         let mut uploads = Vec::with_capacity(groups.len());
         for group in &groups {
             if !group.records.is_empty() {
                 let generation = owners[&(group.stream, group.partition)].generation;
-                uploads.push(self.write_object(group, generation, &present, progress, fence));
+                let (failed, present) = (&failed, &present);
+                uploads.push(async move {
+                    if failed.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    let result = self
+                        .write_object(group, generation, present, progress, fence)
+                        .await;
+                    if result.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    result
+                });
             }
         }
         let results: Vec<Result<(), SinkError>> = futures::stream::iter(uploads)
@@ -1098,5 +1112,131 @@ mod tests {
         let all = stored(&store).await;
         assert_eq!((all.objects, all.records), (2, 8));
         assert_eq!(w.bytes + earlier.written().bytes, all.bytes);
+    }
+
+    /// A store that refuses writes of Parquet objects whose key contains `refused`, counting
+    /// every Parquet object write started (single or multipart).
+    #[derive(Debug)]
+    struct Refusing {
+        inner: InMemory,
+        refused: Mutex<Option<&'static str>>,
+        started: std::sync::atomic::AtomicUsize,
+    }
+
+    impl std::fmt::Display for Refusing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Refusing({:?})", self.refused.lock().unwrap())
+        }
+    }
+
+    impl Refusing {
+        fn check(&self, location: &Path) -> object_store::Result<()> {
+            if !location.as_ref().ends_with(".parquet") {
+                return Ok(());
+            }
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let refused = *self.refused.lock().unwrap();
+            if refused.is_some_and(|r| location.as_ref().contains(r)) {
+                return Err(object_store::Error::Generic {
+                    store: "refusing",
+                    source: "refused".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Refusing {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.check(location)?;
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.check(location)?;
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_upload_failed_starts_none_of_its_remaining_objects() {
+        let refusing = Arc::new(Refusing {
+            inner: InMemory::new(),
+            // The object of partition 0, the batch's first.
+            refused: Mutex::new(Some("_0_0.g")),
+            started: Default::default(),
+        });
+        let store: Arc<dyn ObjectStore> = refusing.clone();
+        let objects = readings_by_kst_day(&store);
+        let mut sink = (objects.factory())().await.unwrap();
+        // One reading in each of 12 partitions: 12 objects, four uploaded at a time.
+        let batch: Vec<Envelope<Reading>> = (0..12)
+            .map(|p| reading(p, 0, "2025-11-19T01:00:00Z", p as f64))
+            .collect();
+        let err = sink.write(&batch).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        // Those started beside the refused one ran; none after it started.
+        let started = refusing.started.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            started <= UPLOADS_AT_ONCE,
+            "{started} uploads started of a failed batch"
+        );
+        assert!(stored(&store).await.objects < UPLOADS_AT_ONCE as u64);
+        // Its retry, once the store takes them, writes all twelve.
+        *refusing.refused.lock().unwrap() = None;
+        sink.write(&batch).await.unwrap();
+        assert_eq!(
+            (objects.written().objects, stored(&store).await.objects),
+            (12, 12)
+        );
     }
 }
