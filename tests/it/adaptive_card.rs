@@ -108,7 +108,7 @@ pub(crate) async fn run_entry(base: &str) -> Value {
 }
 
 /// Starts a run and waits for its outcome.
-async fn run_once(base: &str, runs_before: u64) -> Value {
+pub(crate) async fn run_once(base: &str, runs_before: u64) -> Value {
     let (status, body) = post(base, "/api/pipelines/adaptive-card/run", None).await;
     assert_eq!(status, 200, "{body}");
     until(Duration::from_secs(90), "the run to end", || async {
@@ -291,29 +291,66 @@ async fn an_api_answering_500s_dead_letters_nothing_and_an_unknown_org_is_dead_l
     actord.shutdown().await;
 }
 
+/// Requests a T2A stand-in answered, by organisation.
+pub(crate) type Requests =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>;
+
 /// The T2A stand-in on a free port, counting requests by organisation and answering each after
-/// a short delay (so jobs take a while and both processes get some).
-async fn counting_t2a() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
-) {
+/// `delay_ms` (read at each request, so a test can change it: jobs take a while, and both
+/// processes get some).
+pub(crate) async fn counting_t2a(
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> (String, Requests) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let counts: Requests = Default::default();
     let seen = counts.clone();
     let app = standin::router().layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let seen = seen.clone();
+            let (seen, delay_ms) = (seen.clone(), delay_ms.clone());
             async move {
                 let org = req.uri().path().split('/').nth(2).unwrap_or("").to_owned();
                 *seen.lock().unwrap().entry(org).or_insert(0) += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let delay = delay_ms.load(std::sync::atomic::Ordering::Acquire);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
                 next.run(req).await
             }
         },
     ));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), counts)
+}
+
+/// Adds `jobs` as a producer following the drain contract does: each in `data` with the run in
+/// `run_id`, and the run's `enqueued` counter raised in the same transaction, 500 at a time.
+pub(crate) async fn enqueue(
+    c: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    run: i64,
+    jobs: &[Value],
+) {
+    for chunk in jobs.chunks(500) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for job in chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("data")
+                .arg(job.to_string())
+                .arg("run_id")
+                .arg(run)
+                .ignore();
+        }
+        let counters = format!("{stream}:drain:{run}");
+        pipe.cmd("HINCRBY")
+            .arg(&counters)
+            .arg("enqueued")
+            .arg(chunk.len())
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&counters).arg(86_400_000).ignore();
+        let () = pipe.query_async(c).await.unwrap();
+    }
 }
 
 /// The value of `actord_adaptive_card_jobs_total` for `stage`, outcome `done`.
@@ -335,7 +372,7 @@ async fn a_scheduler_and_a_workers_only_process_share_a_runs_jobs_and_do_each_on
     let orgs: Vec<String> = (1..=24).map(|i| format!("{}", 1000 + i)).collect();
     let org_refs: Vec<&str> = orgs.iter().map(String::as_str).collect();
     let redis = redis_db(14).await;
-    let (api, requests) = counting_t2a().await;
+    let (api, requests) = counting_t2a(std::sync::Arc::new(20.into())).await;
     let s = setup(&org_refs, 1).await;
     let toml = config(&redis, &api, &s, &org_refs);
     let with_role = |role: &str| {
@@ -520,7 +557,7 @@ async fn a_t2a_outage_opens_the_circuit_shown_on_health_and_the_tree_and_the_run
 }
 
 /// The drain counters of `stream` for `run` (`<stream>:drain:<run>`), and their expiry (ms).
-async fn drain_counts(
+pub(crate) async fn drain_counts(
     c: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     run: &str,
@@ -692,4 +729,70 @@ async fn a_runs_drain_is_counted_per_run_id_in_redis_by_workers_in_another_proce
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_process_leaves_pending_only_the_jobs_its_workers_were_on() {
+    let redis = redis_db(7).await;
+    // Each T2A request takes 2 s: the workers are on their first jobs when the kill comes.
+    let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(2_000));
+    let (api, requests) = counting_t2a(delay_ms.clone()).await;
+    let s = setup(&[], 0).await;
+    let toml = config(&redis, &api, &s, &[]).replacen(
+        "[pipelines.adaptive-card]\n",
+        "[pipelines.adaptive-card]\nrole = \"workers\"\nclaim_idle = \"2s\"\n",
+        1,
+    );
+    let run = 7i64;
+    let orgs: Vec<String> = (0..8).map(|i| format!("{}", 5000 + i)).collect();
+    let jobs: Vec<Value> = orgs
+        .iter()
+        .map(|o| serde_json::json!({"run_id": run, "sales_org": o}))
+        .collect();
+    let mut c = conn(&redis).await;
+    enqueue(&mut c, "sales_org_queue", run, &jobs).await;
+    let mut p = crate::support::Process::start(&toml, &[], &[]);
+    until(Duration::from_secs(30), "both workers on a job", || async {
+        requests.lock().unwrap().values().sum::<usize>() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10));
+    // Only the jobs the two workers were on were delivered (and are charged a delivery when
+    // they are taken over); the others were never read, so a crash costs them nothing.
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg("sales_org_queue")
+        .arg("sales_org_group")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.count(),
+        2,
+        "entries delivered to the killed process"
+    );
+    let started: BTreeSet<String> = requests.lock().unwrap().keys().cloned().collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+
+    // The next process takes the two over after claim_idle and does every job once more.
+    delay_ms.store(0, std::sync::atomic::Ordering::Release);
+    let next = crate::support::Process::start(&toml, &[], &[]);
+    until(Duration::from_secs(60), "every job done", || async {
+        let (counts, _) = drain_counts(&mut conn(&redis).await, "sales_org_queue", "7").await;
+        counts.get("acked") == Some(&8)
+    })
+    .await;
+    let (counts, _) = drain_counts(&mut c, "sales_org_queue", "7").await;
+    assert_eq!(counts.get("dead_lettered"), None, "{counts:?}");
+    assert!(entries(&mut c, "sales_org_queue:dlq").await.is_empty());
+    let counts = requests.lock().unwrap().clone();
+    for o in &orgs {
+        // Materials, then GSCM; a job cut after its first request asks for materials again.
+        let want = if started.contains(o) { 3 } else { 2 };
+        assert_eq!(counts.get(o), Some(&want), "{o}: {counts:?}");
+    }
+    drop(next);
+    let (code, _, err) = run_to_end(&["adaptive-card", "reset", "--dlq"], Some(&toml), &[]);
+    assert_eq!(code, 0, "{err}");
 }

@@ -9,13 +9,19 @@
 //! - a backfill run (`actord backfill --mode incremental`), rerun until one completes: every
 //!   record in exactly one object, by the objects' `kafka_partition` / `kafka_offset`;
 //! - commerce (`actord embedded-broker`): every order exactly once in `orders`, and each
-//!   product's `order_count` the number of its orders.
+//!   product's `order_count` the number of its orders;
+//! - adaptive-card's workers (`adaptive_card`: Redis Streams, no broker), both stages slowed
+//!   (a T2A stand-in answering late, PostgreSQL behind a throttling proxy): every sales-org
+//!   job's files byte-exact, every user's cards once, every job counted once in its run's drain
+//!   counters, nothing dead-lettered or pending.
 //!
 //! CI runs the short forms. The long forms of the reliability suite:
 //! `ACTORD_CRASH_MESSAGES=1000000 ACTORD_CRASH_KILLS=20 cargo test --test it crash::<name> -- --nocapture`
 //! (`ACTORD_CRASH_SEED` picks other kill moments; for ftp-sync the messages are jobs, one file
-//! each; the backfill run's in-process broker keeps 5 MiB a partition, about 100,000 readings in
-//! all).
+//! each; for adaptive-card they are user jobs, with a tenth as many sales-org jobs; the backfill
+//! run's in-process broker keeps 5 MiB a partition, about 100,000 readings in all).
+
+mod adaptive_card;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;

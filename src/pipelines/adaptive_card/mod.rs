@@ -539,8 +539,14 @@ pub fn drain_counting(ac: &AdaptiveCardConfig) -> DrainCounting {
     }
 }
 
-/// The stream settings of one stage.
-fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> StreamSettings {
+/// The stream settings of one stage with `workers` workers.
+fn stage(
+    ac: &AdaptiveCardConfig,
+    stream: &str,
+    group: &str,
+    prefix: &str,
+    workers: usize,
+) -> StreamSettings {
     let mut s = StreamSettings::new(stream, group);
     s.consumer = match &ac.worker_name {
         Some(w) => format!("{w}-{prefix}"),
@@ -552,7 +558,11 @@ fn stage(ac: &AdaptiveCardConfig, stream: &str, group: &str, prefix: &str) -> St
     s.count = ac.batch_count;
     s.claim_idle = ac.claim_idle;
     s.max_deliveries = ac.max_retries;
-    s.max_in_flight_records = (ac.batch_count * 2).max(10);
+    // One entry per worker: every entry handed out is one a worker is on, none waits behind
+    // another. A process that dies charges a delivery (see the delivery limit) to the jobs it
+    // was doing, not to jobs it had merely read ahead, so repeated crashes (a SIGKILL, an OOM
+    // kill, a host lost) do not dead-letter jobs that were never tried.
+    s.max_in_flight_records = workers;
     s.drain_counting = Some(drain_counting(ac));
     s
 }
@@ -647,7 +657,13 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
         let sales = RedisPath {
             id: "sales-org".into(),
             connection: connection.clone(),
-            source: stage(&ac, SALES_ORG_QUEUE, SALES_ORG_GROUP, "sales_org_worker"),
+            source: stage(
+                &ac,
+                SALES_ORG_QUEUE,
+                SALES_ORG_GROUP,
+                "sales_org_worker",
+                ac.max_workers_sales,
+            ),
             decode: Arc::new(sales_org::decode),
             sink: sales_org::SalesOrgSink::factory(ac.clone(), store.clone(), breaker.clone()),
             lanes: ac.max_workers_sales,
@@ -663,6 +679,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
                 ADAPTIVE_CARD_QUEUE,
                 ADAPTIVE_CARD_GROUP,
                 "adaptive_card_worker",
+                ac.max_workers_adaptive,
             ),
             decode: Arc::new(card::decode),
             sink: card::factory(ac.clone(), store.clone(), scenarios),

@@ -66,7 +66,7 @@ pub struct ConsumerArgs {
     pub settings: StreamSettings,
     /// Which consumer of the path this is: its name, and whether it reads the monitor.
     pub index: usize,
-    /// One decoder per lane; entries are spread over them in turn.
+    /// One decoder per lane; each entry goes to the lane holding the fewest.
     pub downstream: Vec<ActorRef<SourceMsg>>,
     /// The path's dead-letter writer, when the path owns its dead letters.
     pub dlq: Option<ActorRef<DlqMsg>>,
@@ -81,6 +81,8 @@ pub enum ConsumerMsg {
 /// An entry handed downstream and not acknowledged yet.
 struct Flight {
     id: String,
+    /// The lane working on it (none for an entry sent to the dead-letter stream).
+    lane: Option<usize>,
     /// The batch it counts in (see [`super::drain`]), when the path counts batches.
     batch: Option<String>,
     /// When its idle time in Redis was last reset.
@@ -123,6 +125,8 @@ pub struct ConsumerState {
     /// Ids (with their batch) acknowledged by the path and not yet by Redis.
     to_ack: Vec<(String, Option<String>)>,
     next_lane: usize,
+    /// Entries in flight per lane.
+    lane_load: Vec<usize>,
     group_ready: bool,
     /// Where the look at this consumer's own pending entries goes on; `None` once done.
     recover_from: Option<String>,
@@ -218,6 +222,16 @@ fn bytes(v: &Value) -> Vec<u8> {
     }
 }
 
+/// The lane holding the fewest entries by `load`, the first such from lane `from` on (so
+/// equals take turns).
+fn least_loaded(load: &[usize], from: usize) -> usize {
+    let lanes = load.len().max(1);
+    (0..lanes)
+        .map(|i| (from + i) % lanes)
+        .min_by_key(|l| load.get(*l).copied().unwrap_or(0))
+        .unwrap_or(0)
+}
+
 /// A stream entry as a source record: fields as headers (sorted by name), the payload field or
 /// a JSON object of every field as payload, the id as key.
 pub fn record(
@@ -275,11 +289,30 @@ impl ConsumerState {
                 continue;
             }
             if let Some(f) = self.inflight.remove(&o.offset) {
+                self.landed(&f);
                 self.inflight_bytes -= f.bytes;
                 self.held.remove(&f.id);
                 self.to_ack.push((f.id, f.batch));
             }
         }
+    }
+
+    /// An entry left the flight (acknowledged, or taken over by another consumer).
+    fn landed(&mut self, f: &Flight) {
+        if let Some(lane) = f.lane {
+            self.lane_load[lane] = self.lane_load[lane].saturating_sub(1);
+        }
+    }
+
+    /// The lane for the next entry: the one holding the fewest, in turn among equals. Entries
+    /// are acknowledged one by one, so no lane waits for another, and an entry is not queued
+    /// behind a slow one while another lane is free: with one entry in flight per lane, every
+    /// entry handed out is one a worker is on (a crash charges a delivery to no entry that was
+    /// only waiting).
+    fn next_lane(&mut self) -> usize {
+        let lane = least_loaded(&self.lane_load, self.next_lane);
+        self.next_lane = lane + 1;
+        lane
     }
 
     fn broadcast(&self, make: impl Fn() -> SourceMsg) -> Result<(), ActorProcessingErr> {
@@ -556,7 +589,9 @@ impl ConsumerState {
                 // elsewhere): its new owner finishes and acknowledges it.
                 let id = f.id.clone();
                 self.inflight_bytes -= f.bytes;
-                self.inflight.remove(&k);
+                if let Some(f) = self.inflight.remove(&k) {
+                    self.landed(&f);
+                }
                 self.held.remove(&id);
                 warn!(path = %self.path, consumer = %name, id = %id, "an entry this consumer held was taken over by another; leaving it to its new owner");
                 lost += 1;
@@ -712,8 +747,8 @@ impl ConsumerState {
             .collect())
     }
 
-    /// Tracks entries and hands them downstream in turn over the lanes; with `limit`, entries
-    /// delivered too often go to the dead-letter stream instead.
+    /// Tracks entries and hands each to the least busy lane; with `limit`, entries delivered
+    /// too often go to the dead-letter stream instead.
     fn dispatch(&mut self, entries: Entries, limit: bool) -> Result<(), ActorProcessingErr> {
         if entries.is_empty() {
             return Ok(());
@@ -727,11 +762,16 @@ impl ConsumerState {
                 continue;
             }
             self.seq += 1;
-            let lane = self.next_lane % lanes;
-            self.next_lane = self.next_lane.wrapping_add(1);
+            let over = limit
+                && self.dlq.is_some()
+                && deliveries.is_some_and(|n| n > self.settings.max_deliveries as usize);
+            let lane = (!over).then(|| self.next_lane());
+            if let Some(lane) = lane {
+                self.lane_load[lane] += 1;
+            }
             let origin = Origin {
                 topic: self.topic,
-                partition: lane as i32,
+                partition: lane.unwrap_or(0) as i32,
                 offset: self.seq,
                 epoch: self.epoch,
             };
@@ -754,13 +794,14 @@ impl ConsumerState {
                 self.seq,
                 Flight {
                     id: entry.id.clone(),
+                    lane,
                     batch,
                     touched: now,
                     bytes: held,
                 },
             );
-            let over = deliveries.is_some_and(|n| n > self.settings.max_deliveries as usize);
-            if let (true, true, Some(dlq)) = (limit, over, &self.dlq) {
+            let Some(lane) = lane else {
+                let Some(dlq) = &self.dlq else { continue };
                 let n = deliveries.unwrap_or_default();
                 warn!(path = %self.path, id = %entry.id, deliveries = n, "entry delivered too often without an ack, dead-lettering it");
                 let letter = DeadLetter {
@@ -779,7 +820,7 @@ impl ConsumerState {
                 dlq.cast(DlqMsg::Send(letter, None))
                     .map_err(|_| "the dead-letter writer is gone")?;
                 continue;
-            }
+            };
             bytes += r.size() as u64;
             routed[lane].push(r);
         }
@@ -980,6 +1021,7 @@ impl Actor for RedisConsumer {
         info!(path = %path, stream = %args.settings.stream, group = %args.settings.group, consumer = %base, leased = !named, "redis consumer started");
         myself.cast(ConsumerMsg::Poll)?;
         let now = Instant::now();
+        let lane_load = vec![0; args.downstream.len()];
         Ok(ConsumerState {
             addr: args.connection.addr(),
             connection: args.connection,
@@ -1005,6 +1047,7 @@ impl Actor for RedisConsumer {
             held: HashSet::new(),
             to_ack: Vec::new(),
             next_lane: 0,
+            lane_load,
             group_ready: false,
             recover_from: Some("-".to_owned()),
             claim_cursor: "0-0".to_owned(),
@@ -1046,5 +1089,23 @@ impl Actor for RedisConsumer {
             },
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_loaded;
+
+    #[test]
+    fn an_entry_goes_to_the_least_busy_lane_and_equals_take_turns() {
+        // Lane 0 holds a slow job: the next entries go to the free lanes, never behind it.
+        assert_eq!(least_loaded(&[1, 0, 0], 0), 1);
+        assert_eq!(least_loaded(&[1, 1, 0], 0), 2);
+        assert_eq!(least_loaded(&[1, 0, 1], 2), 1);
+        // Equals in turn from the lane after the last one used.
+        assert_eq!(least_loaded(&[0, 0, 0], 0), 0);
+        assert_eq!(least_loaded(&[0, 0, 0], 1), 1);
+        assert_eq!(least_loaded(&[2, 2, 2], 5), 2);
+        assert_eq!(least_loaded(&[0], 3), 0);
     }
 }

@@ -1,8 +1,8 @@
 //! The wiring of one Redis Streams path: `dlq`, `writer-N`, `buffer-N`, `decoder-N`,
 //! `consumer-N` under one `rest_for_one` supervisor, with the same lanes, buffer, writer and
-//! retry core as a Kafka path (see [`crate::sources::lanes`]). Every consumer spreads its
-//! entries over all lanes in turn: stream entries are acknowledged one by one, so no lane
-//! waits for another.
+//! retry core as a Kafka path (see [`crate::sources::lanes`]). Every consumer hands each entry
+//! to the lane holding the fewest (in turn among equals): stream entries are acknowledged one
+//! by one, so no lane waits for another.
 
 use std::sync::Arc;
 
