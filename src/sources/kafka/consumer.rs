@@ -14,9 +14,14 @@
 //! - At most `max_in_flight_records` / `max_in_flight_bytes` are handed out and unacknowledged.
 //!   A record counts with what it holds in memory while in flight, its bytes and the fixed
 //!   cost of a decoded record ([`SourceRecord::in_flight_size`]).
+//!   A chunk stops at the bytes bound too, so the bytes pass it by one record at most.
 //!   At the bound the consumer pauses its partitions (librdkafka then drops its prefetch) and
 //!   asks every buffer to flush, so a half-full batch cannot hold the bound closed. It keeps
 //!   polling while paused so that it stays in the group.
+//! - librdkafka's own hold is set, not left to its defaults: at most [`PREFETCH_RECORDS`]
+//!   records or [`PREFETCH_KBYTES`] of payload queued, and one response of at most
+//!   [`FETCH_MAX_BYTES`] on top; each record it holds costs [`PREFETCHED_RECORD_OVERHEAD`]
+//!   besides its decompressed bytes (README, Bounded memory, gives the whole bound).
 //! - An operator pause of the pipeline (its subtree paused in the registry) flushes the
 //!   buffers, pauses the partitions (new assignments too) and reads nothing until resumed; acks
 //!   and commits go on meanwhile, so in-flight batches finish and their offsets are committed.
@@ -106,6 +111,41 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 /// partitions. Pausing drops librdkafka's prefetch, which costs a refetch on resume; a short
 /// saturation is cheaper to wait out, a long one (a stalled sink) must not keep fetching.
 const PAUSE_AFTER: Duration = Duration::from_millis(250);
+
+/// Records librdkafka prefetches ahead of the consumer (`queued.min.messages`): it stops
+/// fetching once its queue holds this many records or [`PREFETCH_KBYTES`] of payload. Each
+/// queued record costs librdkafka [`PREFETCHED_RECORD_OVERHEAD`] besides its bytes, so for
+/// small records the count, not the kilobytes, decides what the queue holds: at librdkafka's
+/// default of 100,000 it held about 48 MiB of ticks. 10,000 is five chunks ahead, and the
+/// consumer reads as fast.
+pub const PREFETCH_RECORDS: usize = 10_000;
+
+/// Payload librdkafka prefetches at most, in KiB (`queued.max.messages.kbytes`); it counts
+/// decompressed values only.
+pub const PREFETCH_KBYTES: usize = 16_384;
+
+/// The largest fetch response in bytes (`fetch.max.bytes`, compressed as it travels): one
+/// response may land on top of a full prefetch queue. Left alone, librdkafka allows as much
+/// as [`PREFETCH_KBYTES`], and 16 MiB of small compressed records is hundreds of MiB once each
+/// of them is queued. librdkafka refuses less than `message.max.bytes`, so that wins when a
+/// larger one is configured.
+pub const FETCH_MAX_BYTES: usize = 1 << 20;
+
+/// What librdkafka holds for one prefetched record besides its decompressed bytes: the 304-byte
+/// operation that carries it through its queue, as allocated. Compressed batches decompress
+/// into a buffer four times their compressed size when their frame does not say (lz4 as
+/// librdkafka's producer writes it), which the batch's records share until the last of them is
+/// read.
+pub const PREFETCHED_RECORD_OVERHEAD: usize = 320;
+
+/// `fetch.max.bytes` for the consumer: [`FETCH_MAX_BYTES`], or `message.max.bytes` from the
+/// extra properties when that is larger (librdkafka refuses a smaller one).
+fn fetch_max_bytes(properties: &std::collections::BTreeMap<String, String>) -> usize {
+    properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(FETCH_MAX_BYTES, |m| m.max(FETCH_MAX_BYTES))
+}
 
 impl ConsumerState {
     fn consumer(&self) -> &StreamConsumer<PathContext> {
@@ -381,17 +421,30 @@ impl ConsumerState {
             return Ok(());
         }
 
-        let room = {
+        // A chunk stops at the bytes bound as well as at the records bound, so the bytes in
+        // flight pass `max_in_flight_bytes` by one record at most.
+        let (room, mut byte_room) = {
             let t = self.shared.tracker.lock().expect("tracker lock");
-            self.settings
-                .max_in_flight_records
-                .saturating_sub(t.in_flight_records())
-                .min(self.settings.chunk)
+            (
+                self.settings
+                    .max_in_flight_records
+                    .saturating_sub(t.in_flight_records())
+                    .min(self.settings.chunk),
+                self.settings
+                    .max_in_flight_bytes
+                    .saturating_sub(t.in_flight_bytes()),
+            )
         };
         let mut chunk: Vec<SourceRecord> = Vec::new();
-        while chunk.len() < room {
+        let mut take = |chunk: &mut Vec<SourceRecord>, r: SourceRecord| {
+            byte_room = byte_room.saturating_sub(r.in_flight_size());
+            chunk.push(r);
+            chunk.len() < room && byte_room > 0
+        };
+        let mut more = true;
+        while more {
             match self.stash.pop_front() {
-                Some(r) => chunk.push(r),
+                Some(r) => more = take(&mut chunk, r),
                 None => break,
             }
         }
@@ -404,7 +457,7 @@ impl ConsumerState {
             .stream();
         if chunk.is_empty() {
             match tokio::time::timeout(POLL_WAIT, stream.next()).await {
-                Ok(Some(Ok(m))) => chunk.push(Self::record(&m, &mut last)),
+                Ok(Some(Ok(m))) => more = take(&mut chunk, Self::record(&m, &mut last)),
                 Ok(Some(Err(e))) => {
                     warn!(path = %self.path, error = %e, "kafka consume error");
                     metrics::counter!(names::KAFKA_CONSUME_ERRORS_TOTAL, "path" => self.path.clone()).increment(1);
@@ -412,9 +465,9 @@ impl ConsumerState {
                 Ok(None) | Err(_) => {}
             }
         }
-        while chunk.len() < room {
+        while more {
             match stream.next().now_or_never() {
-                Some(Some(Ok(m))) => chunk.push(Self::record(&m, &mut last)),
+                Some(Some(Ok(m))) => more = take(&mut chunk, Self::record(&m, &mut last)),
                 Some(Some(Err(e))) => {
                     warn!(path = %self.path, error = %e, "kafka consume error");
                     break;
@@ -520,7 +573,12 @@ impl Actor for KafkaConsumer {
             )
             .set("statistics.interval.ms", "5000")
             // Prefetch stays small: the in-flight bound, not librdkafka's queue, holds memory.
-            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.min.messages", PREFETCH_RECORDS.to_string())
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+            .set(
+                "fetch.max.bytes",
+                fetch_max_bytes(&args.connection.properties).to_string(),
+            )
             // With a full prefetch queue librdkafka would wait a whole second before fetching
             // again; the queue drains in milliseconds, so look again soon.
             .set("fetch.queue.backoff.ms", "20");
@@ -721,5 +779,15 @@ mod tests {
         let longest = longest.load(Ordering::Relaxed);
         assert!(longest < 1_000, "the worker stalled for {longest} ms");
         consumer.stop(None);
+    }
+
+    #[test]
+    fn fetch_max_bytes_is_at_least_a_configured_message_max_bytes() {
+        let mut properties = std::collections::BTreeMap::new();
+        assert_eq!(fetch_max_bytes(&properties), FETCH_MAX_BYTES);
+        properties.insert("message.max.bytes".to_owned(), "500000".to_owned());
+        assert_eq!(fetch_max_bytes(&properties), FETCH_MAX_BYTES);
+        properties.insert("message.max.bytes".to_owned(), "8000000".to_owned());
+        assert_eq!(fetch_max_bytes(&properties), 8_000_000);
     }
 }
