@@ -185,6 +185,7 @@ async fn the_recorder_killed_again_and_again_writes_every_tick_exactly_once() {
     let window_ms = (batch as u64 * drain * 500 / n as u64).clamp(1_000, 10_000);
     let env = crate::object_group::environment(&s3, &s3_proxy, &broker, batch);
     publish(broker.bootstrap(), 0..n).await;
+    crate::kafka::assert_holds_all(broker.bootstrap(), "market.tick", 24, n);
     let store = s3.client();
     let mut footers = FooterRows::default();
     let started = Instant::now();
@@ -365,6 +366,7 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
         );
         from += chunk;
     }
+    crate::kafka::assert_holds_all(s.bootstrap(), &s.topic, partitions, n);
     let store = s.store();
     let started = Instant::now();
     let mut at_kill = Vec::new();
@@ -451,9 +453,14 @@ async fn commerce_killed_again_and_again_counts_every_order_exactly_once() {
                 )
             })
             .collect();
-        crate::recorder::produce(&bootstrap, "orders", orders).await;
+        // Keyed by order: spread over every partition.
+        crate::recorder::produce_keyed(&bootstrap, "orders", orders, |i| {
+            format!("O{}", from as usize + i)
+        })
+        .await;
         from = end;
     }
+    crate::kafka::assert_holds_all(&bootstrap, "orders", partitions, n);
     let toml = shop_config(&schema, "batch_size = 100");
     let env = [("KAFKA_BROKERS", bootstrap.as_str())];
     let started = Instant::now();

@@ -104,6 +104,15 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
 }
 
 pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    watermarks(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(p, (_, end))| (p, end))
+        .filter(|(_, end)| *end > 0)
+        .collect()
+}
+
+/// Each partition's (log start, log end) offsets.
+pub fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, (i64, i64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -113,12 +122,24 @@ pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i3
             (
                 p,
                 c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1,
+                    .unwrap(),
             )
         })
-        .filter(|(_, end)| *end > 0)
         .collect()
+}
+
+/// Asserts the broker still holds all of `n` records produced to `topic` (none removed by its
+/// retention, as the embedded broker does past 100,000 records or 5 MiB in a partition).
+pub fn assert_holds_all(bootstrap: &str, topic: &str, partitions: i32, n: i64) {
+    let marks = watermarks(bootstrap, topic, partitions);
+    let (start, end): (i64, i64) = marks
+        .values()
+        .fold((0, 0), |(s, e), (lo, hi)| (s + lo, e + hi));
+    assert_eq!(
+        (start, end),
+        (0, n),
+        "the broker does not hold every record of {topic}: {marks:?}"
+    );
 }
 
 type Read = Vec<(Value, Vec<(String, String)>)>;

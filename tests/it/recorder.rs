@@ -61,6 +61,16 @@ pub(crate) fn book(i: i64, base: i64) -> String {
 }
 
 pub(crate) async fn produce(bootstrap: &str, topic: &str, payloads: Vec<String>) {
+    produce_keyed(bootstrap, topic, payloads, |i| (i % 13).to_string()).await
+}
+
+/// [`produce`] with the `i`th payload's key `key(i)`.
+pub(crate) async fn produce_keyed(
+    bootstrap: &str,
+    topic: &str,
+    payloads: Vec<String>,
+    key: impl Fn(usize) -> String,
+) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -68,7 +78,7 @@ pub(crate) async fn produce(bootstrap: &str, topic: &str, payloads: Vec<String>)
         .unwrap();
     let mut waits = Vec::new();
     for (i, p) in payloads.iter().enumerate() {
-        let key = (i % 13).to_string();
+        let key = key(i);
         waits.push(
             producer
                 .send_result(FutureRecord::to(topic).payload(p).key(&key))
