@@ -49,9 +49,10 @@ async fn main() -> ExitCode {
             match actord::pipelines::adaptive_card::reset::reset(ac, *dlq).await {
                 Ok(deleted) => {
                     println!(
-                        "deleted {} stream(s): {}",
-                        deleted.len(),
-                        deleted.join(", ")
+                        "deleted {} stream(s): {}; {} drain counter(s)",
+                        deleted.streams.len(),
+                        deleted.streams.join(", "),
+                        deleted.drain_counters
                     );
                     ExitCode::SUCCESS
                 }

@@ -242,10 +242,29 @@ async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_r
         .await
         .map(|_| ())
         .unwrap();
+    // Both runs left drain counters in both stages.
+    let drain_keys = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*_queue:drain:*")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            keys.sort();
+            keys
+        }
+    };
+    let counters = drain_keys(&mut c).await;
+    assert!(counters.len() >= 2, "{counters:?}");
     let (code, out, err) = run_to_end(&["adaptive-card", "reset"], Some(&toml), &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("sales_org_queue") && out.contains("adaptive_card_queue"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("; {} drain counter(s)", counters.len())),
         "{out}"
     );
     let exists: u64 = redis::cmd("EXISTS")
@@ -255,6 +274,7 @@ async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_r
         .await
         .unwrap();
     assert_eq!(exists, 0);
+    assert_eq!(drain_keys(&mut c).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,9 +45,17 @@ pub async fn clear_active(
     Ok(())
 }
 
-/// Deletes both job streams (their groups go with them); with `dlq`, their dead-letter
-/// streams too. Returns the streams deleted.
-pub async fn reset(config: &AdaptiveCardConfig, dlq: bool) -> Result<Vec<String>, String> {
+/// What a reset deleted.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub streams: Vec<String>,
+    /// Drain counter hashes of earlier runs (`<stream>:drain:<run_id>`).
+    pub drain_counters: usize,
+}
+
+/// Deletes both job streams (their groups go with them) and their runs' drain counters; with
+/// `dlq`, their dead-letter streams too.
+pub async fn reset(config: &AdaptiveCardConfig, dlq: bool) -> Result<Deleted, String> {
     let connection = RedisConnection::new(config.redis_url.clone());
     let mut conn = connection
         .connect(std::time::Duration::from_secs(5))
@@ -67,15 +75,44 @@ pub async fn reset(config: &AdaptiveCardConfig, dlq: bool) -> Result<Vec<String>
         streams.push(format!("{SALES_ORG_QUEUE}:dlq"));
         streams.push(format!("{ADAPTIVE_CARD_QUEUE}:dlq"));
     }
-    let mut deleted = Vec::new();
+    let failed = |e: redis::RedisError| format!("redis {}: {e}", connection.addr());
+    let mut deleted = Deleted::default();
     for s in streams {
         let n: i64 = redis::cmd("DEL")
             .arg(&s)
             .query_async(&mut conn)
             .await
-            .map_err(|e| format!("redis {}: {e}", connection.addr()))?;
+            .map_err(failed)?;
         if n > 0 {
-            deleted.push(s);
+            deleted.streams.push(s);
+        }
+    }
+    // The counts of runs whose entries are gone with the streams.
+    for stream in [SALES_ORG_QUEUE, ADAPTIVE_CARD_QUEUE] {
+        let pattern = crate::sources::redis::drain::key(stream, "*");
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            if !keys.is_empty() {
+                let n: usize = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(failed)?;
+                deleted.drain_counters += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     Ok(deleted)
