@@ -37,6 +37,9 @@ use crate::sources::redis::path::RedisPath;
 use crate::sources::redis::{consumer_name, RedisConnection, StreamSettings};
 
 pub use card::Scenario;
+// The stream jobs and their decoders, public for the micro-benchmarks.
+pub use card::{decode as decode_user_job, UserJob};
+pub use sales_org::{decode as decode_sales_org_job, SalesOrgJob};
 
 pub const DEF: PipelineDef = PipelineDef {
     name: "adaptive-card",

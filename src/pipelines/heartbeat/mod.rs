@@ -121,7 +121,8 @@ pub struct Beat {
     pub scheduled: bool,
 }
 
-fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
+/// Decodes a beat; a message that is not one is poison.
+pub fn decode(r: &SourceRecord) -> Result<Beat, Poison> {
     super::from_json(r.payload.as_deref().unwrap_or_default())
         .map_err(|e| Poison::new("JsonError", e))
 }

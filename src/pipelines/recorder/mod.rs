@@ -6,6 +6,7 @@
 //! plain-PostgreSQL views; `/recorder/demo` (with `demo = true`) publishes synthetic data.
 
 mod config;
+pub mod copy;
 mod generator;
 pub mod model;
 pub mod names;

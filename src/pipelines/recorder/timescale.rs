@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use actord_actors::record::Envelope;
 use actord_actors::sink::{Progress, SinkError};
+use actord_actors::ErrorKind;
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, Type};
+use futures::{pin_mut, SinkExt};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use super::copy::{CopyRows, EncodeError, ORDER_BOOK_COLUMNS, TICK_COLUMNS};
 use super::model::Market;
 use crate::sinks::postgres::check::{col, FLOAT8, INT8, JSONB, TEXT, TIMESTAMPTZ};
 use crate::sinks::postgres::error::pg;
@@ -255,6 +256,16 @@ impl Setup for RecorderTables {
     }
 }
 
+/// A COPY's bytes are sent once more than this has been encoded (as `tokio_postgres`'s binary
+/// COPY writer does).
+const CHUNK_BYTES: usize = 4096;
+
+/// A row that has no binary form reads as the client library's own encoding error did: not
+/// from the server, so transient.
+fn encode_error(e: EncodeError) -> SinkError {
+    SinkError::new(ErrorKind::Transient, "ConnectionError", e.to_string())
+}
+
 /// Rows sent to a COPY between two progress reports.
 pub const PROGRESS_EVERY: usize = 10_000;
 
@@ -313,65 +324,47 @@ impl Writes<Market> for MarketCopy {
         // A COPY without rows is a round trip for nothing.
         if ticks {
             let copy = tx
-                .copy_in(&format!(
-                    "COPY {s}.tick_data (time, symbol, price, volume, change, change_rate) FROM STDIN (FORMAT binary)"
+                .copy_in::<Bytes>(&format!(
+                    "COPY {s}.tick_data ({TICK_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ))
                 .await
                 .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(
-                copy,
-                &[
-                    Type::TIMESTAMPTZ,
-                    Type::TEXT,
-                    Type::FLOAT8,
-                    Type::INT8,
-                    Type::FLOAT8,
-                    Type::FLOAT8,
-                ],
-            );
-            pin_mut!(w);
+            pin_mut!(copy);
+            let mut rows = CopyRows::new();
             for e in records {
                 if let Market::Tick(t) = &e.record {
-                    w.as_mut()
-                        .write(&[
-                            &t.time,
-                            &t.symbol,
-                            &t.price,
-                            &t.volume,
-                            &t.change,
-                            &t.change_rate,
-                        ])
-                        .await
-                        .map_err(pg)?;
+                    rows.tick(t).map_err(encode_error)?;
+                    if rows.len() > CHUNK_BYTES {
+                        copy.send(rows.take()).await.map_err(pg)?;
+                    }
                     written += 1;
                     sent.one();
                 }
             }
-            w.finish().await.map_err(pg)?;
+            copy.send(rows.finish()).await.map_err(pg)?;
+            copy.finish().await.map_err(pg)?;
         }
         if books {
             let copy = tx
-                .copy_in(&format!(
-                    "COPY {s}.orderbook (time, symbol, bids, asks) FROM STDIN (FORMAT binary)"
+                .copy_in::<Bytes>(&format!(
+                    "COPY {s}.orderbook ({ORDER_BOOK_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ))
                 .await
                 .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(
-                copy,
-                &[Type::TIMESTAMPTZ, Type::TEXT, Type::JSONB, Type::JSONB],
-            );
-            pin_mut!(w);
+            pin_mut!(copy);
+            let mut rows = CopyRows::new();
             for e in records {
                 if let Market::OrderBook(o) = &e.record {
-                    w.as_mut()
-                        .write(&[&o.time, &o.symbol, &Json(&o.bids), &Json(&o.asks)])
-                        .await
-                        .map_err(pg)?;
+                    rows.order_book(o).map_err(encode_error)?;
+                    if rows.len() > CHUNK_BYTES {
+                        copy.send(rows.take()).await.map_err(pg)?;
+                    }
                     written += 1;
                     sent.one();
                 }
             }
-            w.finish().await.map_err(pg)?;
+            copy.send(rows.finish()).await.map_err(pg)?;
+            copy.finish().await.map_err(pg)?;
         }
         if sent.pending > 0 {
             progress.advanced(sent.pending, 0);
