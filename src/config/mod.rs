@@ -256,6 +256,40 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
+/// librdkafka's `message.max.bytes` when none is set.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// librdkafka refuses to create a consumer whose `fetch.max.bytes` is below
+/// `message.max.bytes`: found here as a configuration error, not as consumers that never start.
+fn check_fetch_sizes(properties: &BTreeMap<String, String>, check: &mut Check<'_>) {
+    let mut size = |name: &str| -> Option<u64> {
+        let value = properties.get(name)?;
+        match value.trim().parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                check.problem(
+                    &format!("kafka.properties.\"{name}\""),
+                    format!("expected a number of bytes, found {value:?}"),
+                );
+                None
+            }
+        }
+    };
+    let message = size("message.max.bytes");
+    if let Some(fetch) = size("fetch.max.bytes") {
+        let message = message.unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
+        if fetch < message {
+            check.problem(
+                "kafka.properties.\"fetch.max.bytes\"",
+                format!(
+                    "expected at least message.max.bytes ({message}), found {fetch}; librdkafka \
+                     refuses a consumer that fetches less than one message may hold"
+                ),
+            );
+        }
+    }
+}
+
 /// Reads, overrides and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let (origin, text) = read_source(sources.config_path.as_deref())?;
@@ -707,6 +741,7 @@ fn validate(
             Brokers::List(list.to_owned())
         }
     };
+    check_fetch_sizes(&raw.kafka.properties, &mut check);
     // Every registered pipeline's section is validated, enabled or not; an absent one is empty.
     let mut written = raw.pipelines.0;
     let sections: Vec<_> = pipelines::PIPELINES

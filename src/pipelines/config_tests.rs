@@ -877,3 +877,27 @@ fn the_t2a_standin_runs_only_on_the_local_defaults_unless_asked_for() {
     .unwrap();
     assert!(!real.pipelines.get::<AdaptiveCardConfig>().t2a.standin);
 }
+
+#[test]
+fn a_fetch_size_librdkafka_would_refuse_is_a_configuration_error() {
+    let f = file("[kafka.properties]\n\"fetch.max.bytes\" = \"524288\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "kafka.properties.\"fetch.max.bytes\"");
+    assert!(
+        p[0].message.contains("message.max.bytes (1000000)"),
+        "{p:?}"
+    );
+    // Against a larger message.max.bytes set beside it.
+    let f = file(
+        "[kafka.properties]\n\"fetch.max.bytes\" = \"2000000\"\n\"message.max.bytes\" = \"4000000\"\n",
+    );
+    let p = problems(load(&sources(&f, &[])));
+    assert!(p[0].message.contains("(4000000), found 2000000"), "{p:?}");
+    let f = file("[kafka.properties]\n\"message.max.bytes\" = \"lots\"\n");
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "kafka.properties.\"message.max.bytes\"", "{p:?}");
+    // At or above it, and unset, are fine.
+    let f = file("[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"\n");
+    load(&sources(&f, &[])).unwrap();
+}

@@ -173,9 +173,8 @@ fn consumer(settings: &RunSettings) -> Result<BaseConsumer, String> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.queue.backoff.ms", "20");
+        .set("enable.partition.eof", "false");
+    crate::sources::kafka::consumer::limit_prefetch(&mut config, &settings.connection.properties);
     for (k, v) in &settings.connection.properties {
         config.set(k, v);
     }

@@ -1115,12 +1115,14 @@ mod tests {
     }
 
     /// A store that refuses writes of Parquet objects whose key contains `refused`, counting
-    /// every Parquet object write started (single or multipart).
+    /// every Parquet object write started (single or multipart). While it refuses, other
+    /// Parquet writes wait until the refused one has been tried, so none completes first.
     #[derive(Debug)]
     struct Refusing {
         inner: InMemory,
         refused: Mutex<Option<&'static str>>,
         started: std::sync::atomic::AtomicUsize,
+        tried: tokio::sync::watch::Sender<bool>,
     }
 
     impl std::fmt::Display for Refusing {
@@ -1130,20 +1132,29 @@ mod tests {
     }
 
     impl Refusing {
-        fn check(&self, location: &Path) -> object_store::Result<()> {
+        async fn check(&self, location: &Path) -> object_store::Result<()> {
             if !location.as_ref().ends_with(".parquet") {
                 return Ok(());
             }
             self.started
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let refused = *self.refused.lock().unwrap();
-            if refused.is_some_and(|r| location.as_ref().contains(r)) {
-                return Err(object_store::Error::Generic {
-                    store: "refusing",
-                    source: "refused".into(),
-                });
+            match refused {
+                Some(r) if location.as_ref().contains(r) => {
+                    self.tried.send_replace(true);
+                    Err(object_store::Error::Generic {
+                        store: "refusing",
+                        source: "refused".into(),
+                    })
+                }
+                Some(_) => {
+                    let mut tried = self.tried.subscribe();
+                    let wait = tried.wait_for(|t| *t);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
+                    Ok(())
+                }
+                None => Ok(()),
             }
-            Ok(())
         }
     }
 
@@ -1155,7 +1166,7 @@ mod tests {
             payload: PutPayload,
             opts: object_store::PutOptions,
         ) -> object_store::Result<object_store::PutResult> {
-            self.check(location)?;
+            self.check(location).await?;
             self.inner.put_opts(location, payload, opts).await
         }
 
@@ -1164,7 +1175,7 @@ mod tests {
             location: &Path,
             opts: object_store::PutMultipartOptions,
         ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-            self.check(location)?;
+            self.check(location).await?;
             self.inner.put_multipart_opts(location, opts).await
         }
 
@@ -1214,6 +1225,7 @@ mod tests {
             // The object of partition 0, the batch's first.
             refused: Mutex::new(Some("_0_0.g")),
             started: Default::default(),
+            tried: tokio::sync::watch::channel(false).0,
         });
         let store: Arc<dyn ObjectStore> = refusing.clone();
         let objects = readings_by_kst_day(&store);

@@ -20,7 +20,8 @@
 //!   polling while paused so that it stays in the group.
 //! - librdkafka's own hold is set, not left to its defaults: at most [`PREFETCH_RECORDS`]
 //!   records or [`PREFETCH_KBYTES`] of payload queued, and one response of at most
-//!   [`FETCH_MAX_BYTES`] on top; each record it holds costs [`PREFETCHED_RECORD_OVERHEAD`]
+//!   [`FETCH_MAX_BYTES`] from each broker leading assigned partitions on top (each broker is
+//!   fetched from on its own); each record it holds costs [`PREFETCHED_RECORD_OVERHEAD`]
 //!   besides its decompressed bytes (README, Bounded memory, gives the whole bound).
 //! - An operator pause of the pipeline (its subtree paused in the registry) flushes the
 //!   buffers, pauses the partitions (new assignments too) and reads nothing until resumed; acks
@@ -125,7 +126,8 @@ pub const PREFETCH_RECORDS: usize = 10_000;
 pub const PREFETCH_KBYTES: usize = 16_384;
 
 /// The largest fetch response in bytes (`fetch.max.bytes`, compressed as it travels): one
-/// response may land on top of a full prefetch queue. Left alone, librdkafka allows as much
+/// response from each broker leading assigned partitions may land on top of a full prefetch
+/// queue (librdkafka fetches from each broker on its own). Left alone, librdkafka allows as much
 /// as [`PREFETCH_KBYTES`], and 16 MiB of small compressed records is hundreds of MiB once each
 /// of them is queued. librdkafka refuses less than `message.max.bytes`, so that wins when a
 /// larger one is configured.
@@ -137,6 +139,22 @@ pub const FETCH_MAX_BYTES: usize = 1 << 20;
 /// librdkafka's producer writes it), which the batch's records share until the last of them is
 /// read.
 pub const PREFETCHED_RECORD_OVERHEAD: usize = 320;
+
+/// Sets librdkafka's prefetch limits ([`PREFETCH_RECORDS`], [`PREFETCH_KBYTES`], the fetch
+/// response size and a short backoff after a full queue) on a consumer's config, for every
+/// consumer actord creates; the extra `properties` are applied after and win.
+pub fn limit_prefetch(
+    config: &mut rdkafka::ClientConfig,
+    properties: &std::collections::BTreeMap<String, String>,
+) {
+    config
+        .set("queued.min.messages", PREFETCH_RECORDS.to_string())
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set("fetch.max.bytes", fetch_max_bytes(properties).to_string())
+        // With a full prefetch queue librdkafka would wait a whole second before fetching
+        // again; the queue drains in milliseconds, so look again soon.
+        .set("fetch.queue.backoff.ms", "20");
+}
 
 /// `fetch.max.bytes` for the consumer: [`FETCH_MAX_BYTES`], or `message.max.bytes` from the
 /// extra properties when that is larger (librdkafka refuses a smaller one).
@@ -571,17 +589,9 @@ impl Actor for KafkaConsumer {
                     .max(100)
                     .to_string(),
             )
-            .set("statistics.interval.ms", "5000")
-            // Prefetch stays small: the in-flight bound, not librdkafka's queue, holds memory.
-            .set("queued.min.messages", PREFETCH_RECORDS.to_string())
-            .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
-            .set(
-                "fetch.max.bytes",
-                fetch_max_bytes(&args.connection.properties).to_string(),
-            )
-            // With a full prefetch queue librdkafka would wait a whole second before fetching
-            // again; the queue drains in milliseconds, so look again soon.
-            .set("fetch.queue.backoff.ms", "20");
+            .set("statistics.interval.ms", "5000");
+        // Prefetch stays small: the in-flight bound, not librdkafka's queue, holds memory.
+        limit_prefetch(&mut config, &args.connection.properties);
         for (k, v) in &args.connection.properties {
             config.set(k, v);
         }
