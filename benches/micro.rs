@@ -21,6 +21,11 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use chrono::{DateTime, SecondsFormat, Utc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+// Only the generated sensor readings are used here.
+#[allow(dead_code)]
+#[path = "common/mod.rs"]
+mod common;
 use parquet::arrow::ArrowWriter;
 
 /// Records per iteration of every benchmark but the Parquet ones.
@@ -83,19 +88,6 @@ fn book(i: usize) -> String {
         "bids": side(999.0, -0.5), "asks": side(1001.0, 0.5),
     })
     .to_string()
-}
-
-/// A sensor reading as the backfill seed's devices send it, one every 250 ms.
-fn sensor(i: usize) -> String {
-    let time =
-        millis(1_763_510_400_000 + i as i64 * 250).to_rfc3339_opts(SecondsFormat::Millis, true);
-    format!(
-        r#"{{"sensor_id":"fms-{:02}","temperature":{},"humidity":{},"battery":{},"timestamp":"{time}"}}"#,
-        i % 40,
-        18.0 + (i % 120) as f64 / 8.0,
-        35 + i % 30,
-        100 - i % 50
-    )
 }
 
 fn order(i: usize) -> String {
@@ -167,9 +159,11 @@ fn decoders(c: &mut Criterion) {
     });
     // Field names shared across messages, as a backfill run decodes.
     let names = std::cell::RefCell::new(reading::Names::default());
-    each("sensor_reading", records("fms-temphum", sensor), &|r| {
-        reading::decode_with(r, None, &mut names.borrow_mut()).is_ok()
-    });
+    each(
+        "sensor_reading",
+        records("fms-temphum", |i| common::reading(i as u64)),
+        &|r| reading::decode_with(r, None, &mut names.borrow_mut()).is_ok(),
+    );
     each("commerce_order", records("orders", order), &|r| {
         commerce::decode_order(r).is_ok()
     });
@@ -293,7 +287,7 @@ fn parquet_objects(c: &mut Criterion) {
     }
     let readings: Vec<Envelope<reading::Reading>> = (0..OBJECT_ROWS)
         .map(|i| {
-            let source = record("fms-temphum", i, sensor(i));
+            let source = record("fms-temphum", i, common::reading(i as u64));
             envelope(reading::decode(&source, None).unwrap(), source)
         })
         .collect();
