@@ -368,6 +368,14 @@ impl MockBroker {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Panics when the broker's process has exited: what waits on its records would otherwise
+    /// only time out.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the embedded broker ({}) exited: {status}", self.bootstrap);
+        }
+    }
 }
 
 impl Drop for MockBroker {
