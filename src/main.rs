@@ -13,9 +13,35 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, warn};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// How long the process waits, once everything it runs has stopped, for threads still inside
+/// blocking calls (librdkafka closing a consumer whose broker stopped answering blocks until its
+/// request timeouts, minutes later) before it exits without them.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(command(Cli::parse()));
+    let began = std::time::Instant::now();
+    runtime.shutdown_timeout(EXIT_GRACE);
+    if began.elapsed() >= EXIT_GRACE {
+        warn!(
+            grace = ?EXIT_GRACE,
+            "exiting with threads still blocked in a client library; what they held was already stopped"
+        );
+    }
+    code
+}
+
+async fn command(cli: Cli) -> ExitCode {
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Run => run(&cli).await,
         Command::Check => match cli.load_config() {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    actor, config, get, post, run_to_end, tree, unique, until, wait_ready, Process, Proxy,
+    actor, config, get, post, run_to_end, tree, unique, until, wait_ready, MockBroker, Process,
+    Proxy,
 };
 
 #[tokio::test]
@@ -642,6 +643,44 @@ schema = "{schema}"
         .await
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await;
+}
+
+/// A broker that stops answering while actord stops (frozen: its connections stay open, nothing
+/// comes back): librdkafka's final commit and its consumer close wait for it in synchronous
+/// code, yet the process exits within its shutdown timeout plus the exit grace instead of
+/// waiting for librdkafka's request timeouts.
+#[tokio::test]
+async fn sigterm_exits_in_time_when_the_broker_stops_answering() {
+    let broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
+    let toml = r#"[runtime]
+enable = ["heartbeat"]
+shutdown_timeout = "6s"
+[pipelines.heartbeat]
+interval = "100ms"
+"#;
+    let mut p = Process::start(toml, &["-v"], &[("KAFKA_BROKERS", broker.bootstrap())]);
+    wait_ready(&p.base).await;
+    until(Duration::from_secs(30), "beats consumed", || async {
+        actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            > Some(0)
+    })
+    .await;
+    broker.signal("STOP");
+    // Let the client's requests to the frozen broker pile up before the stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = std::time::Instant::now();
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(120));
+    let took = began.elapsed();
+    broker.signal("CONT");
+    let log = p.log();
+    // 6 s of shutdown timeout, 2 s for a killed actor to end, 5 s of exit grace, and slack.
+    assert!(took < Duration::from_secs(16), "took {took:?}; log:\n{log}");
+    assert!(
+        status.code().is_some(),
+        "exited by a signal: {status}; log:\n{log}"
+    );
+    assert!(log.contains("actord stopped"), "log:\n{log}");
 }
 
 #[test]

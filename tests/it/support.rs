@@ -369,6 +369,18 @@ impl MockBroker {
         &self.bootstrap
     }
 
+    /// Sends `sig` to the broker's process (`STOP` freezes it: its connections stay open and
+    /// nothing is answered; `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
     /// Panics when the broker's process has exited: what waits on its records would otherwise
     /// only time out.
     pub fn assert_running(&mut self) {
