@@ -553,6 +553,34 @@ fn resolve_enabled(
     out
 }
 
+/// A size as written in the file: a number of bytes, or a string with a unit ("64MiB").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Reads "512KiB", "64MiB", "1GiB" (powers of two), "500kB", "64MB", "1GB" (powers of ten) or a
+/// plain number of bytes ("1048576", "1048576B").
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
 /// Collects validation problems, naming where each value came from.
 pub struct Check<'a> {
     file: &'a str,
@@ -600,6 +628,26 @@ impl<'a> Check<'a> {
                         default
                     }
                 }
+            }
+        }
+    }
+
+    /// Parses a size above zero: a number of bytes or a string such as "64MiB" (see
+    /// [`RawSize`]).
+    pub fn size(&mut self, key: &str, raw: Option<&RawSize>, default: u64) -> u64 {
+        let Some(raw) = raw else { return default };
+        let (parsed, found) = match raw {
+            RawSize::Bytes(n) => (Some(*n), n.to_string()),
+            RawSize::Text(s) => (parse_size(s), format!("{s:?}")),
+        };
+        match parsed {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.problem(
+                    key,
+                    format!("expected a size above zero such as \"64MiB\", \"512KiB\" or a number of bytes, found {found}"),
+                );
+                default
             }
         }
     }
@@ -780,4 +828,32 @@ fn validate(
         pipelines,
         fingerprints: BTreeMap::new(),
     })
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_binary_and_decimal_units_and_plain_bytes() {
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size(" 512KiB "), Some(512 << 10));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("500kB"), Some(500_000));
+        assert_eq!(parse_size("64MB"), Some(64_000_000));
+        assert_eq!(parse_size("2 GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1048576"), Some(1_048_576));
+        assert_eq!(parse_size("10B"), Some(10));
+        for bad in [
+            "",
+            "MiB",
+            "64 mebibytes",
+            "-1MiB",
+            "1.5MiB",
+            "64Mib",
+            "99999999999999999999GiB",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
 }

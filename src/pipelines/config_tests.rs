@@ -901,3 +901,54 @@ fn a_fetch_size_librdkafka_would_refuse_is_a_configuration_error() {
     let f = file("[kafka.properties]\n\"fetch.max.bytes\" = \"1048576\"\n");
     load(&sources(&f, &[])).unwrap();
 }
+
+#[test]
+fn the_recorder_in_flight_bytes_take_a_size_from_the_file_or_the_environment() {
+    let f = file("[runtime]\nenable = [\"recorder\"]\n");
+    let c = load(&sources(&f, &[])).unwrap();
+    assert_eq!(
+        c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
+        64 << 20
+    );
+    let f = file(
+        "[runtime]\nenable = [\"recorder\"]\n[pipelines.recorder]\nmax_in_flight_bytes = \"16MiB\"\n",
+    );
+    let c = load(&sources(&f, &[])).unwrap();
+    assert_eq!(
+        c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
+        16 << 20
+    );
+    let f = file(
+        "[runtime]\nenable = [\"recorder\"]\n[pipelines.recorder]\nmax_in_flight_bytes = 3000000\n",
+    );
+    let c = load(&sources(&f, &[])).unwrap();
+    assert_eq!(
+        c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
+        3_000_000
+    );
+    let c = load(&sources(
+        &f,
+        &[("ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES", "512KiB")],
+    ))
+    .unwrap();
+    assert_eq!(
+        c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
+        512 << 10
+    );
+    let p = problems(load(&sources(
+        &f,
+        &[("ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES", "64 megs")],
+    )));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "pipelines.recorder.max_in_flight_bytes");
+    assert_eq!(
+        p[0].origin,
+        "environment variable ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES"
+    );
+    assert!(p[0].message.contains("found \"64 megs\""), "{p:?}");
+    let f = file(
+        "[runtime]\nenable = [\"recorder\"]\n[pipelines.recorder]\nmax_in_flight_bytes = \"0MiB\"\n",
+    );
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p[0].key, "pipelines.recorder.max_in_flight_bytes", "{p:?}");
+}

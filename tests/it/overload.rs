@@ -251,3 +251,111 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
     drop(p);
     drop_schema(&schema).await;
 }
+
+/// An operator's own `max_in_flight_bytes` (here through its environment variable) is the bound
+/// the consumer keeps: with the database unreachable the bytes in flight stop at it, passing it
+/// by one record at most, far below `max_buffer_size`; the partitions pause; once the database
+/// is back every tick lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_in_flight_bytes_bound_is_the_one_the_consumer_keeps() {
+    const BOUND: u64 = 2 * MIB;
+    let broker = MockBroker::start(&[
+        ("market.tick", 4),
+        ("market.orderbook", 1),
+        ("market.tick-dlq", 1),
+        ("market.orderbook-dlq", 1),
+    ]);
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let schema = fresh_schema();
+    let toml = recorder_config(&schema, proxy.port, "consumers = 1");
+    let p = Process::start(
+        &toml,
+        &[],
+        &[
+            ("KAFKA_BROKERS", broker.bootstrap()),
+            ("S3_WRITE_ENABLED", "false"),
+            ("ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES", "2MiB"),
+        ],
+    );
+    wait_ready(&p.base).await;
+    // The consumer starts its partitions from the offsets in the database: it runs before the
+    // database goes away.
+    let (first, n) = (1_000i64, 40_000i64);
+    let produce = |range: std::ops::Range<i64>| {
+        crate::recorder::produce_keyed(
+            broker.bootstrap(),
+            "market.tick",
+            range.map(|i| tick(i, BASE)).collect(),
+            |i| (i % 97).to_string(),
+        )
+    };
+    produce(0..first).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&schema, "tick_data").await < first {
+        assert!(Instant::now() < deadline, "log:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.down();
+    produce(first..n).await;
+    // Until the consumer has stopped taking more: partitions paused, nothing new in flight.
+    let (mut max_bytes, mut max_records, mut paused, mut steady) = (0f64, 0f64, 0f64, 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = -1f64;
+    while steady < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not settle (in flight {max_records} records, {max_bytes} bytes, \
+             paused {paused}); log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let scrape = get(&p.base, "/metrics").await.1;
+        let bytes = metric(&scrape, "actord_kafka_in_flight_bytes", "timescale");
+        let records = metric(&scrape, "actord_kafka_in_flight_records", "timescale");
+        paused = metric(&scrape, "actord_kafka_paused_partitions", "timescale");
+        max_bytes = max_bytes.max(bytes);
+        max_records = max_records.max(records);
+        steady = if paused > 0.0 && records == last {
+            steady + 1
+        } else {
+            0
+        };
+        last = records;
+    }
+    // One tick's charge: its bytes and the per-record overhead.
+    let one_record = (tick(n, BASE).len() + actord_actors::record::IN_FLIGHT_OVERHEAD) as f64;
+    assert!(
+        max_bytes <= BOUND as f64 + one_record,
+        "{max_bytes} bytes in flight, bound {BOUND} + one record ({one_record})"
+    );
+    assert!(
+        max_bytes > BOUND as f64 - 4.0 * one_record,
+        "the bytes bound is what stopped the consumer: {max_bytes} of {BOUND}"
+    );
+    assert!(
+        max_records < (n / 2) as f64,
+        "{max_records} records in flight of {n}: the bytes bound holds first"
+    );
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&schema, "tick_data").await < n {
+        assert!(Instant::now() < deadline, "log:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        crate::recorder::tick_rows(&schema).await,
+        (n, n),
+        "exactly one row per tick"
+    );
+    let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
+        .values()
+        .sum();
+    assert_eq!(dead, 0, "no tick dead-lettered");
+    eprintln!(
+        "configured in-flight bound {} MiB: at most {max_bytes:.0} bytes and {max_records} ticks \
+         in flight with the database away, {paused} partitions paused; every tick exactly once",
+        BOUND / MIB
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::RecorderConfig;
-use crate::config::{Check, PipelineConfig, RawSupervision};
+use crate::config::{Check, PipelineConfig, RawSize, RawSupervision};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,9 @@ pub struct RawRecorder {
     pub batch_timeout: Option<String>,
     /// Records in flight per consumer before it pauses (MAX_BUFFER_SIZE).
     pub max_buffer_size: Option<u32>,
+    /// Bytes in flight per consumer before it pauses, e.g. "64MiB" (the default) or a number
+    /// of bytes.
+    pub max_in_flight_bytes: Option<RawSize>,
     /// Runs a synthetic market-data generator into the topics (for the demo).
     pub demo: Option<bool>,
     /// Synthetic records per second when `demo` is on.

@@ -38,6 +38,9 @@ use timescale::{MarketCopy, RecorderTables};
 
 pub use config::*;
 
+/// `max_in_flight_bytes` when none is set: what every consumer path holds at most by default.
+const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = crate::sources::kafka::DEFAULT_MAX_IN_FLIGHT_BYTES as u64;
+
 pub const DEF: PipelineDef = PipelineDef {
     name: "recorder",
     summary: "market ticks and order books from Kafka into TimescaleDB, exactly once",
@@ -61,6 +64,7 @@ pub const DEF: PipelineDef = PipelineDef {
         EnvKey::seed("S3_BATCH_TIMEOUT_SEC", "s3.batch_timeout", Unit::Secs),
         EnvKey::new("DEMO", "demo", Unit::Bool),
         EnvKey::new("MIGRATE_FROM_GROUP", "migrate_from_group", Unit::Str),
+        EnvKey::new("MAX_IN_FLIGHT_BYTES", "max_in_flight_bytes", Unit::Str),
     ],
     env_scan: None,
     kafka_keys: Some(super::KafkaKeys {
@@ -84,6 +88,9 @@ pub struct RecorderConfig {
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub max_buffer_size: usize,
+    /// Bytes in flight per consumer before it pauses (records' memory, as the consumer counts
+    /// it): with `max_buffer_size`, what bounds a path's memory.
+    pub max_in_flight_bytes: usize,
     pub demo: bool,
     pub demo_rate: u32,
     pub db: DbSettings,
@@ -245,6 +252,11 @@ impl RecorderConfig {
                 Duration::from_secs(5),
             ),
             max_buffer_size,
+            max_in_flight_bytes: check.size(
+                &k("max_in_flight_bytes"),
+                raw.max_in_flight_bytes.as_ref(),
+                DEFAULT_MAX_IN_FLIGHT_BYTES,
+            ) as usize,
             demo: raw.demo.unwrap_or(false),
             demo_rate: raw.demo_rate.unwrap_or(50).max(1),
             db: DbSettings {
@@ -382,6 +394,7 @@ fn build(config: &Config, resources: &Resources) -> anyhow::Result<Pipeline> {
     let mut source = SourceSettings::new(rc.topics.clone(), group);
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;
+    source.max_in_flight_bytes = rc.max_in_flight_bytes;
     source.start = StartFrom::Sink(db.clone());
     source.migrate_from_group = rc.migrate_from_group.clone();
     let path = KafkaPath::<Market, PostgresSink<Market, MarketCopy>> {
@@ -495,6 +508,7 @@ fn s3_path(
     let mut source = SourceSettings::new(rc.topics.clone(), format!("{}-s3", rc.group));
     source.consumers = rc.consumers;
     source.max_in_flight_records = rc.max_buffer_size;
+    source.max_in_flight_bytes = rc.max_in_flight_bytes;
     source.start = StartFrom::Committed { earliest: true };
     source.migrate_from_group = rc.migrate_from_group.clone();
     let path = KafkaPath::<Market, ParquetSink> {

@@ -106,6 +106,9 @@ impl std::fmt::Debug for StartFrom {
     }
 }
 
+/// The in-flight bytes bound of a consumer path whose pipeline sets none.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// One consumer path's source settings.
 #[derive(Clone, Debug)]
 pub struct SourceSettings {
@@ -141,7 +144,7 @@ impl SourceSettings {
             start: StartFrom::Committed { earliest: true },
             consumers: 1,
             max_in_flight_records: 100_000,
-            max_in_flight_bytes: 64 << 20,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             commit_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             chunk: 2_000,
