@@ -651,7 +651,7 @@ schema = "{schema}"
 /// waiting for librdkafka's request timeouts.
 #[tokio::test]
 async fn sigterm_exits_in_time_when_the_broker_stops_answering() {
-    let broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
+    let mut broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
     let toml = r#"[runtime]
 enable = ["heartbeat"]
 shutdown_timeout = "6s"

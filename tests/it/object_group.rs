@@ -176,7 +176,7 @@ async fn a_frozen_member_thawed_after_losing_its_partitions_cannot_touch_the_new
     let n = 12_000i64;
     produce(broker.bootstrap(), "market.tick", ticks(0..n / 2)).await;
 
-    let zombie = Process::start(&toml, &[], &env_of(&env));
+    let mut zombie = Process::start(&toml, &[], &env_of(&env));
     let owner = Process::start(&toml, &[], &env_of(&env));
     wait_ready(&zombie.base).await;
     wait_ready(&owner.base).await;

@@ -77,7 +77,7 @@ async fn exactly_once(schema: &str, n: i64) {
 async fn a_changed_batch_size_and_sighup_restart_only_the_recorder() {
     let schema = fresh_schema();
     let jobs = unique("jobs");
-    let p = Process::start(&recorder_and_ftp_sync(&schema, &jobs, 200), &[], &[]);
+    let mut p = Process::start(&recorder_and_ftp_sync(&schema, &jobs, 200), &[], &[]);
     wait_ready(&p.base).await;
     let bootstrap = bootstrap_of(&p).await;
     ticks(&bootstrap, 0..300).await;
@@ -135,7 +135,7 @@ async fn a_reload_adds_and_removes_pipelines_and_refuses_an_invalid_file() {
     let base = config(&format!(
         "[admin]\ntoken = \"{token}\"\n[pipelines.ftp-sync]\ntopics = [\"{jobs}\"]\ngroup = \"{jobs}\"\ndemo = false\n"
     ));
-    let p = Process::start(&base, &[], &[]);
+    let mut p = Process::start(&base, &[], &[]);
     wait_ready(&p.base).await;
     let t = tree(&p.base).await;
     assert!(flatten(&t).iter().all(|a| a["path"] != "/ftp-sync"));

@@ -98,14 +98,8 @@ impl Process {
         self._dir.path()
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+    pub fn signal(&mut self, sig: &str) {
+        signal_child(&mut self.child, sig);
     }
 
     /// Waits for the process to exit, at most `within`.
@@ -123,6 +117,23 @@ impl Process {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Sends `sig` to a child that has not been reaped yet; one that has exited and been reaped is
+/// left alone. A pid is only free for reuse once reaped, and this machine's pids wrap at 32,768:
+/// a signal by number to a reaped child could reach another test's process.
+pub fn signal_child(child: &mut Child, sig: &str) {
+    if child.try_wait().unwrap().is_some() {
+        return;
+    }
+    // Not reaped (at most a zombie): the pid is still this child's.
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
 }
 
 impl Drop for Process {
@@ -371,14 +382,8 @@ impl MockBroker {
 
     /// Sends `sig` to the broker's process (`STOP` freezes it: its connections stay open and
     /// nothing is answered; `CONT` thaws it).
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+    pub fn signal(&mut self, sig: &str) {
+        signal_child(&mut self.child, sig);
     }
 
     /// Panics when the broker's process has exited: what waits on its records would otherwise
