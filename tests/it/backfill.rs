@@ -12,7 +12,7 @@ use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampNanosecondT
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -71,20 +71,27 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// `n` readings a minute apart from `start`, spread over the partitions by sequence number.
 pub(crate) fn readings(from_seq: i64, n: i64, start: &str) -> Vec<(i32, Value)> {
-    readings_over(from_seq, n, start, PARTITIONS)
+    readings_over(
+        from_seq,
+        n,
+        start,
+        PARTITIONS,
+        chrono::TimeDelta::minutes(1),
+    )
 }
 
-/// [`readings`] spread over `partitions`.
+/// [`readings`] `step` apart, spread over `partitions`.
 pub(crate) fn readings_over(
     from_seq: i64,
     n: i64,
     start: &str,
     partitions: i32,
+    step: chrono::TimeDelta,
 ) -> Vec<(i32, Value)> {
     let start = at(start);
     (from_seq..from_seq + n)
         .map(|s| {
-            let t = start + chrono::TimeDelta::minutes(s);
+            let t = start + step * s as i32;
             (
                 (s % partitions as i64) as i32,
                 reading(s, &t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -165,29 +172,39 @@ impl Setup {
     }
 }
 
-/// Every data object of the bucket: key → its batches.
-pub(crate) async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<RecordBatch>> {
+/// The keys of the bucket's data objects (a listing, nothing read).
+pub(crate) async fn object_keys(store: &Arc<dyn ObjectStore>) -> Vec<String> {
     let listing: Vec<_> = store.list(None).try_collect().await.unwrap();
-    let mut out = BTreeMap::new();
-    for meta in listing
+    listing
         .into_iter()
-        .filter(|m| m.location.as_ref().ends_with(".parquet"))
-    {
-        let bytes = store
-            .get(&meta.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let key = meta.location.to_string();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap_or_else(|e| panic!("{key} is not Parquet: {e}"))
-            .build()
-            .unwrap();
-        out.insert(key, reader.map(Result::unwrap).collect());
-    }
-    out
+        .map(|m| m.location.to_string())
+        .filter(|k| k.ends_with(".parquet"))
+        .collect()
+}
+
+/// Every data object of the bucket: key → its batches. Read several at a time: s3s-fs answers
+/// many GETs on a kept-alive connection about 40 ms late, which one by one add up to minutes
+/// for a few thousand objects.
+pub(crate) async fn objects(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, Vec<RecordBatch>> {
+    let keys = object_keys(store).await;
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let bytes = store
+                .get(&object_store::path::Path::from(key.as_str()))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap_or_else(|e| panic!("{key} is not Parquet: {e}"))
+                .build()
+                .unwrap();
+            (key, reader.map(Result::unwrap).collect())
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 /// The `seq` values in each object.

@@ -19,7 +19,8 @@
 //! `ACTORD_CRASH_MESSAGES=1000000 ACTORD_CRASH_KILLS=20 cargo test --test it crash::<name> -- --nocapture`
 //! (`ACTORD_CRASH_SEED` picks other kill moments; for ftp-sync the messages are jobs, one file
 //! each; for adaptive-card they are user jobs, with a tenth as many sales-org jobs; the backfill
-//! run's in-process broker keeps 5 MiB a partition, about 100,000 readings in all).
+//! run gives its topic a partition per 30,000 readings, its in-process broker keeping 5 MiB a
+//! partition).
 
 mod adaptive_card;
 
@@ -345,12 +346,21 @@ fn assert_each_record_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_once() {
+    let test_started = Instant::now();
     let n = setting("ACTORD_CRASH_MESSAGES", 60_000) as i64;
     let kills = setting("ACTORD_CRASH_KILLS", 3);
     let mut moments = Moments(setting("ACTORD_CRASH_SEED", 7));
     // The embedded broker keeps at most 100,000 records and 5 MiB of a partition (a reading
     // is about 130 bytes): enough partitions that it keeps them all.
     let partitions = ((n / 30_000) as i32).max(crate::backfill::PARTITIONS);
+    // Objects are cut by partition and Seoul day, and each batch by partition: the readings
+    // span about the short form's 43 Seoul days (60,000 a minute apart) and a batch holds the
+    // short form's share of each partition, so that more readings make more objects of the same
+    // size rather than more and smaller ones (a minute apart, a million over 33 partitions would
+    // be 44 readings a partition and day, and batches of 700 about 21 a partition).
+    let step = chrono::TimeDelta::seconds((3_600_000 / n.max(1)).clamp(1, 60));
+    let scaled = |batch: u32| batch * partitions as u32 / crate::backfill::PARTITIONS as u32;
+    let (killed_batch, last_batch) = (scaled(400), scaled(700));
     let s = crate::backfill::Setup::with_partitions(partitions);
     let mut sent = Vec::new();
     let mut from = 0;
@@ -360,7 +370,13 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
             crate::backfill::produce(
                 s.bootstrap(),
                 &s.topic,
-                &crate::backfill::readings_over(from, chunk, "2025-11-17T01:00:00Z", partitions),
+                &crate::backfill::readings_over(
+                    from,
+                    chunk,
+                    "2025-11-17T01:00:00Z",
+                    partitions,
+                    step,
+                ),
             )
             .await,
         );
@@ -372,7 +388,7 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
     let mut at_kill = Vec::new();
     let mut completed_early = 0;
     for _ in 0..kills {
-        let mut p = s.start(&["--mode", "incremental"], 400);
+        let mut p = s.start(&["--mode", "incremental"], killed_batch);
         // Anywhere from before the first object to well into the run.
         tokio::time::sleep(Duration::from_millis(moments.next_ms(300, 3000))).await;
         if let Some(status) = p.child.try_wait().unwrap() {
@@ -383,23 +399,29 @@ async fn a_backfill_run_killed_again_and_again_archives_every_record_exactly_onc
         }
         p.signal("KILL");
         p.wait_exit(Duration::from_secs(10));
-        at_kill.push(crate::backfill::objects(&store).await.len());
+        at_kill.push(crate::backfill::object_keys(&store).await.len());
     }
     // Reruns until one completes: the last resumes from the last commit.
-    let out = s.ok(&["--mode", "incremental"], 700).await;
+    let out = s.ok(&["--mode", "incremental"], last_batch).await;
     assert!(out.starts_with("incremental: "), "{out}");
     let elapsed = started.elapsed();
-    assert_each_record_once(&crate::backfill::objects(&store).await, &sent);
+    let all = crate::backfill::objects(&store).await;
+    assert_each_record_once(&all, &sent);
     assert_eq!(
         crate::kafka::committed(s.bootstrap(), &s.group, &s.topic, partitions),
         crate::kafka::end_offsets(s.bootstrap(), &s.topic, partitions)
     );
     eprintln!(
-        "crash run: backfill of {n} readings over {partitions} partitions, {} SIGKILLs (objects at each: {at_kill:?}), {} run \
-         finished before its kill, every record in exactly one object after {:.1}s",
+        "crash run: backfill of {n} readings {}s apart over {partitions} partitions (batches of \
+         {killed_batch}, the last run {last_batch}), {} SIGKILLs (objects at each: {at_kill:?}), \
+         {} run finished before its kill, every record in exactly one of {} objects after {:.1}s \
+         ({:.1}s for the test so far)",
+        step.num_seconds(),
         at_kill.len(),
         completed_early,
-        elapsed.as_secs_f64()
+        all.len(),
+        elapsed.as_secs_f64(),
+        test_started.elapsed().as_secs_f64()
     );
 }
 
