@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 
 use crate::kafka::end_offsets;
 use crate::recorder::{count, drop_schema, fresh_schema, recorder_config, tick, BASE};
-use crate::support::{get, wait_ready, MockBroker, Process, Proxy};
+use crate::support::{get, wait_ready, MockBroker, Process, Proxy, S3Server};
 
 use actord::sources::kafka::consumer::{
     FETCH_MAX_BYTES, PREFETCHED_RECORD_OVERHEAD, PREFETCH_RECORDS,
@@ -78,6 +78,35 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
+/// Produces ticks `0..n` at `rate` a second (lz4-compressed, as a market feed sends them), a
+/// tenth of a second's worth at a time.
+fn produce_at(bootstrap: &str, rate: u64, n: i64) -> tokio::task::JoinHandle<()> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::spawn(async move {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("compression.type", "lz4")
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let step = (rate / 10) as i64;
+        let started = tokio::time::Instant::now();
+        for (k, start) in (0..n).step_by(step as usize).enumerate() {
+            let mut waits = Vec::new();
+            for i in start..(start + step).min(n) {
+                let (payload, key) = (tick(i, BASE), (i % 97).to_string());
+                let record = FutureRecord::to("market.tick").payload(&payload).key(&key);
+                waits.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+            for w in waits {
+                w.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+            tokio::time::sleep_until(started + Duration::from_millis(100 * (k as u64 + 1))).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing() {
     let broker = MockBroker::start(&[
@@ -115,33 +144,7 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
     let bound = idle + in_flight + in_flight / SLACK_DIVISOR;
 
     let n = (RATE * OVERLOAD.as_secs()) as i64;
-    let producer = {
-        let bootstrap = broker.bootstrap().to_owned();
-        tokio::spawn(async move {
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("compression.type", "lz4")
-                .set("linger.ms", "20")
-                .set("queue.buffering.max.messages", "1000000")
-                .create()
-                .unwrap();
-            let step = (RATE / 10) as i64;
-            let started = tokio::time::Instant::now();
-            for (k, start) in (0..n).step_by(step as usize).enumerate() {
-                let mut waits = Vec::new();
-                for i in start..(start + step).min(n) {
-                    let (payload, key) = (tick(i, BASE), (i % 97).to_string());
-                    let record = FutureRecord::to("market.tick").payload(&payload).key(&key);
-                    waits.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-                }
-                for w in waits {
-                    w.await.unwrap().map_err(|(e, _)| e).unwrap();
-                }
-                tokio::time::sleep_until(started + Duration::from_millis(100 * (k as u64 + 1)))
-                    .await;
-            }
-        })
-    };
+    let producer = produce_at(broker.bootstrap(), RATE, n);
 
     // Sample RSS and the pause metrics every second while the input outruns the sink.
     let started = Instant::now();
@@ -355,6 +358,117 @@ async fn a_configured_in_flight_bytes_bound_is_the_one_the_consumer_keeps() {
         "configured in-flight bound {} MiB: at most {max_bytes:.0} bytes and {max_records} ticks \
          in flight with the database away, {paused} partitions paused; every tick exactly once",
         BOUND / MIB
+    );
+    drop(p);
+    drop_schema(&schema).await;
+}
+
+/// The Parquet path as the slow sink: the object store behind a throttling proxy, PostgreSQL at
+/// full speed. The encoder's columns and the objects being uploaded come on top of the records
+/// in flight; the peak RSS still stays below the formula's bound for the recorder's two paths,
+/// and once the store is fast again every tick is in exactly one object and one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parquet_path_ten_times_too_slow_stays_under_the_memory_bound() {
+    const S3_RATE: u64 = 5_000;
+    const S3_OVERLOAD: Duration = Duration::from_secs(30);
+    let broker = MockBroker::start(&[
+        ("market.tick", PARTITIONS),
+        ("market.orderbook", 1),
+        ("market.tick-dlq", 1),
+        ("market.orderbook-dlq", 1),
+    ]);
+    let s3 = S3Server::start("overload");
+    // A few hundred ticks a second in Parquet objects of a couple of thousand ticks (about 20
+    // bytes a tick), over the uploads' connections, each paced on its own.
+    let s3_proxy = Proxy::start_throttled(&format!("127.0.0.1:{}", s3.port), 2_000).await;
+    let schema = fresh_schema();
+    let (consumers, paths) = (1u64, 2u64);
+    let tuned = recorder_config(&schema, 5432, "consumers = 1");
+    let toml = tuned.replace("batch_size = 200\nbatch_timeout = \"200ms\"\n", "");
+    assert_ne!(toml, tuned);
+    let mut env: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", s3_proxy.port),
+    ));
+    env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
+    // The seed's hour would hold the last partial batch back long after the overload.
+    env.push(("S3_BATCH_TIMEOUT_SEC", "5".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = Process::start(&toml, &[], &env);
+    wait_ready(&p.base).await;
+    let pid = p.child.id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle, _) = rss(pid);
+    let in_flight = consumers * paths * (IN_FLIGHT_BYTES + PREFETCH + FETCH);
+    let bound = idle + in_flight + in_flight / SLACK_DIVISOR;
+
+    let n = (S3_RATE * S3_OVERLOAD.as_secs()) as i64;
+    let producer = produce_at(broker.bootstrap(), S3_RATE, n);
+    let (mut peak_rss, mut paused_max, mut in_flight_max) = (0u64, 0f64, 0f64);
+    while !producer.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (now, hwm) = rss(pid);
+        peak_rss = peak_rss.max(now).max(hwm);
+        let scrape = get(&p.base, "/metrics").await.1;
+        paused_max = paused_max.max(metric(&scrape, "actord_kafka_paused_partitions", "/s3/"));
+        in_flight_max = in_flight_max.max(metric(&scrape, "actord_kafka_in_flight_bytes", "/s3/"));
+        assert!(
+            peak_rss < bound,
+            "RSS {:.1} MiB reached the bound {:.1} MiB (idle {:.1} MiB)",
+            mib(peak_rss),
+            mib(bound),
+            mib(idle)
+        );
+    }
+    producer.await.unwrap();
+    let store = s3.client();
+    let in_objects = crate::object_group::distinct(&crate::recorder_s3::objects(&store).await);
+    let (_, hwm) = rss(pid);
+    peak_rss = peak_rss.max(hwm);
+
+    s3_proxy.set_rate(u64::MAX / 2);
+    let drain = Instant::now();
+    let objects = crate::object_group::assert_exactly_once(&s3, &schema, n, || p.log()).await;
+    let drained_in = drain.elapsed();
+    let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
+        .values()
+        .sum();
+    assert_eq!(dead, 0, "no tick dead-lettered");
+    assert!(
+        paused_max > 0.0,
+        "the Parquet path's consumer never paused ({} ticks in objects during the overload)",
+        in_objects
+    );
+    assert!(
+        (in_objects as i64) < n / 5,
+        "the store was not the slow sink: {in_objects} of {n} ticks in objects during the overload"
+    );
+    assert!(
+        peak_rss < bound,
+        "peak RSS {:.1} MiB, bound {:.1} MiB",
+        mib(peak_rss),
+        mib(bound)
+    );
+    eprintln!(
+        "Parquet overload: {n} ticks at {S3_RATE}/s for {}s, {in_objects} in objects meanwhile; \
+         idle RSS {:.1} MiB, peak (VmHWM) {:.1} MiB, bound {:.1} MiB = idle + {consumers} \
+         consumer x {paths} paths x ({:.0} + {:.1} + {:.1}) MiB + 1/{SLACK_DIVISOR}; the Parquet \
+         path's in-flight bytes at most {:.1} MiB, up to {paused_max} partitions paused; \
+         drained in {:.1}s into {objects} object generations, every tick exactly once",
+        S3_OVERLOAD.as_secs(),
+        mib(idle),
+        mib(peak_rss),
+        mib(bound),
+        mib(IN_FLIGHT_BYTES),
+        mib(PREFETCH),
+        mib(FETCH),
+        in_flight_max / MIB as f64,
+        drained_in.as_secs_f64()
     );
     drop(p);
     drop_schema(&schema).await;
