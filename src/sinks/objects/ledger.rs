@@ -77,6 +77,30 @@ impl Ledger {
             .unwrap_or(0))
     }
 
+    /// The newest generation when one newer than `generation` was taken, `None` when there is
+    /// none. Generations are taken one after another (each taker creates the one after the
+    /// newest it lists) and never removed, so a newer one exists exactly when `generation + 1`
+    /// does: one HEAD answers the usual case, and the directory is listed only when a newer
+    /// owner is there. (A listing costs more than a HEAD on S3, and some S3-compatible servers
+    /// walk the whole bucket for it.)
+    pub async fn newer_than(
+        &self,
+        stream: impl AsRef<str>,
+        partition: i32,
+        generation: u64,
+    ) -> object_store::Result<Option<u64>> {
+        let next = Path::from(format!(
+            "{}/{:020}",
+            self.dir(stream.as_ref(), partition, "gen"),
+            generation + 1
+        ));
+        match self.store.head(&next).await {
+            Ok(_) => Ok(Some(self.latest(stream, partition).await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes the next generation of the partition for a writer whose first record is at
     /// offset `from`.
     pub async fn take(
@@ -244,6 +268,14 @@ mod tests {
         assert_eq!(ledger.take("tick", 1, 0).await.unwrap(), 1);
         assert_eq!(ledger.take("orderbook", 0, 0).await.unwrap(), 1);
         assert_eq!(ledger.latest("tick", 0).await.unwrap(), 2);
+        assert_eq!(ledger.newer_than("tick", 0, 2).await.unwrap(), None);
+        assert_eq!(ledger.take("tick", 0, 30).await.unwrap(), 3);
+        assert_eq!(ledger.newer_than("tick", 0, 1).await.unwrap(), Some(3));
+        assert_eq!(ledger.newer_than("tick", 0, 2).await.unwrap(), Some(3));
+        assert_eq!(ledger.newer_than("tick", 0, 3).await.unwrap(), None);
+        assert_eq!(ledger.newer_than("tick", 1, 1).await.unwrap(), None);
+        assert_eq!(ledger.newer_than("tick", 2, 0).await.unwrap(), None);
+        assert_eq!(ledger.newer_than("orderbook", 0, 0).await.unwrap(), Some(1));
         let marker = ledger
             .open_upload("tick", 0, 1, "a/b.parquet", "id/with+odd=chars")
             .await

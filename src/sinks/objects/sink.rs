@@ -333,12 +333,12 @@ impl<F: ParquetFormat> Objects<F> {
                 group.partition
             )));
         }
-        let latest = self
+        let newer = self
             .ledger
-            .latest(group.stream, group.partition)
+            .newer_than(group.stream, group.partition, generation)
             .await
             .map_err(store_error)?;
-        if latest > generation {
+        if let Some(latest) = newer {
             metrics::counter!(names::S3_FENCED_TOTAL, "path" => self.path.clone()).increment(1);
             return Err(SinkError::fenced(format!(
                 "{}partition {} belongs to generation {latest} now, this writer holds {generation}",
