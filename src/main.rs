@@ -1,7 +1,7 @@
 //! The actord binary: parses flags, sets up logging and runs the tree until a signal.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actord::app;
 use actord::cli::{self, Cli, Command};
@@ -13,10 +13,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, warn};
 
-/// How long the process waits, once everything it runs has stopped, for threads still inside
-/// blocking calls (librdkafka closing a consumer whose broker stopped answering blocks until its
-/// request timeouts, minutes later) before it exits without them.
+/// How long a process that stopped without a signal (a command, a failed start, a fail-fast
+/// exit) waits for threads still inside blocking calls before it exits without them.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// When a signalled stop must be over, exit included: the first signal plus
+/// `runtime.shutdown_timeout`.
+static STOP_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -30,11 +33,17 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(command(Cli::parse()));
-    let began = std::time::Instant::now();
-    runtime.shutdown_timeout(EXIT_GRACE);
-    if began.elapsed() >= EXIT_GRACE {
+    // Everything the process runs has stopped. A thread can still be inside a blocking call
+    // (librdkafka closing a consumer whose broker stopped answering waits for its request
+    // timeouts, minutes): the process waits for it only until the stop's deadline.
+    let grace = STOP_DEADLINE
+        .get()
+        .map_or(EXIT_GRACE, |d| d.saturating_duration_since(Instant::now()));
+    let began = Instant::now();
+    runtime.shutdown_timeout(grace);
+    if !grace.is_zero() && began.elapsed() >= grace {
         warn!(
-            grace = ?EXIT_GRACE,
+            waited = ?grace,
             "exiting with threads still blocked in a client library; what they held was already stopped"
         );
     }
@@ -329,7 +338,15 @@ async fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app::run_with(config, Some(cli.loader()), listener, shutdown_signal()).await {
+    let stop_within = config.runtime.shutdown_timeout;
+    match app::run_with(
+        config,
+        Some(cli.loader()),
+        listener,
+        shutdown_signal(stop_within),
+    )
+    .await
+    {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {
@@ -345,8 +362,9 @@ async fn run(cli: &Cli) -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+/// Resolves on the first SIGTERM or SIGINT, from when the stop has `stop_within` to end, exit
+/// included; a second one exits at once.
+async fn shutdown_signal(stop_within: Duration) {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -358,6 +376,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    let _ = STOP_DEADLINE.set(Instant::now() + stop_within);
     warn!("shutdown requested; a second signal exits immediately");
     tokio::spawn(async move {
         tokio::select! {

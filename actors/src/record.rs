@@ -120,6 +120,12 @@ pub struct SourceRecord {
 /// holds them (README, "Bounded memory"). The in-flight byte bounds count it per record.
 pub const IN_FLIGHT_OVERHEAD: usize = 1024;
 
+/// What [`SourceRecord::size`] counts for a record's fixed part, whatever its bytes.
+pub const RECORD_FIXED_SIZE: usize = 64;
+
+/// The least a record is counted in flight: an empty one.
+pub const MIN_IN_FLIGHT_SIZE: usize = RECORD_FIXED_SIZE + IN_FLIGHT_OVERHEAD;
+
 impl SourceRecord {
     /// The record's bytes (payload, key and headers, and a small fixed part), for batch
     /// sizes and progress.
@@ -131,7 +137,7 @@ impl SourceRecord {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
-            + 64
+            + RECORD_FIXED_SIZE
     }
 
     /// What the record holds in memory while in flight: its bytes plus

@@ -554,11 +554,41 @@ fn resolve_enabled(
 }
 
 /// A size as written in the file: a number of bytes, or a string with a unit ("64MiB").
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// Anything else is kept as written, for [`Check::size`] to report beside the other problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawSize {
     Bytes(u64),
     Text(String),
+    Invalid(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl serde::de::Visitor<'_> for Size {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawSize, E> {
+                Ok(u64::try_from(v)
+                    .map_or_else(|_| RawSize::Invalid(v.to_string()), RawSize::Bytes))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawSize, E> {
+                Ok(RawSize::Invalid(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawSize, E> {
+                Ok(RawSize::Invalid(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Size)
+    }
 }
 
 /// Reads "512KiB", "64MiB", "1GiB" (powers of two), "500kB", "64MB", "1GB" (powers of ten) or a
@@ -639,6 +669,7 @@ impl<'a> Check<'a> {
         let (parsed, found) = match raw {
             RawSize::Bytes(n) => (Some(*n), n.to_string()),
             RawSize::Text(s) => (parse_size(s), format!("{s:?}")),
+            RawSize::Invalid(v) => (None, v.clone()),
         };
         match parsed {
             Some(n) if n > 0 => n,

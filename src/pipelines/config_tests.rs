@@ -928,12 +928,12 @@ fn the_recorder_in_flight_bytes_take_a_size_from_the_file_or_the_environment() {
     );
     let c = load(&sources(
         &f,
-        &[("ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES", "512KiB")],
+        &[("ACTORD_RECORDER_MAX_IN_FLIGHT_BYTES", "4MiB")],
     ))
     .unwrap();
     assert_eq!(
         c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
-        512 << 10
+        4 << 20
     );
     let p = problems(load(&sources(
         &f,
@@ -951,4 +951,39 @@ fn the_recorder_in_flight_bytes_take_a_size_from_the_file_or_the_environment() {
     );
     let p = problems(load(&sources(&f, &[])));
     assert_eq!(p[0].key, "pipelines.recorder.max_in_flight_bytes", "{p:?}");
+    // A bound that cannot hold one database batch (1,000 records, each counted 1,088 bytes at
+    // least), and values of the wrong kind, named with what was found beside other problems.
+    let f = file(
+        "[runtime]\nenable = [\"recorder\"]\n[pipelines.recorder]\nmax_in_flight_bytes = \"1MiB\"\n",
+    );
+    let p = problems(load(&sources(&f, &[])));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "pipelines.recorder.max_in_flight_bytes");
+    assert!(
+        p[0].message
+            .contains("pipelines.recorder.batch_size (1000)")
+            && p[0].message.contains("expected 1088000 or more"),
+        "{p:?}"
+    );
+    let c = load(&sources(&f, &[("BATCH_SIZE", "900")])).unwrap();
+    assert_eq!(
+        c.pipelines.get::<RecorderConfig>().max_in_flight_bytes,
+        1 << 20
+    );
+    for (value, found) in [
+        ("-5", "found -5"),
+        ("1.5e6", "found 1500000"),
+        ("true", "found true"),
+    ] {
+        let f = file(&format!(
+            "[runtime]\nenable = [\"recorder\"]\n[pipelines.recorder]\nmax_in_flight_bytes = {value}\nbatch_size = 0\n"
+        ));
+        let p = problems(load(&sources(&f, &[])));
+        assert_eq!(p.len(), 2, "{value}: {p:?}");
+        let size = p
+            .iter()
+            .find(|p| p.key == "pipelines.recorder.max_in_flight_bytes")
+            .unwrap_or_else(|| panic!("{value}: {p:?}"));
+        assert!(size.message.contains(found), "{value}: {p:?}");
+    }
 }

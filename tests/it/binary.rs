@@ -647,8 +647,8 @@ schema = "{schema}"
 
 /// A broker that stops answering while actord stops (frozen: its connections stay open, nothing
 /// comes back): librdkafka's final commit and its consumer close wait for it in synchronous
-/// code, yet the process exits within its shutdown timeout plus the exit grace instead of
-/// waiting for librdkafka's request timeouts.
+/// code, yet the process exits 0 within its shutdown timeout instead of waiting for
+/// librdkafka's request timeouts.
 #[tokio::test]
 async fn sigterm_exits_in_time_when_the_broker_stops_answering() {
     let mut broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
@@ -674,12 +674,12 @@ interval = "100ms"
     let took = began.elapsed();
     broker.signal("CONT");
     let log = p.log();
-    // 6 s of shutdown timeout, 2 s for a killed actor to end, 5 s of exit grace, and slack.
-    assert!(took < Duration::from_secs(16), "took {took:?}; log:\n{log}");
+    // The shutdown timeout, and slack for a loaded machine.
     assert!(
-        status.code().is_some(),
-        "exited by a signal: {status}; log:\n{log}"
+        took < Duration::from_millis(8_500),
+        "took {took:?}; log:\n{log}"
     );
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
     assert!(log.contains("actord stopped"), "log:\n{log}");
 }
 

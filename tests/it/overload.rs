@@ -325,8 +325,9 @@ async fn a_configured_in_flight_bytes_bound_is_the_one_the_consumer_keeps() {
         };
         last = records;
     }
-    // One tick's charge: its bytes and the per-record overhead.
-    let one_record = (tick(n, BASE).len() + actord_actors::record::IN_FLIGHT_OVERHEAD) as f64;
+    // One tick's charge, at most: its payload (about 110 bytes), key, fixed part and the
+    // per-record overhead.
+    let one_record = (2048 + actord_actors::record::IN_FLIGHT_OVERHEAD) as f64;
     assert!(
         max_bytes <= BOUND as f64 + one_record,
         "{max_bytes} bytes in flight, bound {BOUND} + one record ({one_record})"
@@ -443,6 +444,12 @@ async fn the_parquet_path_ten_times_too_slow_stays_under_the_memory_bound() {
         paused_max > 0.0,
         "the Parquet path's consumer never paused ({} ticks in objects during the overload)",
         in_objects
+    );
+    assert!(
+        in_flight_max >= 0.9 * IN_FLIGHT_BYTES as f64,
+        "the Parquet path's in-flight bytes reached only {:.1} MiB of {:.0}",
+        in_flight_max / MIB as f64,
+        mib(IN_FLIGHT_BYTES)
     );
     assert!(
         (in_objects as i64) < n / 5,

@@ -383,6 +383,8 @@ impl MockBroker {
     /// Sends `sig` to the broker's process (`STOP` freezes it: its connections stay open and
     /// nothing is answered; `CONT` thaws it).
     pub fn signal(&mut self, sig: &str) {
+        // A broker that has exited would take the signal silently: say so instead.
+        self.assert_running();
         signal_child(&mut self.child, sig);
     }
 

@@ -30,7 +30,7 @@ use crate::sinks::objects::store::{self, Location};
 use crate::sinks::postgres::{BreakerSettings, Classifier, Database, DbSettings, PostgresSink};
 use crate::sources::kafka::path::KafkaPath;
 use crate::sources::kafka::producer::PublisherSlot;
-use crate::sources::kafka::{check_batch_fits, SourceSettings, StartFrom};
+use crate::sources::kafka::{check_batch_fits, check_batch_fits_bytes, SourceSettings, StartFrom};
 use generator::{Generator, GeneratorArgs};
 use model::Market;
 use refresher::{Refresher, RefresherArgs};
@@ -213,6 +213,20 @@ impl RecorderConfig {
             &k("max_buffer_size"),
             max_buffer_size,
         );
+        let max_in_flight_bytes = check.size(
+            &k("max_in_flight_bytes"),
+            raw.max_in_flight_bytes.as_ref(),
+            DEFAULT_MAX_IN_FLIGHT_BYTES,
+        ) as usize;
+        // The S3 path's batches are cut at the bytes bound as well (objects then hold what fits
+        // in it); only the database path's batch must fit whole.
+        check_batch_fits_bytes(
+            check,
+            &k("batch_size"),
+            batch_size,
+            &k("max_in_flight_bytes"),
+            max_in_flight_bytes,
+        );
         let s3 = S3Path::validate(&raw.s3, &topics, check);
         // The S3 path's batches are cut at the in-flight bound at the latest: MAX_BUFFER_SIZE
         // bounds memory, S3_BATCH_SIZE only asks for objects that large.
@@ -252,11 +266,7 @@ impl RecorderConfig {
                 Duration::from_secs(5),
             ),
             max_buffer_size,
-            max_in_flight_bytes: check.size(
-                &k("max_in_flight_bytes"),
-                raw.max_in_flight_bytes.as_ref(),
-                DEFAULT_MAX_IN_FLIGHT_BYTES,
-            ) as usize,
+            max_in_flight_bytes,
             demo: raw.demo.unwrap_or(false),
             demo_rate: raw.demo_rate.unwrap_or(50).max(1),
             db: DbSettings {

@@ -173,3 +173,25 @@ pub fn check_batch_fits(
         );
     }
 }
+
+/// The same for the bytes bound: a batch of even the smallest records (each counted at least
+/// [`MIN_IN_FLIGHT_SIZE`](actord_actors::record::MIN_IN_FLIGHT_SIZE) in flight) must fit in it.
+pub fn check_batch_fits_bytes(
+    check: &mut crate::config::Check<'_>,
+    batch_key: &str,
+    batch: usize,
+    bytes_key: &str,
+    bytes: usize,
+) {
+    let least = batch.saturating_mul(actord_actors::record::MIN_IN_FLIGHT_SIZE);
+    if least > bytes {
+        check.problem(
+            bytes_key,
+            format!(
+                "{bytes} bytes cannot hold a batch of {batch_key} ({batch}) records, each counted \
+                 at least {} bytes in flight: expected {least} or more",
+                actord_actors::record::MIN_IN_FLIGHT_SIZE
+            ),
+        );
+    }
+}
