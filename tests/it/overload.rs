@@ -107,6 +107,41 @@ fn produce_at(bootstrap: &str, rate: u64, n: i64) -> tokio::task::JoinHandle<()>
     })
 }
 
+/// Waits until the ticks `0..n` are rows, at most `within`, then checks each is exactly one row
+/// and none was dead-lettered; returns how long they took.
+async fn drain_into_rows(
+    schema: &str,
+    bootstrap: &str,
+    n: i64,
+    within: Duration,
+    log: impl Fn() -> String,
+) -> Duration {
+    let drain = Instant::now();
+    loop {
+        let rows = count(schema, "tick_data").await;
+        if rows >= n {
+            break;
+        }
+        assert!(
+            drain.elapsed() < within,
+            "{rows} rows of {n}; actord log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let drained_in = drain.elapsed();
+    // Anything written twice would land now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        crate::recorder::tick_rows(schema).await,
+        (n, n),
+        "exactly one row per tick"
+    );
+    let dead: i64 = end_offsets(bootstrap, "market.tick-dlq", 1).values().sum();
+    assert_eq!(dead, 0, "no tick dead-lettered");
+    drained_in
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing() {
     let broker = MockBroker::start(&[
@@ -192,31 +227,14 @@ async fn ten_times_the_sink_rate_stays_under_the_memory_bound_and_loses_nothing(
 
     // The sink at full speed again: the backlog drains, every tick exactly once.
     proxy.set_rate(u64::MAX / 2);
-    let drain = Instant::now();
-    let deadline = drain + Duration::from_secs(300);
-    loop {
-        let rows = count(&schema, "tick_data").await;
-        if rows >= n {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{rows} rows of {n}; actord log:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let drained_in = drain.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        crate::recorder::tick_rows(&schema).await,
-        (n, n),
-        "exactly one row per tick"
-    );
-    let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
-        .values()
-        .sum();
-    assert_eq!(dead, 0, "no tick dead-lettered");
+    let drained_in = drain_into_rows(
+        &schema,
+        broker.bootstrap(),
+        n,
+        Duration::from_secs(300),
+        || p.log(),
+    )
+    .await;
     let (_, hwm) = rss(pid);
     peak_rss = peak_rss.max(hwm);
 
@@ -341,20 +359,14 @@ async fn a_configured_in_flight_bytes_bound_is_the_one_the_consumer_keeps() {
         "{max_records} records in flight of {n}: the bytes bound holds first"
     );
     proxy.up();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count(&schema, "tick_data").await < n {
-        assert!(Instant::now() < deadline, "log:\n{}", p.log());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(
-        crate::recorder::tick_rows(&schema).await,
-        (n, n),
-        "exactly one row per tick"
-    );
-    let dead: i64 = end_offsets(broker.bootstrap(), "market.tick-dlq", 1)
-        .values()
-        .sum();
-    assert_eq!(dead, 0, "no tick dead-lettered");
+    drain_into_rows(
+        &schema,
+        broker.bootstrap(),
+        n,
+        Duration::from_secs(120),
+        || p.log(),
+    )
+    .await;
     eprintln!(
         "configured in-flight bound {} MiB: at most {max_bytes:.0} bytes and {max_records} ticks \
          in flight with the database away, {paused} partitions paused; every tick exactly once",
@@ -387,17 +399,10 @@ async fn the_parquet_path_ten_times_too_slow_stays_under_the_memory_bound() {
     let tuned = recorder_config(&schema, 5432, "consumers = 1");
     let toml = tuned.replace("batch_size = 200\nbatch_timeout = \"200ms\"\n", "");
     assert_ne!(toml, tuned);
-    let mut env: Vec<(&str, String)> = s3
-        .env()
-        .into_iter()
-        .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
-        .collect();
-    env.push((
-        "AWS_ENDPOINT_URL",
-        format!("http://127.0.0.1:{}", s3_proxy.port),
-    ));
-    env.push(("KAFKA_BROKERS", broker.bootstrap().to_owned()));
-    // The seed's hour would hold the last partial batch back long after the overload.
+    // The recorder's own S3 batch size; the seed's hour of batch timeout would hold the last
+    // partial batch back long after the overload.
+    let mut env = crate::object_group::environment(&s3, &s3_proxy, &broker, 0);
+    env.retain(|(k, _)| !k.starts_with("S3_BATCH_"));
     env.push(("S3_BATCH_TIMEOUT_SEC", "5".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let p = Process::start(&toml, &[], &env);
