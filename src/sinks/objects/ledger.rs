@@ -11,8 +11,9 @@
 //!
 //! A writer that starts writing a partition under a new assignment takes the next generation:
 //! it lists the generations and creates the next one with put-if-absent (`If-None-Match: *` on
-//! S3, an exclusive link on a local directory), then reads it back and checks its own nonce, so
-//! even a store that ignores the condition cannot hand one generation to two writers. Every
+//! S3, an exclusive link on a local directory), then reads it back and checks its own nonce: on a
+//! store without the condition that settles two takers whose PUTs both land before the first
+//! read-back, not a PUT that lands after it. Every
 //! object the writer makes carries its generation in its name; before and after making an
 //! object visible it checks that no newer generation exists. A writer that finds a newer one
 //! stops writing the partition (its process lost it) and removes what it made itself, and never
