@@ -378,12 +378,45 @@ async fn shutdown_signal(stop_within: Duration) {
     }
     let _ = STOP_DEADLINE.set(Instant::now() + stop_within);
     warn!("shutdown requested; a second signal exits immediately");
+    // Two listeners: this runtime's from now on, and one on a thread of its own that still
+    // listens while the process waits at exit for threads blocked in a client library (this
+    // runtime's signal driver is gone by then).
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!("second signal: exiting immediately");
-        std::process::exit(130);
+        exit_on_second_signal();
     });
+    let listener = std::thread::Builder::new()
+        .name("second-signal".to_owned())
+        .spawn(|| {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                exit_on_second_signal();
+            });
+        });
+    if let Err(e) = listener {
+        warn!(error = %e, "cannot listen for a second signal after the stop");
+    }
+}
+
+fn exit_on_second_signal() -> ! {
+    eprintln!("second signal: exiting immediately");
+    std::process::exit(130);
 }

@@ -683,6 +683,51 @@ interval = "100ms"
     assert!(log.contains("actord stopped"), "log:\n{log}");
 }
 
+/// A second signal exits at once with status 130, also while the stopped process waits for a
+/// thread blocked in a client library (the broker frozen again; the pipeline's own stop budget
+/// short, the process's long, so the wait is long).
+#[tokio::test]
+async fn a_second_signal_exits_at_once_while_the_exit_waits_for_a_blocked_thread() {
+    let mut broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
+    let toml = r#"[runtime]
+enable = ["heartbeat"]
+shutdown_timeout = "60s"
+[pipelines.heartbeat]
+interval = "100ms"
+[pipelines.heartbeat.supervision]
+shutdown_timeout = "4s"
+"#;
+    let mut p = Process::start(toml, &["-v"], &[("KAFKA_BROKERS", broker.bootstrap())]);
+    wait_ready(&p.base).await;
+    until(Duration::from_secs(30), "beats consumed", || async {
+        actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
+            > Some(0)
+    })
+    .await;
+    broker.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.signal("TERM");
+    until(Duration::from_secs(30), "the tree to stop", || {
+        let log = p.log();
+        async move { log.contains("actord stopped") }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the process did not wait for its blocked thread; log:\n{}",
+        p.log()
+    );
+    let began = std::time::Instant::now();
+    p.signal("TERM");
+    let status = p.wait_exit(Duration::from_secs(60));
+    let took = began.elapsed();
+    broker.signal("CONT");
+    let log = p.log();
+    assert_eq!(status.code(), Some(130), "log:\n{log}");
+    assert!(took < Duration::from_secs(5), "took {took:?}; log:\n{log}");
+}
+
 #[test]
 fn check_refuses_a_budget_that_never_escalates_and_a_strategy_that_breaks_a_path() {
     let toml = "[pipelines.heartbeat.supervision]\nwithin = \"10s\"\n[pipelines.heartbeat.supervision.paths.beats]\nstrategy = \"one_for_all\"\n";
