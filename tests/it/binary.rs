@@ -645,20 +645,19 @@ schema = "{schema}"
         .await;
 }
 
-/// A broker that stops answering while actord stops (frozen: its connections stay open, nothing
-/// comes back): librdkafka's final commit and its consumer close wait for it in synchronous
-/// code, yet the process exits 0 within its shutdown timeout instead of waiting for
-/// librdkafka's request timeouts.
-#[tokio::test]
-async fn sigterm_exits_in_time_when_the_broker_stops_answering() {
+/// The heartbeat on a broker of its own with `shutdown_timeout` and `extra` TOML; once beats
+/// flow the broker is frozen (SIGSTOP: its connections stay open, nothing comes back) and the
+/// client's requests to it are left half a second to pile up.
+async fn heartbeat_on_a_frozen_broker(
+    shutdown_timeout: &str,
+    extra: &str,
+) -> (MockBroker, Process) {
     let mut broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
-    let toml = r#"[runtime]
-enable = ["heartbeat"]
-shutdown_timeout = "6s"
-[pipelines.heartbeat]
-interval = "100ms"
-"#;
-    let mut p = Process::start(toml, &["-v"], &[("KAFKA_BROKERS", broker.bootstrap())]);
+    let toml = format!(
+        "[runtime]\nenable = [\"heartbeat\"]\nshutdown_timeout = \"{shutdown_timeout}\"\n\
+         [pipelines.heartbeat]\ninterval = \"100ms\"\n{extra}"
+    );
+    let p = Process::start(&toml, &["-v"], &[("KAFKA_BROKERS", broker.bootstrap())]);
     wait_ready(&p.base).await;
     until(Duration::from_secs(30), "beats consumed", || async {
         actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
@@ -666,8 +665,17 @@ interval = "100ms"
     })
     .await;
     broker.signal("STOP");
-    // Let the client's requests to the frozen broker pile up before the stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (broker, p)
+}
+
+/// A broker that stops answering while actord stops (frozen: its connections stay open, nothing
+/// comes back): librdkafka's final commit and its consumer close wait for it in synchronous
+/// code, yet the process exits 0 within its shutdown timeout instead of waiting for
+/// librdkafka's request timeouts.
+#[tokio::test]
+async fn sigterm_exits_in_time_when_the_broker_stops_answering() {
+    let (mut broker, mut p) = heartbeat_on_a_frozen_broker("6s", "").await;
     let began = std::time::Instant::now();
     p.signal("TERM");
     let status = p.wait_exit(Duration::from_secs(120));
@@ -688,24 +696,11 @@ interval = "100ms"
 /// short, the process's long, so the wait is long).
 #[tokio::test]
 async fn a_second_signal_exits_at_once_while_the_exit_waits_for_a_blocked_thread() {
-    let mut broker = MockBroker::start(&[("actord.heartbeat", 2), ("actord.heartbeat-dlq", 1)]);
-    let toml = r#"[runtime]
-enable = ["heartbeat"]
-shutdown_timeout = "60s"
-[pipelines.heartbeat]
-interval = "100ms"
-[pipelines.heartbeat.supervision]
-shutdown_timeout = "4s"
-"#;
-    let mut p = Process::start(toml, &["-v"], &[("KAFKA_BROKERS", broker.bootstrap())]);
-    wait_ready(&p.base).await;
-    until(Duration::from_secs(30), "beats consumed", || async {
-        actor(&tree(&p.base).await, "/heartbeat/beats/writer-0")["counters"]["records"].as_u64()
-            > Some(0)
-    })
+    let (mut broker, mut p) = heartbeat_on_a_frozen_broker(
+        "60s",
+        "[pipelines.heartbeat.supervision]\nshutdown_timeout = \"4s\"\n",
+    )
     .await;
-    broker.signal("STOP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     p.signal("TERM");
     until(Duration::from_secs(30), "the tree to stop", || {
         let log = p.log();
