@@ -1110,6 +1110,9 @@ async fn a_paused_path_finishes_what_it_holds_reads_nothing_new_and_loses_nothin
     add_jobs(&mut c, &stream, 0..300).await;
     let top = ActorPath::parse("/test").unwrap();
     assert!(p.registry.set_paused(&top, true));
+    // A read already blocked when the pause came (at most the 300 ms block) may still bring
+    // entries: past it, the consumers have seen the pause.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // What was handed out before the pause is written and acknowledged.
     until(Duration::from_secs(30), "nothing pending", || async {
         p.probe("consumer-0").counter("in_flight") == 0

@@ -31,7 +31,8 @@
 //!   backoff and goes on where it was; entries in flight stay in flight.
 //! - While an operator has paused the pipeline the consumer reads, recovers and claims
 //!   nothing; it flushes the buffers once, keeps acking what finishes and keeps touching what it
-//!   holds, so in-flight entries finish and stay its own.
+//!   holds, so in-flight entries finish and stay its own. A read already blocked when the pause
+//!   comes (at most `block`) can still return entries; they are handed out like the others.
 //! - A graceful stop stops reading, flushes the buffers, waits for acknowledgements (up to the
 //!   drain timeout) and sends the last acks. What is left stays pending under its name.
 
