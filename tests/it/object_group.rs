@@ -180,10 +180,13 @@ async fn a_frozen_member_thawed_after_losing_its_partitions_cannot_touch_the_new
     let owner = Process::start(&toml, &[], &env_of(&env));
     wait_ready(&zombie.base).await;
     wait_ready(&owner.base).await;
-    let store = s3.client();
-    crate::support::until(Duration::from_secs(60), "the first objects", || async {
-        !objects(&store).await.is_empty()
-    })
+    // The zombie has written objects of its own (else the owner would write its partitions
+    // first, under the first generation, and nothing would change hands).
+    crate::support::until(
+        Duration::from_secs(90),
+        "the zombie's first objects",
+        || async { counter(&zombie, "actord_s3_uploads_total").await > 0.0 },
+    )
     .await;
     // Freeze while its uploads crawl through the proxy; the broker expires it after the
     // session timeout (10 s) and the owner gets every partition.
