@@ -806,3 +806,77 @@ async fn a_killed_worker_process_leaves_pending_only_the_jobs_its_workers_were_o
     let (code, _, err) = run_to_end(&["adaptive-card", "reset", "--dlq"], Some(&toml), &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A process that drove a run (`role = "all"`) and was killed in the middle of it leaves the
+/// run's mark in Redis only until the mark lapses (it is renewed while a run lives): a run
+/// started right after the restart waits that out instead of failing, and writes every card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_its_process_holds_back_the_next_run_only_until_its_mark_lapses() {
+    let redis = redis_db(5).await;
+    let orgs: Vec<String> = (0..6).map(|i| format!("{}", 6000 + i)).collect();
+    let orgs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    // Each T2A request takes a second: the first run is in its first stage when the kill comes.
+    let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let (api, requests) = counting_t2a(delay_ms.clone()).await;
+    let s = setup(&orgs, 2).await;
+    let toml = config(&redis, &api, &s, &orgs);
+    let mut first = crate::support::Process::start(&toml, &[], &[]);
+    crate::support::wait_ready(&first.base).await;
+    let (status, body) = post(&first.base, "/api/pipelines/adaptive-card/run", None).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        Duration::from_secs(30),
+        "the run's first requests",
+        || async { requests.lock().unwrap().values().sum::<usize>() >= 1 },
+    )
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let mut c = conn(&redis).await;
+    let held: Option<String> = redis::cmd("GET")
+        .arg("adaptive_card:active_run")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let left_ms: i64 = redis::cmd("PTTL")
+        .arg("adaptive_card:active_run")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(held.is_some(), "the killed run's mark is gone already");
+    assert!(
+        (1..=30_000).contains(&left_ms),
+        "the killed run's mark lapses in {left_ms} ms"
+    );
+
+    delay_ms.store(0, std::sync::atomic::Ordering::Release);
+    let next = crate::support::Process::start(&toml, &[], &[]);
+    crate::support::wait_ready(&next.base).await;
+    let outcome = run_once(&next.base, 0).await;
+    assert_eq!(
+        outcome["outcome"],
+        "succeeded",
+        "{outcome:#}\n{}",
+        next.log()
+    );
+    assert!(
+        next.log().contains("the earlier run's mark lapsed"),
+        "{}",
+        next.log()
+    );
+    let written = cards(&s.results).await;
+    assert_eq!(
+        written.len(),
+        orgs.len() * 2 * 2,
+        "one card per user and scenario"
+    );
+    let run_ids: BTreeSet<i64> = pg()
+        .await
+        .query(&format!("SELECT DISTINCT run_id FROM {}", s.results), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(run_ids.len(), 1, "every card of the run after the restart");
+}

@@ -1,30 +1,64 @@
 //! `actord adaptive-card reset`: deletes the job streams with their groups (the seed's test
 //! tool, option 2), refusing while a run is active.
 
+use std::time::Duration;
+
 use redis::aio::MultiplexedConnection;
 
 use super::{AdaptiveCardConfig, ADAPTIVE_CARD_QUEUE, SALES_ORG_QUEUE};
 use crate::sources::redis::RedisConnection;
 
-/// The key a run holds while it lasts: its run id, expiring after the stage timeouts, so a run
-/// whose process died does not block a reset for ever.
+/// The key a run holds while it lasts: its run id. The run renews it every [`MARK_RENEW`], so a
+/// run whose process died blocks the next run and a reset for at most [`MARK_TTL`].
 pub const ACTIVE_RUN_KEY: &str = "adaptive_card:active_run";
+
+/// How long a run's mark outlives its last renewal.
+pub const MARK_TTL: Duration = Duration::from_secs(30);
+
+/// How often a live run renews its mark: several renewals fit in [`MARK_TTL`], so a Redis that
+/// answers late or restarts briefly does not let the mark lapse under a live run.
+pub const MARK_RENEW: Duration = Duration::from_secs(5);
+
+/// Sets the mark to the run's id for another [`MARK_TTL`] when it is the run's own or has
+/// lapsed; 0 when another run holds it.
+const RENEW: &str = r#"
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
 
 /// Marks a run active; `false` when another run already is.
 pub async fn mark_active(
     conn: &mut MultiplexedConnection,
     run_id: i64,
-    ttl: std::time::Duration,
 ) -> Result<bool, redis::RedisError> {
     let set: Option<String> = redis::cmd("SET")
         .arg(ACTIVE_RUN_KEY)
         .arg(run_id)
         .arg("NX")
         .arg("PX")
-        .arg(ttl.as_millis().max(1) as u64)
+        .arg(MARK_TTL.as_millis() as u64)
         .query_async(conn)
         .await?;
     Ok(set.is_some())
+}
+
+/// Renews the run's mark (taking it again if it lapsed meanwhile, say across a Redis restart);
+/// `false` when another run holds it.
+pub async fn renew_active(
+    conn: &mut MultiplexedConnection,
+    run_id: i64,
+) -> Result<bool, redis::RedisError> {
+    let renewed: i64 = redis::Script::new(RENEW)
+        .key(ACTIVE_RUN_KEY)
+        .arg(run_id)
+        .arg(MARK_TTL.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    Ok(renewed == 1)
 }
 
 /// Clears the mark of `run_id` (and only of it).
@@ -67,7 +101,9 @@ pub async fn reset(config: &AdaptiveCardConfig, dlq: bool) -> Result<Deleted, St
         .map_err(|e| format!("redis {}: {e}", connection.addr()))?;
     if let Some(run) = active {
         return Err(format!(
-            "run {run} is active; wait for it to end (or for {ACTIVE_RUN_KEY} to expire)"
+            "run {run} is active; wait for it to end (a run whose process died holds \
+             {ACTIVE_RUN_KEY} for at most {} s more)",
+            MARK_TTL.as_secs()
         ));
     }
     let mut streams = vec![SALES_ORG_QUEUE.to_owned(), ADAPTIVE_CARD_QUEUE.to_owned()];

@@ -253,20 +253,98 @@ async fn run(
 ) -> Result<RunSummary, String> {
     let run_id = ctx.due.timestamp_millis();
     let mut conn = connection.connect(Duration::from_secs(10)).await?;
-    // Both stages may take their whole timeout; the mark expires after that.
-    let ttl = config.stage_timeout * 2 + Duration::from_secs(60);
-    if !reset::mark_active(&mut conn, run_id, ttl)
-        .await
-        .map_err(redis_err)?
-    {
-        return Err("another run is active (adaptive_card:active_run is set)".to_owned());
-    }
+    take_mark(&ctx, &mut conn, run_id).await?;
+    // Renewed while the run lasts, also while this future is dropped mid-run (the task goes
+    // with it); a killed process stops renewing and its mark lapses.
+    let renewing = AbortOnDrop(tokio::spawn(keep_mark(
+        connection.clone(),
+        conn.clone(),
+        run_id,
+    )));
     runs.start(run_id);
     let outcome = stages(&ctx, config, connection, &mut conn, store, run_id, runs).await;
+    drop(renewing);
     let cleared = reset::clear_active(&mut conn, run_id).await;
     let summary = outcome?;
     cleared.map_err(redis_err)?;
     Ok(summary)
+}
+
+/// Takes the run's mark. Another run's mark is waited out for as long as a mark outlives its
+/// last renewal: the mark of a run whose process died lapses within that, a live run's does
+/// not, and then this run fails.
+async fn take_mark(
+    ctx: &RunContext,
+    conn: &mut MultiplexedConnection,
+    run_id: i64,
+) -> Result<(), String> {
+    let since = std::time::Instant::now();
+    let mut waiting = false;
+    loop {
+        if reset::mark_active(conn, run_id).await.map_err(redis_err)? {
+            if waiting {
+                info!(
+                    run_id,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "adaptive-card run: the earlier run's mark lapsed"
+                );
+            }
+            return Ok(());
+        }
+        let held: Option<String> = redis::cmd("GET")
+            .arg(reset::ACTIVE_RUN_KEY)
+            .query_async(conn)
+            .await
+            .map_err(redis_err)?;
+        let held = held.unwrap_or_default();
+        if since.elapsed() > reset::MARK_TTL + reset::MARK_RENEW || ctx.stopping() {
+            return Err(format!(
+                "another run is active ({} holds run {held} and keeps renewing it)",
+                reset::ACTIVE_RUN_KEY
+            ));
+        }
+        if !waiting {
+            waiting = true;
+            info!(run_id, held = %held, "adaptive-card run: another run's mark is set; waiting for it to end or lapse");
+        }
+        // Counts as progress: waiting out a dead run's mark is not a stuck run.
+        ctx.progress(0, 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Renews the run's mark every [`reset::MARK_RENEW`] until dropped; Redis failures are logged
+/// and the connection made again (the mark outlives several missed renewals).
+async fn keep_mark(connection: RedisConnection, mut conn: MultiplexedConnection, run_id: i64) {
+    let mut tick = tokio::time::interval(reset::MARK_RENEW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match reset::renew_active(&mut conn, run_id).await {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                run_id,
+                "adaptive-card run: another run took {} while this one lasts",
+                reset::ACTIVE_RUN_KEY
+            ),
+            Err(e) => {
+                warn!(run_id, error = %e, "adaptive-card run: renewing the run's mark failed; trying again");
+                if let Ok(fresh) = connection.connect(Duration::from_secs(5)).await {
+                    conn = fresh;
+                }
+            }
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn stages(
