@@ -347,17 +347,21 @@ impl Drop for Tansu {
 pub struct MockBroker {
     bootstrap: String,
     child: Child,
+    stderr: tempfile::NamedTempFile,
 }
 
 impl MockBroker {
     /// Starts the broker with `topics` (name, partitions) created.
     pub fn start(topics: &[(&str, i32)]) -> MockBroker {
         use std::io::BufRead;
+        // What the broker writes to stderr (librdkafka's own assertions included) is kept for
+        // the panic that reports its exit.
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_actord"));
         cmd.arg("embedded-broker")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .stdin(Stdio::null());
         for (name, partitions) in topics {
             cmd.arg("--create-topic")
@@ -373,7 +377,11 @@ impl MockBroker {
             .strip_prefix("bootstrap=")
             .unwrap_or_else(|| panic!("embedded-broker printed {line:?}"))
             .to_owned();
-        MockBroker { bootstrap, child }
+        MockBroker {
+            bootstrap,
+            child,
+            stderr,
+        }
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -392,7 +400,13 @@ impl MockBroker {
     /// only time out.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the embedded broker ({}) exited: {status}", self.bootstrap);
+            let said = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(20).collect();
+            panic!(
+                "the embedded broker ({}) exited: {status}; its last words:\n{}",
+                self.bootstrap,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }

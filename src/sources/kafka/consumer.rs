@@ -553,7 +553,14 @@ impl Actor for KafkaConsumer {
         shared.probe = Some(args.probe.clone());
         shared.lag_per_partition = args.connection.lag_per_partition;
         shared.fence = args.fence;
-        shared.revoke_wait = args.settings.revoke_wait;
+        // A revoke runs while the group rebalances, and a coordinator may count only the
+        // heartbeats it answers without an error, none of which come during a rebalance (the
+        // embedded broker does): a member silent for the session timeout is dropped from the
+        // group and rejoins as another. The wait ends at half of it, so the member rejoins in time.
+        shared.revoke_wait = args
+            .settings
+            .revoke_wait
+            .min(args.settings.session_timeout / 2);
         shared.migrate_from = args
             .settings
             .migrate_from_group
