@@ -845,7 +845,7 @@ async fn a_run_killed_with_its_process_holds_back_the_next_run_only_until_its_ma
         .unwrap();
     assert!(held.is_some(), "the killed run's mark is gone already");
     assert!(
-        (1..=30_000).contains(&left_ms),
+        (1..=60_000).contains(&left_ms),
         "the killed run's mark lapses in {left_ms} ms"
     );
 

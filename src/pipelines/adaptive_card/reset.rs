@@ -13,7 +13,7 @@ use crate::sources::redis::RedisConnection;
 pub const ACTIVE_RUN_KEY: &str = "adaptive_card:active_run";
 
 /// How long a run's mark outlives its last renewal.
-pub const MARK_TTL: Duration = Duration::from_secs(30);
+pub const MARK_TTL: Duration = Duration::from_secs(60);
 
 /// How often a live run renews its mark: several renewals fit in [`MARK_TTL`], so a Redis that
 /// answers late or restarts briefly does not let the mark lapse under a live run.
@@ -61,21 +61,24 @@ pub async fn renew_active(
     Ok(renewed == 1)
 }
 
+/// Deletes the mark when it is the run's own.
+const CLEAR: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 /// Clears the mark of `run_id` (and only of it).
 pub async fn clear_active(
     conn: &mut MultiplexedConnection,
     run_id: i64,
 ) -> Result<(), redis::RedisError> {
-    let current: Option<String> = redis::cmd("GET")
-        .arg(ACTIVE_RUN_KEY)
-        .query_async(conn)
+    let _: i64 = redis::Script::new(CLEAR)
+        .key(ACTIVE_RUN_KEY)
+        .arg(run_id)
+        .invoke_async(conn)
         .await?;
-    if current.as_deref() == Some(run_id.to_string().as_str()) {
-        let _: i64 = redis::cmd("DEL")
-            .arg(ACTIVE_RUN_KEY)
-            .query_async(conn)
-            .await?;
-    }
     Ok(())
 }
 

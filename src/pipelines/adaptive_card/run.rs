@@ -254,16 +254,12 @@ async fn run(
     let run_id = ctx.due.timestamp_millis();
     let mut conn = connection.connect(Duration::from_secs(10)).await?;
     take_mark(&ctx, &mut conn, run_id).await?;
-    // Renewed while the run lasts, also while this future is dropped mid-run (the task goes
-    // with it); a killed process stops renewing and its mark lapses.
-    let renewing = AbortOnDrop(tokio::spawn(keep_mark(
-        connection.clone(),
-        conn.clone(),
-        run_id,
-    )));
+    // Renewed while the run lasts; a killed process stops renewing and its mark lapses.
+    let renewing = Renewer::start(connection.clone(), conn.clone(), run_id);
     runs.start(run_id);
     let outcome = stages(&ctx, config, connection, &mut conn, store, run_id, runs).await;
-    drop(renewing);
+    // No renewal comes after this, so none can set the mark again once it is cleared.
+    renewing.stop().await;
     let cleared = reset::clear_active(&mut conn, run_id).await;
     let summary = outcome?;
     cleared.map_err(redis_err)?;
@@ -313,37 +309,74 @@ async fn take_mark(
     }
 }
 
-/// Renews the run's mark every [`reset::MARK_RENEW`] until dropped; Redis failures are logged
-/// and the connection made again (the mark outlives several missed renewals).
-async fn keep_mark(connection: RedisConnection, mut conn: MultiplexedConnection, run_id: i64) {
+/// Renews a run's mark every [`reset::MARK_RENEW`] on a task of its own until stopped, or
+/// until dropped (the run's future dropped mid-run: the task is aborted).
+struct Renewer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewer {
+    fn start(connection: RedisConnection, conn: MultiplexedConnection, run_id: i64) -> Renewer {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        Renewer {
+            stop: Some(stop),
+            task: tokio::spawn(keep_mark(connection, conn, run_id, stopped)),
+        }
+    }
+
+    /// Stops renewing and waits until a renewal under way has ended.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The renewals: Redis failures are logged and the connection made again, and a connection
+/// made again renews at once (the mark outlives several missed renewals, not a long outage).
+async fn keep_mark(
+    connection: RedisConnection,
+    mut conn: MultiplexedConnection,
+    run_id: i64,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut tick = tokio::time::interval(reset::MARK_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut now = false;
     loop {
-        tick.tick().await;
+        let retry = now;
+        if !now {
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = tick.tick() => {}
+            }
+        }
+        now = false;
         match reset::renew_active(&mut conn, run_id).await {
             Ok(true) => {}
             Ok(false) => warn!(
                 run_id,
-                "adaptive-card run: another run took {} while this one lasts",
+                "adaptive-card run: another run took {} while this one lasts (Redis was away longer than the mark lasts)",
                 reset::ACTIVE_RUN_KEY
             ),
             Err(e) => {
                 warn!(run_id, error = %e, "adaptive-card run: renewing the run's mark failed; trying again");
                 if let Ok(fresh) = connection.connect(Duration::from_secs(5)).await {
                     conn = fresh;
+                    // Once at once on the new connection; after that, on the next tick.
+                    now = !retry;
                 }
             }
         }
-    }
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

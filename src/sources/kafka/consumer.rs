@@ -556,11 +556,17 @@ impl Actor for KafkaConsumer {
         // A revoke runs while the group rebalances, and a coordinator may count only the
         // heartbeats it answers without an error, none of which come during a rebalance (the
         // embedded broker does): a member silent for the session timeout is dropped from the
-        // group and rejoins as another. The wait ends at half of it, so the member rejoins in time.
-        shared.revoke_wait = args
-            .settings
-            .revoke_wait
-            .min(args.settings.session_timeout / 2);
+        // group. The member learns of the rebalance up to a heartbeat interval (a third of the
+        // session timeout) after its last counted heartbeat, and the wait ends at another
+        // third, so it rejoins in time. The session timeout is the one librdkafka is given.
+        let session = args
+            .connection
+            .properties
+            .get("session.timeout.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(args.settings.session_timeout);
+        shared.revoke_wait = args.settings.revoke_wait.min(session / 3);
         shared.migrate_from = args
             .settings
             .migrate_from_group

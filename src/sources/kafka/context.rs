@@ -60,7 +60,7 @@ impl Shared {
             acks: Mutex::new(Vec::new()),
             acked: tokio::sync::Notify::new(),
             fence: Fence::new(),
-            revoke_wait: Duration::from_secs(5),
+            revoke_wait: Duration::from_secs(10),
         }
     }
 

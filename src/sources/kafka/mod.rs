@@ -132,7 +132,7 @@ pub struct SourceSettings {
     /// switch neither rewrites what that service wrote nor skips what it did not.
     pub migrate_from_group: Option<String>,
     /// How long a revoke waits for the writes in flight of the partitions it gives up before
-    /// it commits and lets them go (see the consumer); at most half of `session_timeout`.
+    /// it commits and lets them go (see the consumer); at most a third of the session timeout.
     pub revoke_wait: Duration,
 }
 
@@ -150,7 +150,7 @@ impl SourceSettings {
             chunk: 2_000,
             drain_timeout: Duration::from_secs(8),
             migrate_from_group: None,
-            revoke_wait: Duration::from_secs(5),
+            revoke_wait: Duration::from_secs(10),
         }
     }
 }
