@@ -9,6 +9,10 @@
 //! `ACTORD_BENCH_RECORDS` works too). `ACTORD_BENCH_BIN` names the actord binary to measure
 //! (default: this build's), so one harness runs an older and a newer build alike;
 //! `ACTORD_BENCH_TUNED_BATCH` sets the larger recorder batch size (default 10,000).
+//! `ACTORD_BENCH_ONLY` runs some rows only, a comma-separated list of `postgres` ((b) and (c)),
+//! `parquet` ((d), after the tuned (c), whose offsets it starts from), `backfill` ((e)) and
+//! `commerce` ((f)); raw consume (a) always runs, and only the topics the rows read are
+//! produced.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -486,6 +490,30 @@ fn load_average() -> String {
         .join(" ")
 }
 
+/// The rows `ACTORD_BENCH_ONLY` selects (all when unset).
+struct Only(Option<Vec<String>>);
+
+impl Only {
+    fn from_env() -> Only {
+        Only(std::env::var("ACTORD_BENCH_ONLY").ok().map(|v| {
+            let names: Vec<String> = v.split(',').map(|n| n.trim().to_owned()).collect();
+            for n in &names {
+                assert!(
+                    ["postgres", "parquet", "backfill", "commerce"].contains(&n.as_str()),
+                    "ACTORD_BENCH_ONLY: expected postgres, parquet, backfill or commerce, found {n:?}"
+                );
+            }
+            names
+        }))
+    }
+
+    fn runs(&self, row: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == row))
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: u64 = std::env::args()
@@ -500,6 +528,13 @@ async fn main() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(10_000);
+    let only = Only::from_env();
+    let (postgres, parquet, backfill, commerce) = (
+        only.runs("postgres"),
+        only.runs("parquet"),
+        only.runs("backfill"),
+        only.runs("commerce"),
+    );
     let load_before = load_average();
     let scratch = tempfile::tempdir().unwrap();
     let tag = std::process::id();
@@ -543,61 +578,67 @@ async fn main() {
 
     // The same ticks as Kafka messages and as CSV lines for psql.
     let csv = scratch.path().join("ticks.csv");
-    let mut tick_bytes = 0;
-    {
+    let tick_bytes: u64 = (0..n).map(|i| common::tick(i).len() as u64).sum();
+    if postgres {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
         for i in 0..n {
-            tick_bytes += common::tick(i).len() as u64;
             f.write_all(common::tick_csv(i).as_bytes()).unwrap();
         }
     }
     let sensor_bytes: u64 = (0..n).map(|i| common::reading(i).len() as u64).sum();
     common::produce(&bootstrap, TICKS, n, common::tick);
-    common::produce(&bootstrap, SENSORS, n, common::reading);
+    let mut produced = vec![TICKS];
+    if backfill {
+        common::produce(&bootstrap, SENSORS, n, common::reading);
+        produced.push(SENSORS);
+    }
 
     // Orders for the seeded users and products, the same in the actord and raw schemas.
-    seed_commerce(&bin, &bootstrap, &orders_schema, &prefix);
-    seed_commerce(&bin, &bootstrap, &orders_copy_schema, &prefix);
-    let ids = |schema: String, sql: &'static str| {
-        let pg = &pg;
-        async move {
-            let rows = pg.query(&sql.replace("{s}", &schema), &[]).await.unwrap();
-            rows.iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-                .collect::<Vec<_>>()
-        }
-    };
-    let users_sql = "SELECT user_id, 0::int8 FROM {s}.users ORDER BY user_id";
-    let products_sql = "SELECT product_id, price FROM {s}.products ORDER BY product_id";
-    let users: Vec<String> = ids(orders_schema.clone(), users_sql)
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let products = ids(orders_schema.clone(), products_sql).await;
-    assert_eq!(
-        ids(orders_copy_schema.clone(), products_sql).await,
-        products,
-        "both seeded schemas hold the same products"
-    );
-    assert_eq!(
-        ids(orders_copy_schema.clone(), users_sql).await.len(),
-        users.len()
-    );
     let orders_csv = scratch.path().join("orders.csv");
     let mut order_bytes = 0;
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&orders_csv).unwrap());
-        for i in 0..n {
-            let (json, line) = order(i, &users, &products);
-            order_bytes += json.len() as u64;
-            f.write_all(line.as_bytes()).unwrap();
+    if commerce {
+        seed_commerce(&bin, &bootstrap, &orders_schema, &prefix);
+        seed_commerce(&bin, &bootstrap, &orders_copy_schema, &prefix);
+        let ids = |schema: String, sql: &'static str| {
+            let pg = &pg;
+            async move {
+                let rows = pg.query(&sql.replace("{s}", &schema), &[]).await.unwrap();
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let users_sql = "SELECT user_id, 0::int8 FROM {s}.users ORDER BY user_id";
+        let products_sql = "SELECT product_id, price FROM {s}.products ORDER BY product_id";
+        let users: Vec<String> = ids(orders_schema.clone(), users_sql)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let products = ids(orders_schema.clone(), products_sql).await;
+        assert_eq!(
+            ids(orders_copy_schema.clone(), products_sql).await,
+            products,
+            "both seeded schemas hold the same products"
+        );
+        assert_eq!(
+            ids(orders_copy_schema.clone(), users_sql).await.len(),
+            users.len()
+        );
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&orders_csv).unwrap());
+            for i in 0..n {
+                let (json, line) = order(i, &users, &products);
+                order_bytes += json.len() as u64;
+                f.write_all(line.as_bytes()).unwrap();
+            }
         }
+        common::produce(&bootstrap, ORDERS, n, |i| order(i, &users, &products).0);
+        produced.push(ORDERS);
     }
-    common::produce(&bootstrap, ORDERS, n, |i| order(i, &users, &products).0);
 
     // What the broker holds must be what was produced, before anything is measured.
-    for topic in [TICKS, SENSORS, ORDERS] {
+    for topic in produced {
         assert_eq!(
             held(&bootstrap, topic, PARTITIONS),
             n,
@@ -614,162 +655,175 @@ async fn main() {
 
     // (a) raw consume.
     report.push(('a', kcat(&bootstrap, TICKS, n, tick_bytes)));
-    let raw_sensors = kcat(&bootstrap, SENSORS, n, sensor_bytes);
+    let raw_sensors = backfill.then(|| kcat(&bootstrap, SENSORS, n, sensor_bytes));
 
-    // (c) at the seed's default first: its tables are the definition the raw COPY copies.
-    let seed = recorder_pg(&ctx, &pg, &batch_schema, "bench-seed-batch", SEED_BATCH).await;
+    if postgres {
+        // (c) at the seed's default first: its tables are the definition the raw COPY copies.
+        let seed = recorder_pg(&ctx, &pg, &batch_schema, "bench-seed-batch", SEED_BATCH).await;
 
-    // (b) raw PostgreSQL ingest: the same rows, CSV, into a table of the same definition.
-    pg.batch_execute(&format!(
-        "CREATE TABLE {copy_schema}.tick_data (LIKE {batch_schema}.tick_data INCLUDING ALL)"
-    ))
-    .await
-    .unwrap();
-    psql("CHECKPOINT");
-    let seconds = psql(&format!(
-        "\\copy {copy_schema}.tick_data (time, symbol, price, volume, change, change_rate) FROM '{}' CSV",
-        csv.display()
-    ));
-    assert_eq!(count(&pg, &format!("{copy_schema}.tick_data")).await, n);
-    report.push((
-        'b',
-        Measured {
-            name: "psql \\copy ticks (CSV)".into(),
+        // (b) raw PostgreSQL ingest: the same rows, CSV, into a table of the same definition.
+        pg.batch_execute(&format!(
+            "CREATE TABLE {copy_schema}.tick_data (LIKE {batch_schema}.tick_data INCLUDING ALL)"
+        ))
+        .await
+        .unwrap();
+        psql("CHECKPOINT");
+        let seconds = psql(&format!(
+            "\\copy {copy_schema}.tick_data (time, symbol, price, volume, change, change_rate) FROM '{}' CSV",
+            csv.display()
+        ));
+        assert_eq!(count(&pg, &format!("{copy_schema}.tick_data")).await, n);
+        report.push((
+            'b',
+            Measured {
+                name: "psql \\copy ticks (CSV)".into(),
+                records: n,
+                bytes: std::fs::metadata(&csv).unwrap().len(),
+                seconds,
+                usage: None,
+            },
+        ));
+        report.push(('c', seed));
+    }
+
+    if postgres || parquet {
+        report.push((
+            'c',
+            recorder_pg(&ctx, &pg, &tuned_schema, "bench-tuned-batch", tuned).await,
+        ));
+    }
+
+    if parquet {
+        // (d) recorder → Parquet. It runs on the tuned run's schema, whose offsets are at the end,
+        // so the PostgreSQL path has nothing to do and the Parquet path works alone.
+        let objects = scratch.path().join("objects");
+        std::fs::create_dir_all(&objects).unwrap();
+        let mut actord = Actord::start(
+            &bin,
+            &recorder_toml(&tuned_schema, "bench-tuned-batch", tuned, Some(&objects)),
+            &[],
+            &[("KAFKA_BROKERS", bootstrap.as_str())],
+        );
+        let watcher = observer(&bootstrap, "bench-tuned-batch-s3");
+        let (seconds, records) = follow("recorder → Parquet", n, &mut actord, || {
+            let done = committed(&watcher, TICKS, PARTITIONS);
+            async move { done }
+        })
+        .await;
+        let usage = actord.stop();
+        assert_eq!(
+            object_rows(&objects, &mut HashMap::new()),
+            n,
+            "Parquet rows"
+        );
+        report.push((
+            'd',
+            Measured {
+                name: "actord recorder → Parquet (local dir)".into(),
+                records,
+                bytes: tick_bytes * records / n,
+                seconds,
+                usage: Some(usage),
+            },
+        ));
+    }
+
+    if backfill {
+        // (e) backfill → Parquet: `actord backfill --mode fresh`, one run to the high watermarks.
+        let archive = scratch.path().join("archive");
+        std::fs::create_dir_all(&archive).unwrap();
+        let mut actord = Actord::start(
+            &bin,
+            &format!(
+                "[log]\nlevel = \"warn\"\n[pipelines.backfill]\ntopic = \"{SENSORS}\"\n\
+                 group = \"bench-backfill\"\ndir = \"{}\"\ndemo = false\n",
+                archive.display()
+            ),
+            &["backfill", "--mode", "fresh"],
+            &[("KAFKA_BROKERS", bootstrap.as_str())],
+        );
+        let mut seen = HashMap::new();
+        let (steady, steady_records) = follow("backfill → Parquet", n, &mut actord, || {
+            let done = object_rows(&archive, &mut seen);
+            async move { done }
+        })
+        .await;
+        let (code, usage) = actord.reap(true).unwrap();
+        let whole = actord.started.elapsed().as_secs_f64();
+        assert_eq!(code, 0, "backfill failed:\n{}", tail(&actord.log()));
+        assert_eq!(
+            object_rows(&archive, &mut HashMap::new()),
+            n,
+            "backfill rows"
+        );
+        let sensors_done = committed(&observer(&bootstrap, "bench-backfill"), SENSORS, PARTITIONS);
+        assert_eq!(sensors_done, n, "backfill's committed offsets");
+        report.push((
+            'e',
+            Measured {
+                name: "actord backfill --mode fresh → Parquet (steady)".into(),
+                records: steady_records,
+                bytes: sensor_bytes * steady_records / n,
+                seconds: steady,
+                usage: Some(usage),
+            },
+        ));
+        report.push((
+            'e',
+            Measured {
+                name: "actord backfill --mode fresh → Parquet (whole command)".into(),
+                records: n,
+                bytes: sensor_bytes,
+                seconds: whole,
+                usage: Some(usage),
+            },
+        ));
+    }
+
+    let mut raw_orders = None;
+    if commerce {
+        // (f) commerce orders → PostgreSQL, beside a raw COPY of the same orders.
+        psql("CHECKPOINT");
+        let seconds = psql(&format!(
+            "\\copy {orders_copy_schema}.orders (order_id, user_id, product_id, quantity, unit_price, total_amount, scenario, created_at) FROM '{}' CSV",
+            orders_csv.display()
+        ));
+        let raw = Measured {
+            name: "psql \\copy orders (CSV)".into(),
             records: n,
-            bytes: std::fs::metadata(&csv).unwrap().len(),
+            bytes: std::fs::metadata(&orders_csv).unwrap().len(),
             seconds,
             usage: None,
-        },
-    ));
-    report.push(('c', seed));
-    report.push((
-        'c',
-        recorder_pg(&ctx, &pg, &tuned_schema, "bench-tuned-batch", tuned).await,
-    ));
-
-    // (d) recorder → Parquet. It runs on the tuned run's schema, whose offsets are at the end,
-    // so the PostgreSQL path has nothing to do and the Parquet path works alone.
-    let objects = scratch.path().join("objects");
-    std::fs::create_dir_all(&objects).unwrap();
-    let mut actord = Actord::start(
-        &bin,
-        &recorder_toml(&tuned_schema, "bench-tuned-batch", tuned, Some(&objects)),
-        &[],
-        &[("KAFKA_BROKERS", bootstrap.as_str())],
-    );
-    let watcher = observer(&bootstrap, "bench-tuned-batch-s3");
-    let (seconds, records) = follow("recorder → Parquet", n, &mut actord, || {
-        let done = committed(&watcher, TICKS, PARTITIONS);
-        async move { done }
-    })
-    .await;
-    let usage = actord.stop();
-    assert_eq!(
-        object_rows(&objects, &mut HashMap::new()),
-        n,
-        "Parquet rows"
-    );
-    report.push((
-        'd',
-        Measured {
-            name: "actord recorder → Parquet (local dir)".into(),
-            records,
-            bytes: tick_bytes * records / n,
-            seconds,
-            usage: Some(usage),
-        },
-    ));
-
-    // (e) backfill → Parquet: `actord backfill --mode fresh`, one run to the high watermarks.
-    let archive = scratch.path().join("archive");
-    std::fs::create_dir_all(&archive).unwrap();
-    let mut actord = Actord::start(
-        &bin,
-        &format!(
-            "[log]\nlevel = \"warn\"\n[pipelines.backfill]\ntopic = \"{SENSORS}\"\n\
-             group = \"bench-backfill\"\ndir = \"{}\"\ndemo = false\n",
-            archive.display()
-        ),
-        &["backfill", "--mode", "fresh"],
-        &[("KAFKA_BROKERS", bootstrap.as_str())],
-    );
-    let mut seen = HashMap::new();
-    let (steady, steady_records) = follow("backfill → Parquet", n, &mut actord, || {
-        let done = object_rows(&archive, &mut seen);
-        async move { done }
-    })
-    .await;
-    let (code, usage) = actord.reap(true).unwrap();
-    let whole = actord.started.elapsed().as_secs_f64();
-    assert_eq!(code, 0, "backfill failed:\n{}", tail(&actord.log()));
-    assert_eq!(
-        object_rows(&archive, &mut HashMap::new()),
-        n,
-        "backfill rows"
-    );
-    let sensors_done = committed(&observer(&bootstrap, "bench-backfill"), SENSORS, PARTITIONS);
-    assert_eq!(sensors_done, n, "backfill's committed offsets");
-    report.push((
-        'e',
-        Measured {
-            name: "actord backfill --mode fresh → Parquet (steady)".into(),
-            records: steady_records,
-            bytes: sensor_bytes * steady_records / n,
-            seconds: steady,
-            usage: Some(usage),
-        },
-    ));
-    report.push((
-        'e',
-        Measured {
-            name: "actord backfill --mode fresh → Parquet (whole command)".into(),
-            records: n,
-            bytes: sensor_bytes,
-            seconds: whole,
-            usage: Some(usage),
-        },
-    ));
-
-    // (f) commerce orders → PostgreSQL, beside a raw COPY of the same orders.
-    psql("CHECKPOINT");
-    let seconds = psql(&format!(
-        "\\copy {orders_copy_schema}.orders (order_id, user_id, product_id, quantity, unit_price, total_amount, scenario, created_at) FROM '{}' CSV",
-        orders_csv.display()
-    ));
-    let raw_orders = Measured {
-        name: "psql \\copy orders (CSV)".into(),
-        records: n,
-        bytes: std::fs::metadata(&orders_csv).unwrap().len(),
-        seconds,
-        usage: None,
-    };
-    psql("CHECKPOINT");
-    let mut actord = Actord::start(
-        &bin,
-        &commerce_toml(&orders_schema, &prefix),
-        &[],
-        &[("KAFKA_BROKERS", bootstrap.as_str())],
-    );
-    let (seconds, records) = follow("commerce orders → PostgreSQL", n, &mut actord, || {
-        offsets_table(&pg, &orders_schema, "orders_group")
-    })
-    .await;
-    let usage = actord.stop();
-    assert_eq!(
-        count(&pg, &format!("{orders_schema}.orders")).await,
-        n,
-        "orders rows"
-    );
-    report.push((
-        'f',
-        Measured {
-            name: "actord commerce orders → PostgreSQL".into(),
-            records,
-            bytes: order_bytes * records / n,
-            seconds,
-            usage: Some(usage),
-        },
-    ));
+        };
+        psql("CHECKPOINT");
+        let mut actord = Actord::start(
+            &bin,
+            &commerce_toml(&orders_schema, &prefix),
+            &[],
+            &[("KAFKA_BROKERS", bootstrap.as_str())],
+        );
+        let (seconds, records) = follow("commerce orders → PostgreSQL", n, &mut actord, || {
+            offsets_table(&pg, &orders_schema, "orders_group")
+        })
+        .await;
+        let usage = actord.stop();
+        assert_eq!(
+            count(&pg, &format!("{orders_schema}.orders")).await,
+            n,
+            "orders rows"
+        );
+        report.push((
+            'f',
+            Measured {
+                name: "actord commerce orders → PostgreSQL".into(),
+                records,
+                bytes: order_bytes * records / n,
+                seconds,
+                usage: Some(usage),
+            },
+        ));
+        raw_orders = Some(raw);
+    }
 
     for s in &schemas {
         pg.batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
@@ -789,9 +843,7 @@ async fn main() {
             .iter()
             .filter(|(i, _)| *i == id)
             .nth(k)
-            .unwrap()
-            .1
-            .rate()
+            .map(|(_, m)| m.rate())
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -824,22 +876,48 @@ async fn main() {
     for (id, m) in &report {
         line(*id, m);
     }
-    line('a', &raw_sensors);
-    line('b', &raw_orders);
-    let _ = writeln!(
-        out,
-        "\nratios: (c)/(b) at BATCH_SIZE {SEED_BATCH} {:.2}, at {tuned} {:.2}; (d)/(a) {:.2}; \
-         (e)/(a) {:.2} steady, {:.2} whole command (against kcat on {SENSORS}: {:.2}, {:.2}); \
-         (f)/(b) {:.2} (against psql \\copy of the orders: {:.2})",
-        rate('c', 0) / rate('b', 0),
-        rate('c', 1) / rate('b', 0),
-        rate('d', 0) / rate('a', 0),
-        rate('e', 0) / rate('a', 0),
-        rate('e', 1) / rate('a', 0),
-        rate('e', 0) / raw_sensors.rate(),
-        rate('e', 1) / raw_sensors.rate(),
-        rate('f', 0) / rate('b', 0),
-        rate('f', 0) / raw_orders.rate(),
-    );
+    if let Some(m) = &raw_sensors {
+        line('a', m);
+    }
+    if let Some(m) = &raw_orders {
+        line('b', m);
+    }
+    // Each ratio of the rows that ran.
+    let ratio = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| format!("{:.2}", x / y));
+    let raw_sensors = raw_sensors.as_ref().map(Measured::rate);
+    let raw_orders = raw_orders.as_ref().map(Measured::rate);
+    let ratios: Vec<String> = [
+        (
+            format!("(c)/(b) at BATCH_SIZE {SEED_BATCH}"),
+            ratio(rate('c', 0), rate('b', 0)),
+        ),
+        (
+            format!("(c)/(b) at {tuned}"),
+            ratio(rate('c', 1), rate('b', 0)),
+        ),
+        ("(d)/(a)".into(), ratio(rate('d', 0), rate('a', 0))),
+        ("(e)/(a) steady".into(), ratio(rate('e', 0), rate('a', 0))),
+        (
+            "(e)/(a) whole command".into(),
+            ratio(rate('e', 1), rate('a', 0)),
+        ),
+        (
+            format!("(e) steady against kcat on {SENSORS}"),
+            ratio(rate('e', 0), raw_sensors),
+        ),
+        (
+            format!("(e) whole command against kcat on {SENSORS}"),
+            ratio(rate('e', 1), raw_sensors),
+        ),
+        ("(f)/(b)".into(), ratio(rate('f', 0), rate('b', 0))),
+        (
+            "(f) against psql \\copy of the orders".into(),
+            ratio(rate('f', 0), raw_orders),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, r)| Some(format!("{name} {}", r?)))
+    .collect();
+    let _ = writeln!(out, "\nratios: {}", ratios.join("; "));
     println!("{out}");
 }
