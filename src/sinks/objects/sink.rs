@@ -464,9 +464,6 @@ impl<F: ParquetFormat> Objects<F> {
         owners: &BTreeMap<(&str, i32), Owner>,
     ) -> Result<HashMap<String, ObjectMeta>, SinkError> {
         let mut ranges: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
-        // The record time at each offset of the batch, per stream and partition; formatted as
-        // in object names only for the offsets of objects found.
-        let mut times: HashMap<(&str, i32, i64), DateTime<Utc>> = HashMap::new();
         let mut fresh: Vec<String> = Vec::new();
         for g in groups.iter() {
             let (lo, hi) = (g.first_offset(), g.last_offset());
@@ -474,14 +471,26 @@ impl<F: ParquetFormat> Objects<F> {
                 .entry((g.stream, g.partition))
                 .and_modify(|r| *r = (r.0.min(lo), r.1.max(hi)))
                 .or_insert((lo, hi));
-            for e in &g.records {
-                times.insert(
-                    (g.stream, g.partition, e.source.origin.offset),
-                    self.format.time(&e.record),
-                );
-            }
             fresh.push(self.key(g, owners[&(g.stream, g.partition)].generation));
         }
+        // The batch's records as they are before any is dropped below, each group in offset
+        // order: the record time at an offset is looked up (binary search) only for the objects
+        // a listing shows, not indexed for every record of the batch.
+        let batch: Vec<_> = groups
+            .iter()
+            .map(|g| (g.stream, g.partition, g.records.clone()))
+            .collect();
+        let time_at = |stream: &str, partition: i32, offset: i64| {
+            batch
+                .iter()
+                .filter(|(s, p, _)| *s == stream && *p == partition)
+                .find_map(|(_, _, records)| {
+                    let i = records
+                        .binary_search_by_key(&offset, |e| e.source.origin.offset)
+                        .ok()?;
+                    Some(self.format.time(&records[i].record))
+                })
+        };
         let mut listings: HashMap<String, Vec<ObjectMeta>> = HashMap::new();
         let mut present: HashMap<String, ObjectMeta> = HashMap::new();
         for g in groups.iter_mut() {
@@ -516,9 +525,8 @@ impl<F: ParquetFormat> Objects<F> {
                         meta.location, owner.generation
                     )));
                 }
-                let same_log = times
-                    .get(&(g.stream, g.partition, name.offset))
-                    .is_some_and(|t| self.layout.stamp(*t) == name.stamp);
+                let same_log = time_at(g.stream, g.partition, name.offset)
+                    .is_some_and(|t| self.layout.stamp(t) == name.stamp);
                 let rewritten = fresh.iter().any(|k| k == meta.location.as_ref());
                 if rewritten && self.own(g.stream, &name) {
                     present.insert(meta.location.to_string(), meta.clone());

@@ -78,8 +78,10 @@ pub fn encoder(schema: SchemaRef, props: WriterProperties, part_size: usize) -> 
     let (rows_tx, mut rows_rx) = mpsc::channel::<Rows>(1);
     let (bytes_tx, bytes_rx) = mpsc::channel::<Vec<u8>>(1);
     let handle = tokio::task::spawn_blocking(move || {
+        // The buffer grows with what is written: most objects are far smaller than a part, and
+        // reserving a whole part up front cost each of them 8 MiB of address space.
         let out = Chunker {
-            buf: Vec::with_capacity(part_size),
+            buf: Vec::new(),
             part_size,
             out: bytes_tx,
         };
