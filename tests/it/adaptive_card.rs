@@ -134,6 +134,17 @@ pub(crate) async fn cards(results: &str) -> Vec<(String, String, Value)> {
         .collect()
 }
 
+/// The runs the cards in `results` were written by.
+async fn run_ids(results: &str) -> BTreeSet<i64> {
+    pg().await
+        .query(&format!("SELECT DISTINCT run_id FROM {results}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_rerun_updates_them()
 {
@@ -209,14 +220,7 @@ async fn a_run_merges_the_csvs_and_writes_one_card_per_user_and_scenario_and_a_r
     assert_eq!(outcome["outcome"], "succeeded", "{outcome:#}");
     let second = cards(&s.results).await;
     assert_eq!(second.len(), first.len());
-    let run_ids: BTreeSet<i64> = pg()
-        .await
-        .query(&format!("SELECT DISTINCT run_id FROM {}", s.results), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let run_ids = run_ids(&s.results).await;
     assert_eq!(run_ids.len(), 1, "every row carries the second run");
     // Drained streams were trimmed: what the groups delivered and acked is gone.
     for q in ["sales_org_queue", "adaptive_card_queue"] {
@@ -870,13 +874,6 @@ async fn a_run_killed_with_its_process_holds_back_the_next_run_only_until_its_ma
         orgs.len() * 2 * 2,
         "one card per user and scenario"
     );
-    let run_ids: BTreeSet<i64> = pg()
-        .await
-        .query(&format!("SELECT DISTINCT run_id FROM {}", s.results), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let run_ids = run_ids(&s.results).await;
     assert_eq!(run_ids.len(), 1, "every card of the run after the restart");
 }
