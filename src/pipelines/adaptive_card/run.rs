@@ -340,8 +340,12 @@ impl Drop for Renewer {
     }
 }
 
-/// The renewals: Redis failures are logged and the connection made again, and a connection
-/// made again renews at once (the mark outlives several missed renewals, not a long outage).
+/// How soon a connection made again renews the mark: the mark outlives several missed
+/// renewals, not a long outage.
+const RENEW_AFTER_RECONNECT: Duration = Duration::from_millis(250);
+
+/// The renewals: Redis failures are logged and the connection made again, which renews soon
+/// ([`RENEW_AFTER_RECONNECT`]) rather than a whole period later.
 async fn keep_mark(
     connection: RedisConnection,
     mut conn: MultiplexedConnection,
@@ -351,16 +355,11 @@ async fn keep_mark(
     let mut tick = tokio::time::interval(reset::MARK_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut now = false;
     loop {
-        let retry = now;
-        if !now {
-            tokio::select! {
-                _ = &mut stopped => return,
-                _ = tick.tick() => {}
-            }
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
         }
-        now = false;
         match reset::renew_active(&mut conn, run_id).await {
             Ok(true) => {}
             Ok(false) => warn!(
@@ -372,8 +371,7 @@ async fn keep_mark(
                 warn!(run_id, error = %e, "adaptive-card run: renewing the run's mark failed; trying again");
                 if let Ok(fresh) = connection.connect(Duration::from_secs(5)).await {
                     conn = fresh;
-                    // Once at once on the new connection; after that, on the next tick.
-                    now = !retry;
+                    tick.reset_after(RENEW_AFTER_RECONNECT);
                 }
             }
         }
